@@ -1,0 +1,90 @@
+//! Errors: a bad configuration, caught when the layer is built, and a store that failed.
+
+use std::time::Duration;
+
+/// A configuration the builder refused. Each message names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field that must be set was not.
+    #[error("`{field}` is required")]
+    Missing {
+        /// The builder method that sets it.
+        field: &'static str,
+    },
+    /// A count or duration that must be positive was zero.
+    #[error("`{field}` must be greater than zero")]
+    Zero {
+        /// The field that was zero.
+        field: &'static str,
+    },
+    /// A value of the wrong form.
+    #[error("`{field}` = {value:?} is invalid: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What a valid value looks like.
+        reason: &'static str,
+    },
+    /// The bucket would refill faster than one token per microsecond.
+    #[error(
+        "`refill` = {refill} tokens per `period` = {period:?} is faster than one token per microsecond"
+    )]
+    RefillTooFast {
+        /// Tokens per period.
+        refill: u64,
+        /// The period.
+        period: Duration,
+    },
+    /// The bucket would take more than a century to fill from empty.
+    #[error(
+        "`capacity` = {capacity} at `refill` = {refill} per {period:?} takes more than 100 years to fill"
+    )]
+    FillTooSlow {
+        /// The capacity.
+        capacity: u64,
+        /// Tokens per period.
+        refill: u64,
+        /// The period.
+        period: Duration,
+    },
+}
+
+/// A store could not decide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store did not answer within the layer's timeout.
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error or the connection failed.
+    #[cfg(feature = "redis")]
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis answered with a reply the script never sends.
+    #[error("unexpected reply from the store: {0}")]
+    Reply(String),
+    /// A custom store's own failure.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// A short, fixed word for the kind of failure, for logs and metrics labels:
+    /// `timeout`, `connection`, `script` or `other`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            #[cfg(feature = "redis")]
+            Self::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                "connection"
+            }
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "script",
+            Self::Reply(_) => "script",
+            Self::Other(_) => "other",
+        }
+    }
+}

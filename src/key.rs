@@ -1,0 +1,330 @@
+//! Who and what is limited: client identity, the endpoint, and the bucket key.
+//!
+//! A request's bucket is named by its client (from a [`ClientExtractor`]), its endpoint
+//! (method and path, the route template when axum matched one) and the limit's name:
+//!
+//! ```text
+//! tollgate:{alice:GET:/users/%7Bid%7D}:default
+//! ```
+//!
+//! Each component is percent-encoded so that it never contains `:`, `{`, `}`, `%` or `#` of
+//! its own; the encoding is injective, so two different (client, endpoint) pairs never share a
+//! key, whatever bytes a client sends. A component longer than its bound is replaced by `#` and
+//! the SHA-1 of its bytes, so no key is longer than [`MAX_KEY_LEN`] bytes. The braces are a
+//! Redis Cluster hash tag: every limit of one client and endpoint lives in one slot.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
+
+use crate::ConfigError;
+use crate::limit::MAX_NAME_LEN;
+
+/// No bucket key is longer than this many bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Longest key prefix, in bytes.
+pub(crate) const MAX_PREFIX_LEN: usize = 64;
+/// Longest encoded client component before it is hashed.
+const MAX_CLIENT_LEN: usize = 128;
+/// Longest encoded method component before it is hashed.
+const MAX_METHOD_LEN: usize = 24;
+/// Longest encoded path component before it is hashed.
+const MAX_PATH_LEN: usize = 200;
+
+// Every bound together stays under MAX_KEY_LEN: prefix ":{" client ":" method ":" path "}:" name.
+const _: () = assert!(
+    MAX_PREFIX_LEN + 2 + MAX_CLIENT_LEN + 1 + MAX_METHOD_LEN + 1 + MAX_PATH_LEN + 2 + MAX_NAME_LEN
+        <= MAX_KEY_LEN
+);
+
+/// Bytes that are escaped in a key component: controls, space, non-ASCII (always), and the
+/// characters the key layout and the hashed form use.
+const ESCAPED: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'%')
+    .add(b':')
+    .add(b'{')
+    .add(b'}')
+    .add(b'#');
+
+/// Finds the client a request comes from.
+///
+/// The identity is opaque bytes; any bytes are safe (see the [module docs](self)). Implemented
+/// by [`ApiKey`] (the default) and by closures `Fn(&http::request::Parts) -> Option<String>`,
+/// where `None` answers `400 Bad Request`:
+///
+/// ```
+/// use tollgate::RateLimitLayer;
+///
+/// let layer = RateLimitLayer::builder()
+///     .capacity(10)
+///     .period(std::time::Duration::from_secs(10))
+///     .client_extractor(|parts: &http::request::Parts| {
+///         parts.headers.get("x-tenant")?.to_str().ok().map(str::to_owned)
+///     })
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+pub trait ClientExtractor: Send + Sync + 'static {
+    /// The client's identity, or why the request carries none.
+    ///
+    /// # Errors
+    ///
+    /// A [`MissingClient`] when the request does not say who sent it; the layer answers
+    /// `400 Bad Request` with its message.
+    fn extract<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, [u8]>, MissingClient>;
+}
+
+impl<F> ClientExtractor for F
+where
+    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+{
+    fn extract<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, [u8]>, MissingClient> {
+        match self(parts) {
+            Some(id) if !id.is_empty() => Ok(Cow::Owned(id.into_bytes())),
+            _ => Err(MissingClient::new("missing client identity")),
+        }
+    }
+}
+
+/// A request that does not say who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct MissingClient {
+    message: Cow<'static, str>,
+}
+
+impl MissingClient {
+    /// A rejection with `message`, sent to the client in the `400` body.
+    pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// The message sent to the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The client is named by an API key: a request header (default `X-API-Key`), else a query
+/// parameter (default `key`).
+///
+/// An empty value counts as missing. The header's raw bytes are used, so a key need not be
+/// UTF-8; the query value is percent-decoded.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    header: HeaderName,
+    query: Option<Cow<'static, str>>,
+    missing: MissingClient,
+}
+
+impl Default for ApiKey {
+    fn default() -> Self {
+        Self::new(HeaderName::from_static("x-api-key"), Some("key"))
+    }
+}
+
+impl ApiKey {
+    /// Reads `header`, then the query parameter `query` when given.
+    pub fn new(header: HeaderName, query: Option<&'static str>) -> Self {
+        let message = match query {
+            Some(q) => {
+                format!("missing API key: send the {header} header or the {q:?} query parameter")
+            }
+            None => format!("missing API key: send the {header} header"),
+        };
+        Self {
+            header,
+            query: query.map(Cow::Borrowed),
+            missing: MissingClient::new(message),
+        }
+    }
+}
+
+impl ClientExtractor for ApiKey {
+    fn extract<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, [u8]>, MissingClient> {
+        if let Some(value) = parts
+            .headers
+            .get(&self.header)
+            .map(HeaderValue::as_bytes)
+            .filter(|v| !v.is_empty())
+        {
+            return Ok(Cow::Borrowed(value));
+        }
+        if let (Some(name), Some(query)) = (&self.query, parts.uri.query()) {
+            let found = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, v)| k == name && !v.is_empty())
+                .map(|(_, v)| v);
+            if let Some(value) = found {
+                return Ok(match value {
+                    Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                    Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+                });
+            }
+        }
+        Err(self.missing.clone())
+    }
+}
+
+/// The endpoint of a request: axum's matched route template when there is one (so `/users/1`
+/// and `/users/2` share a bucket), else the request path.
+pub(crate) fn endpoint_path(parts: &Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    parts.uri.path()
+}
+
+/// Checks a key prefix: 1 to 64 printable ASCII bytes, without spaces or braces (which would
+/// move the Redis Cluster hash tag).
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let valid = !prefix.is_empty()
+        && prefix.len() <= MAX_PREFIX_LEN
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "key_prefix",
+            value: prefix.to_owned(),
+            reason: "must be 1 to 64 printable ASCII characters without spaces, '{' or '}'",
+        })
+    }
+}
+
+/// Builds the bucket key of (client, method, path) for the limit `name`.
+pub(crate) fn bucket_key(
+    prefix: &str,
+    client: &[u8],
+    method: &str,
+    path: &str,
+    name: &str,
+) -> String {
+    let mut key = String::with_capacity(
+        prefix.len() + client.len() + method.len() + path.len() + name.len() + 8,
+    );
+    key.push_str(prefix);
+    key.push_str(":{");
+    push_component(&mut key, client, MAX_CLIENT_LEN);
+    key.push(':');
+    push_component(&mut key, method.as_bytes(), MAX_METHOD_LEN);
+    key.push(':');
+    push_component(&mut key, path.as_bytes(), MAX_PATH_LEN);
+    key.push_str("}:");
+    key.push_str(name);
+    debug_assert!(key.len() <= MAX_KEY_LEN);
+    key
+}
+
+/// Appends `raw` percent-encoded, or `#` and its SHA-1 when the encoding exceeds `max` bytes.
+fn push_component(key: &mut String, raw: &[u8], max: usize) {
+    let start = key.len();
+    for chunk in percent_encode(raw, ESCAPED) {
+        key.push_str(chunk);
+        if key.len() - start > max {
+            key.truncate(start);
+            key.push('#');
+            let digest = sha1_smol::Sha1::from(raw).digest();
+            write!(key, "{digest}").expect("writing to a String cannot fail");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn key(client: &[u8], method: &str, path: &str) -> String {
+        bucket_key("tollgate", client, method, path, "default")
+    }
+
+    fn parts(req: http::request::Builder) -> Parts {
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn layout_is_readable() {
+        assert_eq!(
+            key(b"alice", "GET", "/users/{id}"),
+            "tollgate:{alice:GET:/users/%7Bid%7D}:default"
+        );
+    }
+
+    #[test]
+    fn separators_in_a_client_cannot_forge_another_pair() {
+        let pairs: &[(&[u8], &str, &str)] = &[
+            (b"a:GET:/x", "GET", "/y"),
+            (b"a", "GET", "/x:GET:/y"),
+            (b"a:GET", "/x", "GET:/y"),
+            (b"a}:x{", "GET", "/y"),
+            (b"a%3AGET%3A%2Fx", "GET", "/y"),
+            (b"#0000", "GET", "/y"),
+            (b"a", "GET", "/x"),
+        ];
+        let keys: HashSet<String> = pairs.iter().map(|(c, m, p)| key(c, m, p)).collect();
+        assert_eq!(keys.len(), pairs.len(), "{keys:#?}");
+        for k in &keys {
+            // One hash tag, braces only where the layout puts them.
+            assert_eq!(k.matches('{').count(), 1, "{k}");
+            assert_eq!(k.matches('}').count(), 1, "{k}");
+        }
+    }
+
+    #[test]
+    fn long_components_are_hashed_and_keys_bounded() {
+        let long = vec![0xFFu8; 100_000];
+        let k = key(&long, &"M".repeat(10_000), &"/p".repeat(10_000));
+        assert!(k.len() <= MAX_KEY_LEN, "{}", k.len());
+        assert_eq!(k.matches('#').count(), 3, "{k}");
+        // Different long clients still get different keys.
+        let mut other = long.clone();
+        other[99_999] = 0xFE;
+        assert_ne!(k, key(&other, &"M".repeat(10_000), &"/p".repeat(10_000)));
+        // A client just under the bound is kept verbatim.
+        let k = key(&[b'a'; MAX_CLIENT_LEN], "GET", "/");
+        assert!(k.contains(&"a".repeat(MAX_CLIENT_LEN)));
+    }
+
+    #[test]
+    fn non_utf8_bytes_are_escaped() {
+        assert_eq!(
+            key(b"\xff\x00 k", "GET", "/"),
+            "tollgate:{%FF%00%20k:GET:/}:default"
+        );
+    }
+
+    #[test]
+    fn api_key_prefers_header_then_query() {
+        let e = ApiKey::default();
+        let p = parts(http::Request::get("/x?key=from-query").header("x-api-key", "from-header"));
+        assert_eq!(e.extract(&p).unwrap().as_ref(), b"from-header");
+        let p = parts(http::Request::get("/x?a=1&key=b%20c"));
+        assert_eq!(e.extract(&p).unwrap().as_ref(), b"b c");
+        let p = parts(http::Request::get("/x?key=&other=1").header("x-api-key", ""));
+        let err = e.extract(&p).unwrap_err();
+        assert!(err.message().contains("x-api-key"), "{err}");
+        assert!(err.message().contains("\"key\""), "{err}");
+    }
+
+    #[test]
+    fn prefix_is_checked() {
+        assert!(check_prefix("tollgate").is_ok());
+        for bad in ["", "a b", "a{b", &"p".repeat(65)] {
+            let err = check_prefix(bad).unwrap_err().to_string();
+            assert!(err.contains("key_prefix"), "{err}");
+        }
+    }
+}

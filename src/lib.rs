@@ -1,0 +1,97 @@
+//! Tower middleware that rate-limits requests per client and per endpoint with a token bucket,
+//! kept in Redis so that every instance of a service shares the limits.
+//!
+//! Each request is named by its client (an API key by default, see [`ClientExtractor`]) and
+//! its endpoint (method and path; the route template when axum matched one). One store call
+//! decides it: with [`RedisStore`], one `EVALSHA` of a Lua script that refills the bucket by
+//! the Redis clock and takes a token atomically. Allowed requests go on to the inner service
+//! with the `RateLimit` and `RateLimit-Policy` header fields of
+//! draft-ietf-httpapi-ratelimit-headers; the others get `429 Too Many Requests`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use tollgate::RateLimitLayer;
+//!
+//! # fn main() -> Result<(), tollgate::ConfigError> {
+//! // 10 requests at once per API key and endpoint, then one more each second.
+//! let limit = RateLimitLayer::builder()
+//!     .capacity(10)
+//!     .refill(10)
+//!     .period(Duration::from_secs(10))
+//!     .build()?;
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(|| async { "hello" }))
+//!     .layer(limit);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! To share the limits between instances, keep the buckets in Redis:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tollgate::{FailMode, RateLimitLayer, RedisStore};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::open("redis://127.0.0.1:6379/")?;
+//! let limit = RateLimitLayer::builder()
+//!     .store(store)
+//!     .capacity(10)
+//!     .period(Duration::from_secs(10))
+//!     .timeout(Duration::from_millis(50))
+//!     .fail_mode(FailMode::Open)
+//!     .build()?;
+//! # let _ = limit;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Responses
+//!
+//! - Allowed: the inner service's response, plus `RateLimit-Policy: "default";q=10;w=10` and
+//!   `RateLimit: "default";r=9` (with `;t=` seconds until the next token when `r=0`), unless
+//!   [`Builder::headers_on_allowed`] turned them off.
+//! - Limited: `429`, `Retry-After` in whole seconds (rounded up, at least 1), the same two
+//!   fields, and `{"allowed":false,"remaining":0,"retry_after_ms":1234}`.
+//! - No client identity: `400` with `{"error":"…"}` saying what is missing.
+//! - Store failed or too slow: see below.
+//!
+//! # Fail-open
+//!
+//! Every store call is bounded by the [timeout](Builder::timeout) (50 ms by default), which
+//! holds whether Redis refuses connections or hangs. Then the [`FailMode`] decides:
+//! [`FailMode::Open`] (the default) forwards the request unlimited, [`FailMode::Closed`]
+//! answers `503` with `Retry-After: 1` and `{"error":"rate limiter unavailable"}`. Either way a
+//! `tracing` warning is logged, at most once a second while the outage lasts. A timed-out call
+//! may still run on Redis later and take a token.
+//!
+//! Choose open when the limiter protects capacity that can take a short unlimited burst better
+//! than an outage; choose closed when what it protects must never be called unlimited (a paid
+//! upstream, an abuse-sensitive endpoint).
+#![deny(missing_docs, unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod future;
+pub mod key;
+mod layer;
+mod limit;
+mod outage;
+pub mod response;
+mod service;
+pub mod store;
+
+pub use error::{ConfigError, StoreError};
+pub use future::ResponseFuture;
+pub use key::{ApiKey, ClientExtractor, MissingClient};
+pub use layer::{
+    Builder, DEFAULT_KEY_PREFIX, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, FailMode, RateLimitLayer,
+};
+pub use limit::{Decision, Limit};
+pub use response::ResponseBody;
+pub use service::RateLimit;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+pub use store::{MemoryStore, Store};

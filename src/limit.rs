@@ -1,0 +1,277 @@
+//! A validated token-bucket limit and the arithmetic every store shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// The longest time a bucket may take to fill from empty (`capacity × interval`).
+///
+/// Bucket state is kept as microseconds of the Redis clock in Lua numbers (doubles), which
+/// are exact integers up to 2^53 µs (about 285 years since 1970); a century of headroom keeps
+/// every sum exact.
+const MAX_FILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The longest name a limit may have, in bytes.
+pub(crate) const MAX_NAME_LEN: usize = 64;
+
+/// One token-bucket limit: `capacity` tokens, refilled continuously at `refill` tokens per
+/// `period`.
+///
+/// `capacity` is the most requests (of cost 1) that can pass at once from a full bucket.
+/// The bucket refills one token every `period / refill`; that interval is kept in whole
+/// microseconds (rounded to the nearest, at least 1 µs), so every store does exact integer
+/// arithmetic and all stores agree to the microsecond.
+///
+/// Built by [`RateLimitLayer::builder`](crate::RateLimitLayer::builder) or [`Limit::new`],
+/// which check every field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    name: Arc<str>,
+    capacity: u64,
+    refill: u64,
+    period: Duration,
+    interval_us: u64,
+}
+
+impl Limit {
+    /// Checks and builds a limit.
+    ///
+    /// `name` names the limit in the `RateLimit` header fields and in the store keys: 1 to 64
+    /// ASCII letters, digits, `-`, `_` or `.`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field when `capacity`, `refill` or `period` is zero, the
+    /// name is not valid, the refill is faster than one token per microsecond, or the bucket
+    /// would take more than a century to fill.
+    pub fn new(
+        name: impl Into<String>,
+        capacity: u64,
+        refill: u64,
+        period: Duration,
+    ) -> Result<Self, ConfigError> {
+        let name = name.into();
+        check_name(&name)?;
+        if capacity == 0 {
+            return Err(ConfigError::Zero { field: "capacity" });
+        }
+        if refill == 0 {
+            return Err(ConfigError::Zero { field: "refill" });
+        }
+        if period.is_zero() {
+            return Err(ConfigError::Zero { field: "period" });
+        }
+        let period_us = period.as_micros();
+        if period_us < u128::from(refill) {
+            return Err(ConfigError::RefillTooFast { refill, period });
+        }
+        // Round to the nearest microsecond.
+        let interval_us = (period_us + u128::from(refill) / 2) / u128::from(refill);
+        let fill = interval_us.checked_mul(u128::from(capacity));
+        if fill.is_none_or(|fill| fill > MAX_FILL.as_micros()) {
+            return Err(ConfigError::FillTooSlow {
+                capacity,
+                refill,
+                period,
+            });
+        }
+        Ok(Self {
+            name: name.into(),
+            capacity,
+            refill,
+            period,
+            interval_us: u64::try_from(interval_us).expect("checked against MAX_FILL"),
+        })
+    }
+
+    /// The name of the limit, as sent in the `RateLimit` header fields.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The most tokens the bucket holds.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Tokens added per [`period`](Self::period).
+    pub fn refill(&self) -> u64 {
+        self.refill
+    }
+
+    /// The period over which [`refill`](Self::refill) tokens are added.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The time to refill one token, in whole microseconds.
+    pub fn interval_us(&self) -> u64 {
+        self.interval_us
+    }
+
+    /// The time for an empty bucket to fill, in microseconds.
+    pub fn fill_us(&self) -> u64 {
+        self.capacity * self.interval_us
+    }
+
+    /// Decides a request of `cost` tokens against a bucket that is full at `full_at`, at time
+    /// `now` (both in microseconds of one clock).
+    ///
+    /// Returns the decision and, when allowed, the bucket's new full-at time. This is the
+    /// arithmetic of `lua/token_bucket.lua`, step for step, so the stores agree.
+    pub(crate) fn decide(&self, full_at: u64, now: u64, cost: u64) -> (Decision, Option<u64>) {
+        let burst = self.fill_us();
+        let full_at = full_at.max(now);
+        let after = full_at - now + cost.saturating_mul(self.interval_us);
+        if after > burst {
+            let remaining = (burst - (full_at - now)) / self.interval_us;
+            (self.decision(false, remaining, full_at - now, cost), None)
+        } else {
+            let remaining = (burst - after) / self.interval_us;
+            (
+                self.decision(true, remaining, after, cost),
+                Some(now + after),
+            )
+        }
+    }
+
+    /// Builds a [`Decision`] from a bucket's reply: whether it allowed, the whole tokens left and
+    /// the microseconds until it is full again.
+    pub(crate) fn decision(
+        &self,
+        allowed: bool,
+        remaining: u64,
+        full_after_us: u64,
+        cost: u64,
+    ) -> Decision {
+        let retry_after_us = if allowed {
+            0
+        } else {
+            // Wait until `cost` tokens exist: the bucket holds `burst - full_after` worth.
+            (full_after_us + cost.saturating_mul(self.interval_us)).saturating_sub(self.fill_us())
+        };
+        Decision {
+            allowed,
+            limit: self.capacity,
+            remaining,
+            retry_after: Duration::from_micros(retry_after_us),
+            reset_after: Duration::from_micros(full_after_us),
+        }
+    }
+
+    /// Microseconds until at least one token is in a bucket that is full after `full_after_us`.
+    pub(crate) fn one_token_after_us(&self, full_after_us: u64) -> u64 {
+        (full_after_us + self.interval_us).saturating_sub(self.fill_us())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "policy_name",
+            value: name.to_owned(),
+            reason: "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+        })
+    }
+}
+
+/// The outcome of one rate-limit decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decision {
+    /// Whether the request may pass. When it may, its tokens were taken.
+    pub allowed: bool,
+    /// The bucket's capacity.
+    pub limit: u64,
+    /// Whole tokens left in the bucket after this decision.
+    pub remaining: u64,
+    /// When denied, the exact wait until enough tokens exist for this request; zero when
+    /// allowed.
+    pub retry_after: Duration,
+    /// The wait until the bucket is full again.
+    pub reset_after: Duration,
+}
+
+impl Decision {
+    /// Builds a decision; for [`Store`](crate::Store) implementations.
+    pub fn new(
+        allowed: bool,
+        limit: u64,
+        remaining: u64,
+        retry_after: Duration,
+        reset_after: Duration,
+    ) -> Self {
+        Self {
+            allowed,
+            limit,
+            remaining,
+            retry_after,
+            reset_after,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(capacity: u64, refill: u64, period_ms: u64) -> Limit {
+        Limit::new("t", capacity, refill, Duration::from_millis(period_ms)).unwrap()
+    }
+
+    #[test]
+    fn rejects_bad_fields_by_name() {
+        let d = Duration::from_secs(1);
+        let field = |r: Result<Limit, ConfigError>| r.unwrap_err().to_string();
+        assert!(field(Limit::new("a", 0, 1, d)).contains("capacity"));
+        assert!(field(Limit::new("a", 1, 0, d)).contains("refill"));
+        assert!(field(Limit::new("a", 1, 1, Duration::ZERO)).contains("period"));
+        assert!(field(Limit::new("", 1, 1, d)).contains("policy_name"));
+        assert!(field(Limit::new("a:b", 1, 1, d)).contains("policy_name"));
+        assert!(field(Limit::new("a", 1, 2_000_000, d)).contains("refill"));
+        assert!(field(Limit::new("a", u64::MAX, 1, d)).contains("capacity"));
+    }
+
+    #[test]
+    fn interval_rounds_to_nearest_microsecond() {
+        assert_eq!(limit(10, 10, 10_000).interval_us(), 1_000_000);
+        assert_eq!(limit(3, 3, 1_000).interval_us(), 333_333);
+        assert_eq!(limit(3, 6, 1).interval_us(), 167);
+    }
+
+    #[test]
+    fn new_bucket_starts_full() {
+        let l = limit(10, 10, 10_000);
+        let (d, full_at) = l.decide(0, 5_000_000, 1);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 9);
+        assert_eq!(d.reset_after, Duration::from_secs(1));
+        assert_eq!(d.retry_after, Duration::ZERO);
+        assert_eq!(full_at, Some(6_000_000));
+    }
+
+    #[test]
+    fn denial_reports_exact_wait_and_takes_nothing() {
+        let l = limit(2, 1, 1_000);
+        let now = 1_000_000;
+        let (_, f) = l.decide(0, now, 1);
+        let (_, f) = l.decide(f.unwrap(), now + 100, 1);
+        let full_at = f.unwrap();
+        let (d, none) = l.decide(full_at, now + 250_000, 1);
+        assert!(!d.allowed);
+        assert_eq!(none, None);
+        assert_eq!(d.remaining, 0);
+        // The first token comes back one interval after the first request, the bucket is full
+        // two intervals after it.
+        assert_eq!(d.retry_after, Duration::from_micros(750_000));
+        assert_eq!(d.reset_after, Duration::from_micros(1_750_000));
+    }
+}

@@ -1,0 +1,177 @@
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::time::Instant;
+
+use crate::{Decision, Limit, StoreError};
+
+use super::Store;
+
+/// Shards of the key space, each behind its own lock, so concurrent decisions on different
+/// keys rarely contend.
+const SHARDS: usize = 64;
+
+/// A shard is swept of full buckets when it has grown by this many keys since the last sweep
+/// (or has doubled, whichever is larger), so sweeping costs O(1) per insertion on average.
+const MIN_SWEEP_GROWTH: usize = 64;
+
+/// Buckets in this process's memory.
+///
+/// The same token bucket as [`RedisStore`](crate::RedisStore), decision for decision, timed
+/// by [`tokio::time::Instant`] (so tests can pause time). Limits are per process: two
+/// instances each admit the full limit.
+///
+/// Memory stays bounded by the keys that are active: a bucket that has refilled is the same as
+/// no bucket, and each shard drops its full buckets once it has grown enough since it last did.
+/// Cloning is cheap and shares the buckets.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    epoch: Instant,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Key → the time its bucket is full again, in µs since `epoch`.
+    buckets: HashMap<String, u64>,
+    /// Size after the last sweep.
+    swept_len: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                epoch: Instant::now(),
+                hasher: RandomState::new(),
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            }),
+        }
+    }
+
+    /// How many buckets are held (full buckets not yet swept included).
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).buckets.len())
+            .sum()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides without the future; the same as [`Store::decide`].
+    pub fn decide_now(&self, key: String, limit: &Limit, cost: u64) -> Decision {
+        let now = u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let shard = self.inner.hasher.hash_one(key.as_str()) as usize % SHARDS;
+        let mut shard = lock(&self.inner.shards[shard]);
+        let full_at = shard.buckets.get(key.as_str()).copied().unwrap_or(now);
+        let (decision, new_full_at) = limit.decide(full_at, now, cost);
+        if let Some(new_full_at) = new_full_at {
+            match shard.buckets.get_mut(key.as_str()) {
+                Some(slot) => *slot = new_full_at,
+                None => {
+                    shard.buckets.insert(key, new_full_at);
+                    shard.sweep_if_grown(now);
+                }
+            }
+        }
+        decision
+    }
+}
+
+impl Shard {
+    fn sweep_if_grown(&mut self, now: u64) {
+        let len = self.buckets.len();
+        if len >= self.swept_len + self.swept_len.max(MIN_SWEEP_GROWTH) {
+            self.buckets.retain(|_, full_at| *full_at > now);
+            self.swept_len = self.buckets.len();
+        }
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a bucket half-written (each update is one
+    // store of a u64), so a poisoned shard is still consistent.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store for MemoryStore {
+    type Future = Ready<Result<Decision, StoreError>>;
+
+    fn decide(&self, key: String, limit: &Limit, cost: u64) -> Self::Future {
+        ready(Ok(self.decide_now(key, limit, cost)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limit() -> Limit {
+        Limit::new("default", 10, 10, Duration::from_secs(10)).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drains_then_refills_one_token_per_interval() {
+        let store = MemoryStore::new();
+        let l = limit();
+        for expected in (0..10).rev() {
+            let d = store.decide_now("k".into(), &l, 1);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, expected);
+        }
+        let d = store.decide_now("k".into(), &l, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+        assert_eq!(d.reset_after, Duration::from_secs(10));
+
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!store.decide_now("k".into(), &l, 1).allowed);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let d = store.decide_now("k".into(), &l, 1);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(store.decide_now("k".into(), &l, 1).remaining, 9);
+        // Other keys have their own buckets.
+        assert_eq!(store.decide_now("other".into(), &l, 1).remaining, 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_buckets_are_evicted() {
+        let store = MemoryStore::new();
+        let l = limit();
+        for i in 0..10_000 {
+            store.decide_now(format!("k{i}"), &l, 1);
+        }
+        assert_eq!(store.len(), 10_000);
+        // After every bucket has refilled, new keys push the old ones out.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for i in 0..10_000 {
+            store.decide_now(format!("n{i}"), &l, 1);
+        }
+        assert!(store.len() < 13_000, "{} buckets held", store.len());
+    }
+}
