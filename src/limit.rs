@@ -118,9 +118,13 @@ impl Limit {
     /// Decides a request of `cost` tokens against a bucket that is full at `full_at`, at time
     /// `now` (both in microseconds of one clock).
     ///
-    /// Returns the decision and, when allowed, the bucket's new full-at time. This is the
-    /// arithmetic of `lua/token_bucket.lua`, step for step, so the stores agree.
-    pub(crate) fn decide(&self, full_at: u64, now: u64, cost: u64) -> (Decision, Option<u64>) {
+    /// Returns the decision and, when allowed, the bucket's new full-at time (when denied, the
+    /// bucket is unchanged). A bucket never seen is full: pass `full_at = now`.
+    ///
+    /// This is the arithmetic of `lua/token_bucket.lua`, step for step, so every store that
+    /// uses it agrees with Redis to the microsecond; a custom [`Store`](crate::Store) can keep
+    /// one `u64` per key and call this under its own lock.
+    pub fn decide(&self, full_at: u64, now: u64, cost: u64) -> (Decision, Option<u64>) {
         let burst = self.fill_us();
         let full_at = full_at.max(now);
         let after = full_at - now + cost.saturating_mul(self.interval_us);
@@ -136,9 +140,9 @@ impl Limit {
         }
     }
 
-    /// Builds a [`Decision`] from a bucket's reply: whether it allowed, the whole tokens left and
-    /// the microseconds until it is full again.
-    pub(crate) fn decision(
+    /// Builds a [`Decision`] from a bucket's state after a decision: whether it allowed, the
+    /// whole tokens left and the microseconds until it is full again.
+    pub fn decision(
         &self,
         allowed: bool,
         remaining: u64,

@@ -1,0 +1,175 @@
+//! The HTTP contract (200/429/400 and every header) through a real server and client, for
+//! both stores.
+
+use std::time::Duration;
+
+use axum::{Json, Router, routing::get};
+use serde_json::json;
+use tollgate::{MemoryStore, RateLimitLayer, RedisStore, Store};
+
+use crate::harness::{HttpClient, RedisServer, Reply, TestServer};
+
+fn app<St: Store + Clone>(store: St) -> Router {
+    let layer = RateLimitLayer::builder()
+        .store(store)
+        .capacity(10)
+        .refill(10)
+        .period(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    Router::new()
+        .route("/hello", get(|| async { Json(json!({"hello": "world"})) }))
+        .route("/users/{id}", get(|| async { Json(json!({"user": true})) }))
+        .layer(layer)
+}
+
+fn assert_allowed(reply: &Reply, remaining: u64) {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some("\"default\";q=10;w=10")
+    );
+    let expected = if remaining == 0 {
+        "\"default\";r=0;t=1".to_owned()
+    } else {
+        format!("\"default\";r={remaining}")
+    };
+    assert_eq!(
+        reply.header("ratelimit"),
+        Some(expected.as_str()),
+        "{reply:?}"
+    );
+}
+
+fn assert_limited(reply: &Reply) {
+    assert_eq!(reply.status, 429, "{reply:?}");
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some("\"default\";q=10;w=10")
+    );
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=0;t=1"));
+    let body = reply.json();
+    let object = body.as_object().unwrap();
+    assert_eq!(object.len(), 3, "{body}");
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["remaining"], 0);
+    let wait = body["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=1000).contains(&wait), "{body}");
+}
+
+/// The whole contract, against a server using `store`.
+async fn contract(store: impl Store + Clone) {
+    let server = TestServer::start(app(store)).await;
+    let client = HttpClient::new();
+    let addr = server.addr;
+
+    for remaining in (0..10).rev() {
+        let reply = client.get(addr, "/hello", Some(b"alice")).await;
+        assert_allowed(&reply, remaining);
+        assert_eq!(reply.json(), json!({"hello": "world"}));
+    }
+    assert_limited(&client.get(addr, "/hello", Some(b"alice")).await);
+
+    // Another client, another bucket.
+    assert_allowed(&client.get(addr, "/hello", Some(b"bob")).await, 9);
+    // The route template is the endpoint: /users/1 and /users/2 share a bucket, separate
+    // from /hello.
+    assert_allowed(&client.get(addr, "/users/1", Some(b"alice")).await, 9);
+    assert_allowed(&client.get(addr, "/users/2", Some(b"alice")).await, 8);
+    // The query parameter names the same client as the header.
+    assert_allowed(&client.get(addr, "/hello?key=carol", None).await, 9);
+    assert_allowed(&client.get(addr, "/hello", Some(b"carol")).await, 8);
+
+    // No identity: 400 with a JSON error saying what is missing, and no store call.
+    for path in ["/hello", "/hello?key=", "/hello?other=1"] {
+        let reply = client.get(addr, path, None).await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains("x-api-key") && error.contains("\"key\""),
+            "{error}"
+        );
+        assert_eq!(reply.header("ratelimit"), None);
+    }
+    let reply = client.get(addr, "/hello", Some(b"")).await;
+    assert_eq!(reply.status, 400);
+
+    // Non-UTF-8 keys are opaque bytes with buckets of their own.
+    assert_allowed(&client.get(addr, "/hello", Some(b"\xff\xfe")).await, 9);
+    assert_allowed(&client.get(addr, "/hello", Some(b"\xff\xfd")).await, 9);
+    assert_allowed(&client.get(addr, "/hello", Some(b"\xff\xfe")).await, 8);
+
+    // Very long keys are hashed, and stay distinct.
+    let mut long = vec![b'x'; 10_000];
+    assert_allowed(&client.get(addr, "/hello", Some(&long)).await, 9);
+    *long.last_mut().unwrap() = b'y';
+    assert_allowed(&client.get(addr, "/hello", Some(&long)).await, 9);
+    assert_allowed(&client.get(addr, "/hello", Some(&long)).await, 8);
+
+    // A client whose name spells another client and endpoint does not share its bucket:
+    // exhaust "a:GET:/hello" on /hello, then client "a" on "/hello:GET:/hello" still passes.
+    for _ in 0..10 {
+        client.get(addr, "/hello", Some(b"a:GET:/hello")).await;
+    }
+    assert_limited(&client.get(addr, "/hello", Some(b"a:GET:/hello")).await);
+    let reply = client.get(addr, "/hello:GET:/hello", Some(b"a")).await;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=9"));
+}
+
+#[tokio::test]
+async fn contract_with_memory_store() {
+    contract(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn contract_with_redis_store() {
+    let redis = RedisServer::start();
+    contract(RedisStore::open(&redis.url()).unwrap()).await;
+
+    // Every bucket key is prefixed, bounded, and expires.
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.len() >= 10, "{keys:?}");
+    for key in &keys {
+        assert!(key.starts_with("tollgate:{"), "{key}");
+        assert!(
+            key.len() <= tollgate::key::MAX_KEY_LEN,
+            "{} bytes: {key}",
+            key.len()
+        );
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
+        assert!((1..=10_000).contains(&ttl), "{key} has PTTL {ttl}");
+    }
+    assert!(keys.contains(&"tollgate:{alice:GET:/users/%7Bid%7D}:default".to_owned()));
+}
+
+#[tokio::test]
+async fn headers_on_allowed_responses_can_be_turned_off() {
+    let layer = RateLimitLayer::builder()
+        .capacity(1)
+        .period(Duration::from_secs(60))
+        .headers_on_allowed(false)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer);
+    let server = TestServer::start(app).await;
+    let client = HttpClient::new();
+    let reply = client.get(server.addr, "/", Some(b"k")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("ratelimit"), None);
+    assert_eq!(reply.header("ratelimit-policy"), None);
+    let reply = client.get(server.addr, "/", Some(b"k")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=0;t=60"));
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some("\"default\";q=1;w=60")
+    );
+    assert_eq!(reply.header("retry-after"), Some("60"));
+}

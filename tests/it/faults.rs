@@ -1,0 +1,139 @@
+//! Redis killed, hung, restarted empty, flushed, and absent at start, in both fail modes:
+//! each request answers within the timeout as the fail mode says, and limiting resumes.
+
+use std::time::{Duration, Instant};
+
+use axum::{Router, routing::get};
+use tollgate::{FailMode, RateLimitLayer, RedisStore};
+
+use crate::harness::{HttpClient, RedisServer, Reply, TestServer};
+
+const TIMEOUT: Duration = Duration::from_millis(50);
+/// The most a request may take while Redis fails: the timeout plus room for a busy machine.
+/// The store's own response timeout is 30 s, so only the layer's timeout can meet this.
+const BOUND: Duration = Duration::from_secs(1);
+
+async fn server(redis: &RedisServer, fail_mode: FailMode) -> TestServer {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let config = RedisStore::default_config().set_response_timeout(Some(Duration::from_secs(30)));
+    let layer = RateLimitLayer::builder()
+        .store(RedisStore::with_config(client, config).unwrap())
+        .capacity(10)
+        .period(Duration::from_secs(10))
+        .timeout(TIMEOUT)
+        .fail_mode(fail_mode)
+        .build()
+        .unwrap();
+    TestServer::start(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await
+}
+
+fn assert_fail_mode(reply: &Reply, fail_mode: FailMode) {
+    assert!(reply.latency < BOUND, "took {:?}", reply.latency);
+    assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
+    match fail_mode {
+        FailMode::Open => {
+            assert_eq!(reply.status, 200, "{reply:?}");
+            assert_eq!(reply.body, "ok");
+        }
+        FailMode::Closed => {
+            assert_eq!(reply.status, 503, "{reply:?}");
+            assert_eq!(reply.header("retry-after"), Some("1"));
+            assert_eq!(reply.header("content-type"), Some("application/json"));
+            assert_eq!(
+                reply.json(),
+                serde_json::json!({"error": "rate limiter unavailable"})
+            );
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// Sends requests until one is decided by Redis again (it carries `RateLimit`); returns it.
+async fn until_limiting(client: &HttpClient, server: &TestServer, fail_mode: FailMode) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = client.get(server.addr, "/", Some(b"k")).await;
+        if reply.header("ratelimit").is_some() {
+            assert_eq!(reply.status, 200, "{reply:?}");
+            return reply;
+        }
+        assert_fail_mode(&reply, fail_mode);
+        assert!(
+            Instant::now() < deadline,
+            "limiting did not resume within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn survives_faults(fail_mode: FailMode) {
+    let mut redis = RedisServer::start();
+    let server = server(&redis, fail_mode).await;
+    let client = HttpClient::new();
+    let get = || client.get(server.addr, "/", Some(b"k"));
+
+    assert_eq!(get().await.header("ratelimit"), Some("\"default\";r=9"));
+
+    // SCRIPT FLUSH: the script is loaded again within the same decision.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(get().await.header("ratelimit"), Some("\"default\";r=8"));
+
+    // Hung (SIGSTOP): the connection stays open and nothing answers.
+    redis.hang();
+    for _ in 0..5 {
+        assert_fail_mode(&get().await, fail_mode);
+    }
+    redis.resume();
+    until_limiting(&client, &server, fail_mode).await;
+
+    // Killed: the connection breaks.
+    redis.kill();
+    for _ in 0..5 {
+        assert_fail_mode(&get().await, fail_mode);
+    }
+    // Restarted empty: the store reconnects by itself and the bucket starts full.
+    redis.restart();
+    let reply = until_limiting(&client, &server, fail_mode).await;
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=9"));
+    // And it limits again.
+    for _ in 0..9 {
+        get().await;
+    }
+    assert_eq!(get().await.status, 429);
+}
+
+#[tokio::test]
+async fn fail_open_survives_faults() {
+    survives_faults(FailMode::Open).await;
+}
+
+#[tokio::test]
+async fn fail_closed_survives_faults() {
+    survives_faults(FailMode::Closed).await;
+}
+
+/// A service starts while Redis is down, follows its fail mode, and limits once Redis is up.
+#[tokio::test]
+async fn starts_without_redis() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let server = server(&redis, FailMode::Closed).await;
+    let client = HttpClient::new();
+    for _ in 0..3 {
+        assert_fail_mode(
+            &client.get(server.addr, "/", Some(b"k")).await,
+            FailMode::Closed,
+        );
+    }
+    redis.restart();
+    let reply = until_limiting(&client, &server, FailMode::Closed).await;
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=9"));
+}

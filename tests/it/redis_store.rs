@@ -1,0 +1,239 @@
+//! The Redis store against a real Redis: the script's arithmetic, TTLs, NOSCRIPT, agreement
+//! with the memory store, and no over- or under-admission across two instances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::{Router, routing::get};
+use tollgate::{Limit, MemoryStore, RateLimitLayer, RedisStore, Store};
+
+use crate::harness::{HttpClient, RedisServer, TestServer};
+
+fn get_full_at(conn: &mut redis::Connection, key: &str) -> Option<u64> {
+    redis::cmd("GET").arg(key).query(conn).unwrap()
+}
+
+/// A small deterministic pseudo-random sequence (xorshift), so failures replay.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Every decision of the Lua script equals `Limit::decide` (which the memory store runs) at
+/// the Redis clock's time of the call, to the microsecond.
+#[tokio::test]
+async fn script_matches_the_shared_arithmetic_step_for_step() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let mut conn = redis.conn();
+    // 5 tokens, one back every 20 ms; and one with an interval that is not a whole number of
+    // milliseconds.
+    for limit in [
+        Limit::new("a", 5, 5, Duration::from_millis(100)).unwrap(),
+        Limit::new("b", 7, 3, Duration::from_millis(100)).unwrap(),
+    ] {
+        let key = format!("step:{}", limit.name());
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let (mut allowed, mut denied) = (0, 0);
+        for _ in 0..120 {
+            let cost = 1 + rng.below(3);
+            let before = get_full_at(&mut conn, &key);
+            let decision = store.decide(key.clone(), &limit, cost).await.unwrap();
+            let after = get_full_at(&mut conn, &key);
+            let reset_us = decision.reset_after.as_micros() as u64;
+            // The script's clock, recovered from what it wrote (or, when it denied, from the
+            // bucket it left alone).
+            let now = if decision.allowed {
+                after.unwrap() - reset_us
+            } else {
+                assert_eq!(before, after, "a denial writes nothing");
+                before.unwrap() - reset_us
+            };
+            let (expected, new_full_at) = limit.decide(before.unwrap_or(now), now, cost);
+            assert_eq!(
+                decision, expected,
+                "cost {cost} at {now}, bucket {before:?}"
+            );
+            if decision.allowed {
+                assert_eq!(after, new_full_at);
+                allowed += 1;
+                let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
+                assert!(
+                    pttl > 0 && pttl as u64 <= reset_us.div_ceil(1000),
+                    "PTTL {pttl}"
+                );
+            } else {
+                denied += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.below(25))).await;
+        }
+        assert!(
+            allowed > 10 && denied > 10,
+            "{allowed} allowed, {denied} denied"
+        );
+    }
+}
+
+/// Both stores give the same decisions for the same sequences.
+#[tokio::test]
+async fn memory_and_redis_agree_on_sequences() {
+    let redis = RedisServer::start();
+    let stores: (RedisStore, MemoryStore) =
+        (RedisStore::open(&redis.url()).unwrap(), MemoryStore::new());
+    // A refill slow enough that the few milliseconds between the two stores' calls do not
+    // change a whole token.
+    let limit = Limit::new("seq", 10, 1, Duration::from_secs(3600)).unwrap();
+    let sequences: &[&[u64]] = &[&[1; 12], &[3, 3, 3, 3, 1, 1], &[10, 1], &[4, 7, 6, 1, 2]];
+    for (i, costs) in sequences.iter().enumerate() {
+        let key = format!("seq-{i}");
+        for &cost in *costs {
+            let r = stores.0.decide(key.clone(), &limit, cost).await.unwrap();
+            let m = stores.1.decide(key.clone(), &limit, cost).await.unwrap();
+            assert_eq!(
+                (r.allowed, r.remaining, r.limit),
+                (m.allowed, m.remaining, m.limit)
+            );
+            let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_millis(500);
+            assert!(close(r.retry_after, m.retry_after), "{r:?} {m:?}");
+            assert!(close(r.reset_after, m.reset_after), "{r:?} {m:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn script_is_reloaded_after_script_flush() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let limit = Limit::new("f", 3, 3, Duration::from_secs(60)).unwrap();
+    let mut conn = redis.conn();
+    assert_eq!(
+        store.decide("k".into(), &limit, 1).await.unwrap().remaining,
+        2
+    );
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+    let exists: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(store.script_sha())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, [false]);
+    assert_eq!(
+        store.decide("k".into(), &limit, 1).await.unwrap().remaining,
+        1
+    );
+    let exists: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(store.script_sha())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, [true]);
+}
+
+/// Two instances, each with its own connection to one Redis.
+async fn two_instances(
+    redis: &RedisServer,
+    capacity: u64,
+    refill: u64,
+    period: Duration,
+) -> [TestServer; 2] {
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let layer = RateLimitLayer::builder()
+            .store(RedisStore::open(&redis.url()).unwrap())
+            .capacity(capacity)
+            .refill(refill)
+            .period(period)
+            // Generous: this test is about counting, not about failing open.
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/hot", get(|| async { "ok" }))
+            .layer(layer);
+        servers.push(TestServer::start(app).await);
+    }
+    servers.try_into().ok().unwrap()
+}
+
+/// Counts replies: (allowed, limited); anything else fails the test.
+async fn hammer(
+    servers: &[TestServer; 2],
+    tasks: usize,
+    per_task: usize,
+    until: Option<Instant>,
+) -> (u64, u64) {
+    let client = HttpClient::new();
+    let allowed = Arc::new(AtomicU64::new(0));
+    let limited = Arc::new(AtomicU64::new(0));
+    let addrs = [servers[0].addr, servers[1].addr];
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (client, allowed, limited) = (client.clone(), allowed.clone(), limited.clone());
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                if until.is_some_and(|u| Instant::now() >= u) {
+                    break;
+                }
+                let reply = client
+                    .get(addrs[(t + i) % 2], "/hot", Some(b"hot-key"))
+                    .await;
+                match reply.status.as_u16() {
+                    200 => allowed.fetch_add(1, Ordering::Relaxed),
+                    429 => limited.fetch_add(1, Ordering::Relaxed),
+                    other => panic!("unexpected status {other}: {reply:?}"),
+                };
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    (
+        allowed.load(Ordering::Relaxed),
+        limited.load(Ordering::Relaxed),
+    )
+}
+
+/// 128 concurrent tasks on one key through two instances: exactly the capacity passes when no
+/// token comes back during the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_admit_exactly_the_capacity() {
+    let redis = RedisServer::start();
+    let servers = two_instances(&redis, 100, 1, Duration::from_secs(3600)).await;
+    let (allowed, limited) = hammer(&servers, 128, 4, None).await;
+    assert_eq!((allowed, limited), (100, 412));
+}
+
+/// With tokens coming back during the run, two instances never admit more than
+/// capacity + refill × elapsed, and do not leave refilled tokens unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_admit_capacity_plus_refill() {
+    let redis = RedisServer::start();
+    // 20 at once, then one every 50 ms.
+    let servers = two_instances(&redis, 20, 20, Duration::from_secs(1)).await;
+    let start = Instant::now();
+    let (allowed, limited) = hammer(
+        &servers,
+        64,
+        10_000,
+        Some(start + Duration::from_millis(1500)),
+    )
+    .await;
+    let elapsed = start.elapsed();
+    let refilled = elapsed.as_micros() as u64 / 50_000;
+    assert!(allowed <= 20 + refilled, "{allowed} allowed in {elapsed:?}");
+    // The load never stops, so nearly every refilled token is taken; allow for the last
+    // replies still in flight and for a slow machine.
+    let sending = Duration::from_millis(1500).min(elapsed).as_micros() as u64 / 50_000;
+    assert!(
+        allowed >= 20 + sending / 2,
+        "{allowed} allowed in {elapsed:?}"
+    );
+    assert!(limited > allowed, "{limited} limited");
+}
