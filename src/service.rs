@@ -101,3 +101,187 @@ where
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{Pending, Ready, pending, ready};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use tower::{Layer, Service, ServiceExt};
+
+    use crate::{Decision, FailMode, Limit, RateLimitLayer, Store, StoreError};
+
+    type Body = Full<Bytes>;
+
+    fn request(path: &str) -> Request<Body> {
+        Request::get(path)
+            .header("x-api-key", "k")
+            .body(Body::default())
+            .unwrap()
+    }
+
+    /// An inner service that must be made ready before each call, as tower requires.
+    #[derive(Clone, Default)]
+    struct MustBeReady {
+        ready: bool,
+    }
+
+    impl Service<Request<Body>> for MustBeReady {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = Ready<Result<Response<Body>, Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            self.ready = true;
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            assert!(self.ready, "called without poll_ready");
+            self.ready = false;
+            ready(Ok(Response::new(Body::from("inner"))))
+        }
+    }
+
+    fn layer() -> crate::Builder {
+        RateLimitLayer::builder()
+            .capacity(2)
+            .period(Duration::from_secs(60))
+    }
+
+    async fn body(response: Response<crate::ResponseBody<Body>>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn calls_the_service_that_was_made_ready_and_never_holds_readiness() {
+        let mut svc = layer().build().unwrap().layer(MustBeReady::default());
+        for expected in [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            // Readiness is the inner service's even when the bucket is empty.
+            let ready = svc.ready().await.unwrap();
+            let response = ready.call(request("/")).await.unwrap();
+            assert_eq!(response.status(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_route_template_the_path_is_the_endpoint() {
+        let svc = layer().build().unwrap().layer(MustBeReady::default());
+        for path in ["/users/1", "/users/1", "/users/2"] {
+            let response = svc.clone().oneshot(request(path)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+        let response = svc.clone().oneshot(request("/users/1")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    /// A store that fails at once.
+    struct Failing;
+    impl Store for Failing {
+        type Future = Ready<Result<Decision, StoreError>>;
+        fn decide(&self, _: String, _: &Limit, _: u64) -> Self::Future {
+            ready(Err(StoreError::Other("store is down".into())))
+        }
+    }
+
+    /// A store that never answers, like a hung Redis.
+    struct Hanging;
+    impl Store for Hanging {
+        type Future = Pending<Result<Decision, StoreError>>;
+        fn decide(&self, _: String, _: &Limit, _: u64) -> Self::Future {
+            pending()
+        }
+    }
+
+    async fn answer<St: Store>(
+        store: St,
+        fail_mode: FailMode,
+    ) -> Response<crate::ResponseBody<Body>> {
+        layer()
+            .store(store)
+            .fail_mode(fail_mode)
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default())
+            .oneshot(request("/"))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_modes_apply_to_errors_and_to_timeouts() {
+        let response = answer(Failing, FailMode::Open).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("ratelimit").is_none());
+        assert_eq!(body(response).await, "inner");
+
+        let response = answer(Failing, FailMode::Closed).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            body(response).await,
+            r#"{"error":"rate limiter unavailable"}"#
+        );
+
+        let start = tokio::time::Instant::now();
+        let response = answer(Hanging, FailMode::Open).await;
+        assert_eq!(start.elapsed(), crate::DEFAULT_TIMEOUT);
+        assert_eq!(body(response).await, "inner");
+
+        let response = answer(Hanging, FailMode::Closed).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// Collects what `tracing` writes.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lasting_outage_warns_once_a_second_not_once_a_request() {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let svc = layer()
+            .store(Failing)
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default());
+        for _ in 0..1000 {
+            svc.clone().oneshot(request("/")).await.unwrap();
+        }
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let warnings = text.lines().filter(|l| l.contains("WARN")).count();
+        // 1000 failures within well under a few seconds: one warning per second at most.
+        assert!((1..=3).contains(&warnings), "{warnings} warnings:\n{text}");
+        assert!(
+            text.contains("store is down") && text.contains("fail_mode=\"open\""),
+            "{text}"
+        );
+    }
+}
