@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Redis-side cost of one decision: lua/token_bucket.lua beside the floor script
+# (benches/lua/floor.lua: TIME, GET, SET PX), run the same way in the same run.
+#
+#   bash benches/redis_script.sh [requests] [rounds]
+#
+# Starts its own redis-server on a loopback port (no persistence) and stops it at the end.
+# For each script it prints decisions per second from redis-benchmark (50 clients, -P 16) and
+# the server's own microseconds per call (INFO commandstats), which does not depend on the
+# client's speed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=${1:-400000}
+rounds=${2:-3}
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+  --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+trap 'kill "$(cat "$dir/redis.pid")"; rm -rf "$dir"' EXIT
+cli() { redis-cli -p "$port" "$@"; }
+until cli PING >/dev/null 2>&1; do sleep 0.05; done
+
+tb=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua)")
+floor=$(cli SCRIPT LOAD "$(cat benches/lua/floor.lua)")
+
+run() { # name, then the EVALSHA arguments
+  local name=$1
+  shift
+  cli FLUSHALL >/dev/null
+  cli CONFIG RESETSTAT >/dev/null
+  local rps
+  rps=$(redis-benchmark -p "$port" -n "$requests" -c 50 -P 16 -r 100000 -q --csv EVALSHA "$@" |
+    tail -1 | cut -d, -f2 | tr -d '"')
+  local usec
+  usec=$(cli INFO commandstats | grep '^cmdstat_evalsha:' | sed 's/.*usec_per_call=\([0-9.]*\).*/\1/')
+  printf '%-28s %12s decisions/s %8s usec/call\n' "$name" "$rps" "$usec"
+}
+
+for round in $(seq "$rounds"); do
+  echo "round $round"
+  # Every decision allowed (the costly path): 100,000 keys, a bucket that never empties.
+  run "token_bucket allowed" "$tb" 1 'k:__rand_int__' 1 1000000000 1
+  run "floor" "$floor" 1 'k:__rand_int__'
+  # One hot key, every decision after the first denied: one token per hour.
+  run "token_bucket hot denied" "$tb" 1 hot 3600000000 1 1
+done
