@@ -58,6 +58,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(url) => {
             let store = RedisStore::open(&url).map_err(|e| format!("REDIS_URL: {e}"))?;
             println!("store: Redis at {url}; limits are shared by every instance using it");
+            // Connect and load the script now; if Redis is down, start anyway and follow the
+            // fail mode until it answers.
+            match tokio::time::timeout(Duration::from_secs(2), store.load_script()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "Redis is not ready; starting anyway"),
+                Err(_) => tracing::warn!("Redis did not answer in 2 s; starting anyway"),
+            }
             app(store, fail_mode)?
         }
         Err(_) => {

@@ -8,7 +8,8 @@
 -- KEYS[1]  bucket key
 -- ARGV[1]  interval: microseconds to refill one token (integer, >= 1)
 -- ARGV[2]  capacity: tokens in a full bucket (integer, >= 1)
--- ARGV[3]  cost: tokens this request takes (integer, >= 1)
+-- ARGV[3]  cost: tokens this request takes (integer, >= 1; above the capacity it is
+--          always denied)
 --
 -- Reply {allowed, remaining, full_after}: allowed is 1 or 0, remaining the
 -- whole tokens left after the decision, full_after the microseconds until the
@@ -21,6 +22,9 @@ local burst = tonumber(ARGV[2]) * interval
 local full_at = tonumber(redis.call('GET', KEYS[1])) or now
 if full_at < now then
   full_at = now
+elseif full_at > now + burst then
+  -- The clock stepped back since this was written: count the bucket as empty.
+  full_at = now + burst
 end
 local after = full_at + tonumber(ARGV[3]) * interval - now
 if after > burst then

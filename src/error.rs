@@ -38,6 +38,17 @@ pub enum ConfigError {
         /// The period.
         period: Duration,
     },
+    /// The time per token is not close enough to whole microseconds (off by more than 0.1%).
+    #[error(
+        "`refill` = {refill} tokens per `period` = {period:?} needs a fraction of a microsecond per token; \
+         choose values whose period / refill is at least 1 ms, or a multiple of 1 µs within 0.1%"
+    )]
+    Imprecise {
+        /// Tokens per period.
+        refill: u64,
+        /// The period.
+        period: Duration,
+    },
     /// The bucket would take more than a century to fill from empty.
     #[error(
         "`capacity` = {capacity} at `refill` = {refill} per {period:?} takes more than 100 years to fill"

@@ -10,15 +10,22 @@
 //! Each component is percent-encoded so that it never contains `:`, `{`, `}`, `%` or `#` of
 //! its own; the encoding is injective, so two different (client, endpoint) pairs never share a
 //! key, whatever bytes a client sends. A component longer than its bound is replaced by `#` and
-//! the SHA-1 of its bytes, so no key is longer than [`MAX_KEY_LEN`] bytes. The braces are a
-//! Redis Cluster hash tag: every limit of one client and endpoint lives in one slot.
+//! the SHA-256 of its bytes, so no key is longer than [`MAX_KEY_LEN`] bytes; two long components
+//! share a key only if their SHA-256 digests collide. The braces are a Redis Cluster hash tag:
+//! every limit of one client and endpoint lives in one slot.
+//!
+//! Without a route template the path is normalized first, so that spellings a server usually
+//! treats as one resource share a bucket: repeated slashes are collapsed, a trailing slash is
+//! dropped, `.` and `..` segments are resolved, and percent-escapes of unreserved characters
+//! (`%41` for `A`) are decoded.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use http::request::Parts;
 use http::{HeaderName, HeaderValue};
-use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, percent_encode};
+use sha2::{Digest, Sha256};
 
 use crate::ConfigError;
 use crate::limit::MAX_NAME_LEN;
@@ -33,11 +40,26 @@ const MAX_CLIENT_LEN: usize = 128;
 /// Longest encoded method component before it is hashed.
 const MAX_METHOD_LEN: usize = 24;
 /// Longest encoded path component before it is hashed.
-const MAX_PATH_LEN: usize = 200;
+const MAX_PATH_LEN: usize = 180;
+/// A hashed component: `#` and 64 hex digits of SHA-256.
+const HASHED_LEN: usize = 65;
 
-// Every bound together stays under MAX_KEY_LEN: prefix ":{" client ":" method ":" path "}:" name.
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
+
+// Every bound together stays under MAX_KEY_LEN: prefix ":{" client ":" method ":" path "}:" name,
+// where a component is at most its bound or, hashed, HASHED_LEN.
 const _: () = assert!(
-    MAX_PREFIX_LEN + 2 + MAX_CLIENT_LEN + 1 + MAX_METHOD_LEN + 1 + MAX_PATH_LEN + 2 + MAX_NAME_LEN
+    MAX_PREFIX_LEN
+        + 2
+        + max(MAX_CLIENT_LEN, HASHED_LEN)
+        + 1
+        + max(MAX_METHOD_LEN, HASHED_LEN)
+        + 1
+        + max(MAX_PATH_LEN, HASHED_LEN)
+        + 2
+        + MAX_NAME_LEN
         <= MAX_KEY_LEN
 );
 
@@ -117,7 +139,8 @@ impl MissingClient {
 /// parameter (default `key`).
 ///
 /// An empty value counts as missing. The header's raw bytes are used, so a key need not be
-/// UTF-8; the query value is percent-decoded.
+/// UTF-8; the query value is percent-decoded to bytes (`+` is a space), exactly, so two
+/// different query values never name the same client.
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     header: HeaderName,
@@ -158,29 +181,111 @@ impl ClientExtractor for ApiKey {
         {
             return Ok(Cow::Borrowed(value));
         }
-        if let (Some(name), Some(query)) = (&self.query, parts.uri.query()) {
-            let found = form_urlencoded::parse(query.as_bytes())
-                .find(|(k, v)| k == name && !v.is_empty())
-                .map(|(_, v)| v);
-            if let Some(value) = found {
-                return Ok(match value {
-                    Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-                    Cow::Owned(s) => Cow::Owned(s.into_bytes()),
-                });
-            }
+        if let (Some(name), Some(query)) = (&self.query, parts.uri.query())
+            && let Some(value) = query_param(query, name)
+        {
+            return Ok(value);
         }
         Err(self.missing.clone())
     }
 }
 
+/// The first non-empty value of the query parameter `name`, percent-decoded to bytes.
+fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (!value.is_empty() && form_decode(key).as_ref() == name.as_bytes())
+            .then(|| form_decode(value))
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding to bytes, without replacing invalid UTF-8.
+fn form_decode(s: &str) -> Cow<'_, [u8]> {
+    if s.contains('+') {
+        let spaced = s.replace('+', " ");
+        Cow::Owned(percent_decode_str(&spaced).collect())
+    } else {
+        percent_decode_str(s).into()
+    }
+}
+
 /// The endpoint of a request: axum's matched route template when there is one (so `/users/1`
-/// and `/users/2` share a bucket), else the request path.
-pub(crate) fn endpoint_path(parts: &Parts) -> &str {
+/// and `/users/2` share a bucket), else the normalized request path.
+pub(crate) fn endpoint_path(parts: &Parts) -> Cow<'_, str> {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
+        return Cow::Borrowed(matched.as_str());
     }
-    parts.uri.path()
+    normalize_path(parts.uri.path())
+}
+
+/// Collapses `//`, drops a trailing `/`, resolves `.` and `..`, and decodes percent-escapes of
+/// unreserved characters, so that usual aliases of one path share a bucket.
+pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
+    let clean = path.starts_with('/')
+        && !path.contains('%')
+        && path.split('/').skip(1).enumerate().all(|(i, seg)| {
+            seg != "." && seg != ".." && (!seg.is_empty() || (i == 0 && path == "/"))
+        });
+    if clean {
+        return Cow::Borrowed(path);
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for seg in path.split('/') {
+        let seg = decode_unreserved(seg);
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// Decodes `%XX` escapes of unreserved characters (RFC 3986: letters, digits, `-._~`); other
+/// escapes are kept, with upper-case hex digits. Works on bytes: any input is safe.
+fn decode_unreserved(seg: &str) -> String {
+    let bytes = seg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| {
+                Some((
+                    hex,
+                    u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?,
+                ))
+            });
+        match escaped {
+            Some((hex, b)) => {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    out.push(b);
+                } else {
+                    out.push(b'%');
+                    out.extend(hex.iter().map(u8::to_ascii_uppercase));
+                }
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII bytes were added or replaced by ASCII, so the result is as valid as the input.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Checks a key prefix: 1 to 64 printable ASCII bytes, without spaces or braces (which would
@@ -226,7 +331,7 @@ pub(crate) fn bucket_key(
     key
 }
 
-/// Appends `raw` percent-encoded, or `#` and its SHA-1 when the encoding exceeds `max` bytes.
+/// Appends `raw` percent-encoded, or `#` and its SHA-256 when the encoding exceeds `max` bytes.
 fn push_component(key: &mut String, raw: &[u8], max: usize) {
     let start = key.len();
     for chunk in percent_encode(raw, ESCAPED) {
@@ -234,8 +339,10 @@ fn push_component(key: &mut String, raw: &[u8], max: usize) {
         if key.len() - start > max {
             key.truncate(start);
             key.push('#');
-            let digest = sha1_smol::Sha1::from(raw).digest();
-            write!(key, "{digest}").expect("writing to a String cannot fail");
+            for byte in Sha256::digest(raw) {
+                write!(key, "{byte:02x}").expect("writing to a String cannot fail");
+            }
+            debug_assert_eq!(key.len() - start, HASHED_LEN);
             return;
         }
     }
@@ -313,10 +420,38 @@ mod tests {
         assert_eq!(e.extract(&p).unwrap().as_ref(), b"from-header");
         let p = parts(http::Request::get("/x?a=1&key=b%20c"));
         assert_eq!(e.extract(&p).unwrap().as_ref(), b"b c");
-        let p = parts(http::Request::get("/x?key=&other=1").header("x-api-key", ""));
+        // Query values are decoded to the exact bytes: invalid UTF-8 is not replaced.
+        let p = parts(http::Request::get("/x?key=%FF+%2B"));
+        assert_eq!(e.extract(&p).unwrap().as_ref(), b"\xff +");
+        let p = parts(http::Request::get("/x?key=%FE"));
+        assert_eq!(e.extract(&p).unwrap().as_ref(), b"\xfe");
+        let p = parts(http::Request::get("/x?k%65y=encoded-name"));
+        assert_eq!(e.extract(&p).unwrap().as_ref(), b"encoded-name");
+        let p = parts(http::Request::get("/x?key=&other=1&key").header("x-api-key", ""));
         let err = e.extract(&p).unwrap_err();
         assert!(err.message().contains("x-api-key"), "{err}");
         assert!(err.message().contains("\"key\""), "{err}");
+    }
+
+    #[test]
+    fn paths_are_normalized_without_a_template() {
+        for (path, normal) in [
+            ("/", "/"),
+            ("/users/1", "/users/1"),
+            ("//users//1/", "/users/1"),
+            ("/users/./1", "/users/1"),
+            ("/a/../users/1", "/users/1"),
+            ("/../..", "/"),
+            ("/%75sers/%31", "/users/1"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/bad%zz%", "/bad%zz%"),
+            ("/%", "/%"),
+            ("/%a\u{e9}", "/%a\u{e9}"),
+            ("/\u{e9}%41", "/\u{e9}A"),
+        ] {
+            assert_eq!(normalize_path(path), normal, "{path}");
+        }
     }
 
     #[test]

@@ -66,8 +66,13 @@ impl Limit {
         if period_us < u128::from(refill) {
             return Err(ConfigError::RefillTooFast { refill, period });
         }
-        // Round to the nearest microsecond.
+        // Round to the nearest microsecond; refuse a rate that rounding would change by more
+        // than 0.1%.
         let interval_us = (period_us + u128::from(refill) / 2) / u128::from(refill);
+        let drift = (interval_us * u128::from(refill)).abs_diff(period_us);
+        if drift * 1000 > period_us {
+            return Err(ConfigError::Imprecise { refill, period });
+        }
         let fill = interval_us.checked_mul(u128::from(capacity));
         if fill.is_none_or(|fill| fill > MAX_FILL.as_micros()) {
             return Err(ConfigError::FillTooSlow {
@@ -116,7 +121,12 @@ impl Limit {
     }
 
     /// Decides a request of `cost` tokens against a bucket that is full at `full_at`, at time
-    /// `now` (both in microseconds of one clock).
+    /// `now` (both in microseconds of one clock). A cost of 0 counts as 1; a cost above the
+    /// capacity is denied with a `retry_after` of [`Duration::MAX`]: it can never pass.
+    ///
+    /// A `full_at` further ahead than one whole bucket (the clock stepped back since it was
+    /// written) counts as an empty bucket, so a clock correction never stops a key for longer
+    /// than it takes to fill.
     ///
     /// Returns the decision and, when allowed, the bucket's new full-at time (when denied, the
     /// bucket is unchanged). A bucket never seen is full: pass `full_at = now`.
@@ -125,9 +135,10 @@ impl Limit {
     /// uses it agrees with Redis to the microsecond; a custom [`Store`](crate::Store) can keep
     /// one `u64` per key and call this under its own lock.
     pub fn decide(&self, full_at: u64, now: u64, cost: u64) -> (Decision, Option<u64>) {
+        let cost = cost.max(1);
         let burst = self.fill_us();
-        let full_at = full_at.max(now);
-        let after = full_at - now + cost.saturating_mul(self.interval_us);
+        let full_at = full_at.clamp(now, now.saturating_add(burst));
+        let after = (full_at - now).saturating_add(cost.saturating_mul(self.interval_us));
         if after > burst {
             let remaining = (burst - (full_at - now)) / self.interval_us;
             (self.decision(false, remaining, full_at - now, cost), None)
@@ -149,24 +160,32 @@ impl Limit {
         full_after_us: u64,
         cost: u64,
     ) -> Decision {
-        let retry_after_us = if allowed {
-            0
+        let retry_after = if allowed {
+            Duration::ZERO
+        } else if cost > self.capacity {
+            Duration::MAX
         } else {
             // Wait until `cost` tokens exist: the bucket holds `burst - full_after` worth.
-            (full_after_us + cost.saturating_mul(self.interval_us)).saturating_sub(self.fill_us())
+            Duration::from_micros(
+                full_after_us
+                    .saturating_add(cost.max(1).saturating_mul(self.interval_us))
+                    .saturating_sub(self.fill_us()),
+            )
         };
         Decision {
             allowed,
             limit: self.capacity,
             remaining,
-            retry_after: Duration::from_micros(retry_after_us),
+            retry_after,
             reset_after: Duration::from_micros(full_after_us),
         }
     }
 
     /// Microseconds until at least one token is in a bucket that is full after `full_after_us`.
     pub(crate) fn one_token_after_us(&self, full_after_us: u64) -> u64 {
-        (full_after_us + self.interval_us).saturating_sub(self.fill_us())
+        full_after_us
+            .saturating_add(self.interval_us)
+            .saturating_sub(self.fill_us())
     }
 }
 
@@ -198,7 +217,8 @@ pub struct Decision {
     /// Whole tokens left in the bucket after this decision.
     pub remaining: u64,
     /// When denied, the exact wait until enough tokens exist for this request; zero when
-    /// allowed.
+    /// allowed; [`Duration::MAX`] when the request costs more than the capacity and can never
+    /// pass.
     pub retry_after: Duration,
     /// The wait until the bucket is full again.
     pub reset_after: Duration,
@@ -241,6 +261,9 @@ mod tests {
         assert!(field(Limit::new("", 1, 1, d)).contains("policy_name"));
         assert!(field(Limit::new("a:b", 1, 1, d)).contains("policy_name"));
         assert!(field(Limit::new("a", 1, 2_000_000, d)).contains("refill"));
+        // 1.5 µs per token cannot be kept in whole microseconds within 0.1%.
+        let odd = Duration::from_micros(1_500_000);
+        assert!(field(Limit::new("a", 1, 1_000_001, odd)).contains("refill"));
         assert!(field(Limit::new("a", u64::MAX, 1, d)).contains("capacity"));
     }
 
@@ -248,7 +271,12 @@ mod tests {
     fn interval_rounds_to_nearest_microsecond() {
         assert_eq!(limit(10, 10, 10_000).interval_us(), 1_000_000);
         assert_eq!(limit(3, 3, 1_000).interval_us(), 333_333);
-        assert_eq!(limit(3, 6, 1).interval_us(), 167);
+        assert_eq!(limit(7, 7, 10).interval_us(), 1_429);
+        let err = Limit::new("a", 6, 6, Duration::from_millis(1)).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Imprecise { refill: 6, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -260,6 +288,30 @@ mod tests {
         assert_eq!(d.reset_after, Duration::from_secs(1));
         assert_eq!(d.retry_after, Duration::ZERO);
         assert_eq!(full_at, Some(6_000_000));
+    }
+
+    #[test]
+    fn extreme_costs_and_clocks_never_overflow() {
+        let l = limit(10, 10, 10_000);
+        let now = 1_000_000_000;
+        for cost in [11, 1 << 40, u64::MAX] {
+            let (d, none) = l.decide(0, now, cost);
+            assert!(!d.allowed);
+            assert_eq!(none, None);
+            assert_eq!(d.remaining, 10);
+            assert_eq!(d.retry_after, Duration::MAX);
+        }
+        // Cost 0 is cost 1.
+        assert_eq!(l.decide(0, now, 0).0.remaining, 9);
+        // The clock stepped back by an hour: the bucket counts as empty, not as stopped for an
+        // hour.
+        let (d, _) = l.decide(now + 3_600_000_000, now, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+        assert_eq!(d.reset_after, Duration::from_secs(10));
+        let (d, _) = l.decide(u64::MAX, u64::MAX - 5, u64::MAX);
+        assert!(!d.allowed);
     }
 
     #[test]

@@ -87,7 +87,7 @@ where
                 &policy.key_prefix,
                 &client,
                 parts.method.as_str(),
-                endpoint_path(&parts),
+                &endpoint_path(&parts),
                 policy.limit.name(),
             ),
             Err(missing) => return ResponseFuture::missing_client(Arc::clone(policy), missing),
@@ -125,10 +125,17 @@ mod tests {
             .unwrap()
     }
 
-    /// An inner service that must be made ready before each call, as tower requires.
-    #[derive(Clone, Default)]
+    /// An inner service that must be made ready before each call, as tower requires. A clone
+    /// is not ready: calling it instead of the service made ready panics.
+    #[derive(Default)]
     struct MustBeReady {
         ready: bool,
+    }
+
+    impl Clone for MustBeReady {
+        fn clone(&self) -> Self {
+            Self { ready: false }
+        }
     }
 
     impl Service<Request<Body>> for MustBeReady {

@@ -17,15 +17,20 @@ const SHARDS: usize = 64;
 /// (or has doubled, whichever is larger), so sweeping costs O(1) per insertion on average.
 const MIN_SWEEP_GROWTH: usize = 64;
 
+/// The default most buckets a store holds.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
 /// Buckets in this process's memory.
 ///
 /// The same token bucket as [`RedisStore`](crate::RedisStore), decision for decision, timed
 /// by [`tokio::time::Instant`] (so tests can pause time). Limits are per process: two
 /// instances each admit the full limit.
 ///
-/// Memory stays bounded by the keys that are active: a bucket that has refilled is the same as
-/// no bucket, and each shard drops its full buckets once it has grown enough since it last did.
-/// Cloning is cheap and shares the buckets.
+/// Memory stays bounded: a bucket that has refilled is the same as no bucket, so each shard
+/// drops its full buckets once it has grown enough since it last did; and the store never holds
+/// more than [`max_keys`](MemoryStore::with_max_keys) buckets (a million by default). Past that,
+/// the buckets nearest to full are forgotten first, which gives those clients back at most the
+/// few tokens they were missing. Cloning is cheap and shares the buckets.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -35,6 +40,8 @@ pub struct MemoryStore {
 struct Inner {
     epoch: Instant,
     hasher: RandomState,
+    /// The most buckets one shard holds.
+    shard_cap: usize,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -53,12 +60,19 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store holding at most [`DEFAULT_MAX_KEYS`] buckets.
     pub fn new() -> Self {
+        Self::with_max_keys(DEFAULT_MAX_KEYS)
+    }
+
+    /// An empty store holding at most about `max_keys` buckets (rounded up to a multiple of
+    /// the shard count, 64).
+    pub fn with_max_keys(max_keys: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 epoch: Instant::now(),
                 hasher: RandomState::new(),
+                shard_cap: max_keys.div_ceil(SHARDS).max(1),
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             }),
         }
@@ -89,6 +103,7 @@ impl MemoryStore {
             match shard.buckets.get_mut(key.as_str()) {
                 Some(slot) => *slot = new_full_at,
                 None => {
+                    shard.make_room(now, self.inner.shard_cap);
                     shard.buckets.insert(key, new_full_at);
                     shard.sweep_if_grown(now);
                 }
@@ -102,9 +117,34 @@ impl Shard {
     fn sweep_if_grown(&mut self, now: u64) {
         let len = self.buckets.len();
         if len >= self.swept_len + self.swept_len.max(MIN_SWEEP_GROWTH) {
-            self.buckets.retain(|_, full_at| *full_at > now);
-            self.swept_len = self.buckets.len();
+            self.sweep(now);
         }
+    }
+
+    /// Drops the full buckets and gives back memory a past peak left behind.
+    fn sweep(&mut self, now: u64) {
+        self.buckets.retain(|_, full_at| *full_at > now);
+        self.swept_len = self.buckets.len();
+        if self.buckets.capacity() > 4 * self.buckets.len().max(MIN_SWEEP_GROWTH) {
+            self.buckets.shrink_to(2 * self.buckets.len());
+        }
+    }
+
+    /// Before an insertion into a shard at its cap: drop the full buckets, then, if that was not
+    /// enough, the eighth of the buckets nearest to full.
+    fn make_room(&mut self, now: u64, cap: usize) {
+        if self.buckets.len() < cap {
+            return;
+        }
+        self.sweep(now);
+        if self.buckets.len() < cap {
+            return;
+        }
+        let mut full_ats: Vec<u64> = self.buckets.values().copied().collect();
+        let nth = full_ats.len() / 8;
+        let (_, &mut threshold, _) = full_ats.select_nth_unstable(nth);
+        self.buckets.retain(|_, full_at| *full_at > threshold);
+        self.swept_len = self.buckets.len();
     }
 }
 
@@ -173,5 +213,21 @@ mod tests {
             store.decide_now(format!("n{i}"), &l, 1);
         }
         assert!(store.len() < 13_000, "{} buckets held", store.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_holds_more_than_max_keys_and_forgets_the_fullest_first() {
+        let store = MemoryStore::with_max_keys(6_400);
+        let l = limit();
+        // One key drained: it must survive the flood of keys that took one token each.
+        for _ in 0..10 {
+            store.decide_now("drained".into(), &l, 1);
+        }
+        for i in 0..50_000 {
+            tokio::time::advance(Duration::from_micros(10)).await;
+            store.decide_now(format!("k{i}"), &l, 1);
+            assert!(store.len() <= 6_400);
+        }
+        assert!(!store.decide_now("drained".into(), &l, 1).allowed);
     }
 }

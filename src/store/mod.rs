@@ -14,7 +14,7 @@ mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
 #[cfg(feature = "redis")]
 pub use redis::{RedisDecision, RedisStore, TOKEN_BUCKET_LUA};
 

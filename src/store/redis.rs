@@ -1,7 +1,8 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -12,6 +13,12 @@ use super::Store;
 /// The token-bucket script, as sent to Redis (`lua/token_bucket.lua`).
 pub const TOKEN_BUCKET_LUA: &str = include_str!("../../lua/token_bucket.lua");
 
+/// After this many calls in a row failed or were abandoned (timed out by the layer), the store
+/// opens a new connection.
+const REOPEN_AFTER_FAILURES: u32 = 3;
+/// And it opens at most one new connection per this many milliseconds.
+const REOPEN_EVERY_MS: u64 = 2_000;
+
 /// Buckets in Redis, shared by every instance that points at the same server.
 ///
 /// Each decision is one `EVALSHA` of [`TOKEN_BUCKET_LUA`] on one key: it reads the bucket,
@@ -20,10 +27,16 @@ pub const TOKEN_BUCKET_LUA: &str = include_str!("../../lua/token_bucket.lua");
 /// vanish. The script's SHA1 is computed once per store; when Redis answers `NOSCRIPT`
 /// (restarted, `SCRIPT FLUSH`, failed over) the script is loaded and the call retried.
 ///
+/// # Connections
+///
 /// The connection is a redis-rs [`ConnectionManager`]: one multiplexed connection that all
 /// clones of the store share (concurrent decisions are pipelined on it), re-established in the
-/// background after Redis restarts. [`RedisStore::open`] does not wait for Redis: a service
-/// starts even while Redis is down and follows its fail mode until Redis answers.
+/// background when it breaks. A connection can also go silent without breaking (a network
+/// black hole, a proxy that stopped forwarding, a failover that moved the address): after three
+/// calls in a row fail or are abandoned by the layer's timeout, the store opens a new
+/// connection, at most once every two seconds. [`RedisStore::open`] does not wait for Redis: a
+/// service starts even while Redis is down and follows its fail mode until Redis answers;
+/// [`RedisStore::load_script`] connects and loads the script ahead of the first request.
 ///
 /// # Abandoned calls
 ///
@@ -31,14 +44,25 @@ pub const TOKEN_BUCKET_LUA: &str = include_str!("../../lua/token_bucket.lua");
 /// way: Redis may still run it and take a token for a request that was failed open or closed.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
-    script: Arc<redis::Script>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: RwLock<ConnectionManager>,
+    /// How to open a new connection; `None` for a store made from a connection.
+    reopen: Option<(redis::Client, ConnectionManagerConfig)>,
+    script: redis::Script,
+    start: Instant,
+    /// Calls failed or abandoned since the last success.
+    failures: AtomicU32,
+    /// Milliseconds since `start` when a connection was last opened.
+    opened_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("script_sha", &self.script.get_hash())
+            .field("script_sha", &self.inner.script.get_hash())
             .finish_non_exhaustive()
     }
 }
@@ -56,7 +80,7 @@ impl RedisStore {
         Self::with_config(redis::Client::open(url)?, Self::default_config())
     }
 
-    /// A store over `client` with a connection manager configured by `config`.
+    /// A store over `client` with connection managers configured by `config`.
     ///
     /// # Errors
     ///
@@ -65,36 +89,121 @@ impl RedisStore {
         client: redis::Client,
         config: ConnectionManagerConfig,
     ) -> Result<Self, StoreError> {
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self::from_connection(conn))
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Self::new(conn, Some((client, config))))
     }
 
-    /// A store over an existing connection manager.
+    /// A store over an existing connection manager. It cannot open a new connection when this
+    /// one goes silent; prefer [`RedisStore::with_config`].
     pub fn from_connection(conn: ConnectionManager) -> Self {
+        Self::new(conn, None)
+    }
+
+    fn new(
+        conn: ConnectionManager,
+        reopen: Option<(redis::Client, ConnectionManagerConfig)>,
+    ) -> Self {
         Self {
-            conn,
-            script: Arc::new(redis::Script::new(TOKEN_BUCKET_LUA)),
+            inner: Arc::new(Inner {
+                conn: RwLock::new(conn),
+                reopen,
+                script: redis::Script::new(TOKEN_BUCKET_LUA),
+                start: Instant::now(),
+                failures: AtomicU32::new(0),
+                opened_ms: AtomicU64::new(0),
+            }),
         }
     }
 
     /// The connection manager settings [`RedisStore::open`] uses.
     ///
-    /// Reconnection starts 10 ms after a failure and backs off to at most 1 s between
-    /// attempts, retrying without end, so the store follows Redis back after any outage. A
-    /// connection attempt gives up after 1 s and a command after 1 s; the layer's own, shorter
-    /// timeout bounds each request.
+    /// Reconnection starts 10 ms after a failure and backs off to at most 500 ms, five tries
+    /// per failure; a connection attempt gives up after 1 s and a command after 1 s. The
+    /// layer's own, shorter timeout bounds each request.
     pub fn default_config() -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
             .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(usize::MAX)
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(5)
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)))
     }
 
     /// The SHA1 of the script, as `EVALSHA` names it.
     pub fn script_sha(&self) -> &str {
-        self.script.get_hash()
+        self.inner.script.get_hash()
+    }
+
+    /// Connects and loads the script now, so the first request does not wait for either.
+    ///
+    /// Optional: a store loads the script on first use anyway, and again whenever Redis
+    /// forgot it.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached or refuses the script.
+    pub async fn load_script(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.connection();
+        self.inner.script.load_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn connection(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A call failed or was abandoned: after a few in a row, open a new connection.
+    fn failed(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let Some((client, config)) = &self.reopen else {
+            return;
+        };
+        if failures < REOPEN_AFTER_FAILURES || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let opened = self.opened_ms.load(Ordering::Relaxed);
+        if now < opened + REOPEN_EVERY_MS
+            || self
+                .opened_ms
+                .compare_exchange(opened, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+            Ok(conn) => {
+                *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                self.failures.store(0, Ordering::Relaxed);
+                tracing::info!(failures, "opening a new Redis connection");
+            }
+            Err(error) => tracing::warn!(%error, "cannot open a new Redis connection"),
+        }
+    }
+}
+
+/// Reports a call that is dropped before it finished (the layer's timeout) as a failure.
+struct Call {
+    inner: Arc<Inner>,
+    finished: bool,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.inner.failed();
+        }
     }
 }
 
@@ -105,18 +214,34 @@ impl Store for RedisStore {
     type Future = RedisDecision;
 
     fn decide(&self, key: String, limit: &Limit, cost: u64) -> Self::Future {
-        let mut conn = self.conn.clone();
-        let script = Arc::clone(&self.script);
-        let limit_args = (limit.interval_us(), limit.capacity());
+        let mut conn = self.inner.connection();
+        let mut call = Call {
+            inner: Arc::clone(&self.inner),
+            finished: false,
+        };
+        let cost = cost.max(1);
         let limit = limit.clone();
         Box::pin(async move {
-            let (allowed, remaining, full_after): (i64, i64, i64) = script
+            let reply: Result<(i64, i64, i64), _> = call
+                .inner
+                .script
                 .key(key)
-                .arg(limit_args.0)
-                .arg(limit_args.1)
+                .arg(limit.interval_us())
+                .arg(limit.capacity())
                 .arg(cost)
                 .invoke_async(&mut conn)
-                .await?;
+                .await;
+            call.finished = true;
+            let (allowed, remaining, full_after) = match reply {
+                Ok(reply) => {
+                    call.inner.succeeded();
+                    reply
+                }
+                Err(error) => {
+                    call.inner.failed();
+                    return Err(error.into());
+                }
+            };
             let (Ok(remaining), Ok(full_after)) =
                 (u64::try_from(remaining), u64::try_from(full_after))
             else {

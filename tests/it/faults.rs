@@ -6,20 +6,26 @@ use std::time::{Duration, Instant};
 use axum::{Router, routing::get};
 use tollgate::{FailMode, RateLimitLayer, RedisStore};
 
-use crate::harness::{HttpClient, RedisServer, Reply, TestServer};
+use crate::harness::{HttpClient, Proxy, RedisServer, Reply, TestServer};
 
-const TIMEOUT: Duration = Duration::from_millis(50);
+/// Long enough that a busy CI machine answers in time when Redis is healthy (a `SCRIPT FLUSH`
+/// costs three round trips), far below `BOUND`.
+const TIMEOUT: Duration = Duration::from_millis(250);
 /// The most a request may take while Redis fails: the timeout plus room for a busy machine.
 /// The store's own response timeout is 30 s, so only the layer's timeout can meet this.
 const BOUND: Duration = Duration::from_secs(1);
 
-async fn server(redis: &RedisServer, fail_mode: FailMode) -> TestServer {
-    let client = redis::Client::open(redis.url()).unwrap();
+async fn server(url: &str, fail_mode: FailMode) -> TestServer {
+    let client = redis::Client::open(url).unwrap();
     let config = RedisStore::default_config().set_response_timeout(Some(Duration::from_secs(30)));
+    let store = RedisStore::with_config(client, config).unwrap();
+    // Best effort: connect and load the script before the first request.
+    let _ = tokio::time::timeout(Duration::from_secs(2), store.load_script()).await;
     let layer = RateLimitLayer::builder()
-        .store(RedisStore::with_config(client, config).unwrap())
+        .store(store)
         .capacity(10)
-        .period(Duration::from_secs(10))
+        // One token back every 10 s: nothing refills during a step of the test.
+        .period(Duration::from_secs(100))
         .timeout(TIMEOUT)
         .fail_mode(fail_mode)
         .build()
@@ -73,7 +79,7 @@ async fn until_limiting(client: &HttpClient, server: &TestServer, fail_mode: Fai
 
 async fn survives_faults(fail_mode: FailMode) {
     let mut redis = RedisServer::start();
-    let server = server(&redis, fail_mode).await;
+    let server = server(&redis.url(), fail_mode).await;
     let client = HttpClient::new();
     let get = || client.get(server.addr, "/", Some(b"k"));
 
@@ -125,7 +131,7 @@ async fn fail_closed_survives_faults() {
 async fn starts_without_redis() {
     let mut redis = RedisServer::start();
     redis.kill();
-    let server = server(&redis, FailMode::Closed).await;
+    let server = server(&redis.url(), FailMode::Closed).await;
     let client = HttpClient::new();
     for _ in 0..3 {
         assert_fail_mode(
@@ -136,4 +142,25 @@ async fn starts_without_redis() {
     redis.restart();
     let reply = until_limiting(&client, &server, FailMode::Closed).await;
     assert_eq!(reply.header("ratelimit"), Some("\"default\";r=9"));
+}
+
+/// The connection goes silent without breaking (a proxy that stops forwarding, like a network
+/// black hole): requests follow the fail mode, and the store opens a new connection by itself.
+#[tokio::test]
+async fn a_silent_connection_is_replaced() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.socket()).await;
+    let server = server(&format!("redis://{}/", proxy.addr), FailMode::Closed).await;
+    let client = HttpClient::new();
+    let reply = client.get(server.addr, "/", Some(b"k")).await;
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=9"));
+    assert_eq!(proxy.connections(), 1);
+
+    proxy.stall_existing();
+    assert_fail_mode(
+        &client.get(server.addr, "/", Some(b"k")).await,
+        FailMode::Closed,
+    );
+    until_limiting(&client, &server, FailMode::Closed).await;
+    assert!(proxy.connections() >= 2);
 }

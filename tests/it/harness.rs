@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -211,6 +212,84 @@ impl HttpClient {
             headers: parts.headers,
             body: String::from_utf8(body.to_vec()).expect("UTF-8 body"),
             latency: start.elapsed(),
+        }
+    }
+}
+
+/// A TCP proxy to a Redis unix socket that can go silent: `stall_existing` makes every
+/// connection open so far stop forwarding (its sockets stay open), while new connections work.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    opened: AtomicU64,
+    /// Connections numbered below this do not forward.
+    stalled_below: AtomicU64,
+}
+
+impl Proxy {
+    pub async fn start(target: PathBuf) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState::default());
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let number = accept_state.opened.fetch_add(1, Ordering::SeqCst);
+                let Ok(unix) = tokio::net::UnixStream::connect(&target).await else {
+                    continue;
+                };
+                let (tcp_read, tcp_write) = tcp.into_split();
+                let (unix_read, unix_write) = unix.into_split();
+                tokio::spawn(forward(tcp_read, unix_write, number, accept_state.clone()));
+                tokio::spawn(forward(unix_read, tcp_write, number, accept_state.clone()));
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn stall_existing(&self) {
+        let opened = self.state.opened.load(Ordering::SeqCst);
+        self.state.stalled_below.store(opened, Ordering::SeqCst);
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.state.opened.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    number: u64,
+    state: Arc<ProxyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if number < state.stalled_below.load(Ordering::SeqCst) {
+            // Silent: keep both sockets open, forward nothing, for the rest of the test.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }
