@@ -49,6 +49,28 @@ pub enum ConfigError {
         /// The period.
         period: Duration,
     },
+    /// An error inside a rule, a limit, the default policy or a file.
+    #[error("{location}: {error}")]
+    At {
+        /// Where: `rule "login"`, `limit "burst"`, `default`, a file name.
+        location: String,
+        /// What.
+        error: Box<ConfigError>,
+    },
+    /// Two rules, or two limits of one policy, share a name.
+    #[error("duplicate {what} name {name:?}")]
+    Duplicate {
+        /// `rule` or `limit`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A policy file that is not valid TOML or has fields of the wrong form.
+    #[error("invalid TOML: {message}")]
+    Parse {
+        /// What the parser said.
+        message: String,
+    },
     /// The bucket would take more than a century to fill from empty.
     #[error(
         "`capacity` = {capacity} at `refill` = {refill} per {period:?} takes more than 100 years to fill"
@@ -61,6 +83,16 @@ pub enum ConfigError {
         /// The period.
         period: Duration,
     },
+}
+
+impl ConfigError {
+    /// The same error, located: `rule "login": …`.
+    pub(crate) fn at(self, location: &str) -> Self {
+        Self::At {
+            location: location.to_owned(),
+            error: Box::new(self),
+        }
+    }
 }
 
 /// A store could not decide.

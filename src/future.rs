@@ -5,15 +5,24 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use crate::key::MissingClient;
-use crate::layer::Policy;
-use crate::response::{self, ResponseBody};
+use crate::layer::Settings;
+use crate::response::{self, Answer, ResponseBody};
+use crate::service::policy_name;
 use crate::{Decision, FailMode, StoreError};
+
+/// How a decided request is handled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flags {
+    /// Report, never refuse.
+    pub(crate) shadow: bool,
+    /// Answer the gRPC way.
+    pub(crate) grpc: bool,
+}
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit).
@@ -23,7 +32,10 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody, D>,
-        policy: Arc<Policy>,
+        settings: Arc<Settings>,
+        // The request's policy, when it has one.
+        policy: usize,
+        flags: Flags,
     }
 }
 
@@ -33,7 +45,7 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        // Waiting for the store, at most the policy's timeout.
+        // Waiting for the store, at most the timeout.
         Deciding {
             #[pin]
             decision: D,
@@ -44,23 +56,17 @@ pin_project! {
             inner: Option<S>,
             request: Option<Request<ReqBody>>,
         },
-        // Forwarded; `ratelimit` is the `RateLimit` field to add to the response.
+        // Forwarded; `decision` is reported in the response's fields.
         Calling {
             #[pin]
             future: S::Future,
-            ratelimit: Option<HeaderValue>,
+            decision: Option<Decision>,
         },
         // Answered by the layer.
         Answered {
-            rejection: Option<Rejection>,
+            answer: Option<Answer>,
         },
     }
-}
-
-enum Rejection {
-    Limited(Decision),
-    MissingClient(MissingClient),
-    Unavailable,
 }
 
 impl<S, ReqBody, D> ResponseFuture<S, ReqBody, D>
@@ -68,7 +74,9 @@ where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn deciding(
-        policy: Arc<Policy>,
+        settings: Arc<Settings>,
+        policy: usize,
+        flags: Flags,
         decision: D,
         inner: S,
         request: Request<ReqBody>,
@@ -80,16 +88,43 @@ where
                 inner: Some(inner),
                 request: Some(request),
             },
+            settings,
             policy,
+            flags,
         }
     }
 
-    pub(crate) fn missing_client(policy: Arc<Policy>, missing: MissingClient) -> Self {
+    pub(crate) fn answered(
+        settings: Arc<Settings>,
+        policy: usize,
+        grpc: bool,
+        answer: Answer,
+    ) -> Self {
         Self {
             state: State::Answered {
-                rejection: Some(Rejection::MissingClient(missing)),
+                answer: Some(answer),
             },
+            settings,
             policy,
+            flags: Flags {
+                shadow: false,
+                grpc,
+            },
+        }
+    }
+
+    pub(crate) fn unlimited(settings: Arc<Settings>, future: S::Future) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                decision: None,
+            },
+            settings,
+            policy: usize::MAX,
+            flags: Flags {
+                shadow: false,
+                grpc: false,
+            },
         }
     }
 }
@@ -103,85 +138,93 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let policy: &Policy = this.policy;
+        let settings: &Settings = this.settings;
+        let flags = *this.flags;
         loop {
-            let next =
-                match this.state.as_mut().project() {
-                    StateProj::Deciding {
-                        decision,
-                        mut deadline,
-                        inner,
-                        request,
-                    } => {
-                        let outcome = match decision.poll(cx) {
-                            Poll::Ready(outcome) => outcome,
-                            Poll::Pending => {
-                                if deadline.is_none() {
-                                    deadline.set(Some(tokio::time::sleep(policy.timeout)));
-                                }
-                                let sleep = deadline.as_pin_mut().expect("deadline was just set");
-                                ready!(sleep.poll(cx));
-                                Err(StoreError::Timeout(policy.timeout))
+            let next = match this.state.as_mut().project() {
+                StateProj::Deciding {
+                    decision,
+                    mut deadline,
+                    inner,
+                    request,
+                } => {
+                    let outcome = match decision.poll(cx) {
+                        Poll::Ready(outcome) => outcome,
+                        Poll::Pending => {
+                            if deadline.is_none() {
+                                deadline.set(Some(tokio::time::sleep(settings.timeout)));
                             }
-                        };
-                        let mut forward = |ratelimit| {
-                            let mut inner = inner.take().expect("the service is called once");
-                            let request = request.take().expect("the request is sent once");
-                            State::Calling {
-                                future: inner.call(request),
-                                ratelimit,
-                            }
-                        };
-                        match outcome {
-                            Ok(decision) => {
-                                policy.outage.answered();
-                                if decision.allowed {
-                                    forward(policy.headers_on_allowed.then(|| {
-                                        response::ratelimit_value(&policy.limit, &decision)
-                                    }))
-                                } else {
-                                    State::Answered {
-                                        rejection: Some(Rejection::Limited(decision)),
-                                    }
-                                }
-                            }
-                            Err(error) => {
-                                policy.outage.failed(&error, policy.fail_mode);
-                                match policy.fail_mode {
-                                    FailMode::Open => forward(None),
-                                    FailMode::Closed => State::Answered {
-                                        rejection: Some(Rejection::Unavailable),
-                                    },
-                                }
-                            }
+                            let sleep = deadline.as_pin_mut().expect("deadline was just set");
+                            ready!(sleep.poll(cx));
+                            Err(StoreError::Timeout(settings.timeout))
                         }
-                    }
-                    StateProj::Calling { future, ratelimit } => {
-                        let mut response = ready!(future.poll(cx))?;
-                        if let Some(ratelimit) = ratelimit.take() {
-                            response::insert_ratelimit(
-                                response.headers_mut(),
-                                policy.policy_header.clone(),
-                                ratelimit,
+                    };
+                    let mut forward = |decision| {
+                        let mut inner = inner.take().expect("the service is called once");
+                        let request = request.take().expect("the request is sent once");
+                        State::Calling {
+                            future: inner.call(request),
+                            decision,
+                        }
+                    };
+                    let policy = settings.policies.entry(*this.policy);
+                    match outcome {
+                        Ok(decision) => {
+                            settings.outage.answered();
+                            let outcome = match (decision.allowed, flags.shadow) {
+                                (true, _) => "allowed",
+                                (false, true) => "shadow_limited",
+                                (false, false) => "limited",
+                            };
+                            tracing::debug!(
+                                policy = policy_name(policy),
+                                outcome,
+                                limit = policy.limits[decision.index].name(),
+                                remaining = decision.remaining,
+                                "rate-limit decision"
                             );
-                        }
-                        return Poll::Ready(Ok(response.map(ResponseBody::inner)));
-                    }
-                    StateProj::Answered { rejection } => {
-                        let response = match rejection.take().expect("polled after completion") {
-                            Rejection::Limited(decision) => response::too_many_requests(
-                                &policy.limit,
-                                &policy.policy_header,
-                                &decision,
-                            ),
-                            Rejection::MissingClient(missing) => {
-                                response::bad_request(missing.message())
+                            if decision.allowed || flags.shadow {
+                                // A shadow denial is always reported.
+                                let report = settings.headers_on_allowed || !decision.allowed;
+                                forward(report.then_some(decision))
+                            } else {
+                                State::Answered {
+                                    answer: Some(Answer::Limited(decision)),
+                                }
                             }
-                            Rejection::Unavailable => response::unavailable(),
-                        };
-                        return Poll::Ready(Ok(response));
+                        }
+                        Err(error) => {
+                            settings.outage.failed(&error, settings.fail_mode);
+                            match settings.fail_mode {
+                                FailMode::Closed if !flags.shadow => State::Answered {
+                                    answer: Some(Answer::Unavailable),
+                                },
+                                _ => forward(None),
+                            }
+                        }
                     }
-                };
+                }
+                StateProj::Calling { future, decision } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(decision) = decision.take() {
+                        let policy = settings.policies.entry(*this.policy);
+                        response::insert_allowed(
+                            response.headers_mut(),
+                            policy,
+                            &decision,
+                            settings.legacy_headers,
+                        );
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Answered { answer } => {
+                    let answer = answer.take().expect("polled after completion");
+                    let policy = settings.policies.entry(*this.policy);
+                    let response =
+                        response::reject(&answer, Some(policy), &settings.style(flags.grpc));
+                    return Poll::Ready(Ok(response));
+                }
+            };
             this.state.set(next);
         }
     }

@@ -1,10 +1,13 @@
 //! Who and what is limited: client identity, the endpoint, and the bucket key.
 //!
-//! A request's bucket is named by its client (from a [`ClientExtractor`]), its endpoint
-//! (method and path, the route template when axum matched one) and the limit's name:
+//! A request's bucket is named by its client (from a
+//! [`ClientExtractor`](crate::ClientExtractor)), its endpoint (method and path, the route
+//! template when axum matched one; or, under a [rule](crate::policy), the rule) and the limit's
+//! name:
 //!
 //! ```text
 //! tollgate:{alice:GET:/users/%7Bid%7D}:default
+//! tollgate:{alice:@login}:burst
 //! ```
 //!
 //! Each component is percent-encoded so that it never contains `:`, `{`, `}`, `%` or `#` of
@@ -23,8 +26,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use http::request::Parts;
-use http::{HeaderName, HeaderValue};
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, percent_encode};
+use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 use sha2::{Digest, Sha256};
 
 use crate::ConfigError;
@@ -73,148 +75,22 @@ const ESCAPED: &AsciiSet = &CONTROLS
     .add(b'}')
     .add(b'#');
 
-/// Finds the client a request comes from.
-///
-/// The identity is opaque bytes; any bytes are safe (see the [module docs](self)). Implemented
-/// by [`ApiKey`] (the default) and by closures `Fn(&http::request::Parts) -> Option<String>`,
-/// where `None` answers `400 Bad Request`:
-///
-/// ```
-/// use tollgate::RateLimitLayer;
-///
-/// let layer = RateLimitLayer::builder()
-///     .capacity(10)
-///     .period(std::time::Duration::from_secs(10))
-///     .client_extractor(|parts: &http::request::Parts| {
-///         parts.headers.get("x-tenant")?.to_str().ok().map(str::to_owned)
-///     })
-///     .build()
-///     .unwrap();
-/// # let _ = layer;
-/// ```
-pub trait ClientExtractor: Send + Sync + 'static {
-    /// The client's identity, or why the request carries none.
-    ///
-    /// # Errors
-    ///
-    /// A [`MissingClient`] when the request does not say who sent it; the layer answers
-    /// `400 Bad Request` with its message.
-    fn extract<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, [u8]>, MissingClient>;
-}
-
-impl<F> ClientExtractor for F
-where
-    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
-{
-    fn extract<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, [u8]>, MissingClient> {
-        match self(parts) {
-            Some(id) if !id.is_empty() => Ok(Cow::Owned(id.into_bytes())),
-            _ => Err(MissingClient::new("missing client identity")),
-        }
-    }
-}
-
-/// A request that does not say who sent it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct MissingClient {
-    message: Cow<'static, str>,
-}
-
-impl MissingClient {
-    /// A rejection with `message`, sent to the client in the `400` body.
-    pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-
-    /// The message sent to the client.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-/// The client is named by an API key: a request header (default `X-API-Key`), else a query
-/// parameter (default `key`).
-///
-/// An empty value counts as missing. The header's raw bytes are used, so a key need not be
-/// UTF-8; the query value is percent-decoded to bytes (`+` is a space), exactly, so two
-/// different query values never name the same client.
-#[derive(Debug, Clone)]
-pub struct ApiKey {
-    header: HeaderName,
-    query: Option<Cow<'static, str>>,
-    missing: MissingClient,
-}
-
-impl Default for ApiKey {
-    fn default() -> Self {
-        Self::new(HeaderName::from_static("x-api-key"), Some("key"))
-    }
-}
-
-impl ApiKey {
-    /// Reads `header`, then the query parameter `query` when given.
-    pub fn new(header: HeaderName, query: Option<&'static str>) -> Self {
-        let message = match query {
-            Some(q) => {
-                format!("missing API key: send the {header} header or the {q:?} query parameter")
-            }
-            None => format!("missing API key: send the {header} header"),
-        };
-        Self {
-            header,
-            query: query.map(Cow::Borrowed),
-            missing: MissingClient::new(message),
-        }
-    }
-}
-
-impl ClientExtractor for ApiKey {
-    fn extract<'a>(&self, parts: &'a Parts) -> Result<Cow<'a, [u8]>, MissingClient> {
-        if let Some(value) = parts
-            .headers
-            .get(&self.header)
-            .map(HeaderValue::as_bytes)
-            .filter(|v| !v.is_empty())
-        {
-            return Ok(Cow::Borrowed(value));
-        }
-        if let (Some(name), Some(query)) = (&self.query, parts.uri.query())
-            && let Some(value) = query_param(query, name)
-        {
-            return Ok(value);
-        }
-        Err(self.missing.clone())
-    }
-}
-
-/// The first non-empty value of the query parameter `name`, percent-decoded to bytes.
-fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (!value.is_empty() && form_decode(key).as_ref() == name.as_bytes())
-            .then(|| form_decode(value))
-    })
-}
-
-/// `application/x-www-form-urlencoded` decoding to bytes, without replacing invalid UTF-8.
-fn form_decode(s: &str) -> Cow<'_, [u8]> {
-    if s.contains('+') {
-        let spaced = s.replace('+', " ");
-        Cow::Owned(percent_decode_str(&spaced).collect())
-    } else {
-        percent_decode_str(s).into()
-    }
-}
-
 /// The endpoint of a request: axum's matched route template when there is one (so `/users/1`
 /// and `/users/2` share a bucket), else the normalized request path.
 pub(crate) fn endpoint_path(parts: &Parts) -> Cow<'_, str> {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
         return Cow::Borrowed(matched.as_str());
+    }
+    normalize_path(parts.uri.path())
+}
+
+/// The path rules match: axum's `OriginalUri` (the path before nested routers stripped their
+/// prefix) when there is one, else the request path; normalized.
+pub(crate) fn request_path(parts: &Parts) -> Cow<'_, str> {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return normalize_path(original.0.path());
     }
     normalize_path(parts.uri.path())
 }
@@ -308,26 +184,43 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
 }
 
 /// Builds the bucket key of (client, method, path) for the limit `name`.
-pub(crate) fn bucket_key(
-    prefix: &str,
-    client: &[u8],
-    method: &str,
-    path: &str,
-    name: &str,
-) -> String {
-    let mut key = String::with_capacity(
-        prefix.len() + client.len() + method.len() + path.len() + name.len() + 8,
-    );
+/// What a request is limited on, beside its client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Endpoint<'a> {
+    /// Under the default policy: the method and the route template or normalized path.
+    Route { method: &'a str, path: &'a str },
+    /// Under a rule: everything the rule matches.
+    Rule(&'a str),
+}
+
+/// The key that names a request's buckets, without the limit's name:
+/// `prefix:{client:METHOD:path}` or `prefix:{client:@rule}`. Each limit's bucket is this key,
+/// `:` and the limit's name ([`crate::store::bucket_key`]).
+pub(crate) fn request_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -> String {
+    let extra = match endpoint {
+        Endpoint::Route { method, path } => method.len() + path.len(),
+        Endpoint::Rule(rule) => rule.len(),
+    };
+    let mut key = String::with_capacity(prefix.len() + client.len() + extra + 6 + MAX_NAME_LEN);
     key.push_str(prefix);
     key.push_str(":{");
     push_component(&mut key, client, MAX_CLIENT_LEN);
     key.push(':');
-    push_component(&mut key, method.as_bytes(), MAX_METHOD_LEN);
-    key.push(':');
-    push_component(&mut key, path.as_bytes(), MAX_PATH_LEN);
-    key.push_str("}:");
-    key.push_str(name);
-    debug_assert!(key.len() <= MAX_KEY_LEN);
+    match endpoint {
+        Endpoint::Route { method, path } => {
+            push_component(&mut key, method.as_bytes(), MAX_METHOD_LEN);
+            key.push(':');
+            push_component(&mut key, path.as_bytes(), MAX_PATH_LEN);
+        }
+        Endpoint::Rule(rule) => {
+            // No method contains '@' (it is not a token character), so this never meets a
+            // route's key; rule names are checked to need no escaping.
+            key.push('@');
+            key.push_str(rule);
+        }
+    }
+    key.push('}');
+    debug_assert!(key.len() + 1 + MAX_NAME_LEN <= MAX_KEY_LEN);
     key
 }
 
@@ -355,11 +248,8 @@ mod tests {
     use super::*;
 
     fn key(client: &[u8], method: &str, path: &str) -> String {
-        bucket_key("tollgate", client, method, path, "default")
-    }
-
-    fn parts(req: http::request::Builder) -> Parts {
-        req.body(()).unwrap().into_parts().0
+        let key = request_key("tollgate", client, Endpoint::Route { method, path });
+        format!("{key}:default")
     }
 
     #[test]
@@ -367,6 +257,22 @@ mod tests {
         assert_eq!(
             key(b"alice", "GET", "/users/{id}"),
             "tollgate:{alice:GET:/users/%7Bid%7D}:default"
+        );
+        assert_eq!(
+            request_key("tollgate", b"alice", Endpoint::Rule("login")),
+            "tollgate:{alice:@login}"
+        );
+        // A client spelling a rule key stays apart.
+        assert_ne!(
+            request_key(
+                "tollgate",
+                b"alice:@login",
+                Endpoint::Route {
+                    method: "GET",
+                    path: "/"
+                }
+            ),
+            request_key("tollgate", b"alice", Endpoint::Rule("login"))
         );
     }
 
@@ -411,26 +317,6 @@ mod tests {
             key(b"\xff\x00 k", "GET", "/"),
             "tollgate:{%FF%00%20k:GET:/}:default"
         );
-    }
-
-    #[test]
-    fn api_key_prefers_header_then_query() {
-        let e = ApiKey::default();
-        let p = parts(http::Request::get("/x?key=from-query").header("x-api-key", "from-header"));
-        assert_eq!(e.extract(&p).unwrap().as_ref(), b"from-header");
-        let p = parts(http::Request::get("/x?a=1&key=b%20c"));
-        assert_eq!(e.extract(&p).unwrap().as_ref(), b"b c");
-        // Query values are decoded to the exact bytes: invalid UTF-8 is not replaced.
-        let p = parts(http::Request::get("/x?key=%FF+%2B"));
-        assert_eq!(e.extract(&p).unwrap().as_ref(), b"\xff +");
-        let p = parts(http::Request::get("/x?key=%FE"));
-        assert_eq!(e.extract(&p).unwrap().as_ref(), b"\xfe");
-        let p = parts(http::Request::get("/x?k%65y=encoded-name"));
-        assert_eq!(e.extract(&p).unwrap().as_ref(), b"encoded-name");
-        let p = parts(http::Request::get("/x?key=&other=1&key").header("x-api-key", ""));
-        let err = e.extract(&p).unwrap_err();
-        assert!(err.message().contains("x-api-key"), "{err}");
-        assert!(err.message().contains("\"key\""), "{err}");
     }
 
     #[test]

@@ -3,12 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use bytes::Bytes;
 use tower_layer::Layer;
 
-use crate::key::{ApiKey, ClientExtractor, check_prefix};
+use crate::client::{ApiKey, Bypass, ClientExtractor};
+use crate::cost::{CostExtractor, UnitCost};
+use crate::key::check_prefix;
 use crate::outage::OutageLog;
-use crate::response::policy_value;
+use crate::policy::Policies;
+use crate::response::{Rejection, RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
 use crate::{ConfigError, Limit, RateLimit};
 
@@ -60,7 +63,7 @@ impl std::str::FromStr for FailMode {
 
 /// Rate-limits the requests of each client on each endpoint with a token bucket.
 ///
-/// Built with [`RateLimitLayer::builder`]. The store, the client extractor and the limit are
+/// Built with [`RateLimitLayer::builder`]. The store, the client extractor and the policies are
 /// created once and shared by every service the layer makes. Cloning is cheap.
 pub struct RateLimitLayer<St = MemoryStore, C = ApiKey> {
     shared: Arc<Shared<St, C>>,
@@ -70,19 +73,46 @@ pub struct RateLimitLayer<St = MemoryStore, C = ApiKey> {
 pub(crate) struct Shared<St, C> {
     pub(crate) store: St,
     pub(crate) client: C,
-    pub(crate) policy: Arc<Policy>,
+    pub(crate) settings: Arc<Settings>,
 }
 
-/// The settings a response future needs.
-#[derive(Debug)]
-pub(crate) struct Policy {
-    pub(crate) limit: Limit,
-    pub(crate) policy_header: HeaderValue,
+/// Everything but the store and the client extractor; what a response future needs.
+pub(crate) struct Settings {
+    pub(crate) policies: Policies,
     pub(crate) key_prefix: Box<str>,
     pub(crate) timeout: Duration,
     pub(crate) fail_mode: FailMode,
     pub(crate) headers_on_allowed: bool,
+    pub(crate) legacy_headers: bool,
+    pub(crate) shadow: bool,
+    pub(crate) body: RejectionBody,
+    pub(crate) hook: Option<Arc<RejectionHook>>,
+    pub(crate) bypass: Bypass,
+    pub(crate) cost: Box<dyn CostExtractor>,
     pub(crate) outage: OutageLog,
+}
+
+impl Settings {
+    pub(crate) fn style(&self, grpc: bool) -> Style<'_> {
+        Style {
+            body: self.body,
+            hook: self.hook.as_deref(),
+            legacy: self.legacy_headers,
+            grpc,
+        }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("policies", &self.policies)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("fail_mode", &self.fail_mode)
+            .field("shadow", &self.shadow)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<St, C> Clone for RateLimitLayer<St, C> {
@@ -100,14 +130,15 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("store", &self.shared.store)
-            .field("policy", &self.shared.policy)
+            .field("settings", &self.shared.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl RateLimitLayer {
     /// Starts a builder: an in-memory store, clients named by [`ApiKey`], fail-open with a
-    /// 50 ms timeout. `capacity` and `period` must be set.
+    /// 50 ms timeout. Set either `capacity` and `period` (one limit for every endpoint) or
+    /// [`policies`](Builder::policies).
     pub fn builder() -> Builder {
         Builder {
             store: MemoryStore::new(),
@@ -116,10 +147,17 @@ impl RateLimitLayer {
             refill: None,
             period: None,
             policy_name: DEFAULT_POLICY_NAME.to_owned(),
+            policies: None,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             fail_mode: FailMode::Open,
             headers_on_allowed: true,
+            legacy_headers: false,
+            shadow: false,
+            body: RejectionBody::Json,
+            hook: None,
+            bypass: Bypass::new(),
+            cost: Box::new(UnitCost),
         }
     }
 }
@@ -130,9 +168,9 @@ impl<St, C> RateLimitLayer<St, C> {
         &self.shared.store
     }
 
-    /// The limit the layer applies.
-    pub fn limit(&self) -> &Limit {
-        &self.shared.policy.limit
+    /// The policies the layer applies.
+    pub fn policies(&self) -> &Policies {
+        &self.shared.settings.policies
     }
 }
 
@@ -160,7 +198,6 @@ impl<S, St, C> Layer<S> for RateLimitLayer<St, C> {
 ///     .expect("valid configuration");
 /// # let _ = layer;
 /// ```
-#[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct Builder<St = MemoryStore, C = ApiKey> {
     store: St,
@@ -169,48 +206,120 @@ pub struct Builder<St = MemoryStore, C = ApiKey> {
     refill: Option<u64>,
     period: Option<Duration>,
     policy_name: String,
+    policies: Option<Policies>,
     key_prefix: String,
     timeout: Duration,
     fail_mode: FailMode,
     headers_on_allowed: bool,
+    legacy_headers: bool,
+    shadow: bool,
+    body: RejectionBody,
+    hook: Option<Arc<RejectionHook>>,
+    bypass: Bypass,
+    cost: Box<dyn CostExtractor>,
+}
+
+impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("store", &self.store)
+            .field("capacity", &self.capacity)
+            .field("refill", &self.refill)
+            .field("period", &self.period)
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<St, C> Builder<St, C> {
     /// Where buckets are kept: a [`MemoryStore`] unless set, or a
     /// [`RedisStore`](crate::RedisStore) to share limits between instances.
     pub fn store<T: Store>(self, store: T) -> Builder<T, C> {
+        let Self {
+            client,
+            capacity,
+            refill,
+            period,
+            policy_name,
+            policies,
+            key_prefix,
+            timeout,
+            fail_mode,
+            headers_on_allowed,
+            legacy_headers,
+            shadow,
+            body,
+            hook,
+            bypass,
+            cost,
+            ..
+        } = self;
         Builder {
             store,
-            client: self.client,
-            capacity: self.capacity,
-            refill: self.refill,
-            period: self.period,
-            policy_name: self.policy_name,
-            key_prefix: self.key_prefix,
-            timeout: self.timeout,
-            fail_mode: self.fail_mode,
-            headers_on_allowed: self.headers_on_allowed,
+            client,
+            capacity,
+            refill,
+            period,
+            policy_name,
+            policies,
+            key_prefix,
+            timeout,
+            fail_mode,
+            headers_on_allowed,
+            legacy_headers,
+            shadow,
+            body,
+            hook,
+            bypass,
+            cost,
         }
     }
 
     /// How the client of a request is found: [`ApiKey`] unless set, or any
-    /// [`ClientExtractor`], such as a closure.
+    /// [`ClientExtractor`], such as [`ClientIp`](crate::client::ClientIp) or a closure.
     pub fn client_extractor<T: ClientExtractor>(self, client: T) -> Builder<St, T> {
+        let Self {
+            store,
+            capacity,
+            refill,
+            period,
+            policy_name,
+            policies,
+            key_prefix,
+            timeout,
+            fail_mode,
+            headers_on_allowed,
+            legacy_headers,
+            shadow,
+            body,
+            hook,
+            bypass,
+            cost,
+            ..
+        } = self;
         Builder {
-            store: self.store,
+            store,
             client,
-            capacity: self.capacity,
-            refill: self.refill,
-            period: self.period,
-            policy_name: self.policy_name,
-            key_prefix: self.key_prefix,
-            timeout: self.timeout,
-            fail_mode: self.fail_mode,
-            headers_on_allowed: self.headers_on_allowed,
+            capacity,
+            refill,
+            period,
+            policy_name,
+            policies,
+            key_prefix,
+            timeout,
+            fail_mode,
+            headers_on_allowed,
+            legacy_headers,
+            shadow,
+            body,
+            hook,
+            bypass,
+            cost,
         }
     }
 
-    /// The most requests that can pass at once from a full bucket. Required.
+    /// The most requests that can pass at once from a full bucket, for the single default
+    /// limit. Required unless [`policies`](Self::policies) are set.
     pub fn capacity(mut self, capacity: u64) -> Self {
         self.capacity = Some(capacity);
         self
@@ -223,21 +332,30 @@ impl<St, C> Builder<St, C> {
         self
     }
 
-    /// The period over which [`refill`](Self::refill) tokens come back. Required.
+    /// The period over which [`refill`](Self::refill) tokens come back. Required unless
+    /// [`policies`](Self::policies) are set.
     pub fn period(mut self, period: Duration) -> Self {
         self.period = Some(period);
         self
     }
 
-    /// The limit's name in the `RateLimit` header fields and the bucket keys (default
+    /// The single limit's name in the `RateLimit` header fields and the bucket keys (default
     /// `default`): 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
     pub fn policy_name(mut self, name: impl Into<String>) -> Self {
         self.policy_name = name.into();
         self
     }
 
+    /// Per-route rules and several limits per request, instead of one limit
+    /// (`capacity`/`refill`/`period`) for every endpoint.
+    pub fn policies(mut self, policies: Policies) -> Self {
+        self.policies = Some(policies);
+        self
+    }
+
     /// The prefix of every bucket key (default `tollgate`): 1 to 64 printable ASCII
-    /// characters without spaces or braces.
+    /// characters without spaces or braces. Give each layer sharing a store its own prefix
+    /// or its own limit names, or they share buckets.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -256,9 +374,54 @@ impl<St, C> Builder<St, C> {
     }
 
     /// Whether allowed responses carry the `RateLimit` and `RateLimit-Policy` fields (default
-    /// `true`). Limited responses always do.
+    /// `true`). Refused responses always do.
     pub fn headers_on_allowed(mut self, enabled: bool) -> Self {
         self.headers_on_allowed = enabled;
+        self
+    }
+
+    /// Also send the legacy `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+    /// `X-RateLimit-Reset` fields (default off). `X-RateLimit-Reset` is the seconds from now
+    /// until the bucket is full again, not a timestamp.
+    pub fn legacy_headers(mut self, enabled: bool) -> Self {
+        self.legacy_headers = enabled;
+        self
+    }
+
+    /// Shadow mode for every policy (default off): decide and report (the `RateLimit` fields,
+    /// logs) but never refuse. Rules can turn it on one by one.
+    pub fn shadow(mut self, enabled: bool) -> Self {
+        self.shadow = enabled;
+        self
+    }
+
+    /// The body format of the layer's own answers (default [`RejectionBody::Json`]).
+    pub fn rejection_body(mut self, body: RejectionBody) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Builds the layer's own answers with `hook` instead; the layer still adds the
+    /// `RateLimit` fields, `Retry-After` (unless the hook set one) and the legacy fields. gRPC
+    /// requests still get gRPC answers.
+    pub fn on_rejection<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Rejection<'_>) -> http::Response<Bytes> + Send + Sync + 'static,
+    {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Clients that are never refused (still decided and reported).
+    pub fn bypass(mut self, bypass: Bypass) -> Self {
+        self.bypass = bypass;
+        self
+    }
+
+    /// How many tokens a request takes (default 1): a [`HeaderCost`](crate::cost::HeaderCost)
+    /// or a closure `Fn(&Parts) -> u64`.
+    pub fn cost_extractor<T: CostExtractor>(mut self, cost: T) -> Self {
+        self.cost = Box::new(cost);
         self
     }
 
@@ -268,36 +431,54 @@ impl<St, C> Builder<St, C> {
     ///
     /// A [`ConfigError`] naming the first field that is missing, zero or invalid.
     pub fn build(self) -> Result<RateLimitLayer<St, C>, ConfigError> {
-        let capacity = self
-            .capacity
-            .ok_or(ConfigError::Missing { field: "capacity" })?;
-        let period = self
-            .period
-            .ok_or(ConfigError::Missing { field: "period" })?;
-        let limit = Limit::new(
-            self.policy_name,
-            capacity,
-            self.refill.unwrap_or(capacity),
-            period,
-        )?;
+        let single = self.capacity.is_some() || self.period.is_some() || self.refill.is_some();
+        let policies = match self.policies {
+            Some(_) if single => {
+                return Err(ConfigError::Invalid {
+                    field: "policies",
+                    value: "capacity/refill/period".into(),
+                    reason: "set either capacity, refill and period, or policies, not both",
+                });
+            }
+            Some(policies) => policies,
+            None => {
+                let capacity = self
+                    .capacity
+                    .ok_or(ConfigError::Missing { field: "capacity" })?;
+                let period = self
+                    .period
+                    .ok_or(ConfigError::Missing { field: "period" })?;
+                Policies::single(Limit::new(
+                    self.policy_name,
+                    capacity,
+                    self.refill.unwrap_or(capacity),
+                    period,
+                )?)
+            }
+        };
         if self.timeout.is_zero() {
             return Err(ConfigError::Zero { field: "timeout" });
         }
         check_prefix(&self.key_prefix)?;
-        let policy = Policy {
-            policy_header: policy_value(&limit),
-            limit,
+        let settings = Settings {
+            policies,
             key_prefix: self.key_prefix.into_boxed_str(),
             timeout: self.timeout,
             fail_mode: self.fail_mode,
             headers_on_allowed: self.headers_on_allowed,
+            legacy_headers: self.legacy_headers,
+            shadow: self.shadow,
+            body: self.body,
+            hook: self.hook,
+            bypass: self.bypass,
+            cost: self.cost,
             outage: OutageLog::new(),
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 store: self.store,
                 client: self.client,
-                policy: Arc::new(policy),
+                settings: Arc::new(settings),
             }),
         })
     }

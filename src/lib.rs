@@ -73,23 +73,27 @@
 #![deny(missing_docs, unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod client;
+pub mod cost;
 mod error;
 mod future;
 pub mod key;
 mod layer;
 mod limit;
 mod outage;
+pub mod policy;
 pub mod response;
 mod service;
 pub mod store;
 
+pub use client::{ApiKey, ClientExtractor, ClientIp, MissingClient};
 pub use error::{ConfigError, StoreError};
 pub use future::ResponseFuture;
-pub use key::{ApiKey, ClientExtractor, MissingClient};
 pub use layer::{
     Builder, DEFAULT_KEY_PREFIX, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, FailMode, RateLimitLayer,
 };
-pub use limit::{Decision, Limit};
+pub use limit::{Decision, Limit, MAX_LIMITS, decide_all};
+pub use policy::{Policies, Rule};
 pub use response::ResponseBody;
 pub use service::RateLimit;
 #[cfg(feature = "redis")]

@@ -124,31 +124,28 @@ impl Limit {
     /// `now` (both in microseconds of one clock). A cost of 0 counts as 1; a cost above the
     /// capacity is denied with a `retry_after` of [`Duration::MAX`]: it can never pass.
     ///
+    /// Returns the decision and, when allowed, the bucket's new full-at time (when denied, the
+    /// bucket is unchanged). A bucket never seen is full: pass `full_at = now`.
+    ///
     /// A `full_at` further ahead than one whole bucket (the clock stepped back since it was
     /// written) counts as an empty bucket, so a clock correction never stops a key for longer
     /// than it takes to fill.
     ///
-    /// Returns the decision and, when allowed, the bucket's new full-at time (when denied, the
-    /// bucket is unchanged). A bucket never seen is full: pass `full_at = now`.
-    ///
     /// This is the arithmetic of `lua/token_bucket.lua`, step for step, so every store that
     /// uses it agrees with Redis to the microsecond; a custom [`Store`](crate::Store) can keep
-    /// one `u64` per key and call this under its own lock.
+    /// one `u64` per key and call this (or [`decide_all`]) under its own lock.
     pub fn decide(&self, full_at: u64, now: u64, cost: u64) -> (Decision, Option<u64>) {
-        let cost = cost.max(1);
-        let burst = self.fill_us();
-        let full_at = full_at.clamp(now, now.saturating_add(burst));
+        let mut full_ats = [full_at];
+        let decision = decide_all(std::slice::from_ref(self), &mut full_ats, now, cost);
+        (decision, decision.allowed.then_some(full_ats[0]))
+    }
+
+    /// The bucket before a request: its full-at time clamped to `[now, now + fill]`, and the
+    /// wait until it would be full again after taking `cost`.
+    fn before(&self, full_at: u64, now: u64, cost: u64) -> (u64, u64) {
+        let full_at = full_at.clamp(now, now.saturating_add(self.fill_us()));
         let after = (full_at - now).saturating_add(cost.saturating_mul(self.interval_us));
-        if after > burst {
-            let remaining = (burst - (full_at - now)) / self.interval_us;
-            (self.decision(false, remaining, full_at - now, cost), None)
-        } else {
-            let remaining = (burst - after) / self.interval_us;
-            (
-                self.decision(true, remaining, after, cost),
-                Some(now + after),
-            )
-        }
+        (full_at, after)
     }
 
     /// Builds a [`Decision`] from a bucket's state after a decision: whether it allowed, the
@@ -172,13 +169,13 @@ impl Limit {
                     .saturating_sub(self.fill_us()),
             )
         };
-        Decision {
+        Decision::new(
             allowed,
-            limit: self.capacity,
+            self.capacity,
             remaining,
             retry_after,
-            reset_after: Duration::from_micros(full_after_us),
-        }
+            Duration::from_micros(full_after_us),
+        )
     }
 
     /// Microseconds until at least one token is in a bucket that is full after `full_after_us`.
@@ -187,6 +184,52 @@ impl Limit {
             .saturating_add(self.interval_us)
             .saturating_sub(self.fill_us())
     }
+}
+
+/// The most limits one decision may involve.
+pub const MAX_LIMITS: usize = 8;
+
+/// Decides a request of `cost` tokens against several buckets at once, all or nothing: it
+/// passes only if every bucket holds `cost` tokens, and then takes them from every bucket
+/// (writing each bucket's new full-at time into `full_ats`); otherwise nothing is taken and
+/// `full_ats` is unchanged.
+///
+/// The decision reports one limit, [`Decision::index`]: when denied, the one with the longest
+/// wait (so `retry_after` is the longest wait among the denying limits); when allowed, the one
+/// with the fewest tokens left; the first on a tie. `lua/token_bucket.lua` does the same.
+///
+/// # Panics
+///
+/// When `limits` is empty or `full_ats` is not as long as `limits`.
+pub fn decide_all(limits: &[Limit], full_ats: &mut [u64], now: u64, cost: u64) -> Decision {
+    assert!(!limits.is_empty() && limits.len() == full_ats.len());
+    let cost = cost.max(1);
+    // The denying limit with the longest wait: (index, wait, clamped full-at).
+    let mut worst: Option<(usize, u64, u64)> = None;
+    for (i, (limit, &full_at)) in limits.iter().zip(full_ats.iter()).enumerate() {
+        let (full_at, after) = limit.before(full_at, now, cost);
+        let burst = limit.fill_us();
+        if after > burst && worst.is_none_or(|(_, wait, _)| after - burst > wait) {
+            worst = Some((i, after - burst, full_at));
+        }
+    }
+    if let Some((i, _, full_at)) = worst {
+        let limit = &limits[i];
+        let remaining = (limit.fill_us() - (full_at - now)) / limit.interval_us;
+        return limit
+            .decision(false, remaining, full_at - now, cost)
+            .with_index(i);
+    }
+    let mut best: Option<Decision> = None;
+    for (i, (limit, full_at)) in limits.iter().zip(full_ats.iter_mut()).enumerate() {
+        let (_, after) = limit.before(*full_at, now, cost);
+        *full_at = now + after;
+        let remaining = (limit.fill_us() - after) / limit.interval_us;
+        if best.is_none_or(|b| remaining < b.remaining) {
+            best = Some(limit.decision(true, remaining, after, cost).with_index(i));
+        }
+    }
+    best.expect("limits is not empty")
 }
 
 fn check_name(name: &str) -> Result<(), ConfigError> {
@@ -222,6 +265,9 @@ pub struct Decision {
     pub retry_after: Duration,
     /// The wait until the bucket is full again.
     pub reset_after: Duration,
+    /// Which of the request's limits this decision reports, by position: when denied the one
+    /// with the longest wait, when allowed the one with the fewest tokens left.
+    pub index: usize,
 }
 
 impl Decision {
@@ -239,7 +285,14 @@ impl Decision {
             remaining,
             retry_after,
             reset_after,
+            index: 0,
         }
+    }
+
+    /// The same decision, reporting the limit at position `index`.
+    pub fn with_index(mut self, index: usize) -> Self {
+        self.index = index;
+        self
     }
 }
 
@@ -312,6 +365,36 @@ mod tests {
         assert_eq!(d.reset_after, Duration::from_secs(10));
         let (d, _) = l.decide(u64::MAX, u64::MAX - 5, u64::MAX);
         assert!(!d.allowed);
+    }
+
+    #[test]
+    fn several_limits_are_all_or_nothing() {
+        let burst = limit(2, 2, 2_000); // 2 at once, one per second
+        let daily = limit(3, 3, 86_400_000); // 3 a day
+        let limits = [burst, daily];
+        let now = 1_000_000_000;
+        let mut full_ats = [now, now];
+        let d = decide_all(&limits, &mut full_ats, now, 1);
+        // Both took a token: 1 left of the burst, 2 of the daily; the burst is reported.
+        assert!(d.allowed);
+        assert_eq!((d.index, d.remaining), (0, 1));
+        let d = decide_all(&limits, &mut full_ats, now, 1);
+        assert_eq!((d.allowed, d.index, d.remaining), (true, 0, 0));
+        // The burst limit is empty: denied, and the daily limit keeps its last token.
+        let before = full_ats;
+        let d = decide_all(&limits, &mut full_ats, now, 1);
+        assert_eq!((d.allowed, d.index), (false, 0));
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+        assert_eq!(full_ats, before);
+        // A second later the burst limit has a token, the daily one its last: both end at 0,
+        // and the first is reported on the tie.
+        let d = decide_all(&limits, &mut full_ats, now + 1_000_000, 1);
+        assert_eq!((d.allowed, d.index, d.remaining), (true, 0, 0));
+        // At 2 s the burst limit would allow, the daily one denies: 8 h after its first token
+        // was taken, less the 2 s gone.
+        let d = decide_all(&limits, &mut full_ats, now + 2_000_000, 1);
+        assert_eq!((d.allowed, d.index), (false, 1));
+        assert_eq!(d.retry_after, Duration::from_secs(8 * 3600 - 2));
     }
 
     #[test]

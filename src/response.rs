@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::policy::Entry;
 use crate::{Decision, Limit};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the quota policies that apply.
@@ -54,6 +55,12 @@ impl<B> ResponseBody<B> {
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full { data: Some(data) },
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self {
+            kind: Kind::Full { data: None },
         }
     }
 }
@@ -111,20 +118,32 @@ fn ceil_millis(d: Duration) -> u64 {
     d.as_micros().div_ceil(1_000) as u64
 }
 
-/// The `RateLimit-Policy` value of a limit: `"name";q=capacity;w=seconds to fill from empty`.
-pub(crate) fn policy_value(limit: &Limit) -> HeaderValue {
+/// One item of `RateLimit-Policy`: `"name";q=capacity;w=seconds to fill from empty`.
+fn push_policy_item(out: &mut String, limit: &Limit) {
     let fill = Duration::from_micros(limit.fill_us());
-    let value = format!(
+    let _ = write!(
+        out,
         "\"{}\";q={};w={}",
         limit.name(),
         limit.capacity(),
         ceil_secs(fill).max(1)
     );
+}
+
+/// The `RateLimit-Policy` value of a policy: every limit, in order.
+pub(crate) fn policy_list(limits: &[Limit]) -> HeaderValue {
+    let mut value = String::new();
+    for (i, limit) in limits.iter().enumerate() {
+        if i > 0 {
+            value.push_str(", ");
+        }
+        push_policy_item(&mut value, limit);
+    }
     HeaderValue::try_from(value).expect("limit names are checked to be header-safe")
 }
 
-/// The `RateLimit` value of a decision: `"name";r=remaining`, with `;t=seconds until a token
-/// is available` when none is left.
+/// The `RateLimit` value of a decision about `limit`: `"name";r=remaining`, with `;t=seconds
+/// until a token is available` when none is left.
 pub(crate) fn ratelimit_value(limit: &Limit, decision: &Decision) -> HeaderValue {
     let mut value = String::with_capacity(limit.name().len() + 24);
     let _ = write!(value, "\"{}\";r={}", limit.name(), decision.remaining);
@@ -136,61 +155,354 @@ pub(crate) fn ratelimit_value(limit: &Limit, decision: &Decision) -> HeaderValue
     HeaderValue::try_from(value).expect("limit names are checked to be header-safe")
 }
 
-/// The `429 Too Many Requests` answer to a denied decision.
-pub(crate) fn too_many_requests<B>(
-    limit: &Limit,
-    policy: &HeaderValue,
-    decision: &Decision,
+/// Why the layer answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// A limit has too few tokens: `429`.
+    Limited,
+    /// The request costs more than a limit's capacity and can never pass: `413`.
+    TooCostly,
+    /// The request does not say who sent it: `400`.
+    MissingClient,
+    /// The request states a cost that is not a positive integer: `400`.
+    InvalidCost,
+    /// The store failed and the fail mode is closed: `503`.
+    Unavailable,
+}
+
+impl RejectionKind {
+    /// The HTTP status of the default answer.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Limited => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooCostly => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MissingClient | Self::InvalidCost => StatusCode::BAD_REQUEST,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A request the layer answers itself, as a [rejection hook](crate::Builder::on_rejection)
+/// sees it.
+#[derive(Debug)]
+pub struct Rejection<'a> {
+    kind: RejectionKind,
+    message: &'a str,
+    rule: Option<&'a str>,
+    limit: Option<&'a Limit>,
+    decision: Option<&'a Decision>,
+    cost: u64,
+}
+
+impl Rejection<'_> {
+    /// Why.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// A sentence for the client, as the default body says it.
+    pub fn message(&self) -> &str {
+        self.message
+    }
+
+    /// The rule the request fell under; `None` for the default policy or when no policy was
+    /// found yet.
+    pub fn rule(&self) -> Option<&str> {
+        self.rule
+    }
+
+    /// The limit that refused the request (longest wait, or too small for the cost).
+    pub fn limit(&self) -> Option<&Limit> {
+        self.limit
+    }
+
+    /// The store's decision, when there was one.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision
+    }
+
+    /// The request's cost in tokens (1 when not yet known).
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
+/// The body format of the layer's own answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RejectionBody {
+    /// `{"allowed":false,"remaining":0,"retry_after_ms":1234}` for a 429, `{"error":"…"}`
+    /// otherwise (the default).
+    #[default]
+    Json,
+    /// `application/problem+json` (RFC 9457); a 429 uses the quota-exceeded problem type of
+    /// draft-ietf-httpapi-ratelimit-headers with its `violated-policies` member.
+    Problem,
+}
+
+/// A rejection hook: builds the response to a request the layer refuses. The layer then adds
+/// the `RateLimit` fields, `Retry-After` (unless the hook set one) and the legacy fields.
+pub type RejectionHook = dyn Fn(&Rejection<'_>) -> Response<Bytes> + Send + Sync;
+
+/// What the layer answers, before it is rendered.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Limited(Decision),
+    TooCostly { cost: u64, limit: usize },
+    MissingClient(crate::MissingClient),
+    InvalidCost(crate::cost::InvalidCost),
+    Unavailable,
+}
+
+/// How to render answers; from the layer's settings.
+pub(crate) struct Style<'a> {
+    pub(crate) body: RejectionBody,
+    pub(crate) hook: Option<&'a RejectionHook>,
+    pub(crate) legacy: bool,
+    pub(crate) grpc: bool,
+}
+
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+const UNAVAILABLE: &str = "rate limiter unavailable";
+
+/// Renders an answer. `policy` is the request's policy when one was found.
+pub(crate) fn reject<B>(
+    answer: &Answer,
+    policy: Option<&Entry>,
+    style: &Style<'_>,
 ) -> Response<ResponseBody<B>> {
-    let body = format!(
-        "{{\"allowed\":false,\"remaining\":{},\"retry_after_ms\":{}}}",
-        decision.remaining,
-        ceil_millis(decision.retry_after)
-    );
-    let mut response = json(StatusCode::TOO_MANY_REQUESTS, body);
+    let (kind, limit, decision, cost) = match answer {
+        Answer::Limited(d) => (
+            RejectionKind::Limited,
+            policy.map(|p| &p.limits[d.index]),
+            Some(d),
+            1,
+        ),
+        Answer::TooCostly { cost, limit } => (
+            RejectionKind::TooCostly,
+            policy.map(|p| &p.limits[*limit]),
+            None,
+            *cost,
+        ),
+        Answer::MissingClient(_) => (RejectionKind::MissingClient, None, None, 1),
+        Answer::InvalidCost(_) => (RejectionKind::InvalidCost, None, None, 1),
+        Answer::Unavailable => (RejectionKind::Unavailable, None, None, 1),
+    };
+    let message = match answer {
+        Answer::Limited(d) => match limit {
+            Some(limit) => format!(
+                "rate limited by {:?}: retry in {} ms",
+                limit.name(),
+                ceil_millis(d.retry_after)
+            ),
+            None => "rate limited".to_owned(),
+        },
+        Answer::TooCostly { cost, .. } => match limit {
+            Some(limit) => format!(
+                "this request costs {cost} tokens but limit {:?} holds at most {}: it can never pass",
+                limit.name(),
+                limit.capacity()
+            ),
+            None => format!("this request costs {cost} tokens: it can never pass"),
+        },
+        Answer::MissingClient(m) => m.message().to_owned(),
+        Answer::InvalidCost(c) => c.message().to_owned(),
+        Answer::Unavailable => UNAVAILABLE.to_owned(),
+    };
+    let rejection = Rejection {
+        kind,
+        message: &message,
+        rule: policy.and_then(|p| p.rule.as_deref()),
+        limit,
+        decision,
+        cost,
+    };
+    let mut response = if style.grpc {
+        grpc(&rejection)
+    } else if let Some(hook) = style.hook {
+        hook(&rejection).map(ResponseBody::full)
+    } else {
+        let body = match style.body {
+            RejectionBody::Json => json_body(&rejection),
+            RejectionBody::Problem => problem_body(&rejection),
+        };
+        let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+        *response.status_mut() = kind.status();
+        let content_type = match style.body {
+            RejectionBody::Json => APPLICATION_JSON,
+            RejectionBody::Problem => APPLICATION_PROBLEM_JSON,
+        };
+        response.headers_mut().insert(CONTENT_TYPE, content_type);
+        response
+    };
     let headers = response.headers_mut();
+    let retry_after = match (kind, decision) {
+        _ if style.grpc || headers.contains_key(RETRY_AFTER) => None,
+        (RejectionKind::Limited, Some(d)) => {
+            Some(HeaderValue::from(ceil_secs(d.retry_after).max(1)))
+        }
+        (RejectionKind::Unavailable, _) => Some(ONE_SECOND),
+        _ => None,
+    };
+    if let Some(retry_after) = retry_after {
+        headers.insert(RETRY_AFTER, retry_after);
+    }
+    if let Some(policy) = policy {
+        headers.insert(RATELIMIT_POLICY, policy.header.clone());
+        if let (Some(limit), Some(d)) = (limit, decision) {
+            headers.insert(RATELIMIT, ratelimit_value(limit, d));
+            if style.legacy {
+                insert_legacy(headers, limit, d);
+            }
+        }
+    }
+    response
+}
+
+/// Adds the fields of an allowed decision to a response.
+pub(crate) fn insert_allowed(
+    headers: &mut HeaderMap,
+    policy: &Entry,
+    decision: &Decision,
+    legacy: bool,
+) {
+    let limit = &policy.limits[decision.index];
+    headers.insert(RATELIMIT_POLICY, policy.header.clone());
+    headers.insert(RATELIMIT, ratelimit_value(limit, decision));
+    if legacy {
+        insert_legacy(headers, limit, decision);
+    }
+}
+
+/// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, and `X-RateLimit-Reset` in seconds from now
+/// until the bucket is full.
+fn insert_legacy(headers: &mut HeaderMap, limit: &Limit, decision: &Decision) {
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit.capacity()));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
     headers.insert(
-        RETRY_AFTER,
-        HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
+        X_RATELIMIT_RESET,
+        HeaderValue::from(ceil_secs(decision.reset_after)),
     );
-    insert_ratelimit(headers, policy.clone(), ratelimit_value(limit, decision));
+}
+
+fn json_body(rejection: &Rejection<'_>) -> String {
+    match (rejection.kind, rejection.decision) {
+        (RejectionKind::Limited, Some(d)) => format!(
+            "{{\"allowed\":false,\"remaining\":{},\"retry_after_ms\":{}}}",
+            d.remaining,
+            ceil_millis(d.retry_after)
+        ),
+        (RejectionKind::TooCostly, _) => {
+            let mut body = String::from("{\"allowed\":false,\"error\":");
+            push_json_str(&mut body, rejection.message);
+            body.push('}');
+            body
+        }
+        _ => {
+            let mut body = String::from("{\"error\":");
+            push_json_str(&mut body, rejection.message);
+            body.push('}');
+            body
+        }
+    }
+}
+
+fn problem_body(rejection: &Rejection<'_>) -> String {
+    let status = rejection.kind.status();
+    let mut body = String::from("{\"type\":");
+    match rejection.kind {
+        RejectionKind::Limited | RejectionKind::TooCostly => {
+            push_json_str(&mut body, QUOTA_EXCEEDED);
+            body.push_str(
+                ",\"title\":\"Request cannot be satisfied as assigned quota has been exceeded\"",
+            );
+        }
+        _ => {
+            body.push_str("\"about:blank\",\"title\":");
+            push_json_str(&mut body, status.canonical_reason().unwrap_or("Error"));
+        }
+    }
+    let _ = write!(body, ",\"status\":{}", status.as_u16());
+    body.push_str(",\"detail\":");
+    push_json_str(&mut body, rejection.message);
+    if let Some(limit) = rejection.limit {
+        body.push_str(",\"violated-policies\":[");
+        push_json_str(&mut body, limit.name());
+        body.push(']');
+    }
+    if let Some(d) = rejection.decision {
+        let _ = write!(body, ",\"retry_after_ms\":{}", ceil_millis(d.retry_after));
+    }
+    body.push('}');
+    body
+}
+
+/// A gRPC answer: HTTP 200, trailers-only (`grpc-status` in the headers), with a
+/// `google.rpc.RetryInfo` detail when the client may retry (feature `grpc`).
+fn grpc<B>(rejection: &Rejection<'_>) -> Response<ResponseBody<B>> {
+    let code: i32 = match rejection.kind {
+        RejectionKind::Limited | RejectionKind::TooCostly => 8, // RESOURCE_EXHAUSTED
+        RejectionKind::MissingClient | RejectionKind::InvalidCost => 3, // INVALID_ARGUMENT
+        RejectionKind::Unavailable => 14,                       // UNAVAILABLE
+    };
+    let mut response = Response::new(ResponseBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
+    let retry = rejection
+        .decision
+        .filter(|_| rejection.kind == RejectionKind::Limited)
+        .map(|d| d.retry_after);
+    #[cfg(feature = "grpc")]
+    {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let code = tonic::Code::from_i32(code);
+        let status = match retry {
+            Some(delay) => tonic::Status::with_error_details(
+                code,
+                rejection.message,
+                ErrorDetails::with_retry_info(Some(delay)),
+            ),
+            None => tonic::Status::new(code, rejection.message),
+        };
+        if status.add_header(headers).is_ok() {
+            return response;
+        }
+    }
+    let _ = retry;
+    headers.insert(GRPC_STATUS, HeaderValue::from(code));
+    let message = percent_encoding::utf8_percent_encode(rejection.message, GRPC_MESSAGE_ESCAPED);
+    if let Ok(value) = HeaderValue::try_from(message.to_string()) {
+        headers.insert(GRPC_MESSAGE, value);
+    }
     response
 }
 
-/// The `400 Bad Request` answer to a request without a client identity.
-pub(crate) fn bad_request<B>(message: &str) -> Response<ResponseBody<B>> {
-    json(StatusCode::BAD_REQUEST, error_body(message))
+/// Whether a request speaks gRPC: `content-type: application/grpc…`.
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The `503 Service Unavailable` answer of the closed fail mode.
-pub(crate) fn unavailable<B>() -> Response<ResponseBody<B>> {
-    let mut response = json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        error_body("rate limiter unavailable"),
-    );
-    response.headers_mut().insert(RETRY_AFTER, ONE_SECOND);
-    response
-}
+const APPLICATION_PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+const APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC percent-encodes a message outside printable ASCII, and `%`.
+const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
-pub(crate) fn insert_ratelimit(headers: &mut HeaderMap, policy: HeaderValue, state: HeaderValue) {
-    headers.insert(RATELIMIT_POLICY, policy);
-    headers.insert(RATELIMIT, state);
-}
+/// Legacy `X-RateLimit-Limit`.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// Legacy `X-RateLimit-Remaining`.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// Legacy `X-RateLimit-Reset`: seconds from now until the bucket is full (not a timestamp).
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-fn json<B>(status: StatusCode, body: String) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, APPLICATION_JSON);
-    response
-}
-
-/// `{"error":"…"}` with the message escaped as a JSON string.
-fn error_body(message: &str) -> String {
-    let mut body = String::with_capacity(message.len() + 12);
-    body.push_str("{\"error\":\"");
-    for c in message.chars() {
+/// Appends `text` as a JSON string.
+fn push_json_str(body: &mut String, text: &str) {
+    body.push('"');
+    for c in text.chars() {
         match c {
             '"' => body.push_str("\\\""),
             '\\' => body.push_str("\\\\"),
@@ -200,8 +512,7 @@ fn error_body(message: &str) -> String {
             c => body.push(c),
         }
     }
-    body.push_str("\"}");
-    body
+    body.push('"');
 }
 
 #[cfg(test)]
@@ -209,17 +520,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_body_escapes_json() {
-        assert_eq!(
-            error_body("a \"b\" \\ \n"),
-            r#"{"error":"a \"b\" \\ \u000a"}"#
-        );
+    fn json_strings_are_escaped() {
+        let mut body = String::new();
+        push_json_str(&mut body, "a \"b\" \\ \n");
+        assert_eq!(body, r#""a \"b\" \\ \u000a""#);
     }
 
     #[test]
     fn header_values() {
         let limit = Limit::new("default", 10, 10, Duration::from_secs(10)).unwrap();
-        assert_eq!(policy_value(&limit), "\"default\";q=10;w=10");
+        assert_eq!(
+            policy_list(std::slice::from_ref(&limit)),
+            "\"default\";q=10;w=10"
+        );
         let d = limit.decision(true, 9, 1_000_000, 1);
         assert_eq!(ratelimit_value(&limit, &d), "\"default\";r=9");
         // Empty bucket, full in 9.5 s: the next token is 0.5 s away, rounded up to 1.
@@ -227,9 +540,13 @@ mod tests {
         assert_eq!(ratelimit_value(&limit, &d), "\"default\";r=0;t=1");
         let d = limit.decision(false, 0, 10_000_000, 1);
         assert_eq!(ratelimit_value(&limit, &d), "\"default\";r=0;t=1");
-        let slow = Limit::new("daily", 100, 100, Duration::from_secs(86_400)).unwrap();
-        assert_eq!(policy_value(&slow), "\"daily\";q=100;w=86400");
-        let d = slow.decision(false, 0, 86_400_000_000, 1);
-        assert_eq!(ratelimit_value(&slow, &d), "\"daily\";r=0;t=864");
+        let burst = Limit::new("burst", 5, 5, Duration::from_secs(60)).unwrap();
+        let daily = Limit::new("daily", 100, 100, Duration::from_secs(86_400)).unwrap();
+        assert_eq!(
+            policy_list(&[burst, daily.clone()]),
+            "\"burst\";q=5;w=60, \"daily\";q=100;w=86400"
+        );
+        let d = daily.decision(false, 0, 86_400_000_000, 1);
+        assert_eq!(ratelimit_value(&daily, &d), "\"daily\";r=0;t=864");
     }
 }

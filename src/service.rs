@@ -7,9 +7,11 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::ResponseFuture;
-use crate::key::{ClientExtractor, bucket_key, endpoint_path};
+use crate::client::ClientExtractor;
+use crate::future::Flags;
+use crate::key::{Endpoint, endpoint_path, request_key, request_path};
 use crate::layer::Shared;
-use crate::response::ResponseBody;
+use crate::response::{Answer, ResponseBody, is_grpc};
 use crate::store::Store;
 
 /// Rate-limits the requests to `S`; made by [`RateLimitLayer`](crate::RateLimitLayer).
@@ -57,7 +59,7 @@ impl<S: std::fmt::Debug, St, C> std::fmt::Debug for RateLimit<S, St, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("policy", &self.shared.policy)
+            .field("settings", &self.shared.settings)
             .finish_non_exhaustive()
     }
 }
@@ -79,27 +81,80 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // Call the service that was made ready, leave a clone for the next call.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let policy = &self.shared.policy;
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let settings = &self.shared.settings;
         let (parts, body) = request.into_parts();
-        let key = match self.shared.client.extract(&parts) {
-            Ok(client) => bucket_key(
-                &policy.key_prefix,
-                &client,
-                parts.method.as_str(),
-                &endpoint_path(&parts),
-                policy.limit.name(),
-            ),
-            Err(missing) => return ResponseFuture::missing_client(Arc::clone(policy), missing),
+        let grpc = is_grpc(&parts.headers);
+        let path = request_path(&parts);
+        let Some(index) = settings.policies.find(&parts.method, &path) else {
+            // No rule matches and there is no default: not limited.
+            let future = inner.call(Request::from_parts(parts, body));
+            return ResponseFuture::unlimited(Arc::clone(settings), future);
         };
-        let decision = self.shared.store.decide(key, &policy.limit, 1);
+        let policy = settings.policies.entry(index);
+        let shadow = settings.shadow || policy.shadow;
+        let answer = |answer| ResponseFuture::answered(Arc::clone(settings), index, grpc, answer);
+        let (client, cost) = match (
+            self.shared.client.extract(&parts),
+            settings.cost.cost(&parts),
+        ) {
+            (Ok(client), Ok(cost)) => (client, cost),
+            // In shadow mode nothing is refused, not even a request we cannot decide.
+            (Err(_), _) | (_, Err(_)) if shadow => {
+                tracing::debug!(
+                    policy = policy_name(policy),
+                    "shadow mode: undecidable request passes"
+                );
+                let future = inner.call(Request::from_parts(parts, body));
+                return ResponseFuture::unlimited(Arc::clone(settings), future);
+            }
+            (Err(missing), _) => return answer(Answer::MissingClient(missing)),
+            (_, Err(invalid)) => return answer(Answer::InvalidCost(invalid)),
+        };
+        if cost > policy.min_capacity {
+            let limit = policy
+                .limits
+                .iter()
+                .position(|l| l.capacity() < cost)
+                .unwrap_or(0);
+            if !shadow {
+                return answer(Answer::TooCostly { cost, limit });
+            }
+            let future = inner.call(Request::from_parts(parts, body));
+            return ResponseFuture::unlimited(Arc::clone(settings), future);
+        }
+        let shadow = shadow || settings.bypass.contains(&client);
+        let key = match &policy.rule {
+            Some(rule) => request_key(
+                &settings.key_prefix,
+                client.as_bytes(),
+                Endpoint::Rule(rule),
+            ),
+            None => {
+                let route = endpoint_path(&parts);
+                let endpoint = Endpoint::Route {
+                    method: parts.method.as_str(),
+                    path: &route,
+                };
+                request_key(&settings.key_prefix, client.as_bytes(), endpoint)
+            }
+        };
+        drop((client, path));
+        let decision = self.shared.store.decide(&key, &policy.limits, cost);
         ResponseFuture::deciding(
-            Arc::clone(policy),
+            Arc::clone(settings),
+            index,
+            Flags { shadow, grpc },
             decision,
             inner,
             Request::from_parts(parts, body),
         )
     }
+}
+
+/// A policy's name for logs: the rule's, or `default`.
+pub(crate) fn policy_name(policy: &crate::policy::Entry) -> &str {
+    policy.rule.as_deref().unwrap_or("default")
 }
 
 #[cfg(test)]
@@ -199,7 +254,7 @@ mod tests {
     struct Failing;
     impl Store for Failing {
         type Future = Ready<Result<Decision, StoreError>>;
-        fn decide(&self, _: String, _: &Limit, _: u64) -> Self::Future {
+        fn decide(&self, _: &str, _: &Arc<[Limit]>, _: u64) -> Self::Future {
             ready(Err(StoreError::Other("store is down".into())))
         }
     }
@@ -208,7 +263,7 @@ mod tests {
     struct Hanging;
     impl Store for Hanging {
         type Future = Pending<Result<Decision, StoreError>>;
-        fn decide(&self, _: String, _: &Limit, _: u64) -> Self::Future {
+        fn decide(&self, _: &str, _: &Arc<[Limit]>, _: u64) -> Self::Future {
             pending()
         }
     }

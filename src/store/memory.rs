@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
 
-use crate::{Decision, Limit, StoreError};
+use crate::limit::MAX_NAME_LEN;
+use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all};
 
-use super::Store;
+use super::{Store, push_bucket_key};
 
 /// Shards of the key space, each behind its own lock, so concurrent decisions on different
 /// keys rarely contend.
@@ -93,19 +94,38 @@ impl MemoryStore {
     }
 
     /// Decides without the future; the same as [`Store::decide`].
-    pub fn decide_now(&self, key: String, limit: &Limit, cost: u64) -> Decision {
+    ///
+    /// # Panics
+    ///
+    /// When `limits` is empty or longer than [`MAX_LIMITS`].
+    pub fn decide_now(&self, key: &str, limits: &[Limit], cost: u64) -> Decision {
+        assert!(!limits.is_empty() && limits.len() <= MAX_LIMITS);
         let now = u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let shard = self.inner.hasher.hash_one(key.as_str()) as usize % SHARDS;
+        // All the buckets of one key live in one shard, so one lock makes the decision atomic.
+        let shard = self.inner.hasher.hash_one(key) as usize % SHARDS;
         let mut shard = lock(&self.inner.shards[shard]);
-        let full_at = shard.buckets.get(key.as_str()).copied().unwrap_or(now);
-        let (decision, new_full_at) = limit.decide(full_at, now, cost);
-        if let Some(new_full_at) = new_full_at {
-            match shard.buckets.get_mut(key.as_str()) {
-                Some(slot) => *slot = new_full_at,
-                None => {
-                    shard.make_room(now, self.inner.shard_cap);
-                    shard.buckets.insert(key, new_full_at);
-                    shard.sweep_if_grown(now);
+        let mut full_ats = [now; MAX_LIMITS];
+        let full_ats = &mut full_ats[..limits.len()];
+        let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN);
+        for (limit, full_at) in limits.iter().zip(full_ats.iter_mut()) {
+            bucket.clear();
+            push_bucket_key(&mut bucket, key, limit);
+            if let Some(&stored) = shard.buckets.get(bucket.as_str()) {
+                *full_at = stored;
+            }
+        }
+        let decision = decide_all(limits, full_ats, now, cost);
+        if decision.allowed {
+            for (limit, &full_at) in limits.iter().zip(full_ats.iter()) {
+                bucket.clear();
+                push_bucket_key(&mut bucket, key, limit);
+                match shard.buckets.get_mut(bucket.as_str()) {
+                    Some(slot) => *slot = full_at,
+                    None => {
+                        shard.make_room(now, self.inner.shard_cap);
+                        shard.buckets.insert(bucket.clone(), full_at);
+                        shard.sweep_if_grown(now);
+                    }
                 }
             }
         }
@@ -157,8 +177,8 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 impl Store for MemoryStore {
     type Future = Ready<Result<Decision, StoreError>>;
 
-    fn decide(&self, key: String, limit: &Limit, cost: u64) -> Self::Future {
-        ready(Ok(self.decide_now(key, limit, cost)))
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
+        ready(Ok(self.decide_now(key, limits, cost)))
     }
 }
 
@@ -168,8 +188,8 @@ mod tests {
 
     use super::*;
 
-    fn limit() -> Limit {
-        Limit::new("default", 10, 10, Duration::from_secs(10)).unwrap()
+    fn limit() -> [Limit; 1] {
+        [Limit::new("default", 10, 10, Duration::from_secs(10)).unwrap()]
     }
 
     #[tokio::test(start_paused = true)]
@@ -177,26 +197,26 @@ mod tests {
         let store = MemoryStore::new();
         let l = limit();
         for expected in (0..10).rev() {
-            let d = store.decide_now("k".into(), &l, 1);
+            let d = store.decide_now("k", &l, 1);
             assert!(d.allowed);
             assert_eq!(d.remaining, expected);
         }
-        let d = store.decide_now("k".into(), &l, 1);
+        let d = store.decide_now("k", &l, 1);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, Duration::from_secs(1));
         assert_eq!(d.reset_after, Duration::from_secs(10));
 
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(!store.decide_now("k".into(), &l, 1).allowed);
+        assert!(!store.decide_now("k", &l, 1).allowed);
         tokio::time::advance(Duration::from_millis(1)).await;
-        let d = store.decide_now("k".into(), &l, 1);
+        let d = store.decide_now("k", &l, 1);
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
 
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(store.decide_now("k".into(), &l, 1).remaining, 9);
+        assert_eq!(store.decide_now("k", &l, 1).remaining, 9);
         // Other keys have their own buckets.
-        assert_eq!(store.decide_now("other".into(), &l, 1).remaining, 9);
+        assert_eq!(store.decide_now("other", &l, 1).remaining, 9);
     }
 
     #[tokio::test(start_paused = true)]
@@ -204,13 +224,13 @@ mod tests {
         let store = MemoryStore::new();
         let l = limit();
         for i in 0..10_000 {
-            store.decide_now(format!("k{i}"), &l, 1);
+            store.decide_now(&format!("k{i}"), &l, 1);
         }
         assert_eq!(store.len(), 10_000);
         // After every bucket has refilled, new keys push the old ones out.
         tokio::time::advance(Duration::from_secs(2)).await;
         for i in 0..10_000 {
-            store.decide_now(format!("n{i}"), &l, 1);
+            store.decide_now(&format!("n{i}"), &l, 1);
         }
         assert!(store.len() < 13_000, "{} buckets held", store.len());
     }
@@ -221,13 +241,13 @@ mod tests {
         let l = limit();
         // One key drained: it must survive the flood of keys that took one token each.
         for _ in 0..10 {
-            store.decide_now("drained".into(), &l, 1);
+            store.decide_now("drained", &l, 1);
         }
         for i in 0..50_000 {
             tokio::time::advance(Duration::from_micros(10)).await;
-            store.decide_now(format!("k{i}"), &l, 1);
+            store.decide_now(&format!("k{i}"), &l, 1);
             assert!(store.len() <= 6_400);
         }
-        assert!(!store.decide_now("drained".into(), &l, 1).allowed);
+        assert!(!store.decide_now("drained", &l, 1).allowed);
     }
 }

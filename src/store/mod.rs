@@ -7,6 +7,7 @@
 //! Both implement the same token bucket (see [`Limit`]) and agree decision for decision.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::{Decision, Limit, StoreError};
 
@@ -20,16 +21,32 @@ pub use redis::{RedisDecision, RedisStore, TOKEN_BUCKET_LUA};
 
 /// Keeps token buckets and decides requests against them.
 ///
-/// Implement it to keep buckets elsewhere. A decision must be atomic: two concurrent calls on
-/// one key never both take the last token. The layer bounds every call by its timeout and
-/// applies its fail mode when the call errs or times out, so an implementation need not.
+/// Implement it to keep buckets elsewhere; [`decide_all`](crate::decide_all) does the
+/// arithmetic. A decision must be atomic: two concurrent calls never both take the last token
+/// of a bucket, and a request under several limits takes from all of them or from none. The
+/// layer bounds every call by its timeout and applies its fail mode when the call errs or
+/// times out, so an implementation need not.
 pub trait Store: Send + Sync + 'static {
     /// The future of one decision.
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
 
-    /// Decides whether a request of `cost` tokens may pass the bucket `key` under `limit`, and
-    /// takes the tokens if it may.
+    /// Decides whether a request of `cost` tokens may pass every limit in `limits` (at most
+    /// [`MAX_LIMITS`](crate::MAX_LIMITS)), and takes the tokens from each if it may.
     ///
-    /// A key that was never seen, or whose bucket has refilled, starts full.
-    fn decide(&self, key: String, limit: &Limit, cost: u64) -> Self::Future;
+    /// The bucket of each limit is [`bucket_key`]`(key, limit)`. A bucket that was never seen,
+    /// or that has refilled, starts full.
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future;
+}
+
+/// The bucket of `limit` for the requests named `key`: `key:name`.
+pub fn bucket_key(key: &str, limit: &Limit) -> String {
+    let mut bucket = String::with_capacity(key.len() + 1 + limit.name().len());
+    push_bucket_key(&mut bucket, key, limit);
+    bucket
+}
+
+pub(crate) fn push_bucket_key(out: &mut String, key: &str, limit: &Limit) {
+    out.push_str(key);
+    out.push(':');
+    out.push_str(limit.name());
 }

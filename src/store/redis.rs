@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::{Decision, Limit, StoreError};
 
-use super::Store;
+use super::{Store, bucket_key};
 
 /// The token-bucket script, as sent to Redis (`lua/token_bucket.lua`).
 pub const TOKEN_BUCKET_LUA: &str = include_str!("../../lua/token_bucket.lua");
@@ -21,9 +21,10 @@ const REOPEN_EVERY_MS: u64 = 2_000;
 
 /// Buckets in Redis, shared by every instance that points at the same server.
 ///
-/// Each decision is one `EVALSHA` of [`TOKEN_BUCKET_LUA`] on one key: it reads the bucket,
-/// decides with the Redis clock (`TIME`, so instances with skewed clocks agree), and writes
-/// only when it allows, with a TTL that ends when the bucket is full again, so idle buckets
+/// Each decision is one `EVALSHA` of [`TOKEN_BUCKET_LUA`] over the buckets of the request's
+/// limits (one key per limit, all in one Redis Cluster slot): it reads them, decides with the
+/// Redis clock (`TIME`, so instances with skewed clocks agree), and writes only when every
+/// limit allows, each key with a TTL that ends when its bucket is full again, so idle buckets
 /// vanish. The script's SHA1 is computed once per store; when Redis answers `NOSCRIPT`
 /// (restarted, `SCRIPT FLUSH`, failed over) the script is loaded and the call retried.
 ///
@@ -213,26 +214,29 @@ pub type RedisDecision = Pin<Box<dyn Future<Output = Result<Decision, StoreError
 impl Store for RedisStore {
     type Future = RedisDecision;
 
-    fn decide(&self, key: String, limit: &Limit, cost: u64) -> Self::Future {
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
         let mut conn = self.inner.connection();
         let mut call = Call {
             inner: Arc::clone(&self.inner),
             finished: false,
         };
         let cost = cost.max(1);
-        let limit = limit.clone();
+        let keys: Vec<String> = limits.iter().map(|limit| bucket_key(key, limit)).collect();
+        let limits = Arc::clone(limits);
         Box::pin(async move {
-            let reply: Result<(i64, i64, i64), _> = call
-                .inner
-                .script
-                .key(key)
-                .arg(limit.interval_us())
-                .arg(limit.capacity())
-                .arg(cost)
-                .invoke_async(&mut conn)
-                .await;
+            let reply: Result<(i64, i64, i64, i64), _> = {
+                let mut invocation = call.inner.script.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                invocation.arg(cost);
+                for limit in limits.iter() {
+                    invocation.arg(limit.interval_us()).arg(limit.capacity());
+                }
+                invocation.invoke_async(&mut conn).await
+            };
             call.finished = true;
-            let (allowed, remaining, full_after) = match reply {
+            let (allowed, index, remaining, full_after) = match reply {
                 Ok(reply) => {
                     call.inner.succeeded();
                     reply
@@ -242,14 +246,19 @@ impl Store for RedisStore {
                     return Err(error.into());
                 }
             };
-            let (Ok(remaining), Ok(full_after)) =
-                (u64::try_from(remaining), u64::try_from(full_after))
-            else {
+            let parsed = (
+                usize::try_from(index).ok().filter(|&i| i < limits.len()),
+                u64::try_from(remaining),
+                u64::try_from(full_after),
+            );
+            let (Some(index), Ok(remaining), Ok(full_after)) = parsed else {
                 return Err(StoreError::Reply(format!(
-                    "{{{allowed}, {remaining}, {full_after}}}"
+                    "{{{allowed}, {index}, {remaining}, {full_after}}}"
                 )));
             };
-            Ok(limit.decision(allowed == 1, remaining, full_after, cost))
+            Ok(limits[index]
+                .decision(allowed == 1, remaining, full_after, cost)
+                .with_index(index))
         })
     }
 }

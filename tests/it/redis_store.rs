@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::{Router, routing::get};
-use tollgate::{Limit, MemoryStore, RateLimitLayer, RedisStore, Store};
+use tollgate::store::bucket_key;
+use tollgate::{Decision, Limit, MemoryStore, RateLimitLayer, RedisStore, Store, decide_all};
 
 use crate::harness::{HttpClient, RedisServer, TestServer};
 
@@ -25,49 +26,66 @@ impl Rng {
     }
 }
 
-/// Every decision of the Lua script equals `Limit::decide` (which the memory store runs) at
-/// the Redis clock's time of the call, to the microsecond.
+/// Every decision of the Lua script equals `decide_all` (which the memory store runs) at the
+/// Redis clock's time of the call, to the microsecond, with one limit and with several.
 #[tokio::test]
 async fn script_matches_the_shared_arithmetic_step_for_step() {
     let redis = RedisServer::start();
     let store = RedisStore::open(&redis.url()).unwrap();
     let mut conn = redis.conn();
-    // 5 tokens, one back every 20 ms; and one with an interval that is not a whole number of
-    // milliseconds.
-    for limit in [
-        Limit::new("a", 5, 5, Duration::from_millis(100)).unwrap(),
-        Limit::new("b", 7, 3, Duration::from_millis(100)).unwrap(),
-    ] {
-        let key = format!("step:{}", limit.name());
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let ms = Duration::from_millis;
+    let policies: Vec<Arc<[Limit]>> = vec![
+        // 5 tokens, one back every 20 ms.
+        Arc::new([Limit::new("a", 5, 5, ms(100)).unwrap()]),
+        // An interval that is not a whole number of milliseconds.
+        Arc::new([Limit::new("b", 7, 3, ms(100)).unwrap()]),
+        // Three limits, each the tightest at some point.
+        Arc::new([
+            Limit::new("fast", 4, 4, ms(80)).unwrap(),
+            Limit::new("slow", 9, 3, ms(300)).unwrap(),
+            Limit::new("tiny", 2, 20, ms(200)).unwrap(),
+        ]),
+    ];
+    for (p, limits) in policies.iter().enumerate() {
+        let key = format!("step{p}");
+        let buckets: Vec<String> = limits.iter().map(|l| bucket_key(&key, l)).collect();
+        let read = |conn: &mut redis::Connection| -> Vec<Option<u64>> {
+            buckets.iter().map(|b| get_full_at(conn, b)).collect()
+        };
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 + p as u64);
         let (mut allowed, mut denied) = (0, 0);
         for _ in 0..120 {
-            let cost = 1 + rng.below(3);
-            let before = get_full_at(&mut conn, &key);
-            let decision = store.decide(key.clone(), &limit, cost).await.unwrap();
-            let after = get_full_at(&mut conn, &key);
+            let cost = 1 + rng.below(2);
+            let before = read(&mut conn);
+            let decision = store.decide(&key, limits, cost).await.unwrap();
+            let after = read(&mut conn);
+            let i = decision.index;
             let reset_us = decision.reset_after.as_micros() as u64;
             // The script's clock, recovered from what it wrote (or, when it denied, from the
             // bucket it left alone).
             let now = if decision.allowed {
-                after.unwrap() - reset_us
+                after[i].unwrap() - reset_us
             } else {
-                assert_eq!(before, after, "a denial writes nothing");
-                before.unwrap() - reset_us
+                // A denial writes nothing (a bucket may have expired meanwhile: it was full).
+                for (b, a) in before.iter().zip(&after) {
+                    assert!(a == b || a.is_none(), "{before:?} became {after:?}");
+                }
+                before[i].unwrap() - reset_us
             };
-            let (expected, new_full_at) = limit.decide(before.unwrap_or(now), now, cost);
+            let mut full_ats: Vec<u64> = before.iter().map(|b| b.unwrap_or(now)).collect();
+            let expected = decide_all(limits, &mut full_ats, now, cost);
             assert_eq!(
                 decision, expected,
-                "cost {cost} at {now}, bucket {before:?}"
+                "cost {cost} at {now}, buckets {before:?}"
             );
             if decision.allowed {
-                assert_eq!(after, new_full_at);
+                assert_eq!(after, full_ats.iter().map(|&f| Some(f)).collect::<Vec<_>>());
                 allowed += 1;
-                let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut conn).unwrap();
-                assert!(
-                    pttl > 0 && pttl as u64 <= reset_us.div_ceil(1000),
-                    "PTTL {pttl}"
-                );
+                for (bucket, &full_at) in buckets.iter().zip(&full_ats) {
+                    let pttl: i64 = redis::cmd("PTTL").arg(bucket).query(&mut conn).unwrap();
+                    let bound = (full_at - now).div_ceil(1000);
+                    assert!(pttl > 0 && pttl as u64 <= bound, "PTTL {pttl} > {bound}");
+                }
             } else {
                 denied += 1;
             }
@@ -84,36 +102,85 @@ async fn script_matches_the_shared_arithmetic_step_for_step() {
 #[tokio::test]
 async fn memory_and_redis_agree_on_sequences() {
     let redis = RedisServer::start();
-    let stores: (RedisStore, MemoryStore) =
-        (RedisStore::open(&redis.url()).unwrap(), MemoryStore::new());
-    // A refill slow enough that the few milliseconds between the two stores' calls do not
+    let stores = (RedisStore::open(&redis.url()).unwrap(), MemoryStore::new());
+    // Refills slow enough that the few milliseconds between the two stores' calls do not
     // change a whole token.
-    let limit = Limit::new("seq", 10, 1, Duration::from_secs(3600)).unwrap();
+    let hour = Duration::from_secs(3600);
+    let one: Arc<[Limit]> = Arc::new([Limit::new("seq", 10, 1, hour).unwrap()]);
+    let two: Arc<[Limit]> = Arc::new([
+        Limit::new("burst", 6, 1, hour).unwrap(),
+        Limit::new("daily", 10, 1, hour * 24).unwrap(),
+    ]);
     let sequences: &[&[u64]] = &[&[1; 12], &[3, 3, 3, 3, 1, 1], &[10, 1], &[4, 7, 6, 1, 2]];
-    for (i, costs) in sequences.iter().enumerate() {
-        let key = format!("seq-{i}");
-        for &cost in *costs {
-            let r = stores.0.decide(key.clone(), &limit, cost).await.unwrap();
-            let m = stores.1.decide(key.clone(), &limit, cost).await.unwrap();
-            assert_eq!(
-                (r.allowed, r.remaining, r.limit),
-                (m.allowed, m.remaining, m.limit)
-            );
-            let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_millis(500);
-            assert!(close(r.retry_after, m.retry_after), "{r:?} {m:?}");
-            assert!(close(r.reset_after, m.reset_after), "{r:?} {m:?}");
+    for limits in [&one, &two] {
+        for (i, costs) in sequences.iter().enumerate() {
+            let key = format!("seq-{i}-{}", limits.len());
+            for &cost in *costs {
+                let r = stores.0.decide(&key, limits, cost).await.unwrap();
+                let m = stores.1.decide(&key, limits, cost).await.unwrap();
+                let summary = |d: &Decision| (d.allowed, d.remaining, d.limit, d.index);
+                assert_eq!(summary(&r), summary(&m), "{key} cost {cost}");
+                let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_millis(500);
+                assert!(close(r.retry_after, m.retry_after), "{r:?} {m:?}");
+                assert!(close(r.reset_after, m.reset_after), "{r:?} {m:?}");
+            }
         }
     }
+}
+
+/// 64 concurrent callers on two connections under two limits: exactly the tighter limit's
+/// capacity passes, and the other limit gave exactly one token per allowed request (a denied
+/// request took nothing from either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_limits_are_atomic_under_concurrency() {
+    let redis = RedisServer::start();
+    let stores = [
+        RedisStore::open(&redis.url()).unwrap(),
+        RedisStore::open(&redis.url()).unwrap(),
+    ];
+    let hour = Duration::from_secs(3600);
+    let limits: Arc<[Limit]> = Arc::new([
+        Limit::new("burst", 10, 1, hour).unwrap(),
+        Limit::new("daily", 25, 1, hour * 24).unwrap(),
+    ]);
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (store, limits) = (stores[t % 2].clone(), limits.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0;
+            for _ in 0..4 {
+                if store.decide("atomic", &limits, 1).await.unwrap().allowed {
+                    allowed += 1;
+                }
+            }
+            allowed
+        }));
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += task.await.unwrap();
+    }
+    assert_eq!(allowed, 10);
+    // The daily bucket alone: 25 - 10 taken - this one.
+    let daily: Arc<[Limit]> = Arc::new([limits[1].clone()]);
+    assert_eq!(
+        stores[0]
+            .decide("atomic", &daily, 1)
+            .await
+            .unwrap()
+            .remaining,
+        14
+    );
 }
 
 #[tokio::test]
 async fn script_is_reloaded_after_script_flush() {
     let redis = RedisServer::start();
     let store = RedisStore::open(&redis.url()).unwrap();
-    let limit = Limit::new("f", 3, 3, Duration::from_secs(60)).unwrap();
+    let limit: Arc<[Limit]> = Arc::new([Limit::new("f", 3, 3, Duration::from_secs(60)).unwrap()]);
     let mut conn = redis.conn();
     assert_eq!(
-        store.decide("k".into(), &limit, 1).await.unwrap().remaining,
+        store.decide("k", &limit, 1).await.unwrap().remaining,
         2
     );
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
@@ -124,7 +191,7 @@ async fn script_is_reloaded_after_script_flush() {
         .unwrap();
     assert_eq!(exists, [false]);
     assert_eq!(
-        store.decide("k".into(), &limit, 1).await.unwrap().remaining,
+        store.decide("k", &limit, 1).await.unwrap().remaining,
         1
     );
     let exists: Vec<bool> = redis::cmd("SCRIPT")

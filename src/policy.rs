@@ -1,0 +1,487 @@
+//! Which limits apply to a request: [`Policies`], a table of [`Rule`]s and a default.
+//!
+//! A rule matches a route pattern and, optionally, methods, and names one or more limits. The
+//! first rule that matches decides; where none matches, the default limits apply (or none,
+//! when there is no default). When a request falls under several limits, one store call
+//! decides them all, all or nothing.
+//!
+//! Patterns: an exact path (`/login`), an axum-style template (`/users/{id}`, `/files/{*rest}`)
+//! or a prefix (`/api/*`, which matches `/api` and everything below it). They match the
+//! request's path (axum's `OriginalUri` inside nested routers), normalized as for
+//! [bucket keys](crate::key).
+//!
+//! Buckets: under a rule, a client has one bucket per limit for everything the rule matches
+//! (`tollgate:{alice:@login}:burst`); under the default, one per limit and endpoint (method and
+//! route template or path), as without policies.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::Method;
+//! use tollgate::{Limit, policy::{Policies, Rule}};
+//!
+//! # fn main() -> Result<(), tollgate::ConfigError> {
+//! let policies = Policies::builder()
+//!     .default_limit(Limit::new("default", 10, 10, Duration::from_secs(10))?)
+//!     .rule(
+//!         Rule::new("login", "/login")
+//!             .methods([Method::POST])
+//!             .limit(Limit::new("burst", 5, 5, Duration::from_secs(60))?)
+//!             .limit(Limit::new("daily", 100, 100, Duration::from_secs(86_400))?),
+//!     )
+//!     .build()?;
+//! # let _ = policies;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+
+use crate::key::normalize_path;
+use crate::limit::MAX_NAME_LEN;
+use crate::response::policy_list;
+use crate::{ConfigError, Limit, MAX_LIMITS};
+
+#[cfg(feature = "config")]
+mod file;
+
+/// A route pattern: exact, template or prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    text: String,
+    kind: PatternKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternKind {
+    Exact(String),
+    Template(Vec<Segment>),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+    Rest,
+}
+
+impl RoutePattern {
+    /// Parses `/login`, `/users/{id}`, `/files/{*rest}` or `/api/*`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `path` when the pattern does not start with `/` or has a brace
+    /// out of place.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason| ConfigError::Invalid {
+            field: "path",
+            value: text.to_owned(),
+            reason,
+        };
+        if !text.starts_with('/') {
+            return Err(invalid("must start with '/'"));
+        }
+        let kind = if let Some(prefix) = text.strip_suffix("/*") {
+            if prefix.contains(['{', '}', '*']) {
+                return Err(invalid(
+                    "a prefix pattern ends with /* and has no other wildcard",
+                ));
+            }
+            PatternKind::Prefix(normalize_path(prefix).trim_end_matches('/').to_owned())
+        } else if text.contains(['{', '}']) {
+            let raw: Vec<&str> = text.split('/').skip(1).collect();
+            let mut segments = Vec::new();
+            for (i, seg) in raw.iter().enumerate() {
+                let segment = match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) if name.starts_with('*') && i + 1 == raw.len() && name.len() > 1 => {
+                        Segment::Rest
+                    }
+                    Some(name) if !name.is_empty() && !name.contains(['{', '}', '*']) => {
+                        Segment::Param
+                    }
+                    Some(_) => {
+                        return Err(invalid(
+                            "a parameter is {name} or, last, {*name}, alone in its segment",
+                        ));
+                    }
+                    None if seg.contains(['{', '}']) => {
+                        return Err(invalid("a parameter must be a whole segment: /{name}/"));
+                    }
+                    None => Segment::Literal((*seg).to_owned()),
+                };
+                segments.push(segment);
+            }
+            PatternKind::Template(segments)
+        } else {
+            if text.contains('*') {
+                return Err(invalid("'*' is only allowed as a trailing /* (a prefix)"));
+            }
+            PatternKind::Exact(normalize_path(text).into_owned())
+        };
+        Ok(Self {
+            text: text.to_owned(),
+            kind,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the normalized `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match &self.kind {
+            PatternKind::Exact(exact) => path == exact,
+            PatternKind::Prefix(prefix) => {
+                path == prefix
+                    || (path.starts_with(prefix.as_str())
+                        && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+                    || (prefix.is_empty() && path.starts_with('/'))
+            }
+            PatternKind::Template(segments) => {
+                let mut parts = path.split('/').skip(1);
+                for segment in segments {
+                    match segment {
+                        Segment::Rest => return true,
+                        Segment::Param => {
+                            if parts.next().is_none_or(str::is_empty) {
+                                return false;
+                            }
+                        }
+                        Segment::Literal(literal) => {
+                            if parts.next() != Some(literal.as_str()) {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                parts.next().is_none()
+            }
+        }
+    }
+}
+
+/// A rule: requests matching a route pattern (and, if given, one of the methods) fall under
+/// its limits.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Rule {
+    name: String,
+    path: String,
+    methods: Option<Vec<Method>>,
+    limits: Vec<Limit>,
+    shadow: bool,
+}
+
+impl Rule {
+    /// A rule named `name` (1 to 64 ASCII letters, digits, `-`, `_` or `.`) for the route
+    /// pattern `path`; checked by [`PoliciesBuilder::build`].
+    pub fn new(name: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            methods: None,
+            limits: Vec::new(),
+            shadow: false,
+        }
+    }
+
+    /// Only requests with one of these methods match (default: any method).
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = Some(methods.into_iter().collect());
+        self
+    }
+
+    /// Adds a limit; a rule needs at least one and at most [`MAX_LIMITS`].
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// Shadow mode for this rule: decide and report, never refuse.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+}
+
+/// The checked table of rules and the default; built by [`Policies::builder`] or loaded from
+/// TOML ([`Policies::from_toml`]).
+#[derive(Debug, Clone)]
+pub struct Policies {
+    /// The default at 0 when there is one, then the rules in order.
+    entries: Vec<Entry>,
+    has_default: bool,
+}
+
+/// One compiled policy: the limits a request falls under.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// The rule's name; `None` for the default.
+    pub(crate) rule: Option<Box<str>>,
+    pattern: Option<RoutePattern>,
+    methods: Option<Vec<Method>>,
+    pub(crate) limits: Arc<[Limit]>,
+    /// `RateLimit-Policy`: every limit.
+    pub(crate) header: HeaderValue,
+    pub(crate) shadow: bool,
+    /// The smallest capacity: a cost above it can never pass.
+    pub(crate) min_capacity: u64,
+}
+
+impl Entry {
+    fn new(
+        rule: Option<&str>,
+        pattern: Option<RoutePattern>,
+        methods: Option<Vec<Method>>,
+        limits: Vec<Limit>,
+        shadow: bool,
+    ) -> Result<Self, ConfigError> {
+        if limits.is_empty() {
+            return Err(ConfigError::Missing { field: "limits" });
+        }
+        if limits.len() > MAX_LIMITS {
+            return Err(ConfigError::Invalid {
+                field: "limits",
+                value: limits.len().to_string(),
+                reason: "a policy has at most 8 limits",
+            });
+        }
+        let mut names = HashSet::new();
+        for limit in &limits {
+            if !names.insert(limit.name()) {
+                return Err(ConfigError::Duplicate {
+                    what: "limit",
+                    name: limit.name().to_owned(),
+                });
+            }
+        }
+        Ok(Self {
+            rule: rule.map(Into::into),
+            pattern,
+            methods,
+            header: policy_list(&limits),
+            min_capacity: limits.iter().map(Limit::capacity).min().unwrap_or(0),
+            limits: limits.into(),
+            shadow,
+        })
+    }
+
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+            && self.pattern.as_ref().is_some_and(|p| p.matches(path))
+    }
+}
+
+impl Policies {
+    /// Starts an empty table.
+    pub fn builder() -> PoliciesBuilder {
+        PoliciesBuilder::default()
+    }
+
+    /// One default limit and no rules.
+    pub fn single(limit: Limit) -> Self {
+        Self::builder()
+            .default_limit(limit)
+            .build()
+            .expect("one limit is a valid policy")
+    }
+
+    /// The policy of a request: its index, or `None` when no rule matches and there is no
+    /// default.
+    pub(crate) fn find(&self, method: &Method, path: &str) -> Option<usize> {
+        let first_rule = usize::from(self.has_default);
+        self.entries[first_rule..]
+            .iter()
+            .position(|entry| entry.matches(method, path))
+            .map(|i| i + first_rule)
+            .or(self.has_default.then_some(0))
+    }
+
+    pub(crate) fn entry(&self, index: usize) -> &Entry {
+        &self.entries[index]
+    }
+
+    /// Every limit of every policy.
+    pub fn limits(&self) -> impl Iterator<Item = &Limit> {
+        self.entries.iter().flat_map(|e| e.limits.iter())
+    }
+}
+
+/// Builds [`Policies`]; every field is checked by [`PoliciesBuilder::build`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct PoliciesBuilder {
+    default: Vec<Limit>,
+    default_shadow: bool,
+    rules: Vec<Rule>,
+}
+
+impl PoliciesBuilder {
+    /// Adds a limit to the default policy, which applies where no rule matches.
+    pub fn default_limit(mut self, limit: Limit) -> Self {
+        self.default.push(limit);
+        self
+    }
+
+    /// Shadow mode for the default policy.
+    pub fn default_shadow(mut self, shadow: bool) -> Self {
+        self.default_shadow = shadow;
+        self
+    }
+
+    /// Adds a rule; rules are tried in the order they are added.
+    pub fn rule(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
+    /// Checks the table.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the rule and the field: an invalid name or pattern, a rule
+    /// without limits, more than 8 limits, two limits of one name in a policy, two rules of
+    /// one name.
+    pub fn build(self) -> Result<Policies, ConfigError> {
+        let mut entries = Vec::with_capacity(self.rules.len() + 1);
+        let has_default = !self.default.is_empty();
+        if has_default {
+            let entry = Entry::new(None, None, None, self.default, self.default_shadow)
+                .map_err(|e| e.at("default"))?;
+            entries.push(entry);
+        }
+        let mut names = HashSet::new();
+        for rule in self.rules {
+            let at = format!("rule {:?}", rule.name);
+            check_rule_name(&rule.name).map_err(|e| e.at(&at))?;
+            if !names.insert(rule.name.clone()) {
+                return Err(ConfigError::Duplicate {
+                    what: "rule",
+                    name: rule.name,
+                });
+            }
+            let pattern = RoutePattern::parse(&rule.path).map_err(|e| e.at(&at))?;
+            let entry = Entry::new(
+                Some(&rule.name),
+                Some(pattern),
+                rule.methods,
+                rule.limits,
+                rule.shadow,
+            )
+            .map_err(|e| e.at(&at))?;
+            entries.push(entry);
+        }
+        Ok(Policies {
+            entries,
+            has_default,
+        })
+    }
+}
+
+fn check_rule_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "name",
+            value: name.to_owned(),
+            reason: "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limit(name: &str) -> Limit {
+        Limit::new(name, 5, 5, Duration::from_secs(60)).unwrap()
+    }
+
+    #[test]
+    fn patterns_match() {
+        let cases = [
+            ("/login", "/login", true),
+            ("/login", "/login/x", false),
+            ("/login/", "/login", true),
+            ("/users/{id}", "/users/42", true),
+            ("/users/{id}", "/users", false),
+            ("/users/{id}", "/users/42/posts", false),
+            ("/users/{id}/posts", "/users/42/posts", true),
+            ("/files/{*rest}", "/files/a/b/c", true),
+            ("/api/*", "/api", true),
+            ("/api/*", "/api/v1/x", true),
+            ("/api/*", "/apix", false),
+            ("/*", "/anything", true),
+        ];
+        for (pattern, path, expected) in cases {
+            let p = RoutePattern::parse(pattern).unwrap();
+            assert_eq!(p.matches(path), expected, "{pattern} ~ {path}");
+        }
+        for bad in ["login", "/a{b}", "/{}", "/{*rest}/x", "/a*b", "/{x}/*"] {
+            let err = RoutePattern::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("path") && err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_then_default() {
+        let policies = Policies::builder()
+            .default_limit(limit("default"))
+            .rule(
+                Rule::new("login", "/login")
+                    .methods([Method::POST])
+                    .limit(limit("burst")),
+            )
+            .rule(Rule::new("api", "/api/*").limit(limit("api")))
+            .rule(Rule::new("all-api", "/api/v1/*").limit(limit("never")))
+            .build()
+            .unwrap();
+        let find = |m: Method, p: &str| {
+            let entry = policies.entry(policies.find(&m, p).unwrap());
+            entry.rule.as_deref().map(str::to_owned)
+        };
+        assert_eq!(find(Method::POST, "/login"), Some("login".into()));
+        assert_eq!(find(Method::GET, "/login"), None);
+        assert_eq!(find(Method::GET, "/api/v1/x"), Some("api".into()));
+        assert_eq!(find(Method::GET, "/other"), None);
+        let no_default = Policies::builder()
+            .rule(Rule::new("login", "/login").limit(limit("burst")))
+            .build()
+            .unwrap();
+        assert_eq!(no_default.find(&Method::GET, "/other"), None);
+    }
+
+    #[test]
+    fn bad_tables_name_the_rule_and_field() {
+        let err = |b: PoliciesBuilder| b.build().unwrap_err().to_string();
+        let e = err(Policies::builder().rule(Rule::new("login", "/login")));
+        assert!(e.contains("rule \"login\"") && e.contains("limits"), "{e}");
+        let e = err(Policies::builder()
+            .rule(Rule::new("a", "/a").limit(limit("x")))
+            .rule(Rule::new("a", "/b").limit(limit("x"))));
+        assert!(e.contains("duplicate rule") && e.contains("\"a\""), "{e}");
+        let e =
+            err(Policies::builder().rule(Rule::new("a", "/a").limit(limit("x")).limit(limit("x"))));
+        assert!(
+            e.contains("rule \"a\"") && e.contains("duplicate limit"),
+            "{e}"
+        );
+        let e = err(Policies::builder().rule(Rule::new("a b", "/a").limit(limit("x"))));
+        assert!(e.contains("name"), "{e}");
+        let e = err(Policies::builder().rule(Rule::new("a", "a").limit(limit("x"))));
+        assert!(e.contains("rule \"a\"") && e.contains("path"), "{e}");
+    }
+}
