@@ -360,7 +360,9 @@ pub(crate) fn reject<B>(
     response
 }
 
-/// Adds the fields of an allowed decision to a response.
+/// Adds the fields of an allowed decision to a response. `RateLimit` and `RateLimit-Policy`
+/// are lists: a field already there (from a layer further in) keeps its items and gets this
+/// layer's appended. The legacy fields are set only if absent, so the innermost layer's stay.
 pub(crate) fn insert_allowed(
     headers: &mut HeaderMap,
     policy: &Entry,
@@ -368,9 +370,9 @@ pub(crate) fn insert_allowed(
     legacy: bool,
 ) {
     let limit = &policy.limits[decision.index];
-    headers.insert(RATELIMIT_POLICY, policy.header.clone());
-    headers.insert(RATELIMIT, ratelimit_value(limit, decision));
-    if legacy {
+    headers.append(RATELIMIT_POLICY, policy.header.clone());
+    headers.append(RATELIMIT, ratelimit_value(limit, decision));
+    if legacy && !headers.contains_key(X_RATELIMIT_LIMIT) {
         insert_legacy(headers, limit, decision);
     }
 }

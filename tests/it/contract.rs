@@ -185,3 +185,129 @@ async fn headers_on_allowed_responses_can_be_turned_off() {
     );
     assert_eq!(reply.header("retry-after"), Some("60"));
 }
+
+async fn serve(layer: RateLimitLayer) -> TestServer {
+    TestServer::start(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await
+}
+
+fn one_a_minute() -> tollgate::Builder {
+    RateLimitLayer::builder()
+        .capacity(1)
+        .period(Duration::from_secs(60))
+}
+
+#[tokio::test]
+async fn problem_json_and_legacy_fields() {
+    let layer = one_a_minute()
+        .rejection_body(tollgate::response::RejectionBody::Problem)
+        .legacy_headers(true)
+        .build()
+        .unwrap();
+    let server = serve(layer).await;
+    let client = HttpClient::new();
+    let reply = client.get(server.addr, "/", Some(b"k")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-ratelimit-limit"), Some("1"));
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(reply.header("x-ratelimit-reset"), Some("60"));
+    let reply = client.get(server.addr, "/", Some(b"k")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    let body = reply.json();
+    assert_eq!(
+        body["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert_eq!(body["status"], 429);
+    assert_eq!(body["violated-policies"], json!(["default"]));
+    let retry_ms = body["retry_after_ms"].as_u64().unwrap();
+    assert_eq!(
+        reply.header("retry-after"),
+        Some(retry_ms.div_ceil(1000).to_string().as_str())
+    );
+    let reply = client.get(server.addr, "/", None).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["title"], "Bad Request");
+}
+
+#[tokio::test]
+async fn a_rejection_hook_still_gets_the_fields() {
+    let layer = one_a_minute()
+        .on_rejection(|rejection| {
+            let body = format!("slow down: {}", rejection.message());
+            http::Response::builder()
+                .status(rejection.kind().status())
+                .header("x-hook", "yes")
+                .body(bytes::Bytes::from(body))
+                .unwrap()
+        })
+        .build()
+        .unwrap();
+    let server = serve(layer).await;
+    let client = HttpClient::new();
+    client.get(server.addr, "/", Some(b"k")).await;
+    let reply = client.get(server.addr, "/", Some(b"k")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("x-hook"), Some("yes"));
+    assert!(
+        reply.body.starts_with("slow down: rate limited"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.header("retry-after").is_some());
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some("\"default\";q=1;w=60")
+    );
+    assert!(
+        reply
+            .header("ratelimit")
+            .unwrap()
+            .starts_with("\"default\";r=0;t=")
+    );
+}
+
+#[tokio::test]
+async fn bypass_and_shadow_mode_decide_and_report_but_never_refuse() {
+    let bypass = tollgate::client::Bypass::new().key("vip");
+    let server = serve(one_a_minute().bypass(bypass).build().unwrap()).await;
+    let client = HttpClient::new();
+    for _ in 0..5 {
+        let reply = client.get(server.addr, "/", Some(b"vip")).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .header("ratelimit")
+                .unwrap()
+                .starts_with("\"default\";r=0")
+        );
+    }
+    client.get(server.addr, "/", Some(b"other")).await;
+    assert_eq!(
+        client.get(server.addr, "/", Some(b"other")).await.status,
+        429
+    );
+
+    let server = serve(one_a_minute().shadow(true).build().unwrap()).await;
+    for _ in 0..5 {
+        let reply = client.get(server.addr, "/", Some(b"k")).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .header("ratelimit")
+                .unwrap()
+                .starts_with("\"default\";r=0")
+        );
+    }
+    // Shadow mode refuses nothing, not even a request without an identity.
+    assert_eq!(client.get(server.addr, "/", None).await.status, 200);
+}

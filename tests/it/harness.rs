@@ -174,6 +174,15 @@ impl Reply {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
 
+    /// Every line of a field, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
@@ -198,6 +207,23 @@ impl HttpClient {
         let mut request = Request::get(format!("http://{addr}{path}"));
         if let Some(key) = key {
             request = request.header("x-api-key", HeaderValue::from_bytes(key).unwrap());
+        }
+        self.send(request.body(Empty::new()).unwrap()).await
+    }
+
+    /// `METHOD http://addr/path` with `headers`.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         self.send(request.body(Empty::new()).unwrap()).await
     }

@@ -2,7 +2,7 @@
 //! HTTP servers and a real HTTP client. One test binary; each concern in its own module.
 
 mod contract;
-mod example_server;
+mod examples;
 mod faults;
 mod harness;
 mod redis_store;

@@ -179,10 +179,7 @@ async fn script_is_reloaded_after_script_flush() {
     let store = RedisStore::open(&redis.url()).unwrap();
     let limit: Arc<[Limit]> = Arc::new([Limit::new("f", 3, 3, Duration::from_secs(60)).unwrap()]);
     let mut conn = redis.conn();
-    assert_eq!(
-        store.decide("k", &limit, 1).await.unwrap().remaining,
-        2
-    );
+    assert_eq!(store.decide("k", &limit, 1).await.unwrap().remaining, 2);
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
     let exists: Vec<bool> = redis::cmd("SCRIPT")
         .arg("EXISTS")
@@ -190,10 +187,7 @@ async fn script_is_reloaded_after_script_flush() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(exists, [false]);
-    assert_eq!(
-        store.decide("k", &limit, 1).await.unwrap().remaining,
-        1
-    );
+    assert_eq!(store.decide("k", &limit, 1).await.unwrap().remaining, 1);
     let exists: Vec<bool> = redis::cmd("SCRIPT")
         .arg("EXISTS")
         .arg(store.script_sha())

@@ -1,0 +1,101 @@
+//! What the examples share: the store and fail mode from the environment, and startup output.
+#![allow(dead_code)]
+
+pub mod helloworld;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate::{Decision, FailMode, Limit, MemoryStore, RedisStore, Store, StoreError};
+
+/// The in-memory store or Redis, chosen at startup.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store for AnyStore {
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
+        match self {
+            Self::Memory(store) => Box::pin(store.decide(key, limits, cost)),
+            Self::Redis(store) => store.decide(key, limits, cost),
+        }
+    }
+}
+
+/// `REDIS_URL` set: Redis (connected and the script loaded now if it answers within 2 s, else
+/// later); unset: memory. Says which on stdout.
+pub async fn store_from_env() -> Result<AnyStore, String> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        println!("store: in memory (REDIS_URL is unset); limits are per instance");
+        return Ok(AnyStore::Memory(MemoryStore::new()));
+    };
+    let store = RedisStore::open(&url).map_err(|e| format!("REDIS_URL: {e}"))?;
+    println!("store: Redis at {url}; limits are shared by every instance using it");
+    match tokio::time::timeout(Duration::from_secs(2), store.load_script()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "Redis is not ready; starting anyway"),
+        Err(_) => tracing::warn!("Redis did not answer in 2 s; starting anyway"),
+    }
+    Ok(AnyStore::Redis(store))
+}
+
+/// `FAIL_MODE`: `open` (default) or `closed`.
+pub fn fail_mode_from_env() -> Result<FailMode, String> {
+    match std::env::var("FAIL_MODE") {
+        Ok(mode) => mode.parse().map_err(|e| format!("FAIL_MODE: {e}")),
+        Err(_) => Ok(FailMode::Open),
+    }
+}
+
+/// `LISTEN_ADDR`, or `default`.
+pub fn listen_addr(default: &str) -> Result<std::net::SocketAddr, String> {
+    std::env::var("LISTEN_ADDR")
+        .unwrap_or_else(|_| default.to_owned())
+        .parse()
+        .map_err(|e| format!("LISTEN_ADDR: {e}"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs `main`, printing its error and exiting non-zero when it fails.
+pub fn exit_on_error(result: Result<(), Box<dyn std::error::Error>>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,370 @@
+//! The examples as a user runs them, through real clients: the `server` (two instances on one
+//! Redis, the unlimited health check, bad input, Redis failing, bad settings, policies from a
+//! file, costs), `axum` (two layers), `hyper` (client IPs and proxies) and `tonic` (gRPC
+//! status codes and RetryInfo).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::harness::{HttpClient, RedisServer};
+
+#[path = "../../examples/common/helloworld.rs"]
+mod tollgate_examples_helloworld;
+
+/// `cargo test` builds the examples next to the test binaries.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+struct Instance {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Instance {
+    fn start(env: &[(&str, &str)]) -> Self {
+        Self::example("server", env)
+    }
+
+    fn example(name: &str, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(binary(name))
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env_remove("REDIS_URL")
+            .env_remove("FAIL_MODE")
+            .env_remove("RATE_LIMIT_CONFIG")
+            .env_remove("TRUSTED_PROXIES")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let addr = addr.parse().unwrap();
+                return Self { child, addr };
+            }
+        }
+        panic!("the server exited without listening: {:?}", child.wait());
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn two_instances_share_one_redis() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let a = Instance::start(&[("REDIS_URL", &url)]);
+    let b = Instance::start(&[("REDIS_URL", &url), ("FAIL_MODE", "closed")]);
+    let client = HttpClient::new();
+
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        statuses.push(
+            client
+                .get(addr, "/hello", Some(b"alice"))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [[200; 10].as_slice(), &[429, 429]].concat());
+    let reply = client.get(a.addr, "/hello", Some(b"bob")).await;
+    assert_eq!(reply.json()["path"], "/hello");
+    assert_eq!(client.get(b.addr, "/hello", None).await.status, 400);
+    for _ in 0..20 {
+        assert_eq!(client.get(a.addr, "/healthz", None).await.status, 200);
+    }
+
+    // Redis gone: instance a fails open, instance b fails closed.
+    redis.kill();
+    assert_eq!(
+        client.get(a.addr, "/hello", Some(b"alice")).await.status,
+        200
+    );
+    assert_eq!(
+        client.get(b.addr, "/hello", Some(b"alice")).await.status,
+        503
+    );
+}
+
+#[tokio::test]
+async fn without_redis_limits_are_per_instance() {
+    let a = Instance::start(&[]);
+    let client = HttpClient::new();
+    for _ in 0..10 {
+        assert_eq!(client.get(a.addr, "/x", Some(b"k")).await.status, 200);
+    }
+    assert_eq!(client.get(a.addr, "/x", Some(b"k")).await.status, 429);
+}
+
+#[test]
+fn a_bad_fail_mode_exits_non_zero_naming_it() {
+    let output = Command::new(binary("server"))
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("FAIL_MODE", "sideways")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("FAIL_MODE") && stderr.contains("sideways"),
+        "{stderr}"
+    );
+}
+
+fn manifest(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn policies_from_the_config_file() {
+    let s = Instance::start(&[("RATE_LIMIT_CONFIG", &manifest("examples/rate_limits.toml"))]);
+    let client = HttpClient::new();
+    let login = || client.request(s.addr, "POST", "/login", &[("x-api-key", "alice")]);
+    // The rule limits POST /login (the server answers only GET, after the limit).
+    for remaining in (1..5).rev() {
+        let reply = login().await;
+        assert_eq!(reply.status, 405, "{reply:?}");
+        let expected = format!("\"burst\";r={remaining}");
+        assert_eq!(reply.header("ratelimit"), Some(expected.as_str()));
+    }
+    let reply = login().await;
+    assert_eq!(reply.status, 405);
+    let reply = login().await;
+    assert_eq!(reply.status, 429, "{reply:?}");
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some("\"burst\";q=5;w=60, \"daily\";q=100;w=86400")
+    );
+    assert!(
+        reply
+            .header("ratelimit")
+            .unwrap()
+            .starts_with("\"burst\";r=0;t=")
+    );
+    // GET /login is not under the rule: the default applies.
+    let reply = client.get(s.addr, "/login", Some(b"alice")).await;
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=9"));
+    // The search rule is in shadow mode: reported, never refused, one budget for all paths.
+    let mut last = None;
+    for i in 0..25 {
+        let reply = client
+            .get(s.addr, &format!("/search/{i}"), Some(b"alice"))
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        last = reply.header("ratelimit").map(str::to_owned);
+    }
+    assert!(last.unwrap().starts_with("\"search\";r=0;t="));
+}
+
+#[test]
+fn a_bad_config_file_exits_non_zero_naming_the_rule_and_field() {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[rules]]\nname = \"login\"\npath = \"/login\"\nlimits = [{ name = \"b\", capacity = 0, period = \"1m\" }]\n",
+    )
+    .unwrap();
+    let output = Command::new(binary("server"))
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("RATE_LIMIT_CONFIG", &file)
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("RATE_LIMIT_CONFIG")
+            && stderr.contains("rule \"login\"")
+            && stderr.contains("capacity"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn weighted_costs() {
+    let s = Instance::start(&[]);
+    let client = HttpClient::new();
+    let (client, addr) = (&client, s.addr);
+    let with_cost = |cost: &'static str| async move {
+        let headers = [("x-api-key", "k"), ("x-ratelimit-cost", cost)];
+        client.request(addr, "GET", "/x", &headers).await
+    };
+    assert_eq!(
+        with_cost("4").await.header("ratelimit"),
+        Some("\"default\";r=6")
+    );
+    // More than the capacity can never pass: 413, no Retry-After, nothing taken.
+    let reply = with_cost("11").await;
+    assert_eq!(reply.status, 413, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), None);
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("never pass")
+    );
+    let reply = with_cost("zero").await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("x-ratelimit-cost")
+    );
+    // Six left: a cost of 7 waits, and takes nothing.
+    let reply = with_cost("7").await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(
+        with_cost("6").await.header("ratelimit").map(|v| &v[..15]),
+        Some("\"default\";r=0;t")
+    );
+}
+
+#[tokio::test]
+async fn axum_router_wide_and_per_route_layers() {
+    let s = Instance::example("axum", &[]);
+    let client = HttpClient::new();
+    // Router-wide, per IP: no key needed.
+    for _ in 0..10 {
+        assert_eq!(client.get(s.addr, "/hello", None).await.status, 200);
+    }
+    assert_eq!(client.get(s.addr, "/hello", None).await.status, 429);
+    // Per route, per key and weighted, under two limits; the router-wide limit applies too.
+    let (client, addr) = (&client, s.addr);
+    let generate = |key: &'static str, cost: &'static str| async move {
+        let headers = [("x-api-key", key), ("x-ratelimit-cost", cost)];
+        client.request(addr, "POST", "/generate", &headers).await
+    };
+    let reply = generate("alice", "40").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Both layers report, the inner first: the fields are lists.
+    assert_eq!(
+        reply.header_all("ratelimit"),
+        ["\"minute\";r=60", "\"default\";r=9"]
+    );
+    assert_eq!(
+        reply.header_all("ratelimit-policy"),
+        [
+            "\"minute\";q=100;w=60, \"hour\";q=1000;w=3600",
+            "\"default\";q=10;w=10"
+        ]
+    );
+    assert_eq!(generate("alice", "70").await.status, 429);
+    assert_eq!(generate("alice", "101").await.status, 413);
+    let reply = client.request(s.addr, "POST", "/generate", &[]).await;
+    assert_eq!(reply.status, 400);
+}
+
+#[tokio::test]
+async fn hyper_ignores_forwarding_headers_from_untrusted_peers() {
+    let s = Instance::example("hyper", &[("TRUSTED_PROXIES", "10.0.0.0/8")]);
+    let client = HttpClient::new();
+    // The test client (127.0.0.1) is no trusted proxy: spoofed headers change nothing.
+    for i in 0..10 {
+        let spoof = format!("198.51.100.{i}");
+        let reply = client
+            .request(s.addr, "GET", "/", &[("x-forwarded-for", &spoof)])
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let reply = client
+        .request(s.addr, "GET", "/", &[("x-forwarded-for", "198.51.100.99")])
+        .await;
+    assert_eq!(reply.status, 429);
+}
+
+#[tokio::test]
+async fn hyper_behind_a_trusted_proxy_limits_each_forwarded_client() {
+    let s = Instance::example("hyper", &[("TRUSTED_PROXIES", "127.0.0.1")]);
+    let client = HttpClient::new();
+    let (client, addr) = (&client, s.addr);
+    let from = |xff: &'static str| async move {
+        client
+            .request(addr, "GET", "/", &[("x-forwarded-for", xff)])
+            .await
+    };
+    for _ in 0..10 {
+        assert_eq!(from("1.1.1.1, 203.0.113.1").await.status, 200);
+    }
+    // The left entry is the client's own claim; the proxy's entry decides.
+    assert_eq!(from("9.9.9.9, 203.0.113.1").await.status, 429);
+    assert_eq!(from("203.0.113.2").await.status, 200);
+    // IPv6 clients share their /64.
+    for _ in 0..10 {
+        assert_eq!(from("2001:db8:1:2::1").await.status, 200);
+    }
+    assert_eq!(from("2001:db8:1:2:ffff::9").await.status, 429);
+    assert_eq!(from("2001:db8:1:3::1").await.status, 200);
+}
+
+#[tokio::test]
+async fn tonic_answers_the_grpc_way() {
+    use tollgate_examples_helloworld::say_hello;
+    use tonic_types::StatusExt;
+
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let s = Instance::example("tonic", &[("REDIS_URL", &url), ("FAIL_MODE", "closed")]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let reply = say_hello(channel.clone(), "tollgate", Some("alice"))
+            .await
+            .unwrap();
+        assert_eq!(reply.get_ref().message, "Hello tollgate!");
+    }
+    let status = say_hello(channel.clone(), "tollgate", Some("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("rate limited"), "{status:?}");
+    let retry = status.get_details_retry_info().expect("a RetryInfo detail");
+    let delay = retry.retry_delay.expect("a retry delay");
+    assert!(
+        delay > std::time::Duration::ZERO && delay <= std::time::Duration::from_secs(1),
+        "{delay:?}"
+    );
+
+    let status = say_hello(channel.clone(), "tollgate", None)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("x-api-key"), "{status:?}");
+
+    redis.kill();
+    let status = say_hello(channel.clone(), "tollgate", Some("bob"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
