@@ -55,8 +55,15 @@
 //!   [`Builder::headers_on_allowed`] turned them off.
 //! - Limited: `429`, `Retry-After` in whole seconds (rounded up, at least 1), the same two
 //!   fields, and `{"allowed":false,"remaining":0,"retry_after_ms":1234}`.
-//! - No client identity: `400` with `{"error":"…"}` saying what is missing.
+//! - A cost above a limit's capacity: `413`, no `Retry-After`: it can never pass.
+//! - No client identity, or a bad cost: `400` with `{"error":"…"}` saying what is wrong.
 //! - Store failed or too slow: see below.
+//! - gRPC requests (`content-type: application/grpc*`) get gRPC answers instead:
+//!   `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` detail, `INVALID_ARGUMENT`,
+//!   `UNAVAILABLE`.
+//!
+//! Per-route rules and several limits per request: see [`policy`]. Client identity: see
+//! [`client`]. Weighted cost: see [`cost`].
 //!
 //! # Fail-open
 //!
