@@ -143,21 +143,23 @@ impl RateLimitLayer {
         Builder {
             store: MemoryStore::new(),
             client: ApiKey::default(),
-            capacity: None,
-            refill: None,
-            period: None,
-            policy_name: DEFAULT_POLICY_NAME.to_owned(),
-            policies: None,
-            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
-            timeout: DEFAULT_TIMEOUT,
-            fail_mode: FailMode::Open,
-            headers_on_allowed: true,
-            legacy_headers: false,
-            shadow: false,
-            body: RejectionBody::Json,
-            hook: None,
-            bypass: Bypass::new(),
-            cost: Box::new(UnitCost),
+            options: Options {
+                capacity: None,
+                refill: None,
+                period: None,
+                policy_name: DEFAULT_POLICY_NAME.to_owned(),
+                policies: None,
+                key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+                timeout: DEFAULT_TIMEOUT,
+                fail_mode: FailMode::Open,
+                headers_on_allowed: true,
+                legacy_headers: false,
+                shadow: false,
+                body: RejectionBody::Json,
+                hook: None,
+                bypass: Bypass::new(),
+                cost: Box::new(UnitCost),
+            },
         }
     }
 }
@@ -202,6 +204,11 @@ impl<S, St, C> Layer<S> for RateLimitLayer<St, C> {
 pub struct Builder<St = MemoryStore, C = ApiKey> {
     store: St,
     client: C,
+    options: Options,
+}
+
+/// The builder's settings other than the store and the client extractor.
+struct Options {
     capacity: Option<u64>,
     refill: Option<u64>,
     period: Option<Duration>,
@@ -223,10 +230,10 @@ impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Builder")
             .field("store", &self.store)
-            .field("capacity", &self.capacity)
-            .field("refill", &self.refill)
-            .field("period", &self.period)
-            .field("policies", &self.policies)
+            .field("capacity", &self.options.capacity)
+            .field("refill", &self.options.refill)
+            .field("period", &self.options.period)
+            .field("policies", &self.options.policies)
             .finish_non_exhaustive()
     }
 }
@@ -235,121 +242,55 @@ impl<St, C> Builder<St, C> {
     /// Where buckets are kept: a [`MemoryStore`] unless set, or a
     /// [`RedisStore`](crate::RedisStore) to share limits between instances.
     pub fn store<T: Store>(self, store: T) -> Builder<T, C> {
-        let Self {
-            client,
-            capacity,
-            refill,
-            period,
-            policy_name,
-            policies,
-            key_prefix,
-            timeout,
-            fail_mode,
-            headers_on_allowed,
-            legacy_headers,
-            shadow,
-            body,
-            hook,
-            bypass,
-            cost,
-            ..
-        } = self;
         Builder {
             store,
-            client,
-            capacity,
-            refill,
-            period,
-            policy_name,
-            policies,
-            key_prefix,
-            timeout,
-            fail_mode,
-            headers_on_allowed,
-            legacy_headers,
-            shadow,
-            body,
-            hook,
-            bypass,
-            cost,
+            client: self.client,
+            options: self.options,
         }
     }
 
     /// How the client of a request is found: [`ApiKey`] unless set, or any
     /// [`ClientExtractor`], such as [`ClientIp`](crate::client::ClientIp) or a closure.
     pub fn client_extractor<T: ClientExtractor>(self, client: T) -> Builder<St, T> {
-        let Self {
-            store,
-            capacity,
-            refill,
-            period,
-            policy_name,
-            policies,
-            key_prefix,
-            timeout,
-            fail_mode,
-            headers_on_allowed,
-            legacy_headers,
-            shadow,
-            body,
-            hook,
-            bypass,
-            cost,
-            ..
-        } = self;
         Builder {
-            store,
+            store: self.store,
             client,
-            capacity,
-            refill,
-            period,
-            policy_name,
-            policies,
-            key_prefix,
-            timeout,
-            fail_mode,
-            headers_on_allowed,
-            legacy_headers,
-            shadow,
-            body,
-            hook,
-            bypass,
-            cost,
+            options: self.options,
         }
     }
 
     /// The most requests that can pass at once from a full bucket, for the single default
     /// limit. Required unless [`policies`](Self::policies) are set.
     pub fn capacity(mut self, capacity: u64) -> Self {
-        self.capacity = Some(capacity);
+        self.options.capacity = Some(capacity);
         self
     }
 
     /// Tokens added back per [`period`](Self::period), continuously. Defaults to the capacity:
     /// an empty bucket is full again after one period.
     pub fn refill(mut self, refill: u64) -> Self {
-        self.refill = Some(refill);
+        self.options.refill = Some(refill);
         self
     }
 
     /// The period over which [`refill`](Self::refill) tokens come back. Required unless
     /// [`policies`](Self::policies) are set.
     pub fn period(mut self, period: Duration) -> Self {
-        self.period = Some(period);
+        self.options.period = Some(period);
         self
     }
 
     /// The single limit's name in the `RateLimit` header fields and the bucket keys (default
     /// `default`): 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
     pub fn policy_name(mut self, name: impl Into<String>) -> Self {
-        self.policy_name = name.into();
+        self.options.policy_name = name.into();
         self
     }
 
     /// Per-route rules and several limits per request, instead of one limit
     /// (`capacity`/`refill`/`period`) for every endpoint.
     pub fn policies(mut self, policies: Policies) -> Self {
-        self.policies = Some(policies);
+        self.options.policies = Some(policies);
         self
     }
 
@@ -357,26 +298,26 @@ impl<St, C> Builder<St, C> {
     /// characters without spaces or braces. Give each layer sharing a store its own prefix
     /// or its own limit names, or they share buckets.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
+        self.options.key_prefix = prefix.into();
         self
     }
 
     /// The longest a store may take to decide (default 50 ms); then the fail mode applies.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.options.timeout = timeout;
         self
     }
 
     /// What a request gets when the store fails (default [`FailMode::Open`]).
     pub fn fail_mode(mut self, fail_mode: FailMode) -> Self {
-        self.fail_mode = fail_mode;
+        self.options.fail_mode = fail_mode;
         self
     }
 
     /// Whether allowed responses carry the `RateLimit` and `RateLimit-Policy` fields (default
     /// `true`). Refused responses always do.
     pub fn headers_on_allowed(mut self, enabled: bool) -> Self {
-        self.headers_on_allowed = enabled;
+        self.options.headers_on_allowed = enabled;
         self
     }
 
@@ -384,20 +325,20 @@ impl<St, C> Builder<St, C> {
     /// `X-RateLimit-Reset` fields (default off). `X-RateLimit-Reset` is the seconds from now
     /// until the bucket is full again, not a timestamp.
     pub fn legacy_headers(mut self, enabled: bool) -> Self {
-        self.legacy_headers = enabled;
+        self.options.legacy_headers = enabled;
         self
     }
 
     /// Shadow mode for every policy (default off): decide and report (the `RateLimit` fields,
     /// logs) but never refuse. Rules can turn it on one by one.
     pub fn shadow(mut self, enabled: bool) -> Self {
-        self.shadow = enabled;
+        self.options.shadow = enabled;
         self
     }
 
     /// The body format of the layer's own answers (default [`RejectionBody::Json`]).
     pub fn rejection_body(mut self, body: RejectionBody) -> Self {
-        self.body = body;
+        self.options.body = body;
         self
     }
 
@@ -408,20 +349,20 @@ impl<St, C> Builder<St, C> {
     where
         F: Fn(&Rejection<'_>) -> http::Response<Bytes> + Send + Sync + 'static,
     {
-        self.hook = Some(Arc::new(hook));
+        self.options.hook = Some(Arc::new(hook));
         self
     }
 
     /// Clients that are never refused (still decided and reported).
     pub fn bypass(mut self, bypass: Bypass) -> Self {
-        self.bypass = bypass;
+        self.options.bypass = bypass;
         self
     }
 
     /// How many tokens a request takes (default 1): a [`HeaderCost`](crate::cost::HeaderCost)
     /// or a closure `Fn(&Parts) -> u64`.
     pub fn cost_extractor<T: CostExtractor>(mut self, cost: T) -> Self {
-        self.cost = Box::new(cost);
+        self.options.cost = Box::new(cost);
         self
     }
 
@@ -431,8 +372,10 @@ impl<St, C> Builder<St, C> {
     ///
     /// A [`ConfigError`] naming the first field that is missing, zero or invalid.
     pub fn build(self) -> Result<RateLimitLayer<St, C>, ConfigError> {
-        let single = self.capacity.is_some() || self.period.is_some() || self.refill.is_some();
-        let policies = match self.policies {
+        let options = self.options;
+        let single =
+            options.capacity.is_some() || options.period.is_some() || options.refill.is_some();
+        let policies = match options.policies {
             Some(_) if single => {
                 return Err(ConfigError::Invalid {
                     field: "policies",
@@ -442,36 +385,36 @@ impl<St, C> Builder<St, C> {
             }
             Some(policies) => policies,
             None => {
-                let capacity = self
+                let capacity = options
                     .capacity
                     .ok_or(ConfigError::Missing { field: "capacity" })?;
-                let period = self
+                let period = options
                     .period
                     .ok_or(ConfigError::Missing { field: "period" })?;
                 Policies::single(Limit::new(
-                    self.policy_name,
+                    options.policy_name,
                     capacity,
-                    self.refill.unwrap_or(capacity),
+                    options.refill.unwrap_or(capacity),
                     period,
                 )?)
             }
         };
-        if self.timeout.is_zero() {
+        if options.timeout.is_zero() {
             return Err(ConfigError::Zero { field: "timeout" });
         }
-        check_prefix(&self.key_prefix)?;
+        check_prefix(&options.key_prefix)?;
         let settings = Settings {
             policies,
-            key_prefix: self.key_prefix.into_boxed_str(),
-            timeout: self.timeout,
-            fail_mode: self.fail_mode,
-            headers_on_allowed: self.headers_on_allowed,
-            legacy_headers: self.legacy_headers,
-            shadow: self.shadow,
-            body: self.body,
-            hook: self.hook,
-            bypass: self.bypass,
-            cost: self.cost,
+            key_prefix: options.key_prefix.into_boxed_str(),
+            timeout: options.timeout,
+            fail_mode: options.fail_mode,
+            headers_on_allowed: options.headers_on_allowed,
+            legacy_headers: options.legacy_headers,
+            shadow: options.shadow,
+            body: options.body,
+            hook: options.hook,
+            bypass: options.bypass,
+            cost: options.cost,
             outage: OutageLog::new(),
         };
         Ok(RateLimitLayer {

@@ -52,7 +52,7 @@ impl Limit {
         period: Duration,
     ) -> Result<Self, ConfigError> {
         let name = name.into();
-        check_name(&name)?;
+        check_name(&name, "policy_name")?;
         if capacity == 0 {
             return Err(ConfigError::Zero { field: "capacity" });
         }
@@ -232,7 +232,9 @@ pub fn decide_all(limits: &[Limit], full_ats: &mut [u64], now: u64, cost: u64) -
     best.expect("limits is not empty")
 }
 
-fn check_name(name: &str) -> Result<(), ConfigError> {
+/// Checks a name that goes into headers and keys: 1 to 64 ASCII letters, digits, `-`, `_` or
+/// `.`; `field` names it in the error.
+pub(crate) fn check_name(name: &str, field: &'static str) -> Result<(), ConfigError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
@@ -242,7 +244,7 @@ fn check_name(name: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid {
-            field: "policy_name",
+            field,
             value: name.to_owned(),
             reason: "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
         })

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 
 use crate::key::normalize_path;
-use crate::limit::MAX_NAME_LEN;
+use crate::limit::check_name;
 use crate::response::policy_list;
 use crate::{ConfigError, Limit, MAX_LIMITS};
 
@@ -358,7 +358,7 @@ impl PoliciesBuilder {
         let mut names = HashSet::new();
         for rule in self.rules {
             let at = format!("rule {:?}", rule.name);
-            check_rule_name(&rule.name).map_err(|e| e.at(&at))?;
+            check_name(&rule.name, "name").map_err(|e| e.at(&at))?;
             if !names.insert(rule.name.clone()) {
                 return Err(ConfigError::Duplicate {
                     what: "rule",
@@ -379,23 +379,6 @@ impl PoliciesBuilder {
         Ok(Policies {
             entries,
             has_default,
-        })
-    }
-}
-
-fn check_rule_name(name: &str) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid {
-            field: "name",
-            value: name.to_owned(),
-            reason: "must be 1 to 64 ASCII letters, digits, '-', '_' or '.'",
         })
     }
 }

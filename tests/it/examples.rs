@@ -141,8 +141,21 @@ fn manifest(path: &str) -> String {
 }
 
 #[tokio::test]
-async fn policies_from_the_config_file() {
-    let s = Instance::start(&[("RATE_LIMIT_CONFIG", &manifest("examples/rate_limits.toml"))]);
+async fn policies_from_the_config_file_in_memory() {
+    policies_from_the_config_file(None).await;
+}
+
+#[tokio::test]
+async fn policies_from_the_config_file_in_redis() {
+    let redis = RedisServer::start();
+    policies_from_the_config_file(Some(&redis.url())).await;
+}
+
+async fn policies_from_the_config_file(redis: Option<&str>) {
+    let config = manifest("examples/rate_limits.toml");
+    let mut env = vec![("RATE_LIMIT_CONFIG", config.as_str())];
+    env.extend(redis.map(|url| ("REDIS_URL", url)));
+    let s = Instance::start(&env);
     let client = HttpClient::new();
     let login = || client.request(s.addr, "POST", "/login", &[("x-api-key", "alice")]);
     // The rule limits POST /login (the server answers only GET, after the limit).
