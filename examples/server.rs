@@ -18,6 +18,9 @@
 //! - `RATE_LIMIT_CONFIG`: a TOML policy file (see `examples/rate_limits.toml`); the server
 //!   exits non-zero, naming the rule and field, when it is bad.
 //! - `RUST_LOG`: log filter (default `info`).
+//!
+//! Also, not limited: `GET /metrics` (Prometheus text) and `GET /dashboard` (a live page that
+//! plots the metrics: `http://127.0.0.1:8080/dashboard`).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -25,11 +28,15 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse};
 use axum::{Json, Router, routing::get};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde_json::json;
 use tollgate::cost::HeaderCost;
-use tollgate::{Policies, RateLimitLayer};
+use tollgate::{Policies, RateLimitLayer, telemetry};
+
+/// The live dashboard: one self-contained page that polls `/metrics`.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -37,7 +44,18 @@ async fn main() -> std::process::ExitCode {
     common::exit_on_error(run().await)
 }
 
+/// Store latency buckets, in seconds: sub-millisecond to past the 50 ms timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::STORE_DURATION_SECONDS.to_owned()),
+            LATENCY_BUCKETS,
+        )?
+        .install_recorder()?;
     let addr = common::listen_addr("127.0.0.1:8080")?;
     let fail_mode = common::fail_mode_from_env()?;
     let builder = RateLimitLayer::builder()
@@ -61,7 +79,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .fallback(any_path)
         .layer(limit)
         // Added after the layer, so not limited.
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }));
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                metrics.run_upkeep();
+                metrics.render()
+            }),
+        )
+        .route("/dashboard", get(|| async { Html(DASHBOARD) }));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -7,21 +7,32 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::layer::Settings;
 use crate::response::{self, Answer, ResponseBody};
 use crate::service::policy_name;
+use crate::telemetry::Outcome;
 use crate::{Decision, FailMode, StoreError};
 
 /// How a decided request is handled.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Flags {
-    /// Report, never refuse.
+    /// Shadow mode: report, never refuse.
     pub(crate) shadow: bool,
     /// Answer the gRPC way.
     pub(crate) grpc: bool,
+    /// A client on the bypass list: report, never refuse.
+    pub(crate) bypassed: bool,
+}
+
+impl Flags {
+    const NONE: Self = Self {
+        shadow: false,
+        grpc: false,
+        bypassed: false,
+    };
 }
 
 pin_project! {
@@ -53,6 +64,7 @@ pin_project! {
             // (the memory store) never arms a timer.
             #[pin]
             deadline: Option<Sleep>,
+            started: Instant,
             inner: Option<S>,
             request: Option<Request<ReqBody>>,
         },
@@ -85,6 +97,7 @@ where
             state: State::Deciding {
                 decision,
                 deadline: None,
+                started: Instant::now(),
                 inner: Some(inner),
                 request: Some(request),
             },
@@ -107,8 +120,8 @@ where
             settings,
             policy,
             flags: Flags {
-                shadow: false,
                 grpc,
+                ..Flags::NONE
             },
         }
     }
@@ -121,10 +134,7 @@ where
             },
             settings,
             policy: usize::MAX,
-            flags: Flags {
-                shadow: false,
-                grpc: false,
-            },
+            flags: Flags::NONE,
         }
     }
 }
@@ -145,6 +155,7 @@ where
                 StateProj::Deciding {
                     decision,
                     mut deadline,
+                    started,
                     inner,
                     request,
                 } => {
@@ -167,39 +178,55 @@ where
                             decision,
                         }
                     };
-                    let policy = settings.policies.entry(*this.policy);
+                    let index = *this.policy;
+                    let policy = settings.policies.entry(index);
+                    let name = policy_name(policy);
+                    let elapsed = started.elapsed();
+                    settings.telemetry.store_duration(elapsed);
                     match outcome {
                         Ok(decision) => {
                             settings.outage.answered();
-                            let outcome = match (decision.allowed, flags.shadow) {
-                                (true, _) => "allowed",
-                                (false, true) => "shadow_limited",
-                                (false, false) => "limited",
+                            let refuse = !decision.allowed && !flags.shadow && !flags.bypassed;
+                            let outcome = match () {
+                                _ if flags.bypassed => Outcome::Bypassed,
+                                _ if decision.allowed => Outcome::Allowed,
+                                _ if refuse => Outcome::Limited,
+                                _ => Outcome::ShadowLimited,
                             };
+                            let limit = &policy.limits[decision.index];
+                            let near_limit = decision.allowed
+                                && decision.remaining.saturating_mul(5) <= limit.capacity();
+                            settings
+                                .telemetry
+                                .decision(index, name, outcome, near_limit);
                             tracing::debug!(
-                                policy = policy_name(policy),
-                                outcome,
-                                limit = policy.limits[decision.index].name(),
+                                policy = name,
+                                outcome = outcome.as_str(),
+                                limit = limit.name(),
                                 remaining = decision.remaining,
+                                store_us = elapsed.as_micros() as u64,
                                 "rate-limit decision"
                             );
-                            if decision.allowed || flags.shadow {
-                                // A shadow denial is always reported.
-                                let report = settings.headers_on_allowed || !decision.allowed;
-                                forward(report.then_some(decision))
-                            } else {
+                            if refuse {
                                 State::Answered {
                                     answer: Some(Answer::Limited(decision)),
                                 }
+                            } else {
+                                // A denial that passes (shadow, bypass) is always reported.
+                                let report = settings.headers_on_allowed || !decision.allowed;
+                                forward(report.then_some(decision))
                             }
                         }
                         Err(error) => {
                             settings.outage.failed(&error, settings.fail_mode);
-                            match settings.fail_mode {
-                                FailMode::Closed if !flags.shadow => State::Answered {
+                            let closed = settings.fail_mode == FailMode::Closed && !flags.shadow;
+                            settings.telemetry.store_failed(&error, !closed);
+                            if closed {
+                                State::Answered {
                                     answer: Some(Answer::Unavailable),
-                                },
-                                _ => forward(None),
+                                }
+                            } else {
+                                forward(None)
                             }
                         }
                     }

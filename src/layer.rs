@@ -13,6 +13,7 @@ use crate::outage::OutageLog;
 use crate::policy::Policies;
 use crate::response::{Rejection, RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
+use crate::telemetry::Telemetry;
 use crate::{ConfigError, Limit, RateLimit};
 
 /// The default time a store may take to decide.
@@ -90,6 +91,7 @@ pub(crate) struct Settings {
     pub(crate) bypass: Bypass,
     pub(crate) cost: Box<dyn CostExtractor>,
     pub(crate) outage: OutageLog,
+    pub(crate) telemetry: Telemetry,
 }
 
 impl Settings {
@@ -113,6 +115,12 @@ impl std::fmt::Debug for Settings {
             .field("shadow", &self.shadow)
             .finish_non_exhaustive()
     }
+}
+
+fn policy_names(policies: &Policies) -> Vec<&str> {
+    (0..policies.len())
+        .map(|i| crate::service::policy_name(policies.entry(i)))
+        .collect()
 }
 
 impl<St, C> Clone for RateLimitLayer<St, C> {
@@ -404,6 +412,7 @@ impl<St, C> Builder<St, C> {
         }
         check_prefix(&options.key_prefix)?;
         let settings = Settings {
+            telemetry: Telemetry::new(&policy_names(&policies)),
             policies,
             key_prefix: options.key_prefix.into_boxed_str(),
             timeout: options.timeout,

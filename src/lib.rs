@@ -92,6 +92,7 @@ pub mod policy;
 pub mod response;
 mod service;
 pub mod store;
+pub mod telemetry;
 
 pub use client::{ApiKey, ClientExtractor, ClientIp, MissingClient};
 pub use error::{ConfigError, StoreError};

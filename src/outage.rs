@@ -3,31 +3,38 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::telemetry::error_kind_index;
 use crate::{FailMode, StoreError};
 
-/// At most one warning per this many milliseconds while the store keeps failing.
+/// At most one warning per kind of failure per this many milliseconds while the store keeps
+/// failing.
 const WARN_EVERY_MS: u64 = 1_000;
 
-/// Tracks store failures: the first failure is logged at once, later ones at most once a
-/// second with the count of those not logged, and the first success after a failure once.
+/// Tracks store failures: the first failure of each kind is logged at once, later ones at
+/// most once a second with the count of those not logged, and the first success after a
+/// failure once.
 #[derive(Debug)]
 pub(crate) struct OutageLog {
     start: Instant,
-    /// Milliseconds since `start` before which no warning is logged.
-    next_warn_ms: AtomicU64,
-    /// Failures since the last warning.
-    suppressed: AtomicU64,
+    kinds: [KindLog; 4],
     /// Failures since the store last answered.
     failures: AtomicU64,
     failing: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct KindLog {
+    /// Milliseconds since `start` before which no warning of this kind is logged.
+    next_warn_ms: AtomicU64,
+    /// Failures of this kind since its last warning.
+    suppressed: AtomicU64,
 }
 
 impl OutageLog {
     pub(crate) fn new() -> Self {
         Self {
             start: Instant::now(),
-            next_warn_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
+            kinds: Default::default(),
             failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         }
@@ -36,10 +43,11 @@ impl OutageLog {
     pub(crate) fn failed(&self, error: &StoreError, fail_mode: FailMode) {
         self.failing.store(true, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
+        let log = &self.kinds[error_kind_index(error)];
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = self.next_warn_ms.load(Ordering::Relaxed);
+        let next = log.next_warn_ms.load(Ordering::Relaxed);
         let claimed = now >= next
-            && self
+            && log
                 .next_warn_ms
                 .compare_exchange(
                     next,
@@ -49,7 +57,7 @@ impl OutageLog {
                 )
                 .is_ok();
         if claimed {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            let suppressed = log.suppressed.swap(0, Ordering::Relaxed);
             tracing::warn!(
                 error = %error,
                 kind = error.kind(),
@@ -58,16 +66,22 @@ impl OutageLog {
                 "rate-limit store failed; requests follow the fail mode"
             );
         } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            log.suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn answered(&self) {
         if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
             let failures = self.failures.swap(0, Ordering::Relaxed);
-            self.suppressed.store(0, Ordering::Relaxed);
-            self.next_warn_ms.store(0, Ordering::Relaxed);
-            tracing::info!(failures, "rate-limit store answers again");
+            let suppressed: u64 = self
+                .kinds
+                .iter()
+                .map(|k| {
+                    k.next_warn_ms.store(0, Ordering::Relaxed);
+                    k.suppressed.swap(0, Ordering::Relaxed)
+                })
+                .sum();
+            tracing::info!(failures, suppressed, "rate-limit store answers again");
         }
     }
 }

@@ -306,6 +306,11 @@ impl Policies {
         &self.entries[index]
     }
 
+    /// How many policies: the default, if any, and the rules.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Every limit of every policy.
     pub fn limits(&self) -> impl Iterator<Item = &Limit> {
         self.entries.iter().flat_map(|e| e.limits.iter())

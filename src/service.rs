@@ -13,6 +13,7 @@ use crate::key::{Endpoint, endpoint_path, request_key, request_path};
 use crate::layer::Shared;
 use crate::response::{Answer, ResponseBody, is_grpc};
 use crate::store::Store;
+use crate::telemetry::Outcome;
 
 /// Rate-limits the requests to `S`; made by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
@@ -108,7 +109,15 @@ where
                 let future = inner.call(Request::from_parts(parts, body));
                 return ResponseFuture::unlimited(Arc::clone(settings), future);
             }
-            (Err(missing), _) => return answer(Answer::MissingClient(missing)),
+            (Err(missing), _) => {
+                settings.telemetry.decision(
+                    index,
+                    policy_name(policy),
+                    Outcome::MissingIdentity,
+                    false,
+                );
+                return answer(Answer::MissingClient(missing));
+            }
             (_, Err(invalid)) => return answer(Answer::InvalidCost(invalid)),
         };
         if cost > policy.min_capacity {
@@ -123,7 +132,7 @@ where
             let future = inner.call(Request::from_parts(parts, body));
             return ResponseFuture::unlimited(Arc::clone(settings), future);
         }
-        let shadow = shadow || settings.bypass.contains(&client);
+        let bypassed = !settings.bypass.is_empty() && settings.bypass.contains(&client);
         let key = match &policy.rule {
             Some(rule) => request_key(
                 &settings.key_prefix,
@@ -144,7 +153,11 @@ where
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,
-            Flags { shadow, grpc },
+            Flags {
+                shadow,
+                grpc,
+                bypassed,
+            },
             decision,
             inner,
             Request::from_parts(parts, body),

@@ -31,17 +31,25 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-struct Instance {
+pub struct Instance {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
+    /// Where the instance's log (stderr) goes.
+    log: PathBuf,
 }
 
 impl Instance {
-    fn start(env: &[(&str, &str)]) -> Self {
+    pub fn start(env: &[(&str, &str)]) -> Self {
         Self::example("server", env)
     }
 
     fn example(name: &str, env: &[(&str, &str)]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "tollgate-{name}-{}-{}.log",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut child = Command::new(binary(name))
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env_remove("REDIS_URL")
@@ -50,7 +58,8 @@ impl Instance {
             .env_remove("TRUSTED_PROXIES")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -58,15 +67,23 @@ impl Instance {
             let line = line.unwrap();
             if let Some(addr) = line.strip_prefix("listening on ") {
                 let addr = addr.parse().unwrap();
-                return Self { child, addr };
+                return Self { child, addr, log };
             }
         }
         panic!("the server exited without listening: {:?}", child.wait());
     }
 }
 
+impl Instance {
+    /// What the instance has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -5,4 +5,5 @@ mod contract;
 mod examples;
 mod faults;
 mod harness;
+mod observability;
 mod redis_store;

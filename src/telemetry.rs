@@ -1,0 +1,184 @@
+//! What the layer reports: metrics through the [`metrics`](https://docs.rs/metrics) facade
+//! (feature `metrics`) and `tracing` events.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `tollgate_decisions_total` | counter | `policy`, `outcome`: `allowed`, `limited`, `shadow_limited`, `bypassed`, `missing_identity` |
+//! | `tollgate_near_limit_total` | counter | `policy`: an allowed decision that left 20% of the capacity or less |
+//! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `script`, `other` |
+//! | `tollgate_fail_mode_total` | counter | `mode`: `open`, `closed`: a request the fail mode decided |
+//! | `tollgate_store_duration_seconds` | histogram | store calls, answered or not |
+//!
+//! Label values are bounded: policy names come from the configuration (a rule's name, or
+//! `default`) and the rest are fixed words; never a client, an address or a path. Install the
+//! metrics recorder (for example `metrics-exporter-prometheus`) before the first request: the
+//! layer registers its handles on first use.
+//!
+//! Tracing: a `debug` event per decision (`policy`, `outcome`, `limit`, `remaining`,
+//! `store_us`); a `warn` event when the store fails, at most once a second per kind of failure
+//! while it lasts, with the number of failures not logged (`suppressed`); an `info` event when
+//! the store answers again.
+
+#[cfg(feature = "metrics")]
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::StoreError;
+
+/// `tollgate_decisions_total{policy, outcome}`.
+pub const DECISIONS_TOTAL: &str = "tollgate_decisions_total";
+/// `tollgate_near_limit_total{policy}`.
+pub const NEAR_LIMIT_TOTAL: &str = "tollgate_near_limit_total";
+/// `tollgate_store_errors_total{kind}`.
+pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
+/// `tollgate_fail_mode_total{mode}`.
+pub const FAIL_MODE_TOTAL: &str = "tollgate_fail_mode_total";
+/// `tollgate_store_duration_seconds`.
+pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
+
+/// Every metric name the crate exports.
+pub const METRIC_NAMES: &[&str] = &[
+    DECISIONS_TOTAL,
+    NEAR_LIMIT_TOTAL,
+    STORE_ERRORS_TOTAL,
+    FAIL_MODE_TOTAL,
+    STORE_DURATION_SECONDS,
+];
+
+/// The outcome of a request the layer saw, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Allowed,
+    Limited,
+    ShadowLimited,
+    Bypassed,
+    MissingIdentity,
+}
+
+impl Outcome {
+    #[cfg(feature = "metrics")]
+    const ALL: [Outcome; 5] = [
+        Self::Allowed,
+        Self::Limited,
+        Self::ShadowLimited,
+        Self::Bypassed,
+        Self::MissingIdentity,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::ShadowLimited => "shadow_limited",
+            Self::Bypassed => "bypassed",
+            Self::MissingIdentity => "missing_identity",
+        }
+    }
+}
+
+/// The store error kinds, in the order of [`StoreError::kind`]'s words.
+const ERROR_KINDS: [&str; 4] = ["timeout", "connection", "script", "other"];
+
+pub(crate) fn error_kind_index(error: &StoreError) -> usize {
+    ERROR_KINDS
+        .iter()
+        .position(|&k| k == error.kind())
+        .unwrap_or(3)
+}
+
+/// A layer's metric handles, registered on first use.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    #[cfg(feature = "metrics")]
+    policies: Box<[OnceLock<PolicyMetrics>]>,
+    #[cfg(feature = "metrics")]
+    store: OnceLock<StoreMetrics>,
+}
+
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct PolicyMetrics {
+    decisions: [metrics::Counter; 5],
+    near_limit: metrics::Counter,
+}
+
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct StoreMetrics {
+    errors: [metrics::Counter; 4],
+    fail_open: metrics::Counter,
+    fail_closed: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl Telemetry {
+    /// Handles for `names`, the policies' label values in order.
+    pub(crate) fn new(names: &[&str]) -> Self {
+        let _ = names;
+        Self {
+            #[cfg(feature = "metrics")]
+            policies: names.iter().map(|_| OnceLock::new()).collect(),
+            #[cfg(feature = "metrics")]
+            store: OnceLock::new(),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn policy(&self, index: usize, name: &str) -> &PolicyMetrics {
+        self.policies[index].get_or_init(|| {
+            let policy = name.to_owned();
+            PolicyMetrics {
+                decisions: Outcome::ALL.map(|outcome| {
+                    metrics::counter!(DECISIONS_TOTAL, "policy" => policy.clone(), "outcome" => outcome.as_str())
+                }),
+                near_limit: metrics::counter!(NEAR_LIMIT_TOTAL, "policy" => policy),
+            }
+        })
+    }
+
+    #[cfg(feature = "metrics")]
+    fn store(&self) -> &StoreMetrics {
+        self.store.get_or_init(|| StoreMetrics {
+            errors: ERROR_KINDS.map(|kind| metrics::counter!(STORE_ERRORS_TOTAL, "kind" => kind)),
+            fail_open: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "open"),
+            fail_closed: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "closed"),
+            duration: metrics::histogram!(STORE_DURATION_SECONDS),
+        })
+    }
+
+    /// A decision (or a request refused before one) under the policy at `index`.
+    pub(crate) fn decision(&self, index: usize, name: &str, outcome: Outcome, near_limit: bool) {
+        let _ = (index, name, outcome, near_limit);
+        #[cfg(feature = "metrics")]
+        {
+            let policy = self.policy(index, name);
+            let slot = Outcome::ALL.iter().position(|&o| o == outcome).unwrap_or(0);
+            policy.decisions[slot].increment(1);
+            if near_limit {
+                policy.near_limit.increment(1);
+            }
+        }
+    }
+
+    /// A store call's time, answered or not.
+    pub(crate) fn store_duration(&self, elapsed: Duration) {
+        let _ = elapsed;
+        #[cfg(feature = "metrics")]
+        self.store().duration.record(elapsed.as_secs_f64());
+    }
+
+    /// A store failure, and whether the fail mode forwarded the request.
+    pub(crate) fn store_failed(&self, error: &StoreError, forwarded: bool) {
+        let _ = (error, forwarded);
+        #[cfg(feature = "metrics")]
+        {
+            let store = self.store();
+            store.errors[error_kind_index(error)].increment(1);
+            if forwarded {
+                store.fail_open.increment(1);
+            } else {
+                store.fail_closed.increment(1);
+            }
+        }
+    }
+}
