@@ -55,7 +55,7 @@ fn decisions(scrape: &Scrape, outcome: &str) -> f64 {
 
 #[tokio::test]
 async fn every_counter_moves_with_traffic_and_failures() {
-    let mut redis = RedisServer::start();
+    let redis = RedisServer::start();
     let url = redis.url();
     let open = Instance::start(&[("REDIS_URL", &url)]);
     let closed = Instance::start(&[("REDIS_URL", &url), ("FAIL_MODE", "closed")]);
@@ -84,7 +84,6 @@ async fn every_counter_moves_with_traffic_and_failures() {
             503
         );
     }
-    redis.kill();
     let (_, s) = scrape(&client, &open).await;
     assert_eq!(value(&s, "tollgate_fail_mode_total{mode=\"open\"}"), 3.0);
     assert_eq!(
@@ -92,6 +91,13 @@ async fn every_counter_moves_with_traffic_and_failures() {
         3.0
     );
     assert_eq!(value(&s, "tollgate_store_duration_seconds_count"), 15.0);
+    // One warning for the three failures within a second.
+    let log = open.log();
+    assert_eq!(log.matches("rate-limit store failed").count(), 1, "{log}");
+    assert!(
+        log.contains("kind=\"timeout\"") && log.contains("fail_mode=\"open\""),
+        "{log}"
+    );
     // Each timed-out call took the 50 ms timeout.
     let slow = value(&s, "tollgate_store_duration_seconds_bucket{le=\"+Inf\"}")
         - value(&s, "tollgate_store_duration_seconds_bucket{le=\"0.025\"}");
@@ -99,6 +105,35 @@ async fn every_counter_moves_with_traffic_and_failures() {
     let (_, s) = scrape(&client, &closed).await;
     assert_eq!(value(&s, "tollgate_fail_mode_total{mode=\"closed\"}"), 3.0);
     assert_eq!(value(&s, "tollgate_fail_mode_total{mode=\"open\"}"), 0.0);
+    // Redis back: decisions again, the fail mode no longer counts, and the log says so.
+    redis.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let reply = client.get(open.addr, "/back", Some(b"carol")).await;
+        if reply.header("ratelimit").is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, after) = scrape(&client, &open).await;
+    assert_eq!(decisions(&after, "allowed"), 11.0);
+    let failed_open = value(&after, "tollgate_fail_mode_total{mode=\"open\"}");
+    client.get(open.addr, "/back", Some(b"carol")).await;
+    let (_, last) = scrape(&client, &open).await;
+    assert_eq!(decisions(&last, "allowed"), 12.0);
+    assert_eq!(
+        value(&last, "tollgate_fail_mode_total{mode=\"open\"}"),
+        failed_open
+    );
+    assert!(
+        open.log().contains("rate-limit store answers again"),
+        "{}",
+        open.log()
+    );
     // Label values are bounded: policy names and fixed words, never a key or a path.
     let (text, _) = scrape(&client, &open).await;
     assert!(
