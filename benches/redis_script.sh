@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Redis-side cost of one decision: lua/token_bucket.lua beside the floor script
-# (benches/lua/floor.lua: TIME, GET, SET PX), run the same way in the same run.
+# Redis-side cost of one decision: lua/token_bucket.lua beside two reference scripts run the
+# same way in the same run: benches/lua/gcra_float.lua (a GCRA script in the style of
+# go-redis/redis_rate: float arithmetic, SET EX, string replies) and benches/lua/floor.lua
+# (only TIME, GET and SET PX: the floor for any Lua limiter).
 #
 #   bash benches/redis_script.sh [requests] [rounds]
 #
@@ -22,6 +24,7 @@ until cli PING >/dev/null 2>&1; do sleep 0.05; done
 
 tb=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua)")
 floor=$(cli SCRIPT LOAD "$(cat benches/lua/floor.lua)")
+gcra=$(cli SCRIPT LOAD "$(cat benches/lua/gcra_float.lua)")
 
 run() { # name, then the EVALSHA arguments
   local name=$1
@@ -39,8 +42,10 @@ run() { # name, then the EVALSHA arguments
 for round in $(seq "$rounds"); do
   echo "round $round"
   # Every decision allowed (the costly path): 100,000 keys, a bucket that never empties.
-  run "token_bucket allowed" "$tb" 1 'k:__rand_int__' 1 1000000000 1
+  run "token_bucket allowed" "$tb" 1 'k:__rand_int__' 1 1000000000
+  run "gcra_float allowed" "$gcra" 1 'k:__rand_int__' 1000000000 1000000 1 1
   run "floor" "$floor" 1 'k:__rand_int__'
   # One hot key, every decision after the first denied: one token per hour.
-  run "token_bucket hot denied" "$tb" 1 hot 3600000000 1 1
+  run "token_bucket hot denied" "$tb" 1 hot 3600000000 3600000000
+  run "gcra_float hot denied" "$gcra" 1 hot 1 1 3600 1
 done

@@ -204,32 +204,56 @@ pub const MAX_LIMITS: usize = 8;
 pub fn decide_all(limits: &[Limit], full_ats: &mut [u64], now: u64, cost: u64) -> Decision {
     assert!(!limits.is_empty() && limits.len() == full_ats.len());
     let cost = cost.max(1);
-    // The denying limit with the longest wait: (index, wait, clamped full-at).
+    // The denying limit with the longest wait: (index, wait, full after).
     let mut worst: Option<(usize, u64, u64)> = None;
     for (i, (limit, &full_at)) in limits.iter().zip(full_ats.iter()).enumerate() {
         let (full_at, after) = limit.before(full_at, now, cost);
         let burst = limit.fill_us();
         if after > burst && worst.is_none_or(|(_, wait, _)| after - burst > wait) {
-            worst = Some((i, after - burst, full_at));
+            worst = Some((i, after - burst, full_at - now));
         }
     }
-    if let Some((i, _, full_at)) = worst {
-        let limit = &limits[i];
-        let remaining = (limit.fill_us() - (full_at - now)) / limit.interval_us;
-        return limit
-            .decision(false, remaining, full_at - now, cost)
-            .with_index(i);
+    if let Some((i, _, full_after)) = worst {
+        return denied_decision(limits, i, full_after, cost);
     }
+    let mut afters = [0; MAX_LIMITS];
+    for ((limit, full_at), after) in limits
+        .iter()
+        .zip(full_ats.iter_mut())
+        .zip(afters.iter_mut())
+    {
+        *after = limit.before(*full_at, now, cost).1;
+        *full_at = now + *after;
+    }
+    allowed_decision(limits, &afters[..limits.len()], cost)
+}
+
+/// The decision when every limit allowed and bucket `i` is full again after `afters[i]`
+/// microseconds: it reports the limit with the fewest whole tokens left (the first on a tie).
+pub(crate) fn allowed_decision(limits: &[Limit], afters: &[u64], cost: u64) -> Decision {
     let mut best: Option<Decision> = None;
-    for (i, (limit, full_at)) in limits.iter().zip(full_ats.iter_mut()).enumerate() {
-        let (_, after) = limit.before(*full_at, now, cost);
-        *full_at = now + after;
-        let remaining = (limit.fill_us() - after) / limit.interval_us;
+    for (i, (limit, &after)) in limits.iter().zip(afters).enumerate() {
+        let remaining = limit.fill_us().saturating_sub(after) / limit.interval_us;
         if best.is_none_or(|b| remaining < b.remaining) {
             best = Some(limit.decision(true, remaining, after, cost).with_index(i));
         }
     }
     best.expect("limits is not empty")
+}
+
+/// The decision when limit `index` refused with the longest wait, its bucket full again after
+/// `full_after` microseconds.
+pub(crate) fn denied_decision(
+    limits: &[Limit],
+    index: usize,
+    full_after: u64,
+    cost: u64,
+) -> Decision {
+    let limit = &limits[index];
+    let remaining = limit.fill_us().saturating_sub(full_after) / limit.interval_us;
+    limit
+        .decision(false, remaining, full_after, cost)
+        .with_index(index)
 }
 
 /// Checks a name that goes into headers and keys: 1 to 64 ASCII letters, digits, `-`, `_` or

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::limit::{allowed_decision, denied_decision};
 use crate::{Decision, Limit, StoreError};
 
 use super::{Store, bucket_key};
@@ -224,19 +225,19 @@ impl Store for RedisStore {
         let keys: Vec<String> = limits.iter().map(|limit| bucket_key(key, limit)).collect();
         let limits = Arc::clone(limits);
         Box::pin(async move {
-            let reply: Result<(i64, i64, i64, i64), _> = {
+            let reply: Result<redis::Value, _> = {
                 let mut invocation = call.inner.script.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
                 }
-                invocation.arg(cost);
                 for limit in limits.iter() {
-                    invocation.arg(limit.interval_us()).arg(limit.capacity());
+                    let increment = cost.saturating_mul(limit.interval_us());
+                    invocation.arg(increment).arg(limit.fill_us());
                 }
                 invocation.invoke_async(&mut conn).await
             };
             call.finished = true;
-            let (allowed, index, remaining, full_after) = match reply {
+            let reply = match reply {
                 Ok(reply) => {
                     call.inner.succeeded();
                     reply
@@ -246,19 +247,55 @@ impl Store for RedisStore {
                     return Err(error.into());
                 }
             };
-            let parsed = (
-                usize::try_from(index).ok().filter(|&i| i < limits.len()),
-                u64::try_from(remaining),
-                u64::try_from(full_after),
-            );
-            let (Some(index), Ok(remaining), Ok(full_after)) = parsed else {
-                return Err(StoreError::Reply(format!(
-                    "{{{allowed}, {index}, {remaining}, {full_after}}}"
-                )));
-            };
-            Ok(limits[index]
-                .decision(allowed == 1, remaining, full_after, cost)
-                .with_index(index))
+            parse_reply(&reply, &limits, cost)
+                .ok_or_else(|| StoreError::Reply(format!("{reply:?}")))
         })
+    }
+}
+
+/// Turns the script's reply into a decision (see `lua/token_bucket.lua`).
+fn parse_reply(reply: &redis::Value, limits: &[Limit], cost: u64) -> Option<Decision> {
+    use redis::Value::{Array, Int};
+    match reply {
+        Int(after) if *after > 0 && limits.len() == 1 => Some(allowed_decision(
+            limits,
+            &[u64::try_from(*after).ok()?],
+            cost,
+        )),
+        Int(denied) if *denied < 0 && limits.len() == 1 => {
+            let full_after = u64::try_from(-1 - *denied).ok()?;
+            Some(denied_decision(limits, 0, full_after, cost))
+        }
+        Array(values) => {
+            let ints: Vec<i64> = values
+                .iter()
+                .map(|v| match v {
+                    Int(i) => Some(*i),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?;
+            match ints.as_slice() {
+                [worst, full_after] if *worst < 0 => {
+                    let index = usize::try_from(-1 - *worst)
+                        .ok()
+                        .filter(|&i| i < limits.len())?;
+                    Some(denied_decision(
+                        limits,
+                        index,
+                        u64::try_from(*full_after).ok()?,
+                        cost,
+                    ))
+                }
+                afters if afters.len() == limits.len() => {
+                    let afters: Vec<u64> = afters
+                        .iter()
+                        .map(|&a| u64::try_from(a).ok().filter(|&a| a > 0))
+                        .collect::<Option<_>>()?;
+                    Some(allowed_decision(limits, &afters, cost))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
