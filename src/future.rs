@@ -65,6 +65,9 @@ pin_project! {
             #[pin]
             deadline: Option<Sleep>,
             started: Instant,
+            // The request's key (when the deny cache is on) and cost.
+            key: Option<String>,
+            cost: u64,
             inner: Option<S>,
             request: Option<Request<ReqBody>>,
         },
@@ -90,6 +93,7 @@ where
         policy: usize,
         flags: Flags,
         decision: D,
+        (key, cost): (Option<String>, u64),
         inner: S,
         request: Request<ReqBody>,
     ) -> Self {
@@ -98,6 +102,8 @@ where
                 decision,
                 deadline: None,
                 started: Instant::now(),
+                key,
+                cost,
                 inner: Some(inner),
                 request: Some(request),
             },
@@ -123,6 +129,24 @@ where
                 grpc,
                 ..Flags::NONE
             },
+        }
+    }
+
+    /// Forwarded with a decision made without the store (a cached denial in shadow mode).
+    pub(crate) fn reported(
+        settings: Arc<Settings>,
+        policy: usize,
+        decision: Decision,
+        future: S::Future,
+    ) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                decision: Some(decision),
+            },
+            settings,
+            policy,
+            flags: Flags::NONE,
         }
     }
 
@@ -156,6 +180,8 @@ where
                     decision,
                     mut deadline,
                     started,
+                    key,
+                    cost,
                     inner,
                     request,
                 } => {
@@ -186,6 +212,11 @@ where
                     match outcome {
                         Ok(decision) => {
                             settings.outage.answered();
+                            if let (false, Some(cache), Some(key)) =
+                                (decision.allowed, &settings.deny_cache, key.as_deref())
+                            {
+                                cache.insert(key, *cost, &decision);
+                            }
                             let refuse = !decision.allowed && !flags.shadow && !flags.bypassed;
                             let outcome = match () {
                                 _ if flags.bypassed => Outcome::Bypassed,

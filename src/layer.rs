@@ -8,6 +8,7 @@ use tower_layer::Layer;
 
 use crate::client::{ApiKey, Bypass, ClientExtractor};
 use crate::cost::{CostExtractor, UnitCost};
+use crate::deny_cache::DenyCache;
 use crate::key::check_prefix;
 use crate::outage::OutageLog;
 use crate::policy::Policies;
@@ -92,6 +93,7 @@ pub(crate) struct Settings {
     pub(crate) cost: Box<dyn CostExtractor>,
     pub(crate) outage: OutageLog,
     pub(crate) telemetry: Telemetry,
+    pub(crate) deny_cache: Option<DenyCache>,
 }
 
 impl Settings {
@@ -167,6 +169,7 @@ impl RateLimitLayer {
                 hook: None,
                 bypass: Bypass::new(),
                 cost: Box::new(UnitCost),
+                deny_cache: true,
             },
         }
     }
@@ -232,6 +235,7 @@ struct Options {
     hook: Option<Arc<RejectionHook>>,
     bypass: Bypass,
     cost: Box<dyn CostExtractor>,
+    deny_cache: bool,
 }
 
 impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
@@ -374,12 +378,24 @@ impl<St, C> Builder<St, C> {
         self
     }
 
+    /// The local deny cache (default on): after the store denies a request, later requests of
+    /// the same cost or more on the same key are denied in process until the wait is over,
+    /// without a store call. Exact, since other instances can only take tokens. Not used with
+    /// [`MemoryStore`], which decides in process anyway.
+    pub fn deny_cache(mut self, enabled: bool) -> Self {
+        self.options.deny_cache = enabled;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first field that is missing, zero or invalid.
-    pub fn build(self) -> Result<RateLimitLayer<St, C>, ConfigError> {
+    pub fn build(self) -> Result<RateLimitLayer<St, C>, ConfigError>
+    where
+        St: Store,
+    {
         let options = self.options;
         let single =
             options.capacity.is_some() || options.period.is_some() || options.refill.is_some();
@@ -425,6 +441,7 @@ impl<St, C> Builder<St, C> {
             bypass: options.bypass,
             cost: options.cost,
             outage: OutageLog::new(),
+            deny_cache: (options.deny_cache && St::REMOTE).then(DenyCache::new),
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {

@@ -82,6 +82,7 @@
 
 pub mod client;
 pub mod cost;
+mod deny_cache;
 mod error;
 mod future;
 pub mod key;

@@ -149,16 +149,44 @@ where
             }
         };
         drop((client, path));
+        let flags = Flags {
+            shadow,
+            grpc,
+            bypassed,
+        };
+        if let Some(cache) = &settings.deny_cache
+            && let Some(decision) = cache.check(&key, cost)
+        {
+            // Denied in process: the store said so and the wait is not over.
+            settings.telemetry.deny_cache_hit();
+            let refuse = !shadow && !bypassed;
+            let outcome = match () {
+                _ if bypassed => Outcome::Bypassed,
+                _ if refuse => Outcome::Limited,
+                _ => Outcome::ShadowLimited,
+            };
+            settings
+                .telemetry
+                .decision(index, policy_name(policy), outcome, false);
+            if refuse {
+                return ResponseFuture::answered(
+                    Arc::clone(settings),
+                    index,
+                    grpc,
+                    Answer::Limited(decision),
+                );
+            }
+            let future = inner.call(Request::from_parts(parts, body));
+            return ResponseFuture::reported(Arc::clone(settings), index, decision, future);
+        }
         let decision = self.shared.store.decide(&key, &policy.limits, cost);
+        let key = settings.deny_cache.is_some().then_some(key);
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,
-            Flags {
-                shadow,
-                grpc,
-                bypassed,
-            },
+            flags,
             decision,
+            (key, cost),
             inner,
             Request::from_parts(parts, body),
         )

@@ -8,6 +8,7 @@
 //! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `script`, `other` |
 //! | `tollgate_fail_mode_total` | counter | `mode`: `open`, `closed`: a request the fail mode decided |
 //! | `tollgate_store_duration_seconds` | histogram | store calls, answered or not |
+//! | `tollgate_deny_cache_hits_total` | counter | requests denied by the local deny cache, without a store call |
 //!
 //! Label values are bounded: policy names come from the configuration (a rule's name, or
 //! `default`) and the rest are fixed words; never a client, an address or a path. Install the
@@ -36,6 +37,9 @@ pub const FAIL_MODE_TOTAL: &str = "tollgate_fail_mode_total";
 /// `tollgate_store_duration_seconds`.
 pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 
+/// `tollgate_deny_cache_hits_total`.
+pub const DENY_CACHE_HITS_TOTAL: &str = "tollgate_deny_cache_hits_total";
+
 /// Every metric name the crate exports.
 pub const METRIC_NAMES: &[&str] = &[
     DECISIONS_TOTAL,
@@ -43,6 +47,7 @@ pub const METRIC_NAMES: &[&str] = &[
     STORE_ERRORS_TOTAL,
     FAIL_MODE_TOTAL,
     STORE_DURATION_SECONDS,
+    DENY_CACHE_HITS_TOTAL,
 ];
 
 /// The outcome of a request the layer saw, as the `outcome` label says it.
@@ -109,6 +114,7 @@ struct StoreMetrics {
     fail_open: metrics::Counter,
     fail_closed: metrics::Counter,
     duration: metrics::Histogram,
+    deny_cache_hits: metrics::Counter,
 }
 
 impl Telemetry {
@@ -143,6 +149,7 @@ impl Telemetry {
             fail_open: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "open"),
             fail_closed: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "closed"),
             duration: metrics::histogram!(STORE_DURATION_SECONDS),
+            deny_cache_hits: metrics::counter!(DENY_CACHE_HITS_TOTAL),
         })
     }
 
@@ -165,6 +172,12 @@ impl Telemetry {
         let _ = elapsed;
         #[cfg(feature = "metrics")]
         self.store().duration.record(elapsed.as_secs_f64());
+    }
+
+    /// A request denied by the local deny cache.
+    pub(crate) fn deny_cache_hit(&self) {
+        #[cfg(feature = "metrics")]
+        self.store().deny_cache_hits.increment(1);
     }
 
     /// A store failure, and whether the fail mode forwarded the request.

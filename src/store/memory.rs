@@ -177,6 +177,8 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 impl Store for MemoryStore {
     type Future = Ready<Result<Decision, StoreError>>;
 
+    const REMOTE: bool = false;
+
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
         ready(Ok(self.decide_now(key, limits, cost)))
     }

@@ -30,6 +30,10 @@ pub trait Store: Send + Sync + 'static {
     /// The future of one decision.
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
 
+    /// Whether a decision costs a round trip, so that the layer's local deny cache pays off
+    /// (the default). [`MemoryStore`] decides in process and says `false`.
+    const REMOTE: bool = true;
+
     /// Decides whether a request of `cost` tokens may pass every limit in `limits` (at most
     /// [`MAX_LIMITS`](crate::MAX_LIMITS)), and takes the tokens from each if it may.
     ///

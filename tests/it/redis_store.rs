@@ -298,3 +298,72 @@ async fn two_instances_admit_capacity_plus_refill() {
     );
     assert!(limited > allowed, "{limited} limited");
 }
+
+/// Counts the `EVALSHA` calls a Redis has run.
+fn evalsha_calls(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A hot key that is always denied costs Redis almost nothing with the deny cache, and every
+/// request without it; the answers are the same.
+#[tokio::test]
+async fn the_deny_cache_spares_redis_on_a_hot_key() {
+    use tower::{Layer, ServiceExt};
+
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    store.load_script().await.unwrap();
+    let hot = |cache: bool| {
+        RateLimitLayer::builder()
+            .store(store.clone())
+            .key_prefix(if cache { "cached" } else { "uncached" })
+            .capacity(1)
+            .refill(1)
+            .period(Duration::from_secs(3600))
+            .deny_cache(cache)
+            .build()
+            .unwrap()
+            .layer(tower::service_fn(|_: http::Request<String>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            }))
+    };
+    let request = || {
+        http::Request::get("/hot")
+            .header("x-api-key", "flood")
+            .body(String::new())
+            .unwrap()
+    };
+    for cache in [true, false] {
+        let svc = hot(cache);
+        let before = evalsha_calls(&mut conn);
+        assert_eq!(svc.clone().oneshot(request()).await.unwrap().status(), 200);
+        let mut retry_after = Vec::new();
+        for _ in 0..2_000 {
+            let response = svc.clone().oneshot(request()).await.unwrap();
+            assert_eq!(response.status(), 429);
+            retry_after.push(
+                response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let calls = evalsha_calls(&mut conn) - before;
+        // Both ways, every denial says to come back in about an hour.
+        assert!(
+            retry_after.iter().all(|r| r == "3600" || r == "3599"),
+            "{retry_after:?}"
+        );
+        if cache {
+            // One call allowed, one denied and cached: 0.001 calls per denied request.
+            assert_eq!(calls, 2);
+        } else {
+            assert_eq!(calls, 2_001);
+        }
+    }
+}
