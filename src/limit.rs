@@ -28,6 +28,8 @@ pub(crate) const MAX_NAME_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     name: Arc<str>,
+    /// A fixed hash of the name (FNV-1a), for in-process tables.
+    name_hash: u64,
     capacity: u64,
     refill: u64,
     period: Duration,
@@ -82,6 +84,7 @@ impl Limit {
             });
         }
         Ok(Self {
+            name_hash: fnv1a(name.as_bytes()),
             name: name.into(),
             capacity,
             refill,
@@ -93,6 +96,14 @@ impl Limit {
     /// The name of the limit, as sent in the `RateLimit` header fields.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
+    pub(crate) fn name_hash(&self) -> u64 {
+        self.name_hash
     }
 
     /// The most tokens the bucket holds.
@@ -184,6 +195,12 @@ impl Limit {
             .saturating_add(self.interval_us)
             .saturating_sub(self.fill_us())
     }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The most limits one decision may involve.

@@ -41,7 +41,7 @@ use http::{HeaderValue, Method};
 
 use crate::key::normalize_path;
 use crate::limit::check_name;
-use crate::response::policy_list;
+use crate::response::{FieldCache, policy_list};
 use crate::{ConfigError, Limit, MAX_LIMITS};
 
 #[cfg(feature = "config")]
@@ -231,6 +231,8 @@ pub(crate) struct Entry {
     pub(crate) shadow: bool,
     /// The smallest capacity: a cost above it can never pass.
     pub(crate) min_capacity: u64,
+    /// `RateLimit` values of each limit, shared.
+    pub(crate) fields: Box<[FieldCache]>,
 }
 
 impl Entry {
@@ -266,6 +268,7 @@ impl Entry {
             methods,
             header: policy_list(&limits),
             min_capacity: limits.iter().map(Limit::capacity).min().unwrap_or(0),
+            fields: limits.iter().map(FieldCache::new).collect(),
             limits: limits.into(),
             shadow,
         })

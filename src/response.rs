@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -145,14 +146,70 @@ pub(crate) fn policy_list(limits: &[Limit]) -> HeaderValue {
 /// The `RateLimit` value of a decision about `limit`: `"name";r=remaining`, with `;t=seconds
 /// until a token is available` when none is left.
 pub(crate) fn ratelimit_value(limit: &Limit, decision: &Decision) -> HeaderValue {
+    let (remaining, wait) = ratelimit_numbers(limit, decision);
+    format_ratelimit(limit, remaining, wait)
+}
+
+/// `r` and, when it is 0, `t`.
+fn ratelimit_numbers(limit: &Limit, decision: &Decision) -> (u64, u64) {
+    if decision.remaining > 0 {
+        return (decision.remaining, 0);
+    }
+    let full_after = u64::try_from(decision.reset_after.as_micros()).unwrap_or(u64::MAX);
+    let wait = Duration::from_micros(limit.one_token_after_us(full_after));
+    (0, ceil_secs(wait).max(1))
+}
+
+fn format_ratelimit(limit: &Limit, remaining: u64, wait: u64) -> HeaderValue {
     let mut value = String::with_capacity(limit.name().len() + 24);
-    let _ = write!(value, "\"{}\";r={}", limit.name(), decision.remaining);
-    if decision.remaining == 0 {
-        let full_after = u64::try_from(decision.reset_after.as_micros()).unwrap_or(u64::MAX);
-        let wait = Duration::from_micros(limit.one_token_after_us(full_after));
-        let _ = write!(value, ";t={}", ceil_secs(wait).max(1));
+    let _ = write!(value, "\"{}\";r={}", limit.name(), remaining);
+    if remaining == 0 {
+        let _ = write!(value, ";t={wait}");
     }
     HeaderValue::try_from(value).expect("limit names are checked to be header-safe")
+}
+
+/// `RateLimit` values of one limit, made once and shared (a clone of a `HeaderValue` is a
+/// reference count), so an allowed response allocates nothing for its fields.
+#[derive(Debug, Clone)]
+pub(crate) struct FieldCache {
+    /// `r=i`, for i < the length.
+    remaining: Box<[OnceLock<HeaderValue>]>,
+    /// `r=0;t=i`, for i < the length.
+    wait: Box<[OnceLock<HeaderValue>]>,
+}
+
+/// The most values cached per limit and kind.
+const CACHED_VALUES: u64 = 1024;
+
+impl FieldCache {
+    pub(crate) fn new(limit: &Limit) -> Self {
+        let fill_secs = ceil_secs(Duration::from_micros(limit.fill_us()));
+        let slots = |n: u64| {
+            (0..n.min(CACHED_VALUES) + 1)
+                .map(|_| OnceLock::new())
+                .collect()
+        };
+        Self {
+            remaining: slots(limit.capacity()),
+            wait: slots(fill_secs),
+        }
+    }
+
+    pub(crate) fn value(&self, limit: &Limit, decision: &Decision) -> HeaderValue {
+        let (remaining, wait) = ratelimit_numbers(limit, decision);
+        let (slots, i) = if remaining > 0 {
+            (&self.remaining, remaining)
+        } else {
+            (&self.wait, wait)
+        };
+        match usize::try_from(i).ok().and_then(|i| slots.get(i)) {
+            Some(slot) => slot
+                .get_or_init(|| format_ratelimit(limit, remaining, wait))
+                .clone(),
+            None => format_ratelimit(limit, remaining, wait),
+        }
+    }
 }
 
 /// Why the layer answered a request itself.
@@ -371,7 +428,10 @@ pub(crate) fn insert_allowed(
 ) {
     let limit = &policy.limits[decision.index];
     headers.append(RATELIMIT_POLICY, policy.header.clone());
-    headers.append(RATELIMIT, ratelimit_value(limit, decision));
+    headers.append(
+        RATELIMIT,
+        policy.fields[decision.index].value(limit, decision),
+    );
     if legacy && !headers.contains_key(X_RATELIMIT_LIMIT) {
         insert_legacy(headers, limit, decision);
     }
@@ -550,5 +610,15 @@ mod tests {
         );
         let d = daily.decision(false, 0, 86_400_000_000, 1);
         assert_eq!(ratelimit_value(&daily, &d), "\"daily\";r=0;t=864");
+        // The cache gives the same values, within and beyond what it keeps.
+        let cache = FieldCache::new(&daily);
+        for remaining in [1, 50, 99] {
+            let d = daily.decision(true, remaining, 864_000_000, 1);
+            assert_eq!(cache.value(&daily, &d), ratelimit_value(&daily, &d));
+            assert_eq!(cache.value(&daily, &d), ratelimit_value(&daily, &d));
+        }
+        assert_eq!(cache.value(&daily, &d), "\"daily\";r=0;t=864");
+        let d = daily.decision(false, 0, 90_000_000_000, 1);
+        assert_eq!(cache.value(&daily, &d), ratelimit_value(&daily, &d));
     }
 }

@@ -1,14 +1,16 @@
-use std::collections::HashMap;
 use std::future::{Ready, ready};
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::{Mutex, MutexGuard};
+
+use hashbrown::HashTable;
 use tokio::time::Instant;
 
-use crate::limit::MAX_NAME_LEN;
 use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all};
 
-use super::{Store, push_bucket_key};
+use super::Store;
 
 /// Shards of the key space, each behind its own lock, so concurrent decisions on different
 /// keys rarely contend.
@@ -37,19 +39,40 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
-    epoch: Instant,
-    hasher: RandomState,
+    clock: Clock,
+    hasher: foldhash::fast::RandomState,
     /// The most buckets one shard holds.
     shard_cap: usize,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
 }
 
-#[derive(Debug, Default)]
+/// A shard on cache lines of its own, so threads locking different shards do not contend.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shard_cap", &self.shard_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One bucket: the limit `name` of the requests named `key`, full again at `full_at` (µs since
+/// the store's epoch). `hash` is kept so the table never rehashes a key.
+struct Bucket {
+    hash: u64,
+    key: Box<str>,
+    name: Arc<str>,
+    /// Only changed under the shard's lock.
+    full_at: AtomicU64,
+}
+
+#[derive(Default)]
 struct Shard {
-    /// Key → the time its bucket is full again, in µs since `epoch`.
-    buckets: HashMap<String, u64>,
+    buckets: HashTable<Bucket>,
     /// Size after the last sweep.
     swept_len: usize,
 }
@@ -69,12 +92,22 @@ impl MemoryStore {
     /// An empty store holding at most about `max_keys` buckets (rounded up to a multiple of
     /// the shard count, 64).
     pub fn with_max_keys(max_keys: usize) -> Self {
+        Self::with_clock(max_keys, Clock::fast())
+    }
+
+    /// Like [`MemoryStore::with_max_keys`], timed by [`tokio::time::Instant`], so tests can
+    /// pause and advance time. (The default clock is a cheaper one that tokio cannot pause.)
+    pub fn with_tokio_clock(max_keys: usize) -> Self {
+        Self::with_clock(max_keys, Clock::Tokio(Instant::now()))
+    }
+
+    fn with_clock(max_keys: usize, clock: Clock) -> Self {
         Self {
             inner: Arc::new(Inner {
-                epoch: Instant::now(),
-                hasher: RandomState::new(),
+                clock,
+                hasher: foldhash::fast::RandomState::default(),
                 shard_cap: max_keys.div_ceil(SHARDS).max(1),
-                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                shards: (0..SHARDS).map(|_| Padded::default()).collect(),
             }),
         }
     }
@@ -84,7 +117,7 @@ impl MemoryStore {
         self.inner
             .shards
             .iter()
-            .map(|s| lock(s).buckets.len())
+            .map(|s| lock(&s.0).buckets.len())
             .sum()
     }
 
@@ -100,32 +133,51 @@ impl MemoryStore {
     /// When `limits` is empty or longer than [`MAX_LIMITS`].
     pub fn decide_now(&self, key: &str, limits: &[Limit], cost: u64) -> Decision {
         assert!(!limits.is_empty() && limits.len() <= MAX_LIMITS);
-        let now = u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-        // All the buckets of one key live in one shard, so one lock makes the decision atomic.
-        let shard = self.inner.hasher.hash_one(key) as usize % SHARDS;
-        let mut shard = lock(&self.inner.shards[shard]);
+        let now = self.inner.clock.now_us();
+        let key_hash = self.inner.hasher.hash_one(key);
+        // All the buckets of one key live in one shard.
+        let shard = &self.inner.shards[(key_hash >> 58) as usize % SHARDS].0;
+        // One bucket per limit: the key's hash mixed with a fixed hash of the limit's name.
+        let hash =
+            |limit: &Limit| (key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut shard = lock(shard);
+        if let [limit] = limits {
+            // One limit: find the bucket once and update it in place.
+            let hash = hash(limit);
+            let mut full_ats = [now];
+            return match shard.buckets.find_mut(hash, matches(key, limit)) {
+                Some(bucket) => {
+                    full_ats[0] = *bucket.full_at.get_mut();
+                    let decision = decide_all(limits, &mut full_ats, now, cost);
+                    *bucket.full_at.get_mut() = full_ats[0];
+                    decision
+                }
+                None => {
+                    let decision = decide_all(limits, &mut full_ats, now, cost);
+                    if decision.allowed {
+                        shard.insert(hash, key, limit, full_ats[0], now, self.inner.shard_cap);
+                    }
+                    decision
+                }
+            };
+        }
+        // Several limits: all or nothing, under the shard's lock.
+        let mut hashes = [0; MAX_LIMITS];
         let mut full_ats = [now; MAX_LIMITS];
         let full_ats = &mut full_ats[..limits.len()];
-        let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN);
-        for (limit, full_at) in limits.iter().zip(full_ats.iter_mut()) {
-            bucket.clear();
-            push_bucket_key(&mut bucket, key, limit);
-            if let Some(&stored) = shard.buckets.get(bucket.as_str()) {
-                *full_at = stored;
+        for ((limit, hash_slot), full_at) in limits.iter().zip(&mut hashes).zip(full_ats.iter_mut())
+        {
+            *hash_slot = hash(limit);
+            if let Some(bucket) = shard.buckets.find(*hash_slot, matches(key, limit)) {
+                *full_at = bucket.full_at.load(Ordering::Relaxed);
             }
         }
         let decision = decide_all(limits, full_ats, now, cost);
         if decision.allowed {
-            for (limit, &full_at) in limits.iter().zip(full_ats.iter()) {
-                bucket.clear();
-                push_bucket_key(&mut bucket, key, limit);
-                match shard.buckets.get_mut(bucket.as_str()) {
-                    Some(slot) => *slot = full_at,
-                    None => {
-                        shard.make_room(now, self.inner.shard_cap);
-                        shard.buckets.insert(bucket.clone(), full_at);
-                        shard.sweep_if_grown(now);
-                    }
+            for ((limit, &hash), &full_at) in limits.iter().zip(&hashes).zip(full_ats.iter()) {
+                match shard.buckets.find(hash, matches(key, limit)) {
+                    Some(bucket) => bucket.full_at.store(full_at, Ordering::Relaxed),
+                    None => shard.insert(hash, key, limit, full_at, now, self.inner.shard_cap),
                 }
             }
         }
@@ -134,7 +186,15 @@ impl MemoryStore {
 }
 
 impl Shard {
-    fn sweep_if_grown(&mut self, now: u64) {
+    fn insert(&mut self, hash: u64, key: &str, limit: &Limit, full_at: u64, now: u64, cap: usize) {
+        self.make_room(now, cap);
+        let bucket = Bucket {
+            hash,
+            key: key.into(),
+            name: limit.shared_name(),
+            full_at: AtomicU64::new(full_at),
+        };
+        self.buckets.insert_unique(hash, bucket, |b| b.hash);
         let len = self.buckets.len();
         if len >= self.swept_len + self.swept_len.max(MIN_SWEEP_GROWTH) {
             self.sweep(now);
@@ -143,10 +203,10 @@ impl Shard {
 
     /// Drops the full buckets and gives back memory a past peak left behind.
     fn sweep(&mut self, now: u64) {
-        self.buckets.retain(|_, full_at| *full_at > now);
+        self.buckets.retain(|b| *b.full_at.get_mut() > now);
         self.swept_len = self.buckets.len();
         if self.buckets.capacity() > 4 * self.buckets.len().max(MIN_SWEEP_GROWTH) {
-            self.buckets.shrink_to(2 * self.buckets.len());
+            self.buckets.shrink_to(2 * self.buckets.len(), |b| b.hash);
         }
     }
 
@@ -160,18 +220,56 @@ impl Shard {
         if self.buckets.len() < cap {
             return;
         }
-        let mut full_ats: Vec<u64> = self.buckets.values().copied().collect();
+        let mut full_ats: Vec<u64> = self
+            .buckets
+            .iter_mut()
+            .map(|b| *b.full_at.get_mut())
+            .collect();
         let nth = full_ats.len() / 8;
         let (_, &mut threshold, _) = full_ats.select_nth_unstable(nth);
-        self.buckets.retain(|_, full_at| *full_at > threshold);
+        self.buckets.retain(|b| *b.full_at.get_mut() > threshold);
         self.swept_len = self.buckets.len();
     }
 }
 
-fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
-    // A panic while holding the lock cannot leave a bucket half-written (each update is one
-    // store of a u64), so a poisoned shard is still consistent.
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
+/// Microseconds since the store was made.
+enum Clock {
+    /// quanta's clock: the CPU's time-stamp counter where it is reliable, a few nanoseconds a
+    /// read.
+    Fast(quanta::Clock, quanta::Instant),
+    /// tokio's, which tests can pause.
+    Tokio(Instant),
+}
+
+impl Clock {
+    fn fast() -> Self {
+        let clock = quanta::Clock::new();
+        let epoch = clock.now();
+        Self::Fast(clock, epoch)
+    }
+
+    fn now_us(&self) -> u64 {
+        let elapsed = match self {
+            Self::Fast(clock, epoch) => clock.now().saturating_duration_since(*epoch),
+            Self::Tokio(epoch) => epoch.elapsed(),
+        };
+        elapsed.as_secs() * 1_000_000 + u64::from(elapsed.subsec_micros())
+    }
+}
+
+/// Whether a bucket is the one of `limit` for `key`.
+fn matches<'a>(key: &'a str, limit: &'a Limit) -> impl Fn(&Bucket) -> bool + 'a {
+    // Limits of one policy share their name's allocation: compare pointers first.
+    move |b| {
+        *b.key == *key
+            && (std::ptr::eq(b.name.as_ptr(), limit.name().as_ptr()) || *b.name == *limit.name())
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // parking_lot's lock does not poison: a panic while holding it cannot leave a bucket
+    // half-written anyway (each update is one store of a u64).
+    shard.lock()
 }
 
 impl Store for MemoryStore {
@@ -196,7 +294,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drains_then_refills_one_token_per_interval() {
-        let store = MemoryStore::new();
+        let store = MemoryStore::with_tokio_clock(DEFAULT_MAX_KEYS);
         let l = limit();
         for expected in (0..10).rev() {
             let d = store.decide_now("k", &l, 1);
@@ -223,7 +321,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn full_buckets_are_evicted() {
-        let store = MemoryStore::new();
+        let store = MemoryStore::with_tokio_clock(DEFAULT_MAX_KEYS);
         let l = limit();
         for i in 0..10_000 {
             store.decide_now(&format!("k{i}"), &l, 1);
@@ -239,7 +337,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn never_holds_more_than_max_keys_and_forgets_the_fullest_first() {
-        let store = MemoryStore::with_max_keys(6_400);
+        let store = MemoryStore::with_tokio_clock(6_400);
         let l = limit();
         // One key drained: it must survive the flood of keys that took one token each.
         for _ in 0..10 {

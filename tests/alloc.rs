@@ -1,0 +1,114 @@
+//! An allowed request costs one heap allocation in the layer: its bucket key. Everything else
+//! (the decision, the response future, the `RateLimit` fields) allocates nothing once warm
+//! (a `RateLimit` value for more than 1,024 tokens left is formatted, and allocates).
+//!
+//! Its own test binary: it installs a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Empty;
+use tollgate::RateLimitLayer;
+use tower::{Layer, Service, ServiceExt};
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+struct Counting;
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counter is a
+// thread-local `Cell` with a const initializer, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// A handler's response: a body and a content type, as any handler gives.
+async fn handler(_: Request<Empty<Bytes>>) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let mut response = Response::new(Empty::new());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+fn requests(n: usize) -> Vec<Request<Empty<Bytes>>> {
+    (0..n)
+        .map(|i| {
+            Request::get("/users/1")
+                .header("x-api-key", format!("client-{}", i % 10))
+                .body(Empty::new())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Allocations per request through `svc`, after a warm-up.
+async fn per_request<S>(mut svc: S) -> f64
+where
+    S: Service<Request<Empty<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    for request in requests(100) {
+        svc.ready().await.unwrap().call(request).await.unwrap();
+    }
+    let batch = requests(1_000);
+    let before = allocations();
+    for request in batch {
+        let response = svc.ready().await.unwrap().call(request).await.unwrap();
+        drop(response);
+    }
+    (allocations() - before) as f64 / 1_000.0
+}
+
+#[test]
+fn an_allowed_request_allocates_only_its_key() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let alone = per_request(tower::service_fn(handler)).await;
+        // RateLimit values are shared for up to 1,024 tokens left; a bucket that refills
+        // faster than the test asks keeps 99 left, so every value is a shared one.
+        let layer = RateLimitLayer::builder()
+            .capacity(100)
+            .refill(1_000_000)
+            .period(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let limited = per_request(layer.layer(tower::service_fn(handler))).await;
+        assert_eq!(
+            limited - alone,
+            1.0,
+            "{limited} allocations per request, {alone} without the layer"
+        );
+    });
+}
