@@ -25,6 +25,8 @@ pub(crate) struct Flags {
     pub(crate) grpc: bool,
     /// A client on the bypass list: report, never refuse.
     pub(crate) bypassed: bool,
+    /// The store is remote (its calls are timed).
+    pub(crate) remote: bool,
 }
 
 impl Flags {
@@ -32,6 +34,7 @@ impl Flags {
         shadow: false,
         grpc: false,
         bypassed: false,
+        remote: false,
     };
 }
 
@@ -64,7 +67,8 @@ pin_project! {
             // (the memory store) never arms a timer.
             #[pin]
             deadline: Option<Sleep>,
-            started: Instant,
+            // When the store was asked; only a remote store's calls are timed.
+            started: Option<Instant>,
             // The request's key (when the deny cache is on) and cost.
             key: Option<String>,
             cost: u64,
@@ -101,7 +105,7 @@ where
             state: State::Deciding {
                 decision,
                 deadline: None,
-                started: Instant::now(),
+                started: flags.remote.then(Instant::now),
                 key,
                 cost,
                 inner: Some(inner),
@@ -207,8 +211,10 @@ where
                     let index = *this.policy;
                     let policy = settings.policies.entry(index);
                     let name = policy_name(policy);
-                    let elapsed = started.elapsed();
-                    settings.telemetry.store_duration(elapsed);
+                    let elapsed = started.map_or(std::time::Duration::ZERO, |s| s.elapsed());
+                    if started.is_some() {
+                        settings.telemetry.store_duration(elapsed);
+                    }
                     match outcome {
                         Ok(decision) => {
                             settings.outage.answered();

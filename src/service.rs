@@ -153,6 +153,7 @@ where
             shadow,
             grpc,
             bypassed,
+            remote: St::REMOTE,
         };
         if let Some(cache) = &settings.deny_cache
             && let Some(decision) = cache.check(&key, cost)

@@ -7,7 +7,7 @@
 //! | `tollgate_near_limit_total` | counter | `policy`: an allowed decision that left 20% of the capacity or less |
 //! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `script`, `other` |
 //! | `tollgate_fail_mode_total` | counter | `mode`: `open`, `closed`: a request the fail mode decided |
-//! | `tollgate_store_duration_seconds` | histogram | store calls, answered or not |
+//! | `tollgate_store_duration_seconds` | histogram | calls to a remote store (Redis), answered or not |
 //! | `tollgate_deny_cache_hits_total` | counter | requests denied by the local deny cache, without a store call |
 //!
 //! Label values are bounded: policy names come from the configuration (a rule's name, or

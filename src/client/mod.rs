@@ -24,15 +24,25 @@ pub use ip::{ClientIp, ForwardedHeader, RemoteAddr};
 /// The identity of a client: opaque bytes, and the IP address when the identity is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientId<'a> {
-    bytes: Cow<'a, [u8]>,
+    bytes: Bytes<'a>,
     ip: Option<IpAddr>,
 }
+
+/// An identity's bytes: borrowed or owned, or an address's text kept inline (no allocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bytes<'a> {
+    Cow(Cow<'a, [u8]>),
+    Inline([u8; INLINE], u8),
+}
+
+/// Room for the longest address text: an IPv6 network with its prefix length.
+const INLINE: usize = 48;
 
 impl<'a> ClientId<'a> {
     /// A client named by bytes (an API key, a tenant, a user id).
     pub fn from_bytes(bytes: impl Into<Cow<'a, [u8]>>) -> Self {
         Self {
-            bytes: bytes.into(),
+            bytes: Bytes::Cow(bytes.into()),
             ip: None,
         }
     }
@@ -40,14 +50,32 @@ impl<'a> ClientId<'a> {
     /// A client named by an IP address (or the network of an IPv6 prefix), in text form.
     pub fn from_ip(ip: IpAddr, text: String) -> Self {
         Self {
-            bytes: Cow::Owned(text.into_bytes()),
+            bytes: Bytes::Cow(Cow::Owned(text.into_bytes())),
+            ip: Some(ip),
+        }
+    }
+
+    /// A client named by `ip`, its text written by `text` without allocating.
+    pub(crate) fn from_ip_display(ip: IpAddr, text: impl std::fmt::Display) -> ClientId<'static> {
+        use std::io::Write as _;
+        let mut buf = [0u8; INLINE];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        if write!(cursor, "{text}").is_err() {
+            return ClientId::from_ip(ip, text.to_string());
+        }
+        let len = cursor.position() as u8;
+        ClientId {
+            bytes: Bytes::Inline(buf, len),
             ip: Some(ip),
         }
     }
 
     /// The identity's bytes, as they go into the bucket key.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        match &self.bytes {
+            Bytes::Cow(bytes) => bytes,
+            Bytes::Inline(buf, len) => &buf[..usize::from(*len)],
+        }
     }
 
     /// The client's IP address, when the identity is one.

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Middleware overhead: requests per second of one axum route without a limiter, with this
+# crate's layer (in-memory store; with and without its RateLimit fields) and with
+# tower_governor's (without and with its x-ratelimit fields), under wrk on loopback, in turn,
+# ROUNDS times; prints every round and the medians.
+#
+#   bash benches/middleware.sh [rounds] [seconds]
+#
+# Needs wrk (apt-get install wrk). Servers: examples/bench_server.rs, built with --release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+seconds=${2:-5}
+command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
+cargo build --release --example bench_server -q
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+declare -A results
+for round in $(seq "$rounds"); do
+  for mode in none tollgate tollgate-bare governor governor-headers; do
+    MODE=$mode LISTEN_ADDR=127.0.0.1:$port target/release/examples/bench_server >/dev/null &
+    pid=$!
+    until (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done
+    rps=$(wrk -t1 -c64 -d"${seconds}s" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "round $round $mode $rps"
+    results[$mode]+="$rps "
+  done
+done
+for mode in none tollgate tollgate-bare governor governor-headers; do
+  median=$(echo "${results[$mode]}" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  echo "median $mode $median"
+done
