@@ -57,7 +57,12 @@ for i = 1, n do
   elseif full_at > now + burst then
     full_at = now + burst
   end
-  local after = full_at - now + tonumber(ARGV[2 * i - 1])
+  local increment = ARGV[2 * i - 1] + 0
+  if increment > burst then
+    -- A cost above this capacity can never pass: this limit refuses, whatever the others say.
+    return {-i, full_at - now}
+  end
+  local after = full_at - now + increment
   if after > burst and (worst == 0 or after - burst > worst_wait) then
     worst, worst_wait, worst_full_after = i, after - burst, full_at - now
   end

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Decision;
+use crate::{Decision, Limit};
 
 const SHARDS: usize = 16;
 
@@ -25,21 +25,30 @@ const MAX_KEYS: usize = 100_000;
 #[derive(Debug)]
 pub(crate) struct DenyCache {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<String, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     /// Entries held, so an empty cache costs a single load.
     len: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    entries: HashMap<String, Entry>,
+    /// Size after the last sweep: a full shard is swept again only once it has changed.
+    swept_len: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// The smallest cost the denial applies to.
     cost: u64,
-    /// When enough tokens exist again.
+    /// When `cost` tokens exist again.
     until: Instant,
     /// When the bucket is full again.
     full_at: Instant,
-    remaining: u64,
-    limit: u64,
+    /// The refusing limit: its capacity, its time per token and to fill, and its position.
+    capacity: u64,
+    interval: Duration,
+    fill: Duration,
     index: usize,
 }
 
@@ -52,69 +61,100 @@ impl DenyCache {
         }
     }
 
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
         let shard = self.hasher.hash_one(key) as usize % SHARDS;
         self.shards[shard]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached denial of a request of `cost` on `key`, if one still holds.
+    /// The cached denial of a request of `cost` on `key`, if one still holds, with the wait
+    /// and tokens of this request.
     pub(crate) fn check(&self, key: &str, cost: u64) -> Option<Decision> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let now = Instant::now();
         let mut shard = self.shard(key);
-        let entry = *shard.get(key)?;
+        let entry = *shard.entries.get(key)?;
         if now >= entry.until {
-            shard.remove(key);
+            shard.entries.remove(key);
             self.len.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        (cost >= entry.cost).then(|| {
-            Decision::new(
-                false,
-                entry.limit,
-                entry.remaining,
-                entry.until - now,
-                entry.full_at.saturating_duration_since(now),
-            )
-            .with_index(entry.index)
-        })
+        if cost < entry.cost {
+            return None;
+        }
+        // The bucket as of now, if nothing else took from it: full after `full_after`.
+        let full_after = entry.full_at.saturating_duration_since(now);
+        let interval = entry.interval.as_nanos().max(1);
+        let held = entry.fill.saturating_sub(full_after).as_nanos();
+        let remaining = u64::try_from(held / interval).unwrap_or(u64::MAX);
+        // This request needs `cost` tokens: at least as long as the cached wait.
+        let needed = entry
+            .interval
+            .checked_mul(u32::try_from(cost).unwrap_or(u32::MAX))
+            .and_then(|need| full_after.checked_add(need))
+            .map_or(Duration::MAX, |t| t.saturating_sub(entry.fill));
+        let retry_after = needed.max(entry.until - now);
+        Some(
+            Decision::new(false, entry.capacity, remaining, retry_after, full_after)
+                .with_index(entry.index),
+        )
     }
 
-    /// Remembers the store's denial of a request of `cost` on `key`.
-    pub(crate) fn insert(&self, key: &str, cost: u64, decision: &Decision) {
-        if decision.allowed
-            || decision.retry_after.is_zero()
-            || decision.retry_after == Duration::MAX
-        {
+    /// Remembers the store's denial, by `limit`, of a request of `cost` on `key` that was sent
+    /// at `asked`: the store counted its wait from a moment after that, so the denial never
+    /// outlasts what the store said.
+    pub(crate) fn insert(
+        &self,
+        key: &str,
+        cost: u64,
+        limit: &Limit,
+        decision: &Decision,
+        asked: Instant,
+    ) {
+        if decision.allowed || decision.retry_after.is_zero() {
             return;
         }
+        let (Some(until), Some(full_at)) = (
+            asked.checked_add(decision.retry_after),
+            asked.checked_add(decision.reset_after),
+        ) else {
+            return;
+        };
         let now = Instant::now();
+        if until <= now {
+            return;
+        }
         let entry = Entry {
             cost,
-            until: now + decision.retry_after,
-            full_at: now + decision.reset_after,
-            remaining: decision.remaining,
-            limit: decision.limit,
+            until,
+            full_at,
+            capacity: limit.capacity(),
+            interval: Duration::from_micros(limit.interval_us()),
+            fill: Duration::from_micros(limit.fill_us()),
             index: decision.index,
         };
         let mut shard = self.shard(key);
-        if let Some(slot) = shard.get_mut(key) {
+        if let Some(slot) = shard.entries.get_mut(key) {
             *slot = entry;
             return;
         }
-        if self.len.load(Ordering::Relaxed) >= MAX_KEYS {
-            let before = shard.len();
-            shard.retain(|_, e| e.until > now);
-            self.len.fetch_sub(before - shard.len(), Ordering::Relaxed);
-            if shard.len() >= MAX_KEYS / SHARDS {
+        if shard.entries.len() >= MAX_KEYS / SHARDS {
+            if shard.entries.len() == shard.swept_len {
+                return;
+            }
+            let before = shard.entries.len();
+            shard.entries.retain(|_, e| e.until > now);
+            shard.swept_len = shard.entries.len();
+            self.len
+                .fetch_sub(before - shard.entries.len(), Ordering::Relaxed);
+            if shard.entries.len() >= MAX_KEYS / SHARDS {
                 return;
             }
         }
-        shard.insert(key.to_owned(), entry);
+        shard.entries.insert(key.to_owned(), entry);
         self.len.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -122,6 +162,11 @@ impl DenyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limit() -> Limit {
+        // 10 tokens, one every second.
+        Limit::new("t", 10, 10, Duration::from_secs(10)).unwrap()
+    }
 
     fn denial(retry_ms: u64) -> Decision {
         Decision::new(
@@ -135,24 +180,40 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn holds_until_the_wait_is_over_for_costs_at_least_as_high() {
-        let cache = DenyCache::new();
+        let (cache, l) = (DenyCache::new(), limit());
         assert_eq!(cache.check("k", 1), None);
-        cache.insert("k", 2, &denial(1_000));
-        assert_eq!(cache.check("k", 1), None, "a cheaper request may pass");
-        let d = cache.check("k", 2).unwrap();
+        // An empty bucket, full in 10 s: cost 1 waits 1 s.
+        cache.insert("k", 1, &l, &denial(1_000), Instant::now());
+        let d = cache.check("k", 1).unwrap();
         assert_eq!(d.retry_after, Duration::from_millis(1_000));
+        assert_eq!(d.remaining, 0);
         tokio::time::advance(Duration::from_millis(400)).await;
+        // A dearer request waits for its own tokens: 5 tokens, 5 s from the empty bucket.
         let d = cache.check("k", 5).unwrap();
-        assert_eq!(d.retry_after, Duration::from_millis(600));
+        assert_eq!(d.retry_after, Duration::from_millis(4_600));
         assert_eq!(d.reset_after, Duration::from_millis(9_600));
         tokio::time::advance(Duration::from_millis(600)).await;
         assert_eq!(cache.check("k", 5), None);
         assert_eq!(cache.len.load(Ordering::Relaxed), 0);
-        // Never-passing costs and allowed decisions are not cached.
-        cache.insert("k", 1, &denial(0));
+        // A denial for cost 2 does not hold a cheaper request back.
+        cache.insert("k", 2, &l, &denial(500), Instant::now());
+        assert_eq!(cache.check("k", 1), None, "a cheaper request may pass");
+        // The wait counts from when the store was asked, not from when it answered.
+        let asked = Instant::now();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        cache.insert("j", 1, &l, &denial(1_000), asked);
+        assert_eq!(
+            cache.check("j", 1).unwrap().retry_after,
+            Duration::from_millis(700)
+        );
+        // Never-passing costs, allowed decisions and waits already over are not cached; huge
+        // durations do not overflow.
+        cache.insert("z", 1, &l, &denial(0), Instant::now());
+        cache.insert("z", 1, &l, &denial(200), asked);
         let mut never = denial(1);
         never.retry_after = Duration::MAX;
-        cache.insert("k", 1, &never);
-        assert_eq!(cache.check("k", 1), None);
+        never.reset_after = Duration::MAX;
+        cache.insert("z", 1, &l, &never, Instant::now());
+        assert_eq!(cache.check("z", 1), None);
     }
 }

@@ -70,7 +70,8 @@ pin_project! {
             // When the store was asked; only a remote store's calls are timed.
             started: Option<Instant>,
             // The request's key (when the deny cache is on) and cost.
-            key: Option<String>,
+            // With the deny cache: the request's key and when the store was asked.
+            key: Option<(String, Instant)>,
             cost: u64,
             inner: Option<S>,
             request: Option<Request<ReqBody>>,
@@ -97,7 +98,7 @@ where
         policy: usize,
         flags: Flags,
         decision: D,
-        (key, cost): (Option<String>, u64),
+        (key, cost): (Option<(String, Instant)>, u64),
         inner: S,
         request: Request<ReqBody>,
     ) -> Self {
@@ -215,13 +216,22 @@ where
                     if started.is_some() {
                         settings.telemetry.store_duration(elapsed);
                     }
+                    // A custom store could name a limit the policy does not have.
+                    let outcome = outcome.and_then(|d| match policy.limits.get(d.index) {
+                        Some(_) => Ok(d),
+                        None => Err(StoreError::Reply(format!(
+                            "limit index {} out of range",
+                            d.index
+                        ))),
+                    });
                     match outcome {
                         Ok(decision) => {
                             settings.outage.answered();
-                            if let (false, Some(cache), Some(key)) =
-                                (decision.allowed, &settings.deny_cache, key.as_deref())
+                            if let (false, Some(cache), Some((key, asked))) =
+                                (decision.allowed, &settings.deny_cache, key.as_ref())
                             {
-                                cache.insert(key, *cost, &decision);
+                                let limit = &policy.limits[decision.index];
+                                cache.insert(key, *cost, limit, &decision, *asked);
                             }
                             let refuse = !decision.allowed && !flags.shadow && !flags.bypassed;
                             let outcome = match () {

@@ -221,6 +221,11 @@ pub const MAX_LIMITS: usize = 8;
 pub fn decide_all(limits: &[Limit], full_ats: &mut [u64], now: u64, cost: u64) -> Decision {
     assert!(!limits.is_empty() && limits.len() == full_ats.len());
     let cost = cost.max(1);
+    // A cost above a capacity can never pass: say so, whatever the other limits say.
+    if let Some(i) = limits.iter().position(|l| l.capacity < cost) {
+        let (full_at, _) = limits[i].before(full_ats[i], now, cost);
+        return denied_decision(limits, i, full_at - now, cost);
+    }
     // The denying limit with the longest wait: (index, wait, full after).
     let mut worst: Option<(usize, u64, u64)> = None;
     for (i, (limit, &full_at)) in limits.iter().zip(full_ats.iter()).enumerate() {
@@ -240,7 +245,7 @@ pub fn decide_all(limits: &[Limit], full_ats: &mut [u64], now: u64, cost: u64) -
         .zip(afters.iter_mut())
     {
         *after = limit.before(*full_at, now, cost).1;
-        *full_at = now + *after;
+        *full_at = now.saturating_add(*after);
     }
     allowed_decision(limits, &afters[..limits.len()], cost)
 }
@@ -438,6 +443,23 @@ mod tests {
         let d = decide_all(&limits, &mut full_ats, now + 2_000_000, 1);
         assert_eq!((d.allowed, d.index), (false, 1));
         assert_eq!(d.retry_after, Duration::from_secs(8 * 3600 - 2));
+    }
+
+    #[test]
+    fn a_cost_above_any_capacity_never_passes_even_beside_a_longer_wait() {
+        let small = limit(2, 2, 2_000);
+        let slow = limit(100, 1, 3_600_000);
+        let now = 1_000_000_000;
+        // The slow limit is empty (an hour to the next token); the small one is full.
+        let mut full_ats = [now, now + 100 * 3_600_000_000];
+        let d = decide_all(&[small, slow], &mut full_ats, now, 3);
+        assert_eq!((d.allowed, d.index), (false, 0));
+        assert_eq!(d.retry_after, Duration::MAX);
+        // And nothing overflows when the clock is at its end.
+        let l = limit(10, 10, 10_000);
+        let (d, full_at) = l.decide(0, u64::MAX - 5, 1);
+        assert!(d.allowed);
+        assert_eq!(full_at, Some(u64::MAX));
     }
 
     #[test]

@@ -180,8 +180,13 @@ where
             let future = inner.call(Request::from_parts(parts, body));
             return ResponseFuture::reported(Arc::clone(settings), index, decision, future);
         }
+        // Taken before the store is asked, so a cached denial never outlasts the store's word.
+        let asked = settings
+            .deny_cache
+            .is_some()
+            .then(tokio::time::Instant::now);
         let decision = self.shared.store.decide(&key, &policy.limits, cost);
-        let key = settings.deny_cache.is_some().then_some(key);
+        let key = settings.deny_cache.is_some().then_some(key).zip(asked);
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,

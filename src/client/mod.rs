@@ -21,15 +21,24 @@ mod ip;
 pub use bypass::Bypass;
 pub use ip::{ClientIp, ForwardedHeader, RemoteAddr};
 
-/// The identity of a client: opaque bytes, and the IP address when the identity is one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The identity of a client: opaque bytes, and the IP address when the identity is one. Two
+/// identities are equal when their bytes are (they name the same bucket).
+#[derive(Debug, Clone)]
 pub struct ClientId<'a> {
     bytes: Bytes<'a>,
     ip: Option<IpAddr>,
 }
 
+impl PartialEq for ClientId<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ClientId<'_> {}
+
 /// An identity's bytes: borrowed or owned, or an address's text kept inline (no allocation).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Bytes<'a> {
     Cow(Cow<'a, [u8]>),
     Inline([u8; INLINE], u8),

@@ -32,8 +32,8 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Memory stays bounded: a bucket that has refilled is the same as no bucket, so each shard
 /// drops its full buckets once it has grown enough since it last did; and the store never holds
 /// more than [`max_keys`](MemoryStore::with_max_keys) buckets (a million by default). Past that,
-/// the buckets nearest to full are forgotten first, which gives those clients back at most the
-/// few tokens they were missing. Cloning is cheap and shares the buckets.
+/// the buckets missing the fewest tokens are forgotten first, which gives those clients back
+/// the few tokens they were missing. Cloning is cheap and shares the buckets.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -68,6 +68,18 @@ struct Bucket {
     name: Arc<str>,
     /// Only changed under the shard's lock.
     full_at: AtomicU64,
+    /// The limit's time per token, to rank buckets by the tokens they miss.
+    interval_us: u64,
+}
+
+impl Bucket {
+    /// Whole tokens missing at `now` (rounded up).
+    fn missing(&mut self, now: u64) -> u64 {
+        self.full_at
+            .get_mut()
+            .saturating_sub(now)
+            .div_ceil(self.interval_us.max(1))
+    }
 }
 
 #[derive(Default)]
@@ -193,6 +205,7 @@ impl Shard {
             key: key.into(),
             name: limit.shared_name(),
             full_at: AtomicU64::new(full_at),
+            interval_us: limit.interval_us(),
         };
         self.buckets.insert_unique(hash, bucket, |b| b.hash);
         let len = self.buckets.len();
@@ -211,7 +224,7 @@ impl Shard {
     }
 
     /// Before an insertion into a shard at its cap: drop the full buckets, then, if that was not
-    /// enough, the eighth of the buckets nearest to full.
+    /// enough, the eighth of the buckets missing the fewest tokens (a few more on ties).
     fn make_room(&mut self, now: u64, cap: usize) {
         if self.buckets.len() < cap {
             return;
@@ -220,14 +233,10 @@ impl Shard {
         if self.buckets.len() < cap {
             return;
         }
-        let mut full_ats: Vec<u64> = self
-            .buckets
-            .iter_mut()
-            .map(|b| *b.full_at.get_mut())
-            .collect();
-        let nth = full_ats.len() / 8;
-        let (_, &mut threshold, _) = full_ats.select_nth_unstable(nth);
-        self.buckets.retain(|b| *b.full_at.get_mut() > threshold);
+        let mut missing: Vec<u64> = self.buckets.iter_mut().map(|b| b.missing(now)).collect();
+        let nth = missing.len() / 8;
+        let (_, &mut threshold, _) = missing.select_nth_unstable(nth);
+        self.buckets.retain(|b| b.missing(now) > threshold);
         self.swept_len = self.buckets.len();
     }
 }
