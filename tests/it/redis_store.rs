@@ -106,6 +106,10 @@ async fn script_matches_the_shared_arithmetic_step_for_step() {
             allowed > 10 && denied > 10,
             "{allowed} allowed, {denied} denied"
         );
+        assert!(
+            expired < 12,
+            "{expired} of 120 steps could not be read back"
+        );
     }
 }
 
