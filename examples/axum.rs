@@ -32,6 +32,7 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = common::listen_addr("127.0.0.1:3000")?;
     let fail_mode = common::fail_mode_from_env()?;
+    let timeout = common::store_timeout_from_env()?;
     let store = common::store_from_env().await?;
 
     // Router-wide: every route, per client IP and endpoint.
@@ -41,6 +42,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .key_prefix("per-ip")
         .capacity(10)
         .period(Duration::from_secs(10))
+        .timeout(timeout)
         .fail_mode(fail_mode)
         .build()?;
 
@@ -57,6 +59,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?,
         )
         .cost_extractor(HeaderCost::default())
+        .timeout(timeout)
         .fail_mode(fail_mode)
         .build()?;
 

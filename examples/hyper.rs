@@ -51,6 +51,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .client_extractor(client_ip)
         .capacity(10)
         .period(Duration::from_secs(10))
+        .timeout(common::store_timeout_from_env()?)
         .fail_mode(common::fail_mode_from_env()?)
         .build()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -14,7 +14,8 @@
 //! - `LISTEN_ADDR`: where to listen (default `127.0.0.1:8080`).
 //! - `REDIS_URL`: keep the buckets in this Redis (`redis://127.0.0.1:6379/`), shared by every
 //!   instance pointed at it. Unset: in this process only.
-//! - `FAIL_MODE`: `open` (default) or `closed`, when Redis fails or takes over 50 ms.
+//! - `FAIL_MODE`: `open` (default) or `closed`, when Redis fails or takes over 50 ms
+//!   (`STORE_TIMEOUT_MS` to change the 50 ms).
 //! - `RATE_LIMIT_CONFIG`: a TOML policy file (see `examples/rate_limits.toml`); the server
 //!   exits non-zero, naming the rule and field, when it is bad.
 //! - `RUST_LOG`: log filter (default `info`).
@@ -60,7 +61,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let fail_mode = common::fail_mode_from_env()?;
     let builder = RateLimitLayer::builder()
         .cost_extractor(HeaderCost::default())
-        .timeout(Duration::from_millis(50))
+        .timeout(common::store_timeout_from_env()?)
         .fail_mode(fail_mode);
     let builder = match std::env::var("RATE_LIMIT_CONFIG") {
         Ok(path) => {

@@ -37,7 +37,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .client_extractor(ApiKey::header(http::HeaderName::from_static("x-api-key")))
         .capacity(10)
         .period(Duration::from_secs(10))
-        .timeout(Duration::from_millis(50))
+        .timeout(common::store_timeout_from_env()?)
         .fail_mode(common::fail_mode_from_env()?)
         .build()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -53,6 +53,18 @@ pub fn fail_mode_from_env() -> Result<FailMode, String> {
     }
 }
 
+/// `STORE_TIMEOUT_MS`: how long a store call may take (default 50 ms). The tests raise it where
+/// they are not about timeouts, so a busy CI machine does not fail requests open.
+pub fn store_timeout_from_env() -> Result<Duration, String> {
+    match std::env::var("STORE_TIMEOUT_MS") {
+        Ok(ms) => ms
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|e| format!("STORE_TIMEOUT_MS: {e}")),
+        Err(_) => Ok(Duration::from_millis(50)),
+    }
+}
+
 /// `LISTEN_ADDR`, or `default`.
 pub fn listen_addr(default: &str) -> Result<std::net::SocketAddr, String> {
     std::env::var("LISTEN_ADDR")

@@ -56,6 +56,8 @@ impl Instance {
             .env_remove("FAIL_MODE")
             .env_remove("RATE_LIMIT_CONFIG")
             .env_remove("TRUSTED_PROXIES")
+            // Not about timeouts: room for a busy machine. Tests about them set their own.
+            .env("STORE_TIMEOUT_MS", "2000")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .env("RUST_LOG", "info")

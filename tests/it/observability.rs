@@ -57,8 +57,9 @@ fn decisions(scrape: &Scrape, outcome: &str) -> f64 {
 async fn every_counter_moves_with_traffic_and_failures() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let open = Instance::start(&[("REDIS_URL", &url)]);
-    let closed = Instance::start(&[("REDIS_URL", &url), ("FAIL_MODE", "closed")]);
+    let timeout = ("STORE_TIMEOUT_MS", "50");
+    let open = Instance::start(&[("REDIS_URL", &url), timeout]);
+    let closed = Instance::start(&[("REDIS_URL", &url), ("FAIL_MODE", "closed"), timeout]);
     let client = HttpClient::new();
     for _ in 0..12 {
         client.get(open.addr, "/hello", Some(b"alice")).await;
@@ -224,7 +225,7 @@ fn increments(list: &str) -> Vec<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_plots_what_the_metrics_say() {
     let redis = RedisServer::start();
-    let server = Instance::start(&[("REDIS_URL", &redis.url())]);
+    let server = Instance::start(&[("REDIS_URL", &redis.url()), ("STORE_TIMEOUT_MS", "50")]);
     let client = HttpClient::new();
     let mut scrapes = vec![scrape(&client, &server).await];
     for _ in 0..6 {
