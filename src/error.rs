@@ -115,19 +115,25 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Every word [`StoreError::kind`] can say, in order.
+    pub const KINDS: [&'static str; 4] = ["timeout", "connection", "script", "other"];
+
     /// A short, fixed word for the kind of failure, for logs and metrics labels:
     /// `timeout`, `connection`, `script` or `other`.
     pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
+    /// The position of [`StoreError::kind`] in [`StoreError::KINDS`].
+    pub(crate) fn kind_index(&self) -> usize {
         match self {
-            Self::Timeout(_) => "timeout",
+            Self::Timeout(_) => 0,
             #[cfg(feature = "redis")]
-            Self::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                "connection"
-            }
+            Self::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => 1,
             #[cfg(feature = "redis")]
-            Self::Redis(_) => "script",
-            Self::Reply(_) => "script",
-            Self::Other(_) => "other",
+            Self::Redis(_) => 2,
+            Self::Reply(_) => 2,
+            Self::Other(_) => 3,
         }
     }
 }

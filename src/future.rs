@@ -12,7 +12,6 @@ use tower_service::Service;
 
 use crate::layer::Settings;
 use crate::response::{self, Answer, ResponseBody};
-use crate::service::policy_name;
 use crate::telemetry::Outcome;
 use crate::{Decision, FailMode, StoreError};
 
@@ -25,8 +24,6 @@ pub(crate) struct Flags {
     pub(crate) grpc: bool,
     /// A client on the bypass list: report, never refuse.
     pub(crate) bypassed: bool,
-    /// The store is remote (its calls are timed).
-    pub(crate) remote: bool,
 }
 
 impl Flags {
@@ -34,8 +31,31 @@ impl Flags {
         shadow: false,
         grpc: false,
         bypassed: false,
-        remote: false,
     };
+
+    /// Whether a decision is refused: denied, and neither shadow mode nor bypass.
+    pub(crate) fn refuses(self, allowed: bool) -> bool {
+        !allowed && !self.shadow && !self.bypassed
+    }
+
+    /// The `outcome` a decision is counted as.
+    pub(crate) fn outcome(self, allowed: bool) -> Outcome {
+        match () {
+            _ if self.bypassed => Outcome::Bypassed,
+            _ if allowed => Outcome::Allowed,
+            _ if self.refuses(allowed) => Outcome::Limited,
+            _ => Outcome::ShadowLimited,
+        }
+    }
+}
+
+/// What the layer knew when it asked the store.
+pub(crate) struct Asked {
+    /// When, for a remote store (its calls are timed, and a cached denial counts from here).
+    pub(crate) at: Option<Instant>,
+    /// The request's key, when the deny cache is on.
+    pub(crate) key: Option<String>,
+    pub(crate) cost: u64,
 }
 
 pin_project! {
@@ -67,12 +87,7 @@ pin_project! {
             // (the memory store) never arms a timer.
             #[pin]
             deadline: Option<Sleep>,
-            // When the store was asked; only a remote store's calls are timed.
-            started: Option<Instant>,
-            // The request's key (when the deny cache is on) and cost.
-            // With the deny cache: the request's key and when the store was asked.
-            key: Option<(String, Instant)>,
-            cost: u64,
+            asked: Asked,
             inner: Option<S>,
             request: Option<Request<ReqBody>>,
         },
@@ -98,7 +113,7 @@ where
         policy: usize,
         flags: Flags,
         decision: D,
-        (key, cost): (Option<(String, Instant)>, u64),
+        asked: Asked,
         inner: S,
         request: Request<ReqBody>,
     ) -> Self {
@@ -106,9 +121,7 @@ where
             state: State::Deciding {
                 decision,
                 deadline: None,
-                started: flags.remote.then(Instant::now),
-                key,
-                cost,
+                asked,
                 inner: Some(inner),
                 request: Some(request),
             },
@@ -184,9 +197,7 @@ where
                 StateProj::Deciding {
                     decision,
                     mut deadline,
-                    started,
-                    key,
-                    cost,
+                    asked,
                     inner,
                     request,
                 } => {
@@ -211,50 +222,39 @@ where
                     };
                     let index = *this.policy;
                     let policy = settings.policies.entry(index);
-                    let name = policy_name(policy);
-                    let elapsed = started.map_or(std::time::Duration::ZERO, |s| s.elapsed());
-                    if started.is_some() {
+                    let elapsed = asked.at.map(|at| at.elapsed());
+                    if let Some(elapsed) = elapsed {
                         settings.telemetry.store_duration(elapsed);
                     }
                     // A custom store could name a limit the policy does not have.
                     let outcome = outcome.and_then(|d| match policy.limits.get(d.index) {
-                        Some(_) => Ok(d),
+                        Some(limit) => Ok((d, limit)),
                         None => Err(StoreError::Reply(format!(
                             "limit index {} out of range",
                             d.index
                         ))),
                     });
                     match outcome {
-                        Ok(decision) => {
+                        Ok((decision, limit)) => {
                             settings.outage.answered();
-                            if let (false, Some(cache), Some((key, asked))) =
-                                (decision.allowed, &settings.deny_cache, key.as_ref())
+                            if let (false, Some(cache), Some(key), Some(at)) =
+                                (decision.allowed, &settings.deny_cache, &asked.key, asked.at)
                             {
-                                let limit = &policy.limits[decision.index];
-                                cache.insert(key, *cost, limit, &decision, *asked);
+                                cache.insert(key, asked.cost, limit, &decision, at);
                             }
-                            let refuse = !decision.allowed && !flags.shadow && !flags.bypassed;
-                            let outcome = match () {
-                                _ if flags.bypassed => Outcome::Bypassed,
-                                _ if decision.allowed => Outcome::Allowed,
-                                _ if refuse => Outcome::Limited,
-                                _ => Outcome::ShadowLimited,
-                            };
-                            let limit = &policy.limits[decision.index];
+                            let outcome = flags.outcome(decision.allowed);
                             let near_limit = decision.allowed
                                 && decision.remaining.saturating_mul(5) <= limit.capacity();
-                            settings
-                                .telemetry
-                                .decision(index, name, outcome, near_limit);
+                            settings.telemetry.decision(index, outcome, near_limit);
                             tracing::debug!(
-                                policy = name,
+                                policy = policy.name(),
                                 outcome = outcome.as_str(),
                                 limit = limit.name(),
                                 remaining = decision.remaining,
-                                store_us = elapsed.as_micros() as u64,
+                                store_us = elapsed.map_or(0, |e| e.as_micros() as u64),
                                 "rate-limit decision"
                             );
-                            if refuse {
+                            if flags.refuses(decision.allowed) {
                                 State::Answered {
                                     answer: Some(Answer::Limited(decision)),
                                 }
@@ -282,7 +282,7 @@ where
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(decision) = decision.take() {
                         let policy = settings.policies.entry(*this.policy);
-                        response::insert_allowed(
+                        response::insert_fields(
                             response.headers_mut(),
                             policy,
                             &decision,
@@ -294,8 +294,7 @@ where
                 StateProj::Answered { answer } => {
                     let answer = answer.take().expect("polled after completion");
                     let policy = settings.policies.entry(*this.policy);
-                    let response =
-                        response::reject(&answer, Some(policy), &settings.style(flags.grpc));
+                    let response = response::reject(&answer, policy, &settings.style(flags.grpc));
                     return Poll::Ready(Ok(response));
                 }
             };

@@ -76,13 +76,14 @@ const ESCAPED: &AsciiSet = &CONTROLS
     .add(b'#');
 
 /// The endpoint of a request: axum's matched route template when there is one (so `/users/1`
-/// and `/users/2` share a bucket), else the normalized request path.
-pub(crate) fn endpoint_path(parts: &Parts) -> Cow<'_, str> {
+/// and `/users/2` share a bucket), else `path`, the request's normalized path
+/// ([`request_path`]).
+pub(crate) fn endpoint_path<'a>(parts: &'a Parts, path: &'a str) -> &'a str {
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return Cow::Borrowed(matched.as_str());
+        return matched.as_str();
     }
-    normalize_path(parts.uri.path())
+    path
 }
 
 /// The path rules match: axum's `OriginalUri` (the path before nested routers stripped their

@@ -121,7 +121,7 @@ impl std::fmt::Debug for Settings {
 
 fn policy_names(policies: &Policies) -> Vec<&str> {
     (0..policies.len())
-        .map(|i| crate::service::policy_name(policies.entry(i)))
+        .map(|i| policies.entry(i).name())
         .collect()
 }
 

@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::telemetry::error_kind_index;
 use crate::{FailMode, StoreError};
 
 /// At most one warning per kind of failure per this many milliseconds while the store keeps
@@ -43,7 +42,7 @@ impl OutageLog {
     pub(crate) fn failed(&self, error: &StoreError, fail_mode: FailMode) {
         self.failing.store(true, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let log = &self.kinds[error_kind_index(error)];
+        let log = &self.kinds[error.kind_index()];
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let next = log.next_warn_ms.load(Ordering::Relaxed);
         let claimed = now >= next

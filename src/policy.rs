@@ -274,6 +274,11 @@ impl Entry {
         })
     }
 
+    /// The policy's name in logs and metrics: the rule's, or `default`.
+    pub(crate) fn name(&self) -> &str {
+        self.rule.as_deref().unwrap_or("default")
+    }
+
     fn matches(&self, method: &Method, path: &str) -> bool {
         self.methods.as_ref().is_none_or(|m| m.contains(method))
             && self.pattern.as_ref().is_some_and(|p| p.matches(path))

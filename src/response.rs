@@ -1,6 +1,7 @@
 //! What the layer answers: the response body type, the 429/400/503 responses and the
 //! `RateLimit` header fields.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -143,14 +144,7 @@ pub(crate) fn policy_list(limits: &[Limit]) -> HeaderValue {
     HeaderValue::try_from(value).expect("limit names are checked to be header-safe")
 }
 
-/// The `RateLimit` value of a decision about `limit`: `"name";r=remaining`, with `;t=seconds
-/// until a token is available` when none is left.
-pub(crate) fn ratelimit_value(limit: &Limit, decision: &Decision) -> HeaderValue {
-    let (remaining, wait) = ratelimit_numbers(limit, decision);
-    format_ratelimit(limit, remaining, wait)
-}
-
-/// `r` and, when it is 0, `t`.
+/// The numbers of a `RateLimit` value: `r`, and, when it is 0, `t` (seconds until a token).
 fn ratelimit_numbers(limit: &Limit, decision: &Decision) -> (u64, u64) {
     if decision.remaining > 0 {
         return (decision.remaining, 0);
@@ -160,6 +154,7 @@ fn ratelimit_numbers(limit: &Limit, decision: &Decision) -> (u64, u64) {
     (0, ceil_secs(wait).max(1))
 }
 
+/// `"name";r=remaining`, with `;t=wait` when none is left.
 fn format_ratelimit(limit: &Limit, remaining: u64, wait: u64) -> HeaderValue {
     let mut value = String::with_capacity(limit.name().len() + 24);
     let _ = write!(value, "\"{}\";r={}", limit.name(), remaining);
@@ -323,22 +318,22 @@ pub(crate) struct Style<'a> {
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 const UNAVAILABLE: &str = "rate limiter unavailable";
 
-/// Renders an answer. `policy` is the request's policy when one was found.
+/// Renders an answer to a request under `policy`.
 pub(crate) fn reject<B>(
     answer: &Answer,
-    policy: Option<&Entry>,
+    policy: &Entry,
     style: &Style<'_>,
 ) -> Response<ResponseBody<B>> {
     let (kind, limit, decision, cost) = match answer {
         Answer::Limited(d) => (
             RejectionKind::Limited,
-            policy.map(|p| &p.limits[d.index]),
+            Some(&policy.limits[d.index]),
             Some(d),
             1,
         ),
         Answer::TooCostly { cost, limit } => (
             RejectionKind::TooCostly,
-            policy.map(|p| &p.limits[*limit]),
+            Some(&policy.limits[*limit]),
             None,
             *cost,
         ),
@@ -346,31 +341,34 @@ pub(crate) fn reject<B>(
         Answer::InvalidCost(_) => (RejectionKind::InvalidCost, None, None, 1),
         Answer::Unavailable => (RejectionKind::Unavailable, None, None, 1),
     };
-    let message = match answer {
-        Answer::Limited(d) => match limit {
-            Some(limit) => format!(
-                "rate limited by {:?}: retry in {} ms",
-                limit.name(),
-                ceil_millis(d.retry_after)
-            ),
-            None => "rate limited".to_owned(),
-        },
-        Answer::TooCostly { cost, .. } => match limit {
-            Some(limit) => format!(
+    // The default 429 body says everything with numbers: no sentence to format for it.
+    let plain_429 = kind == RejectionKind::Limited
+        && !style.grpc
+        && style.hook.is_none()
+        && style.body == RejectionBody::Json;
+    let message: Cow<'_, str> = match answer {
+        _ if plain_429 => Cow::Borrowed(""),
+        Answer::Limited(d) => Cow::Owned(format!(
+            "rate limited by {:?}: retry in {} ms",
+            policy.limits[d.index].name(),
+            ceil_millis(d.retry_after)
+        )),
+        Answer::TooCostly { cost, limit } => {
+            let limit = &policy.limits[*limit];
+            Cow::Owned(format!(
                 "this request costs {cost} tokens but limit {:?} holds at most {}: it can never pass",
                 limit.name(),
                 limit.capacity()
-            ),
-            None => format!("this request costs {cost} tokens: it can never pass"),
-        },
-        Answer::MissingClient(m) => m.message().to_owned(),
-        Answer::InvalidCost(c) => c.message().to_owned(),
-        Answer::Unavailable => UNAVAILABLE.to_owned(),
+            ))
+        }
+        Answer::MissingClient(m) => Cow::Borrowed(m.message()),
+        Answer::InvalidCost(c) => Cow::Borrowed(c.message()),
+        Answer::Unavailable => Cow::Borrowed(UNAVAILABLE),
     };
     let rejection = Rejection {
         kind,
         message: &message,
-        rule: policy.and_then(|p| p.rule.as_deref()),
+        rule: policy.rule.as_deref(),
         limit,
         decision,
         cost,
@@ -380,16 +378,12 @@ pub(crate) fn reject<B>(
     } else if let Some(hook) = style.hook {
         hook(&rejection).map(ResponseBody::full)
     } else {
-        let body = match style.body {
-            RejectionBody::Json => json_body(&rejection),
-            RejectionBody::Problem => problem_body(&rejection),
+        let (body, content_type) = match style.body {
+            RejectionBody::Json => (json_body(&rejection), APPLICATION_JSON),
+            RejectionBody::Problem => (problem_body(&rejection), APPLICATION_PROBLEM_JSON),
         };
         let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
         *response.status_mut() = kind.status();
-        let content_type = match style.body {
-            RejectionBody::Json => APPLICATION_JSON,
-            RejectionBody::Problem => APPLICATION_PROBLEM_JSON,
-        };
         response.headers_mut().insert(CONTENT_TYPE, content_type);
         response
     };
@@ -405,22 +399,19 @@ pub(crate) fn reject<B>(
     if let Some(retry_after) = retry_after {
         headers.insert(RETRY_AFTER, retry_after);
     }
-    if let Some(policy) = policy {
-        headers.insert(RATELIMIT_POLICY, policy.header.clone());
-        if let (Some(limit), Some(d)) = (limit, decision) {
-            headers.insert(RATELIMIT, ratelimit_value(limit, d));
-            if style.legacy {
-                insert_legacy(headers, limit, d);
-            }
+    match decision {
+        Some(d) => insert_fields(headers, policy, d, style.legacy),
+        None => {
+            headers.append(RATELIMIT_POLICY, policy.header.clone());
         }
     }
     response
 }
 
-/// Adds the fields of an allowed decision to a response. `RateLimit` and `RateLimit-Policy`
-/// are lists: a field already there (from a layer further in) keeps its items and gets this
-/// layer's appended. The legacy fields are set only if absent, so the innermost layer's stay.
-pub(crate) fn insert_allowed(
+/// Adds the fields of a decision to a response. `RateLimit` and `RateLimit-Policy` are lists: a
+/// field already there (from a layer further in) keeps its items and gets this layer's
+/// appended. The legacy fields are set only if absent, so the innermost layer's stay.
+pub(crate) fn insert_fields(
     headers: &mut HeaderMap,
     policy: &Entry,
     decision: &Decision,
@@ -586,6 +577,11 @@ mod tests {
         let mut body = String::new();
         push_json_str(&mut body, "a \"b\" \\ \n");
         assert_eq!(body, r#""a \"b\" \\ \u000a""#);
+    }
+
+    fn ratelimit_value(limit: &Limit, decision: &Decision) -> HeaderValue {
+        let (remaining, wait) = ratelimit_numbers(limit, decision);
+        format_ratelimit(limit, remaining, wait)
     }
 
     #[test]

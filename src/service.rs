@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use crate::ResponseFuture;
 use crate::client::ClientExtractor;
-use crate::future::Flags;
+use crate::future::{Asked, Flags};
 use crate::key::{Endpoint, endpoint_path, request_key, request_path};
 use crate::layer::Shared;
 use crate::response::{Answer, ResponseBody, is_grpc};
@@ -103,19 +103,16 @@ where
             // In shadow mode nothing is refused, not even a request we cannot decide.
             (Err(_), _) | (_, Err(_)) if shadow => {
                 tracing::debug!(
-                    policy = policy_name(policy),
+                    policy = policy.name(),
                     "shadow mode: undecidable request passes"
                 );
                 let future = inner.call(Request::from_parts(parts, body));
                 return ResponseFuture::unlimited(Arc::clone(settings), future);
             }
             (Err(missing), _) => {
-                settings.telemetry.decision(
-                    index,
-                    policy_name(policy),
-                    Outcome::MissingIdentity,
-                    false,
-                );
+                settings
+                    .telemetry
+                    .decision(index, Outcome::MissingIdentity, false);
                 return answer(Answer::MissingClient(missing));
             }
             (_, Err(invalid)) => return answer(Answer::InvalidCost(invalid)),
@@ -132,76 +129,53 @@ where
             let future = inner.call(Request::from_parts(parts, body));
             return ResponseFuture::unlimited(Arc::clone(settings), future);
         }
-        let bypassed = !settings.bypass.is_empty() && settings.bypass.contains(&client);
-        let key = match &policy.rule {
-            Some(rule) => request_key(
-                &settings.key_prefix,
-                client.as_bytes(),
-                Endpoint::Rule(rule),
-            ),
-            None => {
-                let route = endpoint_path(&parts);
-                let endpoint = Endpoint::Route {
-                    method: parts.method.as_str(),
-                    path: &route,
-                };
-                request_key(&settings.key_prefix, client.as_bytes(), endpoint)
-            }
-        };
-        drop((client, path));
         let flags = Flags {
             shadow,
             grpc,
-            bypassed,
-            remote: St::REMOTE,
+            bypassed: !settings.bypass.is_empty() && settings.bypass.contains(&client),
         };
+        let endpoint = match &policy.rule {
+            Some(rule) => Endpoint::Rule(rule),
+            None => Endpoint::Route {
+                method: parts.method.as_str(),
+                path: endpoint_path(&parts, &path),
+            },
+        };
+        let key = request_key(&settings.key_prefix, client.as_bytes(), endpoint);
+        drop((client, path));
         if let Some(cache) = &settings.deny_cache
             && let Some(decision) = cache.check(&key, cost)
         {
             // Denied in process: the store said so and the wait is not over.
             settings.telemetry.deny_cache_hit();
-            let refuse = !shadow && !bypassed;
-            let outcome = match () {
-                _ if bypassed => Outcome::Bypassed,
-                _ if refuse => Outcome::Limited,
-                _ => Outcome::ShadowLimited,
-            };
             settings
                 .telemetry
-                .decision(index, policy_name(policy), outcome, false);
-            if refuse {
-                return ResponseFuture::answered(
-                    Arc::clone(settings),
-                    index,
-                    grpc,
-                    Answer::Limited(decision),
-                );
+                .decision(index, flags.outcome(false), false);
+            if flags.refuses(false) {
+                return answer(Answer::Limited(decision));
             }
             let future = inner.call(Request::from_parts(parts, body));
             return ResponseFuture::reported(Arc::clone(settings), index, decision, future);
         }
-        // Taken before the store is asked, so a cached denial never outlasts the store's word.
-        let asked = settings
-            .deny_cache
-            .is_some()
-            .then(tokio::time::Instant::now);
+        // A remote store's call is timed from here; a cached denial counts from here too, so it
+        // never outlasts the store's word.
+        let asked = St::REMOTE.then(tokio::time::Instant::now);
         let decision = self.shared.store.decide(&key, &policy.limits, cost);
-        let key = settings.deny_cache.is_some().then_some(key).zip(asked);
+        let key = settings.deny_cache.is_some().then_some(key);
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,
             flags,
             decision,
-            (key, cost),
+            Asked {
+                at: asked,
+                key,
+                cost,
+            },
             inner,
             Request::from_parts(parts, body),
         )
     }
-}
-
-/// A policy's name for logs: the rule's, or `default`.
-pub(crate) fn policy_name(policy: &crate::policy::Entry) -> &str {
-    policy.rule.as_deref().unwrap_or("default")
 }
 
 #[cfg(test)]

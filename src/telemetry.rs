@@ -53,11 +53,12 @@ pub const METRIC_NAMES: &[&str] = &[
 /// The outcome of a request the layer saw, as the `outcome` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    Allowed,
-    Limited,
-    ShadowLimited,
-    Bypassed,
-    MissingIdentity,
+    // The discriminants index `Outcome::ALL`.
+    Allowed = 0,
+    Limited = 1,
+    ShadowLimited = 2,
+    Bypassed = 3,
+    MissingIdentity = 4,
 }
 
 impl Outcome {
@@ -81,19 +82,12 @@ impl Outcome {
     }
 }
 
-/// The store error kinds, in the order of [`StoreError::kind`]'s words.
-const ERROR_KINDS: [&str; 4] = ["timeout", "connection", "script", "other"];
-
-pub(crate) fn error_kind_index(error: &StoreError) -> usize {
-    ERROR_KINDS
-        .iter()
-        .position(|&k| k == error.kind())
-        .unwrap_or(3)
-}
-
 /// A layer's metric handles, registered on first use.
 #[derive(Debug)]
 pub(crate) struct Telemetry {
+    /// The policies' label values, in order.
+    #[cfg(feature = "metrics")]
+    names: Box<[Box<str>]>,
     #[cfg(feature = "metrics")]
     policies: Box<[OnceLock<PolicyMetrics>]>,
     #[cfg(feature = "metrics")]
@@ -123,6 +117,8 @@ impl Telemetry {
         let _ = names;
         Self {
             #[cfg(feature = "metrics")]
+            names: names.iter().map(|&n| n.into()).collect(),
+            #[cfg(feature = "metrics")]
             policies: names.iter().map(|_| OnceLock::new()).collect(),
             #[cfg(feature = "metrics")]
             store: OnceLock::new(),
@@ -130,9 +126,9 @@ impl Telemetry {
     }
 
     #[cfg(feature = "metrics")]
-    fn policy(&self, index: usize, name: &str) -> &PolicyMetrics {
+    fn policy(&self, index: usize) -> &PolicyMetrics {
         self.policies[index].get_or_init(|| {
-            let policy = name.to_owned();
+            let policy = self.names[index].to_string();
             PolicyMetrics {
                 decisions: Outcome::ALL.map(|outcome| {
                     metrics::counter!(DECISIONS_TOTAL, "policy" => policy.clone(), "outcome" => outcome.as_str())
@@ -145,7 +141,8 @@ impl Telemetry {
     #[cfg(feature = "metrics")]
     fn store(&self) -> &StoreMetrics {
         self.store.get_or_init(|| StoreMetrics {
-            errors: ERROR_KINDS.map(|kind| metrics::counter!(STORE_ERRORS_TOTAL, "kind" => kind)),
+            errors: StoreError::KINDS
+                .map(|kind| metrics::counter!(STORE_ERRORS_TOTAL, "kind" => kind)),
             fail_open: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "open"),
             fail_closed: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "closed"),
             duration: metrics::histogram!(STORE_DURATION_SECONDS),
@@ -154,13 +151,12 @@ impl Telemetry {
     }
 
     /// A decision (or a request refused before one) under the policy at `index`.
-    pub(crate) fn decision(&self, index: usize, name: &str, outcome: Outcome, near_limit: bool) {
-        let _ = (index, name, outcome, near_limit);
+    pub(crate) fn decision(&self, index: usize, outcome: Outcome, near_limit: bool) {
+        let _ = (index, outcome, near_limit);
         #[cfg(feature = "metrics")]
         {
-            let policy = self.policy(index, name);
-            let slot = Outcome::ALL.iter().position(|&o| o == outcome).unwrap_or(0);
-            policy.decisions[slot].increment(1);
+            let policy = self.policy(index);
+            policy.decisions[outcome as usize].increment(1);
             if near_limit {
                 policy.near_limit.increment(1);
             }
@@ -186,7 +182,7 @@ impl Telemetry {
         #[cfg(feature = "metrics")]
         {
             let store = self.store();
-            store.errors[error_kind_index(error)].increment(1);
+            store.errors[error.kind_index()].increment(1);
             if forwarded {
                 store.fail_open.increment(1);
             } else {
