@@ -79,6 +79,8 @@ const ESCAPED: &AsciiSet = &CONTROLS
 /// and `/users/2` share a bucket), else `path`, the request's normalized path
 /// ([`request_path`]).
 pub(crate) fn endpoint_path<'a>(parts: &'a Parts, path: &'a str) -> &'a str {
+    #[cfg(not(feature = "axum"))]
+    let _ = parts;
     #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
         return matched.as_str();
