@@ -49,7 +49,7 @@ pub fn bucket_key(key: &str, limit: &Limit) -> String {
     bucket
 }
 
-fn push_bucket_key(out: &mut String, key: &str, limit: &Limit) {
+pub(crate) fn push_bucket_key(out: &mut String, key: &str, limit: &Limit) {
     out.push_str(key);
     out.push(':');
     out.push_str(limit.name());

@@ -5,11 +5,13 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, ServerErrorKind};
 
 use crate::limit::{allowed_decision, denied_decision};
 use crate::{Decision, Limit, StoreError};
 
-use super::{Store, bucket_key};
+use super::{Store, push_bucket_key};
+use crate::limit::MAX_NAME_LEN;
 
 /// The token-bucket script, as sent to Redis (`lua/token_bucket.lua`).
 pub const TOKEN_BUCKET_LUA: &str = include_str!("../../lua/token_bucket.lua");
@@ -222,20 +224,33 @@ impl Store for RedisStore {
             finished: false,
         };
         let cost = cost.max(1);
-        let keys: Vec<String> = limits.iter().map(|limit| bucket_key(key, limit)).collect();
+        // The command is written once, here: each key straight from one reused buffer.
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(self.inner.script.get_hash()).arg(limits.len());
+        let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN);
+        for limit in limits.iter() {
+            bucket.clear();
+            push_bucket_key(&mut bucket, key, limit);
+            evalsha.arg(bucket.as_str());
+        }
+        for limit in limits.iter() {
+            evalsha
+                .arg(cost.saturating_mul(limit.interval_us()))
+                .arg(limit.fill_us());
+        }
         let limits = Arc::clone(limits);
         Box::pin(async move {
-            let reply: Result<redis::Value, _> = {
-                let mut invocation = call.inner.script.prepare_invoke();
-                for key in &keys {
-                    invocation.key(key);
-                }
-                for limit in limits.iter() {
-                    let increment = cost.saturating_mul(limit.interval_us());
-                    invocation.arg(increment).arg(limit.fill_us());
-                }
-                invocation.invoke_async(&mut conn).await
-            };
+            let reply: Result<redis::Value, redis::RedisError> =
+                match evalsha.query_async(&mut conn).await {
+                    // Redis forgot the script (restart, SCRIPT FLUSH, failover): load it, retry.
+                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        match call.inner.script.load_async(&mut conn).await {
+                            Ok(_) => evalsha.query_async(&mut conn).await,
+                            Err(error) => Err(error),
+                        }
+                    }
+                    reply => reply,
+                };
             call.finished = true;
             let reply = match reply {
                 Ok(reply) => {
