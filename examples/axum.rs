@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::{Json, Router, routing::get, routing::post};
 use serde_json::json;
 use tollgate::cost::HeaderCost;
-use tollgate::{ApiKey, ClientIp, Limit, Policies, RateLimitLayer};
+use tollgate::{ApiKey, ClientIp, Limit, Policies};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -31,25 +31,21 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = common::listen_addr("127.0.0.1:3000")?;
-    let fail_mode = common::fail_mode_from_env()?;
-    let timeout = common::store_timeout_from_env()?;
-    let store = common::store_from_env().await?;
+    let env = common::Env::load().await?;
 
     // Router-wide: every route, per client IP and endpoint.
-    let per_ip = RateLimitLayer::builder()
-        .store(store.clone())
+    let per_ip = env
+        .builder()
         .client_extractor(ClientIp::peer())
         .key_prefix("per-ip")
         .capacity(10)
         .period(Duration::from_secs(10))
-        .timeout(timeout)
-        .fail_mode(fail_mode)
         .build()?;
 
     // One route: tokens per API key, two limits, all or nothing.
     let minute = Duration::from_secs(60);
-    let tokens = RateLimitLayer::builder()
-        .store(store)
+    let tokens = env
+        .builder()
         .client_extractor(ApiKey::header(http::HeaderName::from_static("x-api-key")))
         .key_prefix("tokens")
         .policies(
@@ -59,8 +55,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .build()?,
         )
         .cost_extractor(HeaderCost::default())
-        .timeout(timeout)
-        .fail_mode(fail_mode)
         .build()?;
 
     let app = Router::new()

@@ -25,8 +25,8 @@ use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use tollgate::ClientIp;
 use tollgate::client::RemoteAddr;
-use tollgate::{ClientIp, RateLimitLayer};
 use tower::ServiceBuilder;
 
 #[tokio::main]
@@ -46,13 +46,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(list) if !list.trim().is_empty() => ClientIp::behind_proxies(list.split(','))?,
         _ => ClientIp::peer(),
     };
-    let limit = RateLimitLayer::builder()
-        .store(common::store_from_env().await?)
+    let limit = common::Env::load()
+        .await?
+        .builder()
         .client_extractor(client_ip)
         .capacity(10)
         .period(Duration::from_secs(10))
-        .timeout(common::store_timeout_from_env()?)
-        .fail_mode(common::fail_mode_from_env()?)
         .build()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);

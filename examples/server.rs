@@ -34,7 +34,7 @@ use axum::{Json, Router, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde_json::json;
 use tollgate::cost::HeaderCost;
-use tollgate::{Policies, RateLimitLayer, telemetry};
+use tollgate::{Policies, telemetry};
 
 /// The live dashboard: one self-contained page that polls `/metrics`.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -58,11 +58,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         )?
         .install_recorder()?;
     let addr = common::listen_addr("127.0.0.1:8080")?;
-    let fail_mode = common::fail_mode_from_env()?;
-    let builder = RateLimitLayer::builder()
-        .cost_extractor(HeaderCost::default())
-        .timeout(common::store_timeout_from_env()?)
-        .fail_mode(fail_mode);
+    let env = common::Env::load().await?;
+    let builder = env.builder().cost_extractor(HeaderCost::default());
     let builder = match std::env::var("RATE_LIMIT_CONFIG") {
         Ok(path) => {
             let policies =
@@ -75,7 +72,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .refill(10)
             .period(Duration::from_secs(10)),
     };
-    let limit = builder.store(common::store_from_env().await?).build()?;
+    let limit = builder.build()?;
     let app = Router::new()
         .fallback(any_path)
         .layer(limit)
@@ -92,7 +89,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    println!("fail mode: {}", fail_mode.as_str());
+    println!("fail mode: {}", env.fail_mode.as_str());
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(common::shutdown())

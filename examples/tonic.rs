@@ -20,7 +20,7 @@ mod common;
 use std::time::Duration;
 
 use common::helloworld::GreeterServer;
-use tollgate::{ApiKey, RateLimitLayer};
+use tollgate::ApiKey;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -32,13 +32,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = common::listen_addr("127.0.0.1:50051")?;
-    let limit = RateLimitLayer::builder()
-        .store(common::store_from_env().await?)
+    let limit = common::Env::load()
+        .await?
+        .builder()
         .client_extractor(ApiKey::header(http::HeaderName::from_static("x-api-key")))
         .capacity(10)
         .period(Duration::from_secs(10))
-        .timeout(common::store_timeout_from_env()?)
-        .fail_mode(common::fail_mode_from_env()?)
         .build()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);

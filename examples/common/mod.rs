@@ -8,7 +8,35 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::{Decision, FailMode, Limit, MemoryStore, RedisStore, Store, StoreError};
+use tollgate::{
+    Builder, Decision, FailMode, Limit, MemoryStore, RateLimitLayer, RedisStore, Store, StoreError,
+};
+
+/// What every example reads from the environment: the store (`REDIS_URL`), the store timeout
+/// (`STORE_TIMEOUT_MS`) and the fail mode (`FAIL_MODE`).
+pub struct Env {
+    pub store: AnyStore,
+    pub timeout: Duration,
+    pub fail_mode: FailMode,
+}
+
+impl Env {
+    pub async fn load() -> Result<Self, String> {
+        Ok(Self {
+            timeout: store_timeout_from_env()?,
+            fail_mode: fail_mode_from_env()?,
+            store: store_from_env().await?,
+        })
+    }
+
+    /// A layer builder with this store, timeout and fail mode.
+    pub fn builder(&self) -> Builder<AnyStore> {
+        RateLimitLayer::builder()
+            .store(self.store.clone())
+            .timeout(self.timeout)
+            .fail_mode(self.fail_mode)
+    }
+}
 
 /// The in-memory store or Redis, chosen at startup.
 #[derive(Clone, Debug)]
