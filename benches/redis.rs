@@ -77,9 +77,13 @@ impl Drop for Server {
 }
 
 /// `callers` tasks deciding on distinct keys for `RUN`; decisions per second.
+/// A token bucket that never runs out.
+fn bench_limits() -> Arc<[Limit]> {
+    Arc::new([Limit::new("bench", 1 << 40, 1_000_000, Duration::from_secs(1)).unwrap()])
+}
+
 async fn store_throughput(store: &RedisStore, callers: usize) -> f64 {
-    let limits: Arc<[Limit]> =
-        Arc::new([Limit::new("bench", 1 << 40, 1_000_000, Duration::from_secs(1)).unwrap()]);
+    let limits = bench_limits();
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + RUN;
     let tasks: Vec<_> = (0..callers)
@@ -121,8 +125,10 @@ fn redis_benchmark(server: &Server, sha: &str, clients: usize) -> f64 {
         ])
         .args([
             "tollgate:{k:__rand_int__:GET:/}:bench",
+            "t",
             "1",
             "1099511627776000000",
+            "1",
         ])
         .output()
         .expect("redis-benchmark on PATH");
@@ -197,7 +203,9 @@ fn main() {
     runtime.block_on(async {
         let store = RedisStore::open(&format!("redis://127.0.0.1:{}/", server.port)).unwrap();
         store.load_script().await.unwrap();
-        let sha = store.script_sha().to_owned();
+        let sha = tollgate::store::script_for(&bench_limits())
+            .get_hash()
+            .to_owned();
         println!("decisions per second, one process, one connection (and redis-benchmark -P 1):");
         for callers in [64, 256] {
             let ours = store_throughput(&store, callers).await;

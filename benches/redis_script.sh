@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Redis-side cost of one decision: lua/token_bucket.lua beside two reference scripts run the
+# Redis-side cost of one decision: the token-bucket script (lua/token_bucket.lua and
+# lua/decide.lua, as RedisStore sends it) beside two reference scripts run the
 # same way in the same run: benches/lua/gcra_float.lua (a GCRA script in the style of
 # go-redis/redis_rate: float arithmetic, SET EX, string replies) and benches/lua/floor.lua
 # (only TIME, GET and SET PX: the floor for any Lua limiter).
@@ -22,7 +23,7 @@ trap 'kill "$(cat "$dir/redis.pid")"; rm -rf "$dir"' EXIT
 cli() { redis-cli -p "$port" "$@"; }
 until cli PING >/dev/null 2>&1; do sleep 0.05; done
 
-tb=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua)")
+tb=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua lua/decide.lua)")
 floor=$(cli SCRIPT LOAD "$(cat benches/lua/floor.lua)")
 gcra=$(cli SCRIPT LOAD "$(cat benches/lua/gcra_float.lua)")
 
@@ -42,10 +43,10 @@ run() { # name, then the EVALSHA arguments
 for round in $(seq "$rounds"); do
   echo "round $round"
   # Every decision allowed (the costly path): 100,000 keys, a bucket that never empties.
-  run "token_bucket allowed" "$tb" 1 'k:__rand_int__' 1 1000000000
+  run "token_bucket allowed" "$tb" 1 'k:__rand_int__' t 1 1000000000 1
   run "gcra_float allowed" "$gcra" 1 'k:__rand_int__' 1000000000 1000000 1 1
   run "floor" "$floor" 1 'k:__rand_int__'
   # One hot key, every decision after the first denied: one token per hour.
-  run "token_bucket hot denied" "$tb" 1 hot 3600000000 3600000000
+  run "token_bucket hot denied" "$tb" 1 hot t 3600000000 3600000000 1
   run "gcra_float hot denied" "$gcra" 1 hot 1 1 3600 1
 done

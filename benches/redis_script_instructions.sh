@@ -6,12 +6,20 @@
 #
 #   bash benches/redis_script_instructions.sh [calls]
 #
-# Scripts as in benches/redis_script.sh: lua/token_bucket.lua, benches/lua/gcra_float.lua (in
-# the style of go-redis/redis_rate) and benches/lua/floor.lua (TIME, GET, SET PX only).
+# Scripts: each algorithm's as RedisStore sends it (lua/<algorithm>.lua then lua/decide.lua),
+# the mixed one, and two references: benches/lua/gcra_float.lua (in the style of
+# go-redis/redis_rate) and benches/lua/floor.lua (TIME, GET, SET PX only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-20000}
 command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install valgrind" >&2; exit 1; }
+scripts=$(mktemp -d)
+trap 'rm -rf "$scripts"' EXIT
+for a in token_bucket fixed_window sliding_window sliding_log; do
+  cat "lua/$a.lua" lua/decide.lua >"$scripts/$a.lua"
+done
+cat lua/token_bucket.lua lua/fixed_window.lua lua/sliding_window.lua lua/sliding_log.lua \
+  lua/mixed.lua lua/decide.lua >"$scripts/mixed.lua"
 
 measure() { # name, script file, then the EVALSHA arguments after the SHA
   local name=$1 file=$2
@@ -31,13 +39,29 @@ measure() { # name, script file, then the EVALSHA arguments after the SHA
   wait "$pid" || true
   local total
   total=$(grep -E '^(summary|totals):' "$dir/callgrind.out" | head -1 | awk '{print $2}')
-  printf '%-28s %10.0f instructions/call\n' "$name" "$(echo "$total / $calls" | bc -l)"
+  printf '%-34s %10.0f instructions/call\n' "$name" "$(echo "$total / $calls" | bc -l)"
   rm -rf "$dir"
 }
 
-measure "token_bucket allowed" lua/token_bucket.lua 1 'k:__rand_int__' 1 1000000000
+s=$scripts
+# Allowed: 100,000 keys, limits that never run out (most calls meet a new key or window).
+# One key allowed: the same limits on one key (its bucket exists; windows of 1,000 s, a log
+# of 1 s that entries keep leaving). Hot denied: one key, one unit an hour, every call after
+# the first denied.
+measure "token_bucket allowed" "$s/token_bucket.lua" 1 'k:__rand_int__' t 1 1000000000 1
+measure "token_bucket hot denied" "$s/token_bucket.lua" 1 hot t 3600000000 3600000000 1
+measure "token_bucket 2 limits allowed" "$s/token_bucket.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' t 1 1000000000 1 t 1 1000000000 1
+measure "fixed_window allowed" "$s/fixed_window.lua" 1 'k:__rand_int__' f 1000000 1000000000 1
+measure "fixed_window hot denied" "$s/fixed_window.lua" 1 hot f 3600000 1 1
+measure "sliding_window allowed" "$s/sliding_window.lua" 1 'k:__rand_int__' s 1000000 1000000 1
+measure "sliding_window hot denied" "$s/sliding_window.lua" 1 hot s 3600000 1 1
+measure "sliding_log allowed" "$s/sliding_log.lua" 1 'k:__rand_int__' l 1000000000 100 1
+measure "sliding_log hot denied" "$s/sliding_log.lua" 1 hot l 3600000000 1 1
+measure "token_bucket one key allowed" "$s/token_bucket.lua" 1 one t 1 1000000000 1
+measure "fixed_window one key allowed" "$s/fixed_window.lua" 1 one f 1000000 1000000000 1
+measure "sliding_window one key allowed" "$s/sliding_window.lua" 1 one s 1000000 1000000000 1
+measure "sliding_log one key allowed" "$s/sliding_log.lua" 1 one l 1000000 100000 1
+measure "mixed: token_bucket + fixed_window" "$s/mixed.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' t 1 1000000000 1 f 1000000 1000000000 1
 measure "gcra_float allowed" benches/lua/gcra_float.lua 1 'k:__rand_int__' 1000000000 1000000 1 1
-measure "floor" benches/lua/floor.lua 1 'k:__rand_int__'
-measure "token_bucket hot denied" lua/token_bucket.lua 1 hot 3600000000 3600000000
 measure "gcra_float hot denied" benches/lua/gcra_float.lua 1 hot 1 1 3600 1
-measure "token_bucket 2 limits allowed" lua/token_bucket.lua 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' 1 1000000000 1 1000000000
+measure "floor" benches/lua/floor.lua 1 'k:__rand_int__'

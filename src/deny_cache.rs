@@ -4,8 +4,13 @@
 //! later request of cost `c` or more on that key is denied in this process until `T` has
 //! passed, without asking the store. This is exact while the store keeps its state: other
 //! instances can only take tokens from the bucket, never add them, so nothing could pass
-//! sooner. (If Redis restarts empty meanwhile, a cached denial may outlast the bucket it came
-//! from, by at most its `retry_after`.)
+//! sooner; the same holds for every algorithm (windows and logs only count up until time
+//! takes units off). (If Redis restarts empty meanwhile, a cached denial may outlast the
+//! bucket it came from, by at most its `retry_after`.)
+//!
+//! A cached denial reports what the store said, aged: for a token bucket the exact tokens and
+//! waits as of now; for the other algorithms the units left as the store counted them and
+//! waits counted down from its answer (for a dearer request, its wait is at least that).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{Decision, Limit};
+use crate::{Algorithm, Decision, Limit};
 
 const SHARDS: usize = 16;
 
@@ -41,15 +46,18 @@ struct Shard {
 struct Entry {
     /// The smallest cost the denial applies to.
     cost: u64,
-    /// When `cost` tokens exist again.
+    /// When `cost` units fit again.
     until: Instant,
-    /// When the bucket is full again.
+    /// When the limit is whole again.
     full_at: Instant,
-    /// The refusing limit: its capacity, its time per token and to fill, and its position.
+    /// When one unit is available again.
+    available_at: Instant,
+    /// The refusing limit: its capacity, the units left as the store said, its position, and
+    /// for a token bucket its time per token and to fill.
     capacity: u64,
-    interval: Duration,
-    fill: Duration,
+    remaining: u64,
     index: usize,
+    bucket: Option<(Duration, Duration)>,
 }
 
 impl DenyCache {
@@ -85,21 +93,40 @@ impl DenyCache {
         if cost < entry.cost {
             return None;
         }
-        // The bucket as of now, if nothing else took from it: full after `full_after`.
         let full_after = entry.full_at.saturating_duration_since(now);
-        let interval = entry.interval.as_nanos().max(1);
-        let held = entry.fill.saturating_sub(full_after).as_nanos();
-        let remaining = u64::try_from(held / interval).unwrap_or(u64::MAX);
+        let waited = entry.until - now;
+        let Some((interval, fill)) = entry.bucket else {
+            let available_after = entry.available_at.saturating_duration_since(now);
+            return Some(
+                Decision::new(false, entry.capacity, entry.remaining, waited, full_after)
+                    .with_available_after(available_after)
+                    .with_index(entry.index),
+            );
+        };
+        // The token bucket as of now, if nothing else took from it: full after `full_after`.
+        let per_token = interval.as_nanos().max(1);
+        let held = fill.saturating_sub(full_after).as_nanos();
+        let remaining = u64::try_from(held / per_token).unwrap_or(u64::MAX);
         // This request needs `cost` tokens: at least as long as the cached wait.
-        let needed = entry
-            .interval
+        let needed = interval
             .checked_mul(u32::try_from(cost).unwrap_or(u32::MAX))
             .and_then(|need| full_after.checked_add(need))
-            .map_or(Duration::MAX, |t| t.saturating_sub(entry.fill));
-        let retry_after = needed.max(entry.until - now);
+            .map_or(Duration::MAX, |t| t.saturating_sub(fill));
+        let available_after = (full_after + interval).saturating_sub(fill);
         Some(
-            Decision::new(false, entry.capacity, remaining, retry_after, full_after)
-                .with_index(entry.index),
+            Decision::new(
+                false,
+                entry.capacity,
+                remaining,
+                needed.max(waited),
+                full_after,
+            )
+            .with_available_after(if remaining == 0 {
+                available_after
+            } else {
+                Duration::ZERO
+            })
+            .with_index(entry.index),
         )
     }
 
@@ -117,9 +144,10 @@ impl DenyCache {
         if decision.allowed || decision.retry_after.is_zero() {
             return;
         }
-        let (Some(until), Some(full_at)) = (
+        let (Some(until), Some(full_at), Some(available_at)) = (
             asked.checked_add(decision.retry_after),
             asked.checked_add(decision.reset_after),
+            asked.checked_add(decision.available_after),
         ) else {
             return;
         };
@@ -131,10 +159,16 @@ impl DenyCache {
             cost,
             until,
             full_at,
+            available_at,
             capacity: limit.capacity(),
-            interval: Duration::from_micros(limit.interval_us()),
-            fill: Duration::from_micros(limit.fill_us()),
+            remaining: decision.remaining,
             index: decision.index,
+            bucket: (limit.algorithm() == Algorithm::TokenBucket).then(|| {
+                (
+                    Duration::from_micros(limit.interval_us()),
+                    Duration::from_micros(limit.window_us()),
+                )
+            }),
         };
         let mut shard = self.shard(key);
         if let Some(slot) = shard.entries.get_mut(key) {

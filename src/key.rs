@@ -30,6 +30,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 use sha2::{Digest, Sha256};
 
 use crate::ConfigError;
+use crate::algorithm::MAX_SUFFIX_LEN;
 use crate::limit::MAX_NAME_LEN;
 
 /// No bucket key is longer than this many bytes.
@@ -50,8 +51,8 @@ const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
 }
 
-// Every bound together stays under MAX_KEY_LEN: prefix ":{" client ":" method ":" path "}:" name,
-// where a component is at most its bound or, hashed, HASHED_LEN.
+// Every bound together stays under MAX_KEY_LEN: prefix ":{" client ":" method ":" path "}:" name
+// and the algorithm's suffix, where a component is at most its bound or, hashed, HASHED_LEN.
 const _: () = assert!(
     MAX_PREFIX_LEN
         + 2
@@ -62,6 +63,7 @@ const _: () = assert!(
         + max(MAX_PATH_LEN, HASHED_LEN)
         + 2
         + MAX_NAME_LEN
+        + MAX_SUFFIX_LEN
         <= MAX_KEY_LEN
 );
 
@@ -223,7 +225,7 @@ pub(crate) fn request_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -
         }
     }
     key.push('}');
-    debug_assert!(key.len() + 1 + MAX_NAME_LEN <= MAX_KEY_LEN);
+    debug_assert!(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN <= MAX_KEY_LEN);
     key
 }
 

@@ -15,7 +15,7 @@ use crate::policy::Policies;
 use crate::response::{Rejection, RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
 use crate::telemetry::Telemetry;
-use crate::{ConfigError, Limit, RateLimit};
+use crate::{Algorithm, ConfigError, Limit, RateLimit};
 
 /// The default time a store may take to decide.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
@@ -154,6 +154,7 @@ impl RateLimitLayer {
             store: MemoryStore::new(),
             client: ApiKey::default(),
             options: Options {
+                algorithm: Algorithm::TokenBucket,
                 capacity: None,
                 refill: None,
                 period: None,
@@ -220,6 +221,7 @@ pub struct Builder<St = MemoryStore, C = ApiKey> {
 
 /// The builder's settings other than the store and the client extractor.
 struct Options {
+    algorithm: Algorithm,
     capacity: Option<u64>,
     refill: Option<u64>,
     period: Option<Duration>,
@@ -271,22 +273,31 @@ impl<St, C> Builder<St, C> {
         }
     }
 
-    /// The most requests that can pass at once from a full bucket, for the single default
-    /// limit. Required unless [`policies`](Self::policies) are set.
+    /// How the single default limit counts (default [`Algorithm::TokenBucket`]); see
+    /// [`algorithm`](crate::algorithm).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.options.algorithm = algorithm;
+        self
+    }
+
+    /// The most requests that can pass per period (a token bucket: at once, from a full
+    /// bucket), for the single default limit. Required unless [`policies`](Self::policies) are
+    /// set.
     pub fn capacity(mut self, capacity: u64) -> Self {
         self.options.capacity = Some(capacity);
         self
     }
 
-    /// Tokens added back per [`period`](Self::period), continuously. Defaults to the capacity:
-    /// an empty bucket is full again after one period.
+    /// Tokens added back per [`period`](Self::period), continuously (a token bucket). Defaults
+    /// to the capacity: an empty bucket is full again after one period. The window algorithms
+    /// take back their whole capacity each period and accept no other value.
     pub fn refill(mut self, refill: u64) -> Self {
         self.options.refill = Some(refill);
         self
     }
 
-    /// The period over which [`refill`](Self::refill) tokens come back. Required unless
-    /// [`policies`](Self::policies) are set.
+    /// The period over which [`refill`](Self::refill) tokens come back, or the window.
+    /// Required unless [`policies`](Self::policies) are set.
     pub fn period(mut self, period: Duration) -> Self {
         self.options.period = Some(period);
         self
@@ -397,14 +408,16 @@ impl<St, C> Builder<St, C> {
         St: Store,
     {
         let options = self.options;
-        let single =
-            options.capacity.is_some() || options.period.is_some() || options.refill.is_some();
+        let single = options.capacity.is_some()
+            || options.period.is_some()
+            || options.refill.is_some()
+            || options.algorithm != Algorithm::TokenBucket;
         let policies = match options.policies {
             Some(_) if single => {
                 return Err(ConfigError::Invalid {
                     field: "policies",
                     value: "capacity/refill/period".into(),
-                    reason: "set either capacity, refill and period, or policies, not both",
+                    reason: "set either capacity, refill, period and algorithm, or policies, not both",
                 });
             }
             Some(policies) => policies,
@@ -415,10 +428,11 @@ impl<St, C> Builder<St, C> {
                 let period = options
                     .period
                     .ok_or(ConfigError::Missing { field: "period" })?;
-                Policies::single(Limit::new(
+                Policies::single(Limit::with_algorithm(
+                    options.algorithm,
                     options.policy_name,
                     capacity,
-                    options.refill.unwrap_or(capacity),
+                    options.refill,
                     period,
                 )?)
             }
@@ -478,6 +492,10 @@ mod tests {
         assert!(err(ok().key_prefix("")).contains("key_prefix"));
         assert!(err(ok().policy_name("")).contains("policy_name"));
         assert!(err(ok().policy_name("a\"b")).contains("policy_name"));
+        let window = || ok().algorithm(Algorithm::FixedWindow);
+        assert!(window().build().is_ok());
+        assert!(err(window().refill(3)).contains("refill"));
+        assert!(err(window().period(Duration::from_micros(1500))).contains("period"));
         assert!(
             "sideways"
                 .parse::<FailMode>()

@@ -80,6 +80,7 @@
 #![deny(missing_docs, unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod algorithm;
 pub mod client;
 pub mod cost;
 mod deny_cache;
@@ -95,13 +96,14 @@ mod service;
 pub mod store;
 pub mod telemetry;
 
+pub use algorithm::{Algorithm, BucketState, decide_all};
 pub use client::{ApiKey, ClientExtractor, ClientIp, MissingClient};
 pub use error::{ConfigError, StoreError};
 pub use future::ResponseFuture;
 pub use layer::{
     Builder, DEFAULT_KEY_PREFIX, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, FailMode, RateLimitLayer,
 };
-pub use limit::{Decision, Limit, MAX_LIMITS, decide_all};
+pub use limit::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY};
 pub use policy::{Policies, Rule};
 pub use response::ResponseBody;
 pub use service::RateLimit;

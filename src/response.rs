@@ -120,9 +120,10 @@ fn ceil_millis(d: Duration) -> u64 {
     d.as_micros().div_ceil(1_000) as u64
 }
 
-/// One item of `RateLimit-Policy`: `"name";q=capacity;w=seconds to fill from empty`.
+/// One item of `RateLimit-Policy`: `"name";q=capacity;w=seconds` over which the capacity
+/// comes back (a token bucket's time to fill from empty, or the window).
 fn push_policy_item(out: &mut String, limit: &Limit) {
-    let fill = Duration::from_micros(limit.fill_us());
+    let fill = Duration::from_micros(limit.window_us());
     let _ = write!(
         out,
         "\"{}\";q={};w={}",
@@ -144,14 +145,13 @@ pub(crate) fn policy_list(limits: &[Limit]) -> HeaderValue {
     HeaderValue::try_from(value).expect("limit names are checked to be header-safe")
 }
 
-/// The numbers of a `RateLimit` value: `r`, and, when it is 0, `t` (seconds until a token).
-fn ratelimit_numbers(limit: &Limit, decision: &Decision) -> (u64, u64) {
+/// The numbers of a `RateLimit` value: `r`, and, when it is 0, `t` (seconds until a unit is
+/// available again).
+fn ratelimit_numbers(decision: &Decision) -> (u64, u64) {
     if decision.remaining > 0 {
         return (decision.remaining, 0);
     }
-    let full_after = u64::try_from(decision.reset_after.as_micros()).unwrap_or(u64::MAX);
-    let wait = Duration::from_micros(limit.one_token_after_us(full_after));
-    (0, ceil_secs(wait).max(1))
+    (0, ceil_secs(decision.available_after).max(1))
 }
 
 /// `"name";r=remaining`, with `;t=wait` when none is left.
@@ -179,7 +179,7 @@ const CACHED_VALUES: u64 = 1024;
 
 impl FieldCache {
     pub(crate) fn new(limit: &Limit) -> Self {
-        let fill_secs = ceil_secs(Duration::from_micros(limit.fill_us()));
+        let fill_secs = ceil_secs(Duration::from_micros(limit.window_us()));
         let slots = |n: u64| {
             (0..n.min(CACHED_VALUES) + 1)
                 .map(|_| OnceLock::new())
@@ -192,7 +192,7 @@ impl FieldCache {
     }
 
     pub(crate) fn value(&self, limit: &Limit, decision: &Decision) -> HeaderValue {
-        let (remaining, wait) = ratelimit_numbers(limit, decision);
+        let (remaining, wait) = ratelimit_numbers(decision);
         let (slots, i) = if remaining > 0 {
             (&self.remaining, remaining)
         } else {
@@ -579,8 +579,19 @@ mod tests {
         assert_eq!(body, r#""a \"b\" \\ \u000a""#);
     }
 
+    /// A token bucket's decision that leaves it full again after `after` µs.
+    fn bucket(limit: &Limit, took: bool, after: u64) -> Decision {
+        let full_after = if took {
+            after - limit.interval_us()
+        } else {
+            after
+        };
+        let observed = crate::algorithm::Observation::TokenBucket { full_after };
+        limit.report(&observed, took, 1)
+    }
+
     fn ratelimit_value(limit: &Limit, decision: &Decision) -> HeaderValue {
-        let (remaining, wait) = ratelimit_numbers(limit, decision);
+        let (remaining, wait) = ratelimit_numbers(decision);
         format_ratelimit(limit, remaining, wait)
     }
 
@@ -591,12 +602,12 @@ mod tests {
             policy_list(std::slice::from_ref(&limit)),
             "\"default\";q=10;w=10"
         );
-        let d = limit.decision(true, 9, 1_000_000, 1);
+        let d = bucket(&limit, true, 1_000_000);
         assert_eq!(ratelimit_value(&limit, &d), "\"default\";r=9");
         // Empty bucket, full in 9.5 s: the next token is 0.5 s away, rounded up to 1.
-        let d = limit.decision(true, 0, 9_500_000, 1);
+        let d = bucket(&limit, true, 9_500_000);
         assert_eq!(ratelimit_value(&limit, &d), "\"default\";r=0;t=1");
-        let d = limit.decision(false, 0, 10_000_000, 1);
+        let d = bucket(&limit, false, 10_000_000);
         assert_eq!(ratelimit_value(&limit, &d), "\"default\";r=0;t=1");
         let burst = Limit::new("burst", 5, 5, Duration::from_secs(60)).unwrap();
         let daily = Limit::new("daily", 100, 100, Duration::from_secs(86_400)).unwrap();
@@ -604,17 +615,18 @@ mod tests {
             policy_list(&[burst, daily.clone()]),
             "\"burst\";q=5;w=60, \"daily\";q=100;w=86400"
         );
-        let d = daily.decision(false, 0, 86_400_000_000, 1);
+        let d = bucket(&daily, false, 86_400_000_000);
         assert_eq!(ratelimit_value(&daily, &d), "\"daily\";r=0;t=864");
         // The cache gives the same values, within and beyond what it keeps.
         let cache = FieldCache::new(&daily);
         for remaining in [1, 50, 99] {
-            let d = daily.decision(true, remaining, 864_000_000, 1);
+            let d = bucket(&daily, true, 86_400_000_000 - remaining * 864_000_000);
+            assert_eq!(d.remaining, remaining);
             assert_eq!(cache.value(&daily, &d), ratelimit_value(&daily, &d));
             assert_eq!(cache.value(&daily, &d), ratelimit_value(&daily, &d));
         }
         assert_eq!(cache.value(&daily, &d), "\"daily\";r=0;t=864");
-        let d = daily.decision(false, 0, 90_000_000_000, 1);
+        let d = bucket(&daily, false, 90_000_000_000);
         assert_eq!(cache.value(&daily, &d), ratelimit_value(&daily, &d));
     }
 }

@@ -7,7 +7,7 @@ use http::Method;
 use serde::Deserialize;
 
 use super::{Policies, Rule};
-use crate::{ConfigError, Limit};
+use crate::{Algorithm, ConfigError, Limit};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,19 +35,19 @@ struct LimitFile {
     capacity: u64,
     refill: Option<u64>,
     period: String,
+    algorithm: Option<String>,
 }
 
 impl LimitFile {
     fn into_limit(self) -> Result<Limit, ConfigError> {
         let at = format!("limit {:?}", self.name);
         let period = parse_period(&self.period).map_err(|e| e.at(&at))?;
-        Limit::new(
-            &*self.name,
-            self.capacity,
-            self.refill.unwrap_or(self.capacity),
-            period,
-        )
-        .map_err(|e| e.at(&at))
+        let algorithm = match &self.algorithm {
+            Some(name) => name.parse().map_err(|e: ConfigError| e.at(&at))?,
+            None => Algorithm::TokenBucket,
+        };
+        Limit::with_algorithm(algorithm, &*self.name, self.capacity, self.refill, period)
+            .map_err(|e| e.at(&at))
     }
 }
 
@@ -91,12 +91,14 @@ impl Policies {
     /// methods = ["POST"]
     /// limits = [
     ///   { name = "burst", capacity = 5, refill = 5, period = "1m" },
-    ///   { name = "daily", capacity = 100, refill = 100, period = "1d" },
+    ///   { name = "daily", capacity = 100, period = "1d", algorithm = "fixed_window" },
     /// ]
     /// ```
     ///
-    /// `refill` defaults to `capacity`; periods take `ms`, `s`, `m`, `h` or `d`; `shadow = true`
-    /// in a rule or in `[default]` turns on shadow mode for it.
+    /// `refill` defaults to `capacity`; periods take `ms`, `s`, `m`, `h` or `d`; `algorithm` is
+    /// `"token_bucket"` (the default), `"sliding_log"`, `"sliding_window"` or `"fixed_window"`
+    /// (the window algorithms take no `refill`); `shadow = true` in a rule or in `[default]`
+    /// turns on shadow mode for it.
     ///
     /// # Errors
     ///
@@ -214,7 +216,16 @@ mod tests {
         methods = ["POST"]
         limits = [
           { name = "burst", capacity = 5, refill = 5, period = "1m" },
-          { name = "daily", capacity = 100, refill = 100, period = "1d" },
+          { name = "daily", capacity = 100, period = "1d", algorithm = "fixed_window" },
+        ]
+
+        [[rules]]
+        name = "search"
+        path = "/search/*"
+        limits = [
+          { name = "exact", capacity = 20, period = "1m", algorithm = "sliding_log" },
+          { name = "smooth", capacity = 300, period = "1h", algorithm = "sliding_window" },
+          { name = "bucket", capacity = 50, period = "1m", algorithm = "token_bucket" },
         ]
     "#;
 
@@ -224,6 +235,18 @@ mod tests {
         let login = policies.find(&Method::POST, "/login").unwrap();
         let entry = policies.entry(login);
         assert_eq!(entry.header, "\"burst\";q=5;w=60, \"daily\";q=100;w=86400");
+        let algorithms: Vec<Algorithm> = entry.limits.iter().map(Limit::algorithm).collect();
+        assert_eq!(algorithms, [Algorithm::TokenBucket, Algorithm::FixedWindow]);
+        let search = policies.entry(policies.find(&Method::GET, "/search/q").unwrap());
+        let algorithms: Vec<Algorithm> = search.limits.iter().map(Limit::algorithm).collect();
+        assert_eq!(
+            algorithms,
+            [
+                Algorithm::SlidingLog,
+                Algorithm::SlidingWindow,
+                Algorithm::TokenBucket
+            ]
+        );
         assert_eq!(
             policies
                 .entry(policies.find(&Method::GET, "/x").unwrap())
@@ -293,6 +316,17 @@ mod tests {
         assert!(e.contains("default") && e.contains("extra"), "{e}");
         let e = error("[[rules]]\npath = \"/x\"\nlimits = []");
         assert!(e.contains("rules[0]") && e.contains("name"), "{e}");
+        let e = error(&rule(
+            r#"limits = [{ name = "b", capacity = 5, period = "1m", algorithm = "leaky" }]"#,
+        ));
+        assert!(
+            e.contains("rule \"login\"") && e.contains("algorithm") && e.contains("leaky"),
+            "{e}"
+        );
+        let e = error(&rule(
+            r#"limits = [{ name = "b", capacity = 5, refill = 1, period = "1m", algorithm = "fixed_window" }]"#,
+        ));
+        assert!(e.contains("limit \"b\"") && e.contains("refill"), "{e}");
         let e = error("this is not toml");
         assert!(e.contains("TOML"), "{e}");
         let e = Policies::from_file("/nonexistent/limits.toml")

@@ -1,13 +1,13 @@
 use std::future::{Ready, ready};
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
+use crate::algorithm::{BucketState, Shape};
 use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all};
 
 use super::Store;
@@ -16,7 +16,7 @@ use super::Store;
 /// keys rarely contend.
 const SHARDS: usize = 64;
 
-/// A shard is swept of full buckets when it has grown by this many keys since the last sweep
+/// A shard is swept of idle buckets when it has grown by this many keys since the last sweep
 /// (or has doubled, whichever is larger), so sweeping costs O(1) per insertion on average.
 const MIN_SWEEP_GROWTH: usize = 64;
 
@@ -25,15 +25,19 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 /// Buckets in this process's memory.
 ///
-/// The same token bucket as [`RedisStore`](crate::RedisStore), decision for decision, timed
-/// by [`tokio::time::Instant`] (so tests can pause time). Limits are per process: two
-/// instances each admit the full limit.
+/// The same algorithms as [`RedisStore`](crate::RedisStore), decision for decision (both run
+/// [`decide_all`]). Time is the Unix time at which the store was made plus a monotonic clock
+/// since, so the windows of [`FixedWindow`](crate::Algorithm::FixedWindow) and
+/// [`SlidingWindow`](crate::Algorithm::SlidingWindow) limits start where Redis's do. Limits are
+/// per process: two instances each admit the full limit.
 ///
-/// Memory stays bounded: a bucket that has refilled is the same as no bucket, so each shard
-/// drops its full buckets once it has grown enough since it last did; and the store never holds
-/// more than [`max_keys`](MemoryStore::with_max_keys) buckets (a million by default). Past that,
-/// the buckets missing the fewest tokens are forgotten first, which gives those clients back
-/// the few tokens they were missing. Cloning is cheap and shares the buckets.
+/// Memory stays bounded: an idle bucket (refilled, its windows over, its entries gone) is the
+/// same as no bucket, so each shard drops its idle buckets once it has grown enough since it
+/// last did; and the store never holds more than [`max_keys`](MemoryStore::with_max_keys)
+/// buckets (a million by default). Past that, the buckets holding back the fewest units are
+/// forgotten first, which gives those clients back the few units they had used. A
+/// [sliding log](crate::Algorithm::SlidingLog) bucket holds up to its capacity in entries of 8
+/// bytes. Cloning is cheap and shares the buckets.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -60,25 +64,23 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// One bucket: the limit `name` of the requests named `key`, full again at `full_at` (µs since
-/// the store's epoch). `hash` is kept so the table never rehashes a key.
+/// One bucket: the limit `name` (of algorithm and unit `shape`) of the requests named `key`.
+/// `hash` is kept so the table never rehashes a key.
 struct Bucket {
     hash: u64,
     key: Box<str>,
     name: Arc<str>,
-    /// Only changed under the shard's lock.
-    full_at: AtomicU64,
-    /// The limit's time per token, to rank buckets by the tokens they miss.
-    interval_us: u64,
+    shape: Shape,
+    state: BucketState,
 }
 
 impl Bucket {
-    /// Whole tokens missing at `now` (rounded up).
-    fn missing(&mut self, now: u64) -> u64 {
-        self.full_at
-            .get_mut()
-            .saturating_sub(now)
-            .div_ceil(self.interval_us.max(1))
+    fn idle(&self, now: u64) -> bool {
+        self.state.idle(self.shape, now)
+    }
+
+    fn used(&self, now: u64) -> u64 {
+        self.state.used_by(self.shape, now)
     }
 }
 
@@ -156,41 +158,35 @@ impl MemoryStore {
         if let [limit] = limits {
             // One limit: find the bucket once and update it in place.
             let hash = hash(limit);
-            let mut full_ats = [now];
-            return match shard.buckets.find_mut(hash, matches(key, limit)) {
-                Some(bucket) => {
-                    full_ats[0] = *bucket.full_at.get_mut();
-                    let decision = decide_all(limits, &mut full_ats, now, cost);
-                    *bucket.full_at.get_mut() = full_ats[0];
-                    decision
-                }
-                None => {
-                    let decision = decide_all(limits, &mut full_ats, now, cost);
-                    if decision.allowed {
-                        shard.insert(hash, key, limit, full_ats[0], now, self.inner.shard_cap);
-                    }
-                    decision
-                }
-            };
+            if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
+                return limit.decide(&mut bucket.state, now, cost);
+            }
+            let mut state = BucketState::default();
+            let decision = limit.decide(&mut state, now, cost);
+            if decision.allowed {
+                shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
+            }
+            return decision;
         }
         // Several limits: all or nothing, under the shard's lock.
         let mut hashes = [0; MAX_LIMITS];
-        let mut full_ats = [now; MAX_LIMITS];
-        let full_ats = &mut full_ats[..limits.len()];
-        for ((limit, hash_slot), full_at) in limits.iter().zip(&mut hashes).zip(full_ats.iter_mut())
-        {
+        let mut states: [BucketState; MAX_LIMITS] = Default::default();
+        let states = &mut states[..limits.len()];
+        for ((limit, hash_slot), state) in limits.iter().zip(&mut hashes).zip(states.iter_mut()) {
             *hash_slot = hash(limit);
-            if let Some(bucket) = shard.buckets.find(*hash_slot, matches(key, limit)) {
-                *full_at = bucket.full_at.load(Ordering::Relaxed);
+            if let Some(bucket) = shard.buckets.find_mut(*hash_slot, matches(key, limit)) {
+                *state = std::mem::take(&mut bucket.state);
             }
         }
-        let decision = decide_all(limits, full_ats, now, cost);
-        if decision.allowed {
-            for ((limit, &hash), &full_at) in limits.iter().zip(&hashes).zip(full_ats.iter()) {
-                match shard.buckets.find(hash, matches(key, limit)) {
-                    Some(bucket) => bucket.full_at.store(full_at, Ordering::Relaxed),
-                    None => shard.insert(hash, key, limit, full_at, now, self.inner.shard_cap),
+        let decision = decide_all(limits, states, now, cost);
+        for ((limit, &hash), state) in limits.iter().zip(&hashes).zip(states.iter_mut()) {
+            match shard.buckets.find_mut(hash, matches(key, limit)) {
+                Some(bucket) => bucket.state = std::mem::take(state),
+                None if decision.allowed => {
+                    let state = std::mem::take(state);
+                    shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
                 }
+                None => {}
             }
         }
         decision
@@ -198,14 +194,22 @@ impl MemoryStore {
 }
 
 impl Shard {
-    fn insert(&mut self, hash: u64, key: &str, limit: &Limit, full_at: u64, now: u64, cap: usize) {
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: &str,
+        limit: &Limit,
+        state: BucketState,
+        now: u64,
+        cap: usize,
+    ) {
         self.make_room(now, cap);
         let bucket = Bucket {
             hash,
             key: key.into(),
             name: limit.shared_name(),
-            full_at: AtomicU64::new(full_at),
-            interval_us: limit.interval_us(),
+            shape: limit.shape(),
+            state,
         };
         self.buckets.insert_unique(hash, bucket, |b| b.hash);
         let len = self.buckets.len();
@@ -214,17 +218,17 @@ impl Shard {
         }
     }
 
-    /// Drops the full buckets and gives back memory a past peak left behind.
+    /// Drops the idle buckets and gives back memory a past peak left behind.
     fn sweep(&mut self, now: u64) {
-        self.buckets.retain(|b| *b.full_at.get_mut() > now);
+        self.buckets.retain(|b| !b.idle(now));
         self.swept_len = self.buckets.len();
         if self.buckets.capacity() > 4 * self.buckets.len().max(MIN_SWEEP_GROWTH) {
             self.buckets.shrink_to(2 * self.buckets.len(), |b| b.hash);
         }
     }
 
-    /// Before an insertion into a shard at its cap: drop the full buckets, then, if that was not
-    /// enough, the eighth of the buckets missing the fewest tokens (a few more on ties).
+    /// Before an insertion into a shard at its cap: drop the idle buckets, then, if that was not
+    /// enough, the eighth of the buckets holding back the fewest units (a few more on ties).
     fn make_room(&mut self, now: u64, cap: usize) {
         if self.buckets.len() < cap {
             return;
@@ -233,20 +237,21 @@ impl Shard {
         if self.buckets.len() < cap {
             return;
         }
-        let mut missing: Vec<u64> = self.buckets.iter_mut().map(|b| b.missing(now)).collect();
-        let nth = missing.len() / 8;
-        let (_, &mut threshold, _) = missing.select_nth_unstable(nth);
-        self.buckets.retain(|b| b.missing(now) > threshold);
+        let mut used: Vec<u64> = self.buckets.iter().map(|b| b.used(now)).collect();
+        let nth = used.len() / 8;
+        let (_, &mut threshold, _) = used.select_nth_unstable(nth);
+        self.buckets.retain(|b| b.used(now) > threshold);
         self.swept_len = self.buckets.len();
     }
 }
 
-/// Microseconds since the store was made.
+/// Microseconds since the Unix epoch, read as the Unix time when the store was made plus a
+/// monotonic clock since then (so it never steps back).
 enum Clock {
     /// quanta's clock: the CPU's time-stamp counter where it is reliable, a few nanoseconds a
     /// read.
-    Fast(quanta::Clock, quanta::Instant),
-    /// tokio's, which tests can pause.
+    Fast(quanta::Clock, quanta::Instant, u64),
+    /// tokio's, which tests can pause; it starts at 0, so windows start when the store is made.
     Tokio(Instant),
 }
 
@@ -254,15 +259,20 @@ impl Clock {
     fn fast() -> Self {
         let clock = quanta::Clock::new();
         let epoch = clock.now();
-        Self::Fast(clock, epoch)
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Self::Fast(clock, epoch, unix)
     }
 
     fn now_us(&self) -> u64 {
-        let elapsed = match self {
-            Self::Fast(clock, epoch) => clock.now().saturating_duration_since(*epoch),
-            Self::Tokio(epoch) => epoch.elapsed(),
+        let (elapsed, start) = match self {
+            Self::Fast(clock, epoch, unix) => {
+                (clock.now().saturating_duration_since(*epoch), *unix)
+            }
+            Self::Tokio(epoch) => (epoch.elapsed(), 0),
         };
-        elapsed.as_secs() * 1_000_000 + u64::from(elapsed.subsec_micros())
+        start + elapsed.as_secs() * 1_000_000 + u64::from(elapsed.subsec_micros())
     }
 }
 
@@ -272,6 +282,7 @@ fn matches<'a>(key: &'a str, limit: &'a Limit) -> impl Fn(&Bucket) -> bool + 'a 
     move |b| {
         *b.key == *key
             && (std::ptr::eq(b.name.as_ptr(), limit.name().as_ptr()) || *b.name == *limit.name())
+            && b.shape.algorithm == limit.algorithm()
     }
 }
 

@@ -4,7 +4,8 @@
 //! - [`RedisStore`] keeps them in Redis, so every instance pointed at one Redis shares the
 //!   limits. One Lua script call (`EVALSHA`) decides each request.
 //!
-//! Both implement the same token bucket (see [`Limit`]) and agree decision for decision.
+//! Both implement the same four [algorithms](crate::algorithm) and agree decision for
+//! decision.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,12 +18,13 @@ mod redis;
 
 pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
 #[cfg(feature = "redis")]
-pub use redis::{RedisDecision, RedisStore, TOKEN_BUCKET_LUA};
+pub use redis::{MIXED_SCRIPT, RedisDecision, RedisStore, script_for, script_source};
 
-/// Keeps token buckets and decides requests against them.
+/// Keeps buckets and decides requests against them.
 ///
 /// Implement it to keep buckets elsewhere; [`decide_all`](crate::decide_all) does the
-/// arithmetic. A decision must be atomic: two concurrent calls never both take the last token
+/// arithmetic on one [`BucketState`](crate::BucketState) per bucket. A decision must be atomic:
+/// two concurrent calls never both take the last unit
 /// of a bucket, and a request under several limits takes from all of them or from none. The
 /// layer bounds every call by its timeout and applies its fail mode when the call errs or
 /// times out, so an implementation need not.
@@ -42,9 +44,11 @@ pub trait Store: Send + Sync + 'static {
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future;
 }
 
-/// The bucket of `limit` for the requests named `key`: `key:name`.
+/// The bucket of `limit` for the requests named `key`: `key:name`, and for the algorithms
+/// other than the token bucket a suffix that tells them apart (`:sl`, `:sw`, `:fw`), since
+/// their Redis types differ.
 pub fn bucket_key(key: &str, limit: &Limit) -> String {
-    let mut bucket = String::with_capacity(key.len() + 1 + limit.name().len());
+    let mut bucket = String::with_capacity(key.len() + 4 + limit.name().len());
     push_bucket_key(&mut bucket, key, limit);
     bucket
 }
@@ -53,4 +57,5 @@ pub(crate) fn push_bucket_key(out: &mut String, key: &str, limit: &Limit) {
     out.push_str(key);
     out.push(':');
     out.push_str(limit.name());
+    out.push_str(limit.algorithm().key_suffix());
 }

@@ -1,20 +1,86 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, ServerErrorKind};
 
-use crate::limit::{allowed_decision, denied_decision};
-use crate::{Decision, Limit, StoreError};
+use crate::algorithm::{MAX_SUFFIX_LEN, Observation, decide_observed};
+use crate::limit::MAX_NAME_LEN;
+use crate::{Algorithm, Decision, Limit, MAX_LIMITS, StoreError};
 
 use super::{Store, push_bucket_key};
-use crate::limit::MAX_NAME_LEN;
 
-/// The token-bucket script, as sent to Redis (`lua/token_bucket.lua`).
-pub const TOKEN_BUCKET_LUA: &str = include_str!("../../lua/token_bucket.lua");
+/// The script of limits that all use one algorithm, as sent to Redis: the algorithm's
+/// `lua/<algorithm>.lua` followed by `lua/decide.lua`.
+pub fn script_source(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::TokenBucket => TOKEN_BUCKET_SCRIPT,
+        Algorithm::FixedWindow => FIXED_WINDOW_SCRIPT,
+        Algorithm::SlidingWindow => SLIDING_WINDOW_SCRIPT,
+        Algorithm::SlidingLog => SLIDING_LOG_SCRIPT,
+    }
+}
+
+const DECIDE: &str = include_str!("../../lua/decide.lua");
+const TOKEN_BUCKET_SCRIPT: &str = concat!(
+    include_str!("../../lua/token_bucket.lua"),
+    include_str!("../../lua/decide.lua")
+);
+const FIXED_WINDOW_SCRIPT: &str = concat!(
+    include_str!("../../lua/fixed_window.lua"),
+    include_str!("../../lua/decide.lua")
+);
+const SLIDING_WINDOW_SCRIPT: &str = concat!(
+    include_str!("../../lua/sliding_window.lua"),
+    include_str!("../../lua/decide.lua")
+);
+const SLIDING_LOG_SCRIPT: &str = concat!(
+    include_str!("../../lua/sliding_log.lua"),
+    include_str!("../../lua/decide.lua")
+);
+/// The script of limits of different algorithms: all four, `lua/mixed.lua` and
+/// `lua/decide.lua`.
+pub const MIXED_SCRIPT: &str = concat!(
+    include_str!("../../lua/token_bucket.lua"),
+    include_str!("../../lua/fixed_window.lua"),
+    include_str!("../../lua/sliding_window.lua"),
+    include_str!("../../lua/sliding_log.lua"),
+    include_str!("../../lua/mixed.lua"),
+    include_str!("../../lua/decide.lua")
+);
+
+/// The five scripts, each with its SHA1 computed once per process: one per algorithm, in
+/// the order of [`Algorithm::ALL`], then the mixed one.
+static SCRIPTS: LazyLock<[redis::Script; 5]> = LazyLock::new(|| {
+    let _ = DECIDE;
+    [
+        redis::Script::new(script_source(Algorithm::ALL[0])),
+        redis::Script::new(script_source(Algorithm::ALL[1])),
+        redis::Script::new(script_source(Algorithm::ALL[2])),
+        redis::Script::new(script_source(Algorithm::ALL[3])),
+        redis::Script::new(MIXED_SCRIPT),
+    ]
+});
+
+/// The script that decides a request under `limits`: its algorithm's if they share one,
+/// else the mixed one.
+pub fn script_for(limits: &[Limit]) -> &'static redis::Script {
+    let first = limits
+        .first()
+        .map_or(Algorithm::TokenBucket, Limit::algorithm);
+    if limits.iter().all(|l| l.algorithm() == first) {
+        let i = Algorithm::ALL
+            .iter()
+            .position(|&a| a == first)
+            .expect("every algorithm is in ALL");
+        &SCRIPTS[i]
+    } else {
+        &SCRIPTS[4]
+    }
+}
 
 /// After this many calls in a row failed or were abandoned (timed out by the layer), the store
 /// opens a new connection.
@@ -24,12 +90,15 @@ const REOPEN_EVERY_MS: u64 = 2_000;
 
 /// Buckets in Redis, shared by every instance that points at the same server.
 ///
-/// Each decision is one `EVALSHA` of [`TOKEN_BUCKET_LUA`] over the buckets of the request's
-/// limits (one key per limit, all in one Redis Cluster slot): it reads them, decides with the
-/// Redis clock (`TIME`, so instances with skewed clocks agree), and writes only when every
-/// limit allows, each key with a TTL that ends when its bucket is full again, so idle buckets
-/// vanish. The script's SHA1 is computed once per store; when Redis answers `NOSCRIPT`
-/// (restarted, `SCRIPT FLUSH`, failed over) the script is loaded and the call retried.
+/// Each decision is one `EVALSHA` of a Lua script over the buckets of the request's limits
+/// (one key per limit, all in one Redis Cluster slot): the script of their
+/// [algorithm](crate::algorithm), or, when they use different ones, a script with all four
+/// ([`script_for`]). It reads the buckets, decides with the Redis clock (`TIME`, so instances
+/// with skewed clocks agree), and writes only when every limit allows, each key with a TTL
+/// that ends when nothing in it counts any more, so idle buckets vanish. The scripts' SHA1s
+/// are computed once per process; when Redis answers `NOSCRIPT` (restarted, `SCRIPT FLUSH`,
+/// failed over) the same call is sent again as `EVAL` with the script's text, which runs it
+/// and leaves it cached on that server.
 ///
 /// # Connections
 ///
@@ -55,7 +124,6 @@ struct Inner {
     conn: RwLock<ConnectionManager>,
     /// How to open a new connection; `None` for a store made from a connection.
     reopen: Option<(redis::Client, ConnectionManagerConfig)>,
-    script: redis::Script,
     start: Instant,
     /// Calls failed or abandoned since the last success.
     failures: AtomicU32,
@@ -65,9 +133,7 @@ struct Inner {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("script_sha", &self.inner.script.get_hash())
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").finish_non_exhaustive()
     }
 }
 
@@ -111,7 +177,6 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 conn: RwLock::new(conn),
                 reopen,
-                script: redis::Script::new(TOKEN_BUCKET_LUA),
                 start: Instant::now(),
                 failures: AtomicU32::new(0),
                 opened_ms: AtomicU64::new(0),
@@ -133,22 +198,18 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(1)))
     }
 
-    /// The SHA1 of the script, as `EVALSHA` names it.
-    pub fn script_sha(&self) -> &str {
-        self.inner.script.get_hash()
-    }
-
-    /// Connects and loads the script now, so the first request does not wait for either.
+    /// Connects and loads the scripts now, so the first requests do not wait for either.
     ///
-    /// Optional: a store loads the script on first use anyway, and again whenever Redis
-    /// forgot it.
+    /// Optional: a call whose script Redis does not have sends it along anyway (`EVAL`).
     ///
     /// # Errors
     ///
-    /// When Redis cannot be reached or refuses the script.
+    /// When Redis cannot be reached or refuses a script.
     pub async fn load_script(&self) -> Result<(), StoreError> {
         let mut conn = self.inner.connection();
-        self.inner.script.load_async(&mut conn).await?;
+        for script in SCRIPTS.iter() {
+            script.load_async(&mut conn).await?;
+        }
         Ok(())
     }
 }
@@ -224,30 +285,17 @@ impl Store for RedisStore {
             finished: false,
         };
         let cost = cost.max(1);
-        // The command is written once, here: each key straight from one reused buffer.
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(self.inner.script.get_hash()).arg(limits.len());
-        let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN);
-        for limit in limits.iter() {
-            bucket.clear();
-            push_bucket_key(&mut bucket, key, limit);
-            evalsha.arg(bucket.as_str());
-        }
-        for limit in limits.iter() {
-            evalsha
-                .arg(cost.saturating_mul(limit.interval_us()))
-                .arg(limit.fill_us());
-        }
+        let script = script_for(limits);
+        let evalsha = command("EVALSHA", script.get_hash(), key, limits, cost);
         let limits = Arc::clone(limits);
+        let key = key.to_owned();
         Box::pin(async move {
             let reply: Result<redis::Value, redis::RedisError> =
                 match evalsha.query_async(&mut conn).await {
-                    // Redis forgot the script (restart, SCRIPT FLUSH, failover): load it, retry.
+                    // Redis forgot the script (restart, SCRIPT FLUSH, failover): send it.
                     Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        match call.inner.script.load_async(&mut conn).await {
-                            Ok(_) => evalsha.query_async(&mut conn).await,
-                            Err(error) => Err(error),
-                        }
+                        let eval = command("EVAL", script_text(script), &key, &limits, cost);
+                        eval.query_async(&mut conn).await
                     }
                     reply => reply,
                 };
@@ -268,49 +316,81 @@ impl Store for RedisStore {
     }
 }
 
-/// Turns the script's reply into a decision (see `lua/token_bucket.lua`).
+/// The source of one of the five scripts.
+fn script_text(script: &redis::Script) -> &'static str {
+    let i = SCRIPTS
+        .iter()
+        .position(|s| std::ptr::eq(s, script))
+        .expect("one of the five scripts");
+    match i {
+        4 => MIXED_SCRIPT,
+        i => script_source(Algorithm::ALL[i]),
+    }
+}
+
+/// `EVALSHA sha` or `EVAL text`, then the keys and arguments of `lua/decide.lua`, written once:
+/// each key straight from one reused buffer.
+fn command(verb: &str, script: &str, key: &str, limits: &[Limit], cost: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd(verb);
+    cmd.arg(script).arg(limits.len());
+    let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN);
+    for limit in limits {
+        bucket.clear();
+        push_bucket_key(&mut bucket, key, limit);
+        cmd.arg(bucket.as_str());
+    }
+    for limit in limits {
+        cmd.arg(limit.algorithm().code());
+        match limit.algorithm() {
+            // The increment and the burst, in microseconds; the cost for the record.
+            Algorithm::TokenBucket => cmd
+                .arg(cost.saturating_mul(limit.interval_us()))
+                .arg(limit.window_us())
+                .arg(cost),
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                cmd.arg(limit.window_ms()).arg(limit.capacity()).arg(cost)
+            }
+            Algorithm::SlidingLog => cmd.arg(limit.window_us()).arg(limit.capacity()).arg(cost),
+        };
+    }
+    cmd
+}
+
+/// Turns the script's reply into a decision (see `lua/decide.lua`).
 fn parse_reply(reply: &redis::Value, limits: &[Limit], cost: u64) -> Option<Decision> {
     use redis::Value::{Array, Int};
-    match reply {
-        Int(after) if *after > 0 && limits.len() == 1 => Some(allowed_decision(
-            limits,
-            &[u64::try_from(*after).ok()?],
-            cost,
-        )),
-        Int(denied) if *denied < 0 && limits.len() == 1 => {
-            let full_after = u64::try_from(-1 - *denied).ok()?;
-            Some(denied_decision(limits, 0, full_after, cost))
+    let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
+    let observed = observed.get_mut(..limits.len())?;
+    let allowed = match (reply, limits) {
+        (Int(packed), [limit]) => {
+            let (allowed, seen) = Observation::from_packed(limit, *packed)?;
+            observed[0] = seen;
+            allowed
         }
-        Array(values) => {
-            let ints: Vec<i64> = values
-                .iter()
-                .map(|v| match v {
-                    Int(i) => Some(*i),
-                    _ => None,
-                })
-                .collect::<Option<_>>()?;
-            match ints.as_slice() {
-                [worst, full_after] if *worst < 0 => {
-                    let index = usize::try_from(-1 - *worst)
-                        .ok()
-                        .filter(|&i| i < limits.len())?;
-                    Some(denied_decision(
-                        limits,
-                        index,
-                        u64::try_from(*full_after).ok()?,
-                        cost,
-                    ))
-                }
-                afters if afters.len() == limits.len() => {
-                    let afters: Vec<u64> = afters
-                        .iter()
-                        .map(|&a| u64::try_from(a).ok().filter(|&a| a > 0))
-                        .collect::<Option<_>>()?;
-                    Some(allowed_decision(limits, &afters, cost))
-                }
+        (Array(values), _) => {
+            let mut values = values.iter().map(|v| match v {
+                Int(i) => u64::try_from(*i).ok(),
                 _ => None,
+            });
+            let allowed = match values.next()?? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            let mut numbers = [0; 4];
+            for (limit, seen) in limits.iter().zip(observed.iter_mut()) {
+                let numbers = &mut numbers[..limit.algorithm().width()];
+                for n in numbers.iter_mut() {
+                    *n = values.next()??;
+                }
+                *seen = Observation::from_values(limit.algorithm(), numbers)?;
             }
+            if values.next().is_some() {
+                return None;
+            }
+            allowed
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(decide_observed(limits, observed, allowed, cost))
 }

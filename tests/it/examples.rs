@@ -215,6 +215,32 @@ async fn policies_from_the_config_file(redis: Option<&str>) {
     // GET /login is not under the rule: the default applies.
     let reply = client.get(s.addr, "/login", Some(b"alice")).await;
     assert_eq!(reply.header("ratelimit"), Some("\"default\";r=9"));
+    // The other algorithms, chosen in the file: a sliding log of 3 a minute over every export,
+    // and a sliding window counter of 4 a minute.
+    for (path, name, capacity) in [("/exports/a", "exports", 3), ("/reports/b", "reports", 4)] {
+        for remaining in (0..capacity).rev() {
+            let reply = client.get(s.addr, path, Some(b"alice")).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            let r = reply.header("ratelimit").unwrap();
+            assert!(r.contains(&format!(";r={remaining}")), "{r}");
+        }
+        let reply = client.get(s.addr, path, Some(b"alice")).await;
+        assert_eq!(reply.status, 429, "{reply:?}");
+        let policy = format!("\"{name}\";q={capacity};w=60");
+        assert_eq!(reply.header("ratelimit-policy"), Some(policy.as_str()));
+        // The whole capacity was spent just now: nothing comes back for most of a minute (the
+        // counter's estimate waits for the next window at least).
+        let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=120).contains(&retry), "{retry}");
+    }
+    let retry: u64 = client
+        .get(s.addr, "/exports/other", Some(b"alice"))
+        .await
+        .header("retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&retry), "{retry}");
     // The search rule is in shadow mode: reported, never refused, one budget for all paths.
     let mut last = None;
     for i in 0..25 {

@@ -1,6 +1,7 @@
 //! Integration tests: a real `redis-server` per test (started and stopped by the test), real
 //! HTTP servers and a real HTTP client. One test binary; each concern in its own module.
 
+mod algorithms;
 mod contract;
 mod examples;
 mod faults;

@@ -1,147 +1,16 @@
-//! The Redis store against a real Redis: the script's arithmetic, TTLs, NOSCRIPT, agreement
-//! with the memory store, and no over- or under-admission across two instances.
+//! The Redis store against a real Redis: NOSCRIPT, atomic decisions, no over- or
+//! under-admission across two instances, and the deny cache. (The algorithms' arithmetic:
+//! `algorithms.rs`.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::{Router, routing::get};
-use tollgate::store::bucket_key;
-use tollgate::{Decision, Limit, MemoryStore, RateLimitLayer, RedisStore, Store, decide_all};
+use tollgate::store::script_for;
+use tollgate::{Limit, RateLimitLayer, RedisStore, Store};
 
 use crate::harness::{HttpClient, RedisServer, TestServer};
-
-fn get_full_at(conn: &mut redis::Connection, key: &str) -> Option<u64> {
-    redis::cmd("GET").arg(key).query(conn).unwrap()
-}
-
-/// A small deterministic pseudo-random sequence (xorshift), so failures replay.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// Every decision of the Lua script equals `decide_all` (which the memory store runs) at the
-/// Redis clock's time of the call, to the microsecond, with one limit and with several.
-#[tokio::test]
-async fn script_matches_the_shared_arithmetic_step_for_step() {
-    let redis = RedisServer::start();
-    let store = RedisStore::open(&redis.url()).unwrap();
-    let mut conn = redis.conn();
-    let ms = Duration::from_millis;
-    let policies: Vec<Arc<[Limit]>> = vec![
-        // 5 tokens, one back every 20 ms.
-        Arc::new([Limit::new("a", 5, 5, ms(100)).unwrap()]),
-        // An interval that is not a whole number of milliseconds.
-        Arc::new([Limit::new("b", 7, 3, ms(100)).unwrap()]),
-        // Three limits, each the tightest at some point.
-        Arc::new([
-            Limit::new("fast", 4, 4, ms(80)).unwrap(),
-            Limit::new("slow", 9, 3, ms(300)).unwrap(),
-            Limit::new("tiny", 2, 20, ms(200)).unwrap(),
-        ]),
-    ];
-    for (p, limits) in policies.iter().enumerate() {
-        let key = format!("step{p}");
-        let buckets: Vec<String> = limits.iter().map(|l| bucket_key(&key, l)).collect();
-        let read = |conn: &mut redis::Connection| -> Vec<Option<u64>> {
-            buckets.iter().map(|b| get_full_at(conn, b)).collect()
-        };
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 + p as u64);
-        let (mut allowed, mut denied, mut expired) = (0, 0, 0);
-        for _ in 0..120 {
-            let cost = 1 + rng.below(2);
-            let before = read(&mut conn);
-            let decision = store.decide(&key, limits, cost).await.unwrap();
-            let after = read(&mut conn);
-            if decision.allowed && after.iter().any(Option::is_none) {
-                // A bucket expired (it was full again) before we could read it back: a busy
-                // machine took longer than its TTL. Nothing to compare this step against.
-                expired += 1;
-                continue;
-            }
-            let i = decision.index;
-            let reset_us = decision.reset_after.as_micros() as u64;
-            // The script's clock, recovered from what it wrote (or, when it denied, from the
-            // bucket it left alone).
-            let now = if decision.allowed {
-                after[i].unwrap() - reset_us
-            } else {
-                // A denial writes nothing (a bucket may have expired meanwhile: it was full).
-                for (b, a) in before.iter().zip(&after) {
-                    assert!(a == b || a.is_none(), "{before:?} became {after:?}");
-                }
-                before[i].unwrap() - reset_us
-            };
-            let mut full_ats: Vec<u64> = before.iter().map(|b| b.unwrap_or(now)).collect();
-            let expected = decide_all(limits, &mut full_ats, now, cost);
-            assert_eq!(
-                decision, expected,
-                "cost {cost} at {now}, buckets {before:?}"
-            );
-            if decision.allowed {
-                assert_eq!(after, full_ats.iter().map(|&f| Some(f)).collect::<Vec<_>>());
-                allowed += 1;
-                for (bucket, &full_at) in buckets.iter().zip(&full_ats) {
-                    let pttl: i64 = redis::cmd("PTTL").arg(bucket).query(&mut conn).unwrap();
-                    let bound = (full_at - now).div_ceil(1000);
-                    // -2: already expired (full again) by the time we asked; -1 would be a
-                    // key without a TTL.
-                    assert!(
-                        pttl == -2 || (pttl > 0 && pttl as u64 <= bound),
-                        "PTTL {pttl} > {bound}"
-                    );
-                }
-            } else {
-                denied += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(rng.below(25))).await;
-        }
-        assert!(
-            allowed > 10 && denied > 10,
-            "{allowed} allowed, {denied} denied"
-        );
-        assert!(
-            expired < 12,
-            "{expired} of 120 steps could not be read back"
-        );
-    }
-}
-
-/// Both stores give the same decisions for the same sequences.
-#[tokio::test]
-async fn memory_and_redis_agree_on_sequences() {
-    let redis = RedisServer::start();
-    let stores = (RedisStore::open(&redis.url()).unwrap(), MemoryStore::new());
-    // Refills slow enough that the few milliseconds between the two stores' calls do not
-    // change a whole token.
-    let hour = Duration::from_secs(3600);
-    let one: Arc<[Limit]> = Arc::new([Limit::new("seq", 10, 1, hour).unwrap()]);
-    let two: Arc<[Limit]> = Arc::new([
-        Limit::new("burst", 6, 1, hour).unwrap(),
-        Limit::new("daily", 10, 1, hour * 24).unwrap(),
-    ]);
-    let sequences: &[&[u64]] = &[&[1; 12], &[3, 3, 3, 3, 1, 1], &[10, 1], &[4, 7, 6, 1, 2]];
-    for limits in [&one, &two] {
-        for (i, costs) in sequences.iter().enumerate() {
-            let key = format!("seq-{i}-{}", limits.len());
-            for &cost in *costs {
-                let r = stores.0.decide(&key, limits, cost).await.unwrap();
-                let m = stores.1.decide(&key, limits, cost).await.unwrap();
-                let summary = |d: &Decision| (d.allowed, d.remaining, d.limit, d.index);
-                assert_eq!(summary(&r), summary(&m), "{key} cost {cost}");
-                let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_millis(500);
-                assert!(close(r.retry_after, m.retry_after), "{r:?} {m:?}");
-                assert!(close(r.reset_after, m.reset_after), "{r:?} {m:?}");
-            }
-        }
-    }
-}
 
 /// 64 concurrent callers on two connections under two limits: exactly the tighter limit's
 /// capacity passes, and the other limit gave exactly one token per allowed request (a denied
@@ -198,16 +67,17 @@ async fn script_is_reloaded_after_script_flush() {
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
     let exists: Vec<bool> = redis::cmd("SCRIPT")
         .arg("EXISTS")
-        .arg(store.script_sha())
+        .arg(script_for(&limit).get_hash())
         .query(&mut conn)
         .unwrap();
     assert_eq!(exists, [false]);
     assert_eq!(store.decide("k", &limit, 1).await.unwrap().remaining, 1);
     let exists: Vec<bool> = redis::cmd("SCRIPT")
         .arg("EXISTS")
-        .arg(store.script_sha())
+        .arg(script_for(&limit).get_hash())
         .query(&mut conn)
         .unwrap();
+    // Sent along with the call (EVAL), the script is cached again.
     assert_eq!(exists, [true]);
 }
 

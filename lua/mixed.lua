@@ -1,0 +1,24 @@
+-- For a request whose limits use different algorithms, after token_bucket.lua,
+-- fixed_window.lua, sliding_window.lua and sliding_log.lua: each limit runs its own algorithm
+-- (these two functions take the place of the ones the last script named).
+local function observe(code, ...)
+  if code == 't' then
+    return token_bucket(code, ...)
+  elseif code == 'f' then
+    return fixed_window(code, ...)
+  elseif code == 's' then
+    return sliding_window(code, ...)
+  end
+  return sliding_log(code, ...)
+end
+
+local function take(code, ...)
+  if code == 't' then
+    return token_bucket_take(code, ...)
+  elseif code == 'f' then
+    return fixed_window_take(code, ...)
+  elseif code == 's' then
+    return sliding_window_take(code, ...)
+  end
+  return sliding_log_take(code, ...)
+end

@@ -1,0 +1,69 @@
+//! Token bucket: `lua/token_bucket.lua`, step for step.
+//!
+//! A bucket is its "full at" time (µs); it refills one token every `interval` microseconds and
+//! holds `fill = capacity × interval` microseconds' worth of tokens.
+
+use std::time::Duration;
+
+use super::{BucketState, Observation, Shape, us};
+use crate::{Decision, Limit};
+
+#[inline]
+pub(super) fn observe(limit: &Limit, state: &BucketState, now: u64) -> Observation {
+    let full_after = match *state {
+        // Clamped: a full-at time more than one bucket ahead (the clock stepped back) counts as
+        // an empty bucket.
+        BucketState::FullAt(full_at) => full_at.saturating_sub(now).min(limit.window_us()),
+        _ => 0,
+    };
+    Observation::TokenBucket { full_after }
+}
+
+#[inline]
+pub(super) fn take(limit: &Limit, state: &mut BucketState, now: u64, cost: u64, full_after: u64) {
+    let after = full_after.saturating_add(cost.saturating_mul(limit.interval_us()));
+    *state = BucketState::FullAt(now.saturating_add(after));
+}
+
+/// The decision, from the bucket's wait until full before the request.
+#[inline]
+pub(super) fn report(limit: &Limit, full_after: u64, took: bool, cost: u64) -> Decision {
+    let fill = limit.window_us();
+    let interval = limit.interval_us();
+    // The bucket after the decision: full again in `after`.
+    let after = if took {
+        full_after.saturating_add(cost.saturating_mul(interval))
+    } else {
+        full_after
+    };
+    let remaining = fill.saturating_sub(after) / interval;
+    let retry_after = if took {
+        Duration::ZERO
+    } else {
+        // Until `cost` tokens exist: the bucket holds `fill − full_after` worth.
+        us(full_after
+            .saturating_add(cost.saturating_mul(interval))
+            .saturating_sub(fill))
+    };
+    let available_after = if remaining == 0 {
+        us(after.saturating_add(interval).saturating_sub(fill))
+    } else {
+        Duration::ZERO
+    };
+    Decision::new(took, limit.capacity(), remaining, retry_after, us(after))
+        .with_available_after(available_after)
+}
+
+pub(super) fn is_idle(state: &BucketState, now: u64) -> bool {
+    match *state {
+        BucketState::FullAt(full_at) => full_at <= now,
+        _ => true,
+    }
+}
+
+pub(super) fn used(shape: Shape, state: &BucketState, now: u64) -> u64 {
+    match *state {
+        BucketState::FullAt(full_at) => full_at.saturating_sub(now).div_ceil(shape.unit_us.max(1)),
+        _ => 0,
+    }
+}
