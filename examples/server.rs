@@ -14,8 +14,12 @@
 //! - `LISTEN_ADDR`: where to listen (default `127.0.0.1:8080`).
 //! - `REDIS_URL`: keep the buckets in this Redis (`redis://127.0.0.1:6379/`), shared by every
 //!   instance pointed at it. Unset: in this process only.
-//! - `FAIL_MODE`: `open` (default) or `closed`, when Redis fails or takes over 50 ms
-//!   (`STORE_TIMEOUT_MS` to change the 50 ms).
+//! - `REDIS_MODE`: `single` (default), `cluster` (`REDIS_URL` lists some cluster nodes,
+//!   separated by commas) or `sentinel` (`REDIS_URL` lists the sentinels, and
+//!   `REDIS_SENTINEL_MASTER` names the master).
+//! - `FAIL_MODE`: `open` (default), `closed` or `local`, when Redis fails or takes over 50 ms
+//!   (`STORE_TIMEOUT_MS` to change the 50 ms); with `local`, `LOCAL_SHARE` is the share of each
+//!   limit this instance admits on its own meanwhile (default 1; 0.5 for two instances).
 //! - `RATE_LIMIT_CONFIG`: a TOML policy file (see `examples/rate_limits.toml`); the server
 //!   exits non-zero, naming the rule and field, when it is bad.
 //! - `RUST_LOG`: log filter (default `info`).
@@ -90,6 +94,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     println!("fail mode: {}", env.fail_mode.as_str());
+    if env.fail_mode == tollgate::FailMode::Local {
+        println!("local share: {}", env.local_share);
+    }
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(common::shutdown())

@@ -95,6 +95,29 @@ impl ConfigError {
     }
 }
 
+/// Whether a Redis error says the store cannot be reached now (rather than that it refused
+/// the script): I/O, timeouts, and a cluster or primary in the middle of a failover.
+#[cfg(feature = "redis")]
+fn unreachable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    S::ReadOnly
+                        | S::ClusterDown
+                        | S::MasterDown
+                        | S::TryAgain
+                        | S::BusyLoading
+                        | S::Moved
+                        | S::Ask
+                )
+        )
+}
+
 /// A store could not decide.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -112,14 +135,31 @@ pub enum StoreError {
     /// A custom store's own failure.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
+    /// Not asked: this many calls to the store were already under way
+    /// ([`Builder::max_in_flight`](crate::Builder::max_in_flight)).
+    #[error("not asked: {0} calls to the store are already under way")]
+    Overloaded(usize),
+    /// Not asked: the store kept failing, and until a probe gets an answer, requests follow
+    /// the fail mode at once.
+    #[error("not asked: the store keeps failing (circuit open)")]
+    CircuitOpen,
 }
 
 impl StoreError {
     /// Every word [`StoreError::kind`] can say, in order.
-    pub const KINDS: [&'static str; 4] = ["timeout", "connection", "script", "other"];
+    pub const KINDS: [&'static str; 6] = [
+        "timeout",
+        "connection",
+        "script",
+        "other",
+        "overloaded",
+        "circuit_open",
+    ];
 
     /// A short, fixed word for the kind of failure, for logs and metrics labels:
-    /// `timeout`, `connection`, `script` or `other`.
+    /// `timeout`, `connection` (unreachable, or failing over), `script` (Redis refused the
+    /// call), `other`, or, for requests that did not ask the store, `overloaded` and
+    /// `circuit_open`.
     pub fn kind(&self) -> &'static str {
         Self::KINDS[self.kind_index()]
     }
@@ -129,11 +169,13 @@ impl StoreError {
         match self {
             Self::Timeout(_) => 0,
             #[cfg(feature = "redis")]
-            Self::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => 1,
+            Self::Redis(e) if unreachable(e) => 1,
             #[cfg(feature = "redis")]
             Self::Redis(_) => 2,
             Self::Reply(_) => 2,
             Self::Other(_) => 3,
+            Self::Overloaded(_) => 4,
+            Self::CircuitOpen => 5,
         }
     }
 }

@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use crate::breaker::Ticket;
 use crate::layer::Settings;
 use crate::response::{self, Answer, ResponseBody};
 use crate::telemetry::Outcome;
@@ -53,9 +54,48 @@ impl Flags {
 pub(crate) struct Asked {
     /// When, for a remote store (its calls are timed, and a cached denial counts from here).
     pub(crate) at: Option<Instant>,
-    /// The request's key, when the deny cache is on.
+    /// The request's key, when the deny cache or the local fail mode needs it.
     pub(crate) key: Option<String>,
     pub(crate) cost: u64,
+    /// The place of this call among those in flight (a remote store).
+    pub(crate) ticket: Option<Ticket>,
+    /// Why the store was not asked, when it was not.
+    pub(crate) not_asked: Option<StoreError>,
+}
+
+/// What follows a decision (the store's, or the local one while the store fails): refused, or
+/// forwarded with its fields.
+fn decided<S>(
+    settings: &Settings,
+    flags: Flags,
+    index: usize,
+    decision: Decision,
+    elapsed: Option<std::time::Duration>,
+    forward: impl FnOnce(Option<Decision>) -> S,
+) -> S
+where
+    S: From<Answer>,
+{
+    let policy = settings.policies.entry(index);
+    let limit = &policy.limits[decision.index];
+    let outcome = flags.outcome(decision.allowed);
+    let near_limit = decision.allowed && decision.remaining.saturating_mul(5) <= limit.capacity();
+    settings.telemetry.decision(index, outcome, near_limit);
+    tracing::debug!(
+        policy = policy.name(),
+        outcome = outcome.as_str(),
+        limit = limit.name(),
+        remaining = decision.remaining,
+        store_us = elapsed.map_or(0, |e| e.as_micros() as u64),
+        "rate-limit decision"
+    );
+    if flags.refuses(decision.allowed) {
+        S::from(Answer::Limited(decision))
+    } else {
+        // A denial that passes (shadow, bypass) is always reported.
+        let report = settings.headers_on_allowed || !decision.allowed;
+        forward(report.then_some(decision))
+    }
 }
 
 pin_project! {
@@ -81,8 +121,9 @@ pin_project! {
     {
         // Waiting for the store, at most the timeout.
         Deciding {
+            // `None` when the store is not asked.
             #[pin]
-            decision: D,
+            decision: Option<D>,
             // Started when the decision is first pending, so a store that answers at once
             // (the memory store) never arms a timer.
             #[pin]
@@ -104,6 +145,17 @@ pin_project! {
     }
 }
 
+impl<S, ReqBody, D> From<Answer> for State<S, ReqBody, D>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn from(answer: Answer) -> Self {
+        State::Answered {
+            answer: Some(answer),
+        }
+    }
+}
+
 impl<S, ReqBody, D> ResponseFuture<S, ReqBody, D>
 where
     S: Service<Request<ReqBody>>,
@@ -112,7 +164,7 @@ where
         settings: Arc<Settings>,
         policy: usize,
         flags: Flags,
-        decision: D,
+        decision: Option<D>,
         asked: Asked,
         inner: S,
         request: Request<ReqBody>,
@@ -201,16 +253,20 @@ where
                     inner,
                     request,
                 } => {
-                    let outcome = match decision.poll(cx) {
-                        Poll::Ready(outcome) => outcome,
-                        Poll::Pending => {
-                            if deadline.is_none() {
-                                deadline.set(Some(tokio::time::sleep(settings.timeout)));
+                    let outcome = match decision.as_pin_mut() {
+                        // Not asked (the breaker is open, or too many calls are under way).
+                        None => Err(asked.not_asked.take().unwrap_or(StoreError::CircuitOpen)),
+                        Some(decision) => match decision.poll(cx) {
+                            Poll::Ready(outcome) => outcome,
+                            Poll::Pending => {
+                                if deadline.is_none() {
+                                    deadline.set(Some(tokio::time::sleep(settings.timeout)));
+                                }
+                                let sleep = deadline.as_pin_mut().expect("deadline was just set");
+                                ready!(sleep.poll(cx));
+                                Err(StoreError::Timeout(settings.timeout))
                             }
-                            let sleep = deadline.as_pin_mut().expect("deadline was just set");
-                            ready!(sleep.poll(cx));
-                            Err(StoreError::Timeout(settings.timeout))
-                        }
+                        },
                     };
                     let mut forward = |decision| {
                         let mut inner = inner.take().expect("the service is called once");
@@ -223,9 +279,6 @@ where
                     let index = *this.policy;
                     let policy = settings.policies.entry(index);
                     let elapsed = asked.at.map(|at| at.elapsed());
-                    if let Some(elapsed) = elapsed {
-                        settings.telemetry.store_duration(elapsed);
-                    }
                     // A custom store could name a limit the policy does not have.
                     let outcome = outcome.and_then(|d| match policy.limits.get(d.index) {
                         Some(limit) => Ok((d, limit)),
@@ -234,6 +287,19 @@ where
                             d.index
                         ))),
                     });
+                    if let Some(ticket) = asked.ticket.take() {
+                        settings
+                            .telemetry
+                            .store_duration(elapsed.unwrap_or_default());
+                        match &outcome {
+                            Ok(_) => ticket.answered(),
+                            Err(_) => ticket.failed(),
+                        }
+                        drop(ticket);
+                        if let Some(breaker) = &settings.breaker {
+                            settings.telemetry.in_flight(breaker.in_flight());
+                        }
+                    }
                     match outcome {
                         Ok((decision, limit)) => {
                             settings.outage.answered();
@@ -242,38 +308,22 @@ where
                             {
                                 cache.insert(key, asked.cost, limit, &decision, at);
                             }
-                            let outcome = flags.outcome(decision.allowed);
-                            let near_limit = decision.allowed
-                                && decision.remaining.saturating_mul(5) <= limit.capacity();
-                            settings.telemetry.decision(index, outcome, near_limit);
-                            tracing::debug!(
-                                policy = policy.name(),
-                                outcome = outcome.as_str(),
-                                limit = limit.name(),
-                                remaining = decision.remaining,
-                                store_us = elapsed.map_or(0, |e| e.as_micros() as u64),
-                                "rate-limit decision"
-                            );
-                            if flags.refuses(decision.allowed) {
-                                State::Answered {
-                                    answer: Some(Answer::Limited(decision)),
-                                }
-                            } else {
-                                // A denial that passes (shadow, bypass) is always reported.
-                                let report = settings.headers_on_allowed || !decision.allowed;
-                                forward(report.then_some(decision))
-                            }
+                            decided(settings, flags, index, decision, elapsed, forward)
                         }
                         Err(error) => {
-                            settings.outage.failed(&error, settings.fail_mode);
-                            let closed = settings.fail_mode == FailMode::Closed && !flags.shadow;
-                            settings.telemetry.store_failed(&error, !closed);
-                            if closed {
-                                State::Answered {
-                                    answer: Some(Answer::Unavailable),
+                            let mode = settings.fail_mode;
+                            settings.outage.failed(&error, mode);
+                            settings.telemetry.store_failed(&error, mode);
+                            match (mode, &settings.local, &asked.key) {
+                                (FailMode::Local, Some(local), Some(key)) => {
+                                    // Decided here, against this instance's share.
+                                    let decision = local.decide(index, key, asked.cost);
+                                    decided(settings, flags, index, decision, None, forward)
                                 }
-                            } else {
-                                forward(None)
+                                (FailMode::Closed, _, _) if !flags.shadow => State::Answered {
+                                    answer: Some(Answer::Unavailable),
+                                },
+                                _ => forward(None),
                             }
                         }
                     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tower_layer::Layer;
 
+use crate::breaker::Breaker;
 use crate::client::{ApiKey, Bypass, ClientExtractor};
 use crate::cost::{CostExtractor, UnitCost};
 use crate::deny_cache::DenyCache;
@@ -15,7 +16,7 @@ use crate::policy::Policies;
 use crate::response::{Rejection, RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
 use crate::telemetry::Telemetry;
-use crate::{Algorithm, ConfigError, Limit, RateLimit};
+use crate::{Algorithm, ConfigError, Decision, Limit, RateLimit};
 
 /// The default time a store may take to decide.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
@@ -23,8 +24,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_KEY_PREFIX: &str = "tollgate";
 /// The default name of the limit in the `RateLimit` header fields.
 pub const DEFAULT_POLICY_NAME: &str = "default";
+/// The default most calls to a remote store under way at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// What a request gets when the store fails or does not answer within the timeout.
+///
+/// | | `Open` (default) | `Closed` | `Local` |
+/// |---|---|---|---|
+/// | while the store is down or slow | passes, unlimited | `503`, `Retry-After: 1` | decided in this process against [`local_share`](Builder::local_share) of each limit |
+/// | nothing passes unlimited | no | yes | yes |
+/// | the service stays up | yes | no | yes |
+/// | limits hold across instances | no | yes (nothing passes) | approximately: each instance admits its share |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailMode {
@@ -35,14 +45,24 @@ pub enum FailMode {
     /// Answer `503 Service Unavailable` with `Retry-After: 1`: nothing passes unlimited, but
     /// the service is down while the store is.
     Closed,
+    /// Decide in this process, with an in-memory store holding a share of each limit
+    /// ([`Builder::local_share`], e.g. 1/N for N instances), until the store answers again: the
+    /// service stays up and stays limited, approximately. Decisions are the same algorithms
+    /// and carry the same fields; the buckets start whole when an outage begins. (With an
+    /// in-process store, which cannot fail, it is the same as `Open`.)
+    Local,
 }
 
 impl FailMode {
-    /// `open` or `closed`.
+    /// Every mode, in order.
+    pub const ALL: [FailMode; 3] = [Self::Open, Self::Closed, Self::Local];
+
+    /// `open`, `closed` or `local`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Open => "open",
             Self::Closed => "closed",
+            Self::Local => "local",
         }
     }
 }
@@ -54,10 +74,11 @@ impl std::str::FromStr for FailMode {
         match s {
             "open" => Ok(Self::Open),
             "closed" => Ok(Self::Closed),
+            "local" => Ok(Self::Local),
             _ => Err(ConfigError::Invalid {
                 field: "fail_mode",
                 value: s.to_owned(),
-                reason: "must be \"open\" or \"closed\"",
+                reason: "must be \"open\", \"closed\" or \"local\"",
             }),
         }
     }
@@ -94,6 +115,41 @@ pub(crate) struct Settings {
     pub(crate) outage: OutageLog,
     pub(crate) telemetry: Telemetry,
     pub(crate) deny_cache: Option<DenyCache>,
+    /// Bounds the calls to a remote store; `None` for an in-process store.
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Decides while the store fails, with [`FailMode::Local`] and a remote store.
+    pub(crate) local: Option<LocalFallback>,
+}
+
+/// The in-process store of [`FailMode::Local`] and each policy's limits, scaled to this
+/// instance's share.
+pub(crate) struct LocalFallback {
+    pub(crate) store: MemoryStore,
+    /// By policy index.
+    pub(crate) limits: Box<[Arc<[Limit]>]>,
+}
+
+impl LocalFallback {
+    fn new(policies: &Policies, share: f64) -> Self {
+        Self {
+            store: MemoryStore::new(),
+            limits: (0..policies.len())
+                .map(|i| {
+                    policies
+                        .entry(i)
+                        .limits
+                        .iter()
+                        .map(|l| l.scaled(share))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// Decides a request of `cost` named `key` under the policy at `index`.
+    pub(crate) fn decide(&self, index: usize, key: &str, cost: u64) -> Decision {
+        self.store.decide_now(key, &self.limits[index], cost)
+    }
 }
 
 impl Settings {
@@ -171,6 +227,8 @@ impl RateLimitLayer {
                 bypass: Bypass::new(),
                 cost: Box::new(UnitCost),
                 deny_cache: true,
+                local_share: 1.0,
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             },
         }
     }
@@ -238,6 +296,8 @@ struct Options {
     bypass: Bypass,
     cost: Box<dyn CostExtractor>,
     deny_cache: bool,
+    local_share: f64,
+    max_in_flight: usize,
 }
 
 impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
@@ -334,6 +394,22 @@ impl<St, C> Builder<St, C> {
     /// What a request gets when the store fails (default [`FailMode::Open`]).
     pub fn fail_mode(mut self, fail_mode: FailMode) -> Self {
         self.options.fail_mode = fail_mode;
+        self
+    }
+
+    /// The share of each limit this instance admits on its own with [`FailMode::Local`] while
+    /// the store fails (default 1.0, the whole limit): 1/N for N instances sharing the limits
+    /// evenly. Capacities (and a token bucket's refill) are scaled and rounded up, at least 1.
+    pub fn local_share(mut self, share: f64) -> Self {
+        self.options.local_share = share;
+        self
+    }
+
+    /// The most calls to a remote store under way at once (default 1,024); a request beyond
+    /// that is not sent and follows the fail mode at once, so a slow store cannot pile up
+    /// waiting requests.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.options.max_in_flight = calls;
         self
     }
 
@@ -440,9 +516,25 @@ impl<St, C> Builder<St, C> {
         if options.timeout.is_zero() {
             return Err(ConfigError::Zero { field: "timeout" });
         }
+        if options.max_in_flight == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_in_flight",
+            });
+        }
+        let share = options.local_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "local_share",
+                value: share.to_string(),
+                reason: "must be more than 0 and at most 1 (1/N for N instances)",
+            });
+        }
         check_prefix(&options.key_prefix)?;
+        let local = (options.fail_mode == FailMode::Local && St::REMOTE)
+            .then(|| LocalFallback::new(&policies, share));
         let settings = Settings {
             telemetry: Telemetry::new(&policy_names(&policies)),
+            local,
             policies,
             key_prefix: options.key_prefix.into_boxed_str(),
             timeout: options.timeout,
@@ -456,6 +548,7 @@ impl<St, C> Builder<St, C> {
             cost: options.cost,
             outage: OutageLog::new(),
             deny_cache: (options.deny_cache && St::REMOTE).then(DenyCache::new),
+            breaker: St::REMOTE.then(|| Breaker::new(options.max_in_flight)),
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -496,6 +589,10 @@ mod tests {
         assert!(window().build().is_ok());
         assert!(err(window().refill(3)).contains("refill"));
         assert!(err(window().period(Duration::from_micros(1500))).contains("period"));
+        assert!(err(ok().local_share(0.0)).contains("local_share"));
+        assert!(err(ok().local_share(1.5)).contains("local_share"));
+        assert!(err(ok().local_share(f64::NAN)).contains("local_share"));
+        assert!(err(ok().max_in_flight(0)).contains("max_in_flight"));
         assert!(
             "sideways"
                 .parse::<FailMode>()

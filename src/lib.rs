@@ -81,6 +81,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod algorithm;
+mod breaker;
 pub mod client;
 pub mod cost;
 mod deny_cache;
@@ -101,7 +102,8 @@ pub use client::{ApiKey, ClientExtractor, ClientIp, MissingClient};
 pub use error::{ConfigError, StoreError};
 pub use future::ResponseFuture;
 pub use layer::{
-    Builder, DEFAULT_KEY_PREFIX, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, FailMode, RateLimitLayer,
+    Builder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT,
+    FailMode, RateLimitLayer,
 };
 pub use limit::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY};
 pub use policy::{Policies, Rule};

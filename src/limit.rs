@@ -217,6 +217,30 @@ impl Limit {
     pub(crate) fn window_ms(&self) -> u64 {
         (self.interval_us / 1000).max(1)
     }
+
+    /// The same limit with its capacity (and a token bucket's refill) scaled by `share`,
+    /// rounded up, at least 1: what one of several instances may admit on its own.
+    pub(crate) fn scaled(&self, share: f64) -> Self {
+        let scale = |n: u64| ((n as f64 * share).ceil() as u64).clamp(1, n);
+        let mut limit = self.clone();
+        limit.capacity = scale(self.capacity);
+        if self.algorithm == Algorithm::TokenBucket {
+            // Keep the per-token interval of the share: refill × share per period.
+            limit.refill = scale(self.refill);
+            let period_us = self.period.as_micros();
+            limit.interval_us = u64::try_from(
+                (period_us + u128::from(limit.refill) / 2) / u128::from(limit.refill),
+            )
+            .unwrap_or(u64::MAX)
+            .max(1);
+            if limit.capacity.checked_mul(limit.interval_us).is_none() {
+                limit.interval_us = self.interval_us;
+            }
+        } else {
+            limit.refill = limit.capacity;
+        }
+        limit
+    }
 }
 
 /// A token bucket's microseconds per token.
@@ -437,5 +461,17 @@ mod tests {
             matches!(err, ConfigError::Imprecise { refill: 6, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_share_of_a_limit_rounds_up() {
+        let bucket = Limit::new("t", 10, 10, Duration::from_secs(10)).unwrap();
+        let third = bucket.scaled(1.0 / 3.0);
+        assert_eq!((third.capacity(), third.refill()), (4, 4));
+        assert_eq!(third.interval_us(), 2_500_000);
+        let window = Limit::fixed_window("w", 100, Duration::from_secs(60)).unwrap();
+        let half = window.scaled(0.5);
+        assert_eq!((half.capacity(), half.window_us()), (50, 60_000_000));
+        assert_eq!(window.scaled(0.000_1).capacity(), 1);
     }
 }

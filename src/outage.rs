@@ -15,7 +15,7 @@ const WARN_EVERY_MS: u64 = 1_000;
 #[derive(Debug)]
 pub(crate) struct OutageLog {
     start: Instant,
-    kinds: [KindLog; 4],
+    kinds: [KindLog; StoreError::KINDS.len()],
     /// Failures since the store last answered.
     failures: AtomicU64,
     failing: AtomicBool,
@@ -42,6 +42,10 @@ impl OutageLog {
     pub(crate) fn failed(&self, error: &StoreError, fail_mode: FailMode) {
         self.failing.store(true, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, StoreError::CircuitOpen) {
+            // Not a new failure: the breaker said so when it opened.
+            return;
+        }
         let log = &self.kinds[error.kind_index()];
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let next = log.next_warn_ms.load(Ordering::Relaxed);

@@ -158,10 +158,21 @@ where
             return ResponseFuture::reported(Arc::clone(settings), index, decision, future);
         }
         // A remote store's call is timed from here; a cached denial counts from here too, so it
-        // never outlasts the store's word.
+        // never outlasts the store's word. A remote store is asked only when the breaker lets
+        // the call through.
         let asked = St::REMOTE.then(tokio::time::Instant::now);
-        let decision = self.shared.store.decide(&key, &policy.limits, cost);
-        let key = settings.deny_cache.is_some().then_some(key);
+        let (ticket, not_asked) = match settings.breaker.as_ref().map(|b| b.admit()) {
+            Some(Ok(ticket)) => (Some(ticket), None),
+            Some(Err(not_asked)) => (None, Some(not_asked)),
+            None => (None, None),
+        };
+        let decision = not_asked
+            .is_none()
+            .then(|| self.shared.store.decide(&key, &policy.limits, cost));
+        if let (Some(_), Some(breaker)) = (&ticket, &settings.breaker) {
+            settings.telemetry.in_flight(breaker.in_flight());
+        }
+        let keep_key = settings.deny_cache.is_some() || settings.local.is_some();
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,
@@ -169,8 +180,10 @@ where
             decision,
             Asked {
                 at: asked,
-                key,
+                key: keep_key.then_some(key),
                 cost,
+                ticket,
+                not_asked,
             },
             inner,
             Request::from_parts(parts, body),
@@ -326,6 +339,107 @@ mod tests {
 
         let response = answer(Hanging, FailMode::Closed).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_fail_mode_decides_with_a_share_of_each_limit() {
+        // Capacity 4, two instances: each admits 2 on its own while the store fails.
+        let svc = RateLimitLayer::builder()
+            .capacity(4)
+            .period(Duration::from_secs(60))
+            .store(Failing)
+            .fail_mode(FailMode::Local)
+            .local_share(0.5)
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default());
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let response = svc.clone().oneshot(request("/")).await.unwrap();
+            statuses.push((
+                response.status(),
+                response.headers().get("ratelimit").cloned(),
+            ));
+        }
+        assert_eq!(
+            statuses,
+            [
+                (StatusCode::OK, Some("\"default\";r=1".parse().unwrap())),
+                (
+                    StatusCode::OK,
+                    Some("\"default\";r=0;t=30".parse().unwrap())
+                ),
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some("\"default\";r=0;t=30".parse().unwrap())
+                ),
+            ]
+        );
+        // The policy field still names the configured limit.
+        let response = svc.clone().oneshot(request("/")).await.unwrap();
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            "\"default\";q=4;w=60"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_keeps_failing_is_not_waited_for() {
+        let svc = layer()
+            .store(Hanging)
+            .fail_mode(FailMode::Closed)
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default());
+        let timed = |svc: crate::RateLimit<MustBeReady, Hanging, crate::ApiKey>| async move {
+            let start = tokio::time::Instant::now();
+            let response = svc.oneshot(request("/")).await.unwrap();
+            (response.status(), start.elapsed())
+        };
+        // Each of the first calls waits for the timeout...
+        for _ in 0..crate::breaker::OPEN_AFTER {
+            let (status, took) = timed(svc.clone()).await;
+            assert_eq!(
+                (status, took),
+                (StatusCode::SERVICE_UNAVAILABLE, crate::DEFAULT_TIMEOUT)
+            );
+        }
+        // ...then the breaker is open: the fail mode answers at once.
+        let (status, took) = timed(svc.clone()).await;
+        assert_eq!(
+            (status, took),
+            (StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO)
+        );
+        // After the probe interval one request probes the store (and waits), the others don't.
+        tokio::time::advance(Duration::from_millis(crate::breaker::PROBE_EVERY_MS)).await;
+        let probe = tokio::spawn(timed(svc.clone()));
+        tokio::task::yield_now().await;
+        let (_, took) = timed(svc.clone()).await;
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(probe.await.unwrap().1, crate::DEFAULT_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_in_flight_are_bounded() {
+        let svc = layer()
+            .store(Hanging)
+            .max_in_flight(2)
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default());
+        let waiting: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(svc.clone().oneshot(request("/"))))
+            .collect();
+        tokio::task::yield_now().await;
+        // Two calls wait for the store; a third is not sent and fails open at once.
+        let start = tokio::time::Instant::now();
+        let response = svc.clone().oneshot(request("/")).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(body(response).await, "inner");
+        for call in waiting {
+            assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(start.elapsed(), crate::DEFAULT_TIMEOUT);
     }
 
     /// Collects what `tracing` writes.

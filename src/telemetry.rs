@@ -5,10 +5,11 @@
 //! |---|---|---|
 //! | `tollgate_decisions_total` | counter | `policy`, `outcome`: `allowed`, `limited`, `shadow_limited`, `bypassed`, `missing_identity` |
 //! | `tollgate_near_limit_total` | counter | `policy`: an allowed decision that left 20% of the capacity or less |
-//! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `script`, `other` |
-//! | `tollgate_fail_mode_total` | counter | `mode`: `open`, `closed`: a request the fail mode decided |
+//! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `script`, `other`; and requests that did not ask the store: `overloaded`, `circuit_open` |
+//! | `tollgate_fail_mode_total` | counter | `mode`: `open`, `closed`, `local`: a request the fail mode decided |
 //! | `tollgate_store_duration_seconds` | histogram | calls to a remote store (Redis), answered or not |
 //! | `tollgate_deny_cache_hits_total` | counter | requests denied by the local deny cache, without a store call |
+//! | `tollgate_store_in_flight` | gauge | calls to a remote store under way |
 //!
 //! Label values are bounded: policy names come from the configuration (a rule's name, or
 //! `default`) and the rest are fixed words; never a client, an address or a path. Install the
@@ -24,7 +25,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::StoreError;
+use crate::{FailMode, StoreError};
 
 /// `tollgate_decisions_total{policy, outcome}`.
 pub const DECISIONS_TOTAL: &str = "tollgate_decisions_total";
@@ -39,6 +40,8 @@ pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 
 /// `tollgate_deny_cache_hits_total`.
 pub const DENY_CACHE_HITS_TOTAL: &str = "tollgate_deny_cache_hits_total";
+/// `tollgate_store_in_flight`.
+pub const STORE_IN_FLIGHT: &str = "tollgate_store_in_flight";
 
 /// Every metric name the crate exports.
 pub const METRIC_NAMES: &[&str] = &[
@@ -48,6 +51,7 @@ pub const METRIC_NAMES: &[&str] = &[
     FAIL_MODE_TOTAL,
     STORE_DURATION_SECONDS,
     DENY_CACHE_HITS_TOTAL,
+    STORE_IN_FLIGHT,
 ];
 
 /// The outcome of a request the layer saw, as the `outcome` label says it.
@@ -104,9 +108,9 @@ struct PolicyMetrics {
 #[cfg(feature = "metrics")]
 #[derive(Debug)]
 struct StoreMetrics {
-    errors: [metrics::Counter; 4],
-    fail_open: metrics::Counter,
-    fail_closed: metrics::Counter,
+    errors: [metrics::Counter; StoreError::KINDS.len()],
+    fail_modes: [metrics::Counter; 3],
+    in_flight: metrics::Gauge,
     duration: metrics::Histogram,
     deny_cache_hits: metrics::Counter,
 }
@@ -143,8 +147,9 @@ impl Telemetry {
         self.store.get_or_init(|| StoreMetrics {
             errors: StoreError::KINDS
                 .map(|kind| metrics::counter!(STORE_ERRORS_TOTAL, "kind" => kind)),
-            fail_open: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "open"),
-            fail_closed: metrics::counter!(FAIL_MODE_TOTAL, "mode" => "closed"),
+            fail_modes: FailMode::ALL
+                .map(|mode| metrics::counter!(FAIL_MODE_TOTAL, "mode" => mode.as_str())),
+            in_flight: metrics::gauge!(STORE_IN_FLIGHT),
             duration: metrics::histogram!(STORE_DURATION_SECONDS),
             deny_cache_hits: metrics::counter!(DENY_CACHE_HITS_TOTAL),
         })
@@ -176,18 +181,22 @@ impl Telemetry {
         self.store().deny_cache_hits.increment(1);
     }
 
-    /// A store failure, and whether the fail mode forwarded the request.
-    pub(crate) fn store_failed(&self, error: &StoreError, forwarded: bool) {
-        let _ = (error, forwarded);
+    /// A store failure (or a request that did not ask it), and the fail mode that decided the
+    /// request.
+    pub(crate) fn store_failed(&self, error: &StoreError, mode: FailMode) {
+        let _ = (error, mode);
         #[cfg(feature = "metrics")]
         {
             let store = self.store();
             store.errors[error.kind_index()].increment(1);
-            if forwarded {
-                store.fail_open.increment(1);
-            } else {
-                store.fail_closed.increment(1);
-            }
+            store.fail_modes[mode as usize].increment(1);
         }
+    }
+
+    /// Calls to a remote store under way now.
+    pub(crate) fn in_flight(&self, calls: usize) {
+        let _ = calls;
+        #[cfg(feature = "metrics")]
+        self.store().in_flight.set(calls as f64);
     }
 }

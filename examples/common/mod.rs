@@ -12,12 +12,14 @@ use tollgate::{
     Builder, Decision, FailMode, Limit, MemoryStore, RateLimitLayer, RedisStore, Store, StoreError,
 };
 
-/// What every example reads from the environment: the store (`REDIS_URL`), the store timeout
-/// (`STORE_TIMEOUT_MS`) and the fail mode (`FAIL_MODE`).
+/// What every example reads from the environment: the store (`REDIS_URL`, `REDIS_MODE`,
+/// `REDIS_SENTINEL_MASTER`), the store timeout (`STORE_TIMEOUT_MS`) and the fail mode
+/// (`FAIL_MODE`, `LOCAL_SHARE`).
 pub struct Env {
     pub store: AnyStore,
     pub timeout: Duration,
     pub fail_mode: FailMode,
+    pub local_share: f64,
 }
 
 impl Env {
@@ -25,6 +27,7 @@ impl Env {
         Ok(Self {
             timeout: store_timeout_from_env()?,
             fail_mode: fail_mode_from_env()?,
+            local_share: local_share_from_env()?,
             store: store_from_env().await?,
         })
     }
@@ -35,6 +38,7 @@ impl Env {
             .store(self.store.clone())
             .timeout(self.timeout)
             .fail_mode(self.fail_mode)
+            .local_share(self.local_share)
     }
 }
 
@@ -56,15 +60,35 @@ impl Store for AnyStore {
     }
 }
 
-/// `REDIS_URL` set: Redis (connected and the script loaded now if it answers within 2 s, else
-/// later); unset: memory. Says which on stdout.
+/// `REDIS_URL` set: Redis (connected and the scripts loaded now if it answers within 2 s, else
+/// later); unset: memory. `REDIS_MODE` says how to read `REDIS_URL`: `single` (the default, one
+/// URL), `cluster` (some of the cluster's nodes, separated by commas) or `sentinel` (the
+/// sentinels, separated by commas, with the master's name in `REDIS_SENTINEL_MASTER`). Says
+/// which on stdout.
 pub async fn store_from_env() -> Result<AnyStore, String> {
     let Ok(url) = std::env::var("REDIS_URL") else {
         println!("store: in memory (REDIS_URL is unset); limits are per instance");
         return Ok(AnyStore::Memory(MemoryStore::new()));
     };
-    let store = RedisStore::open(&url).map_err(|e| format!("REDIS_URL: {e}"))?;
-    println!("store: Redis at {url}; limits are shared by every instance using it");
+    let urls = || url.split(',').map(str::trim).filter(|u| !u.is_empty());
+    let mode = std::env::var("REDIS_MODE").unwrap_or_else(|_| "single".to_owned());
+    let store = match mode.as_str() {
+        "single" => RedisStore::open(&url).map_err(|e| format!("REDIS_URL: {e}"))?,
+        "cluster" => RedisStore::open_cluster(urls()).map_err(|e| format!("REDIS_URL: {e}"))?,
+        "sentinel" => {
+            let master = std::env::var("REDIS_SENTINEL_MASTER").map_err(|_| {
+                "REDIS_SENTINEL_MASTER: required with REDIS_MODE=sentinel (the master's name)"
+                    .to_owned()
+            })?;
+            RedisStore::open_sentinel(urls(), &master).map_err(|e| format!("REDIS_URL: {e}"))?
+        }
+        other => {
+            return Err(format!(
+                "REDIS_MODE: {other:?} is invalid: must be \"single\", \"cluster\" or \"sentinel\""
+            ));
+        }
+    };
+    println!("store: Redis ({mode}) at {url}; limits are shared by every instance using it");
     match tokio::time::timeout(Duration::from_secs(2), store.load_script()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "Redis is not ready; starting anyway"),
@@ -73,11 +97,22 @@ pub async fn store_from_env() -> Result<AnyStore, String> {
     Ok(AnyStore::Redis(store))
 }
 
-/// `FAIL_MODE`: `open` (default) or `closed`.
+/// `FAIL_MODE`: `open` (default), `closed` or `local`.
 pub fn fail_mode_from_env() -> Result<FailMode, String> {
     match std::env::var("FAIL_MODE") {
         Ok(mode) => mode.parse().map_err(|e| format!("FAIL_MODE: {e}")),
         Err(_) => Ok(FailMode::Open),
+    }
+}
+
+/// `LOCAL_SHARE`: the share of each limit this instance admits on its own with
+/// `FAIL_MODE=local` (default 1; 0.5 for two instances).
+pub fn local_share_from_env() -> Result<f64, String> {
+    match std::env::var("LOCAL_SHARE") {
+        Ok(share) => share
+            .parse()
+            .map_err(|e| format!("LOCAL_SHARE: {share:?} is not a number: {e}")),
+        Err(_) => Ok(1.0),
     }
 }
 

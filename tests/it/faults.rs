@@ -1,4 +1,4 @@
-//! Redis killed, hung, restarted empty, flushed, and absent at start, in both fail modes:
+//! Redis killed, hung, restarted empty, flushed, and absent at start, in the three fail modes:
 //! each request answers within the timeout as the fail mode says, and limiting resumes.
 
 use std::time::{Duration, Instant};
@@ -28,6 +28,9 @@ async fn server(url: &str, fail_mode: FailMode) -> TestServer {
         .period(Duration::from_secs(100))
         .timeout(TIMEOUT)
         .fail_mode(fail_mode)
+        // With FailMode::Local: one unit of the ten, so a local decision (r=0, or 429) is told
+        // apart from Redis's (r ≥ 1 for a bucket with units left).
+        .local_share(0.1)
         .build()
         .unwrap();
     TestServer::start(
@@ -38,8 +41,28 @@ async fn server(url: &str, fail_mode: FailMode) -> TestServer {
     .await
 }
 
-fn assert_fail_mode(reply: &Reply, fail_mode: FailMode) {
+/// Whether Redis decided a request: it carries `RateLimit` (and, with the local fail mode,
+/// units left that the local share of one unit never shows).
+pub fn decided_by_redis(reply: &Reply, fail_mode: FailMode) -> bool {
+    match (reply.header("ratelimit"), fail_mode) {
+        (Some(field), FailMode::Local) => !field.contains(";r=0"),
+        (field, _) => field.is_some(),
+    }
+}
+
+pub fn assert_fail_mode(reply: &Reply, fail_mode: FailMode) {
     assert!(reply.latency < BOUND, "took {:?}", reply.latency);
+    if fail_mode == FailMode::Local {
+        // Decided in process against one unit of the ten: the first passes, then 429s.
+        match reply.status.as_u16() {
+            200 => assert_eq!(reply.body, "ok"),
+            429 => assert!(reply.header("retry-after").is_some(), "{reply:?}"),
+            _ => panic!("{reply:?}"),
+        }
+        let field = reply.header("ratelimit").unwrap_or_default();
+        assert!(field.starts_with("\"default\";r=0;t="), "{reply:?}");
+        return;
+    }
     assert_eq!(reply.header("ratelimit"), None, "{reply:?}");
     match fail_mode {
         FailMode::Open => {
@@ -64,7 +87,7 @@ async fn until_limiting(client: &HttpClient, server: &TestServer, fail_mode: Fai
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let reply = client.get(server.addr, "/", Some(b"k")).await;
-        if reply.header("ratelimit").is_some() {
+        if decided_by_redis(&reply, fail_mode) {
             assert_eq!(reply.status, 200, "{reply:?}");
             return reply;
         }
@@ -124,6 +147,11 @@ async fn fail_open_survives_faults() {
 #[tokio::test]
 async fn fail_closed_survives_faults() {
     survives_faults(FailMode::Closed).await;
+}
+
+#[tokio::test]
+async fn fail_local_survives_faults() {
+    survives_faults(FailMode::Local).await;
 }
 
 /// A service starts while Redis is down, follows its fail mode, and limits once Redis is up.

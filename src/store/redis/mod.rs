@@ -1,0 +1,289 @@
+//! [`RedisStore`]: buckets in Redis (one server, a Redis Cluster, or a primary behind
+//! sentinels), one Lua script call per decision.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, ServerErrorKind};
+
+use crate::{Decision, Limit, StoreError};
+
+use super::Store;
+
+mod connection;
+mod scripts;
+
+use connection::{Conn, Link, Opener};
+pub use scripts::{MIXED_SCRIPT, script_for, script_source};
+
+/// Buckets in Redis, shared by every instance that points at the same server, cluster or
+/// sentinel-managed primary.
+///
+/// Each decision is one `EVALSHA` of a Lua script over the buckets of the request's limits
+/// (one key per limit, all in one Redis Cluster slot): the script of their
+/// [algorithm](crate::algorithm), or, when they use different ones, a script with all four
+/// ([`script_for`]). It reads the buckets, decides with the Redis clock (`TIME`, so instances
+/// with skewed clocks agree), and writes only when every limit allows, each key with a TTL
+/// that ends when nothing in it counts any more, so idle buckets vanish. The scripts' SHA1s
+/// are computed once per process; when Redis answers `NOSCRIPT` (restarted, `SCRIPT FLUSH`,
+/// failed over to a replica that never saw the script) the same call is sent again as `EVAL`
+/// with the script's text, which runs it and leaves it cached on that server.
+///
+/// # Deployments
+///
+/// - One server: [`RedisStore::open`] (`redis://`, `rediss://`, `redis+unix://`).
+/// - Redis Cluster: [`RedisStore::open_cluster`] with some of its nodes. Each decision goes to
+///   the primary of its keys' slot (they share one: the key's hash tag); `MOVED` redirections
+///   and failovers are followed by redis-rs, which refreshes its slot map.
+/// - A primary managed by Redis Sentinel: [`RedisStore::open_sentinel`] with the sentinels and
+///   the master's name. The store asks the sentinels for the primary at start, and again when
+///   calls keep failing (the primary died, or was demoted and refuses writes): it follows a
+///   failover without a restart.
+///
+/// # Connections
+///
+/// The connection is shared by all clones of the store, and concurrent decisions are
+/// pipelined on it. It is re-established in the background when it breaks. A connection can
+/// also go silent without breaking (a network black hole, a proxy that stopped forwarding, a
+/// failover that moved the address): after three calls in a row fail or are abandoned by the
+/// layer's timeout, the store opens a new connection (or asks the sentinels again), at most
+/// once a second. The constructors do not wait for Redis: a service starts even while Redis is
+/// down and follows its fail mode until Redis answers; [`RedisStore::load_script`] connects and
+/// loads the scripts ahead of the first request.
+///
+/// # Abandoned calls
+///
+/// The layer gives up on a decision after its timeout, but the command may already be on its
+/// way: Redis may still run it and take a unit for a request that was failed open or closed.
+#[derive(Clone)]
+pub struct RedisStore {
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("deployment", &self.link.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store for the Redis server at `url` (`redis://host:port/db`, `rediss://…`,
+    /// `redis+unix:///path`), with [`RedisStore::default_config`].
+    ///
+    /// Returns at once; the connection is made on first use and remade after failures.
+    ///
+    /// # Errors
+    ///
+    /// When the URL cannot be parsed. Must be called inside a Tokio runtime.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::with_config(redis::Client::open(url)?, Self::default_config())
+    }
+
+    /// A store over `client` with connection managers configured by `config`.
+    ///
+    /// # Errors
+    ///
+    /// When redis-rs refuses the configuration. Must be called inside a Tokio runtime.
+    pub fn with_config(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    ) -> Result<Self, StoreError> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Self::new(
+            Some(Conn::Single(conn)),
+            Opener::Single { client, config },
+        ))
+    }
+
+    /// A store over an existing connection manager. It cannot open a new connection when this
+    /// one goes silent; prefer [`RedisStore::with_config`].
+    pub fn from_connection(conn: ConnectionManager) -> Self {
+        Self::new(Some(Conn::Single(conn)), Opener::Fixed)
+    }
+
+    /// A store over the Redis Cluster that `nodes` belong to (`redis://host:port` of some of
+    /// its nodes; the others are discovered).
+    ///
+    /// Returns at once; connections are made on first use. Connection and command timeouts
+    /// are 1 s (the layer's own, shorter timeout bounds each request).
+    ///
+    /// # Errors
+    ///
+    /// When a node address cannot be parsed or the list is empty. Must be called inside a
+    /// Tokio runtime.
+    #[cfg(feature = "cluster")]
+    pub fn open_cluster<I, T>(nodes: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = T>,
+        T: redis::IntoConnectionInfo,
+    {
+        let client = redis::cluster::ClusterClient::builder(nodes)
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1))
+            .retries(3)
+            .build()?;
+        Ok(Self::from_cluster(client))
+    }
+
+    /// A store over a cluster client you configured (TLS, passwords, read routing, retries).
+    #[cfg(feature = "cluster")]
+    pub fn from_cluster(client: redis::cluster::ClusterClient) -> Self {
+        let conn = client.get_pending_async_connection_with_config(connection::cluster_config());
+        Self::new(Some(Conn::Cluster(conn)), Opener::Cluster { client })
+    }
+
+    /// A store over the primary that the sentinels at `sentinels` (`redis://host:port` of
+    /// each) name for `master_name`, with [`RedisStore::default_config`].
+    ///
+    /// Returns at once and asks the sentinels in the background; until they name a reachable
+    /// primary, decisions fail (and the fail mode applies).
+    ///
+    /// # Errors
+    ///
+    /// When a sentinel address cannot be parsed or the list is empty. Must be called inside a
+    /// Tokio runtime.
+    #[cfg(feature = "sentinel")]
+    pub fn open_sentinel<I, T>(sentinels: I, master_name: &str) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = T>,
+        T: redis::IntoConnectionInfo,
+    {
+        let client = redis::sentinel::SentinelClient::build(
+            sentinels.into_iter().collect(),
+            master_name.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )?;
+        Ok(Self::from_sentinel(client, Self::default_config()))
+    }
+
+    /// A store over a sentinel client you configured (the primary's database, password or
+    /// TLS), with connection managers configured by `config`. The client must look for the
+    /// master ([`SentinelServerType::Master`](redis::sentinel::SentinelServerType::Master)).
+    #[cfg(feature = "sentinel")]
+    pub fn from_sentinel(
+        client: redis::sentinel::SentinelClient,
+        config: ConnectionManagerConfig,
+    ) -> Self {
+        Self::new(
+            None,
+            Opener::Sentinel {
+                sentinels: tokio::sync::Mutex::new(client),
+                config,
+            },
+        )
+    }
+
+    fn new(conn: Option<Conn>, opener: Opener) -> Self {
+        Self {
+            link: Link::new(conn, opener),
+        }
+    }
+
+    /// The connection manager settings [`RedisStore::open`] uses.
+    ///
+    /// Reconnection starts 10 ms after a failure and backs off to at most 500 ms, five tries
+    /// per failure; a connection attempt gives up after 1 s and a command after 1 s. The
+    /// layer's own, shorter timeout bounds each request.
+    pub fn default_config() -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(5)
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+    }
+
+    /// Connects and loads the scripts now (on every primary of a cluster), so the first
+    /// requests do not wait for either.
+    ///
+    /// Optional: a call whose script Redis does not have sends it along anyway (`EVAL`).
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached or refuses a script.
+    pub async fn load_script(&self) -> Result<(), StoreError> {
+        let Some(mut conn) = self.link.connection() else {
+            return Err(no_primary().into());
+        };
+        for script in scripts::all() {
+            conn.query(redis::cmd("SCRIPT").arg("LOAD").arg(script))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The error of a call made before the sentinels named a primary.
+fn no_primary() -> redis::RedisError {
+    redis::RedisError::from((
+        ErrorKind::Io,
+        "no Redis primary known yet: asking the sentinels",
+    ))
+}
+
+/// Reports a call that is dropped before it finished (the layer's timeout) as a failure.
+struct Call {
+    link: Arc<Link>,
+    finished: bool,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.link.failed();
+        }
+    }
+}
+
+/// The future of one Redis decision.
+pub type RedisDecision = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+impl Store for RedisStore {
+    type Future = RedisDecision;
+
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
+        let conn = self.link.connection();
+        let mut call = Call {
+            link: Arc::clone(&self.link),
+            finished: false,
+        };
+        let cost = cost.max(1);
+        let script = script_for(limits);
+        let evalsha = scripts::command("EVALSHA", script.get_hash(), key, limits, cost);
+        let limits = Arc::clone(limits);
+        let key = key.to_owned();
+        Box::pin(async move {
+            let reply = match conn {
+                Some(mut conn) => match conn.query(&evalsha).await {
+                    // Redis forgot the script (restart, SCRIPT FLUSH, failover): send it.
+                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        let text = scripts::script_text(script);
+                        let eval = scripts::command("EVAL", text, &key, &limits, cost);
+                        conn.query(&eval).await
+                    }
+                    reply => reply,
+                },
+                None => Err(no_primary()),
+            };
+            call.finished = true;
+            let reply = match reply {
+                Ok(reply) => {
+                    call.link.succeeded();
+                    reply
+                }
+                Err(error) => {
+                    call.link.failed();
+                    return Err(error.into());
+                }
+            };
+            scripts::parse_reply(&reply, &limits, cost)
+                .ok_or_else(|| StoreError::Reply(format!("{reply:?}")))
+        })
+    }
+}
