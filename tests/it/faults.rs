@@ -21,6 +21,12 @@ async fn server(url: &str, fail_mode: FailMode) -> TestServer {
     let store = RedisStore::with_config(client, config).unwrap();
     // Best effort: connect and load the script before the first request.
     let _ = tokio::time::timeout(Duration::from_secs(2), store.load_script()).await;
+    server_with(store, fail_mode).await
+}
+
+/// `GET /` answering `ok`, limited to 10 per client (one back every 10 s) in `store`, with a
+/// short timeout and `fail_mode`.
+pub async fn server_with(store: RedisStore, fail_mode: FailMode) -> TestServer {
     let layer = RateLimitLayer::builder()
         .store(store)
         .capacity(10)
@@ -83,7 +89,11 @@ pub fn assert_fail_mode(reply: &Reply, fail_mode: FailMode) {
 }
 
 /// Sends requests until one is decided by Redis again (it carries `RateLimit`); returns it.
-async fn until_limiting(client: &HttpClient, server: &TestServer, fail_mode: FailMode) -> Reply {
+pub async fn until_limiting(
+    client: &HttpClient,
+    server: &TestServer,
+    fail_mode: FailMode,
+) -> Reply {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let reply = client.get(server.addr, "/", Some(b"k")).await;

@@ -2,9 +2,13 @@
 //! HTTP servers and a real HTTP client. One test binary; each concern in its own module.
 
 mod algorithms;
+mod cluster;
 mod contract;
 mod examples;
 mod faults;
 mod harness;
+mod loadtest;
+mod nodes;
 mod observability;
 mod redis_store;
+mod sentinel;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::{Router, routing::get};
 use tollgate::store::script_for;
-use tollgate::{Limit, RateLimitLayer, RedisStore, Store};
+use tollgate::{Limit, Policies, RateLimitLayer, RedisStore, Store};
 
 use crate::harness::{HttpClient, RedisServer, TestServer};
 
@@ -88,13 +88,18 @@ async fn two_instances(
     refill: u64,
     period: Duration,
 ) -> [TestServer; 2] {
+    let limit = Limit::new("default", capacity, refill, period).unwrap();
+    let stores = [(); 2].map(|_| RedisStore::open(&redis.url()).unwrap());
+    instances(stores, Policies::single(limit)).await
+}
+
+/// Two instances serving `GET /hot` under `policies`, each with its own store.
+pub async fn instances(stores: [RedisStore; 2], policies: Policies) -> [TestServer; 2] {
     let mut servers = Vec::new();
-    for _ in 0..2 {
+    for store in stores {
         let layer = RateLimitLayer::builder()
-            .store(RedisStore::open(&redis.url()).unwrap())
-            .capacity(capacity)
-            .refill(refill)
-            .period(period)
+            .store(store)
+            .policies(policies.clone())
             // Generous: this test is about counting, not about failing open.
             .timeout(Duration::from_secs(5))
             .build()
@@ -107,9 +112,11 @@ async fn two_instances(
     servers.try_into().ok().unwrap()
 }
 
-/// Counts replies: (allowed, limited); anything else fails the test.
-async fn hammer(
+/// `tasks` tasks each send up to `per_task` requests for client `key`, alternating between the
+/// instances, until `until`; counts replies: (allowed, limited); anything else fails the test.
+pub async fn hammer(
     servers: &[TestServer; 2],
+    key: &'static [u8],
     tasks: usize,
     per_task: usize,
     until: Option<Instant>,
@@ -126,9 +133,7 @@ async fn hammer(
                 if until.is_some_and(|u| Instant::now() >= u) {
                     break;
                 }
-                let reply = client
-                    .get(addrs[(t + i) % 2], "/hot", Some(b"hot-key"))
-                    .await;
+                let reply = client.get(addrs[(t + i) % 2], "/hot", Some(key)).await;
                 match reply.status.as_u16() {
                     200 => allowed.fetch_add(1, Ordering::Relaxed),
                     429 => limited.fetch_add(1, Ordering::Relaxed),
@@ -152,7 +157,7 @@ async fn hammer(
 async fn two_instances_admit_exactly_the_capacity() {
     let redis = RedisServer::start();
     let servers = two_instances(&redis, 100, 1, Duration::from_secs(3600)).await;
-    let (allowed, limited) = hammer(&servers, 128, 4, None).await;
+    let (allowed, limited) = hammer(&servers, b"hot-key", 128, 4, None).await;
     assert_eq!((allowed, limited), (100, 412));
 }
 
@@ -166,6 +171,7 @@ async fn two_instances_admit_capacity_plus_refill() {
     let start = Instant::now();
     let (allowed, limited) = hammer(
         &servers,
+        b"hot-key",
         64,
         10_000,
         Some(start + Duration::from_millis(1500)),

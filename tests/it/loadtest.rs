@@ -1,0 +1,193 @@
+//! The `loadtest` example as a user runs it, against the example `server` (in memory: 10 at
+//! once per API key and endpoint, 10 more per 10 s): its counts add up and respect the limit,
+//! `--check-limit` catches a limit the server does not keep, and bad arguments stop it before
+//! it sends anything.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::examples::Instance;
+
+/// `cargo test` builds the examples next to the test binaries.
+fn loadtest_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("loadtest");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Runs loadtest with `args`, killing it and failing the test if it runs past `limit`.
+async fn loadtest(args: &[&str], limit: Duration) -> Output {
+    let child = tokio::process::Command::new(loadtest_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("loadtest {args:?} ran past {limit:?}"))
+        .unwrap()
+}
+
+/// Stdout's one line, parsed.
+fn report(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line on stdout: {stdout}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {}", lines[0]))
+}
+
+fn count(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is no count: {report}"))
+}
+
+#[tokio::test]
+async fn counts_add_up_and_keep_within_the_servers_limit() {
+    let server = Instance::start(&[]);
+    let url = format!("http://{}/hello", server.addr);
+    let args = [
+        "--url",
+        &url,
+        "--clients",
+        "8",
+        "--duration",
+        "2s",
+        "--keys",
+        "5",
+        "--check-limit",
+        "10/10",
+    ];
+    let output = loadtest(&args, Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let r = report(&output);
+    let [requests, allowed, limited, unlimited, unavailable, errors] = [
+        "requests",
+        "allowed",
+        "limited",
+        "unlimited",
+        "unavailable",
+        "errors",
+    ]
+    .map(|field| count(&r, field));
+    assert!(requests > 0, "{r}");
+    assert_eq!(
+        requests,
+        allowed + limited + unlimited + unavailable + errors,
+        "{r}"
+    );
+    let elapsed = r["elapsed_s"].as_f64().unwrap();
+    assert!((2.0..7.5).contains(&elapsed), "{r}");
+    // Five keys, each a full bucket of 10 and one token back per second.
+    assert!(allowed >= 50, "{r}");
+    assert!(
+        allowed as f64 <= 5.0 * (10.0 + 10.0 * elapsed / 10.0),
+        "{r}"
+    );
+    assert!(limited > 0, "{r}");
+    assert_eq!((errors, unlimited, unavailable), (0, 0, 0), "{r}");
+    assert_eq!(count(&r, "keys_over_limit"), 0, "{r}");
+    let rps = r["rps"].as_f64().unwrap();
+    // elapsed_s is rounded to the millisecond.
+    assert!((rps * elapsed / requests as f64 - 1.0).abs() < 0.01, "{r}");
+    let (p50, p99) = (r["p50_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= 5000.0, "{r}");
+    // A progress line each second, on stderr.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("t=") && l.contains("s requests=") && l.contains(" rps=")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_limit_stricter_than_the_servers_fails_the_check() {
+    let server = Instance::start(&[]);
+    let url = format!("http://{}/hello", server.addr);
+    let args = [
+        "--url",
+        &url,
+        "--clients",
+        "8",
+        "--duration",
+        "1s",
+        "--keys",
+        "5",
+        "--check-limit",
+        "1/1000",
+    ];
+    let output = loadtest(&args, Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // Every key got its full bucket of 10, over 1 + 1·elapsed/1000.
+    let r = report(&output);
+    assert_eq!(count(&r, "keys_over_limit"), 5, "{r}");
+    assert!(count(&r, "allowed") >= 50, "{r}");
+    for key in 0..5 {
+        let named = format!("key-{key} was allowed ");
+        assert!(stderr.contains(&named), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_exit_2_before_sending_and_say_why() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--url", "http://192.0.2.1/"], &["192.0.2.1", "loopback"]),
+        (
+            &["--url", "https://127.0.0.1/"],
+            &["https://127.0.0.1/", "http://"],
+        ),
+        (
+            &["--url", "http://example.com/"],
+            &["example.com", "loopback"],
+        ),
+        (
+            &["--url", "http://127.0.0.1:1/", "--clients", "0"],
+            &["--clients", "\"0\""],
+        ),
+        (
+            &["--url", "http://127.0.0.1:1/", "--duration", "11m"],
+            &["--duration"],
+        ),
+        (
+            &["--url", "http://127.0.0.1:1/", "--check-limit", "10"],
+            &["--check-limit"],
+        ),
+        (&["--clients", "4"], &["--url is required"]),
+        (&["--url", "http://127.0.0.1:1/", "--bogus"], &["--bogus"]),
+    ];
+    for (args, says) in cases {
+        let started = Instant::now();
+        let output = loadtest(args, Duration::from_secs(10)).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(output.stdout.is_empty(), "{args:?}");
+        for word in *says {
+            assert!(stderr.contains(word), "{args:?}: {word:?} not in {stderr}");
+        }
+    }
+}
