@@ -9,6 +9,7 @@ use tollgate::store::{bucket_key, script_for};
 use tollgate::{FailMode, Limit, Policies, RedisStore};
 
 use crate::algorithms::away_from_window_edges;
+use crate::examples::Instance;
 use crate::faults::{assert_fail_mode, decided_by_redis, server_with, until_limiting};
 use crate::harness::{HttpClient, TestServer};
 use crate::nodes::RedisCluster;
@@ -88,6 +89,20 @@ async fn two_instances_on_a_cluster_admit_exactly_the_capacity() {
     let spread = cluster.keys_per_primary();
     assert_eq!(spread.len(), 3, "{spread:?}");
     assert!(spread.iter().all(|&(_, keys)| keys >= 50), "{spread:?}");
+
+    // The example server, as a user runs it: REDIS_MODE=cluster, REDIS_URL listing the nodes.
+    // Two instances share its limit of 10.
+    let urls = cluster.urls().join(",");
+    let env = [("REDIS_MODE", "cluster"), ("REDIS_URL", urls.as_str())];
+    let examples = [Instance::start(&env), Instance::start(&env)];
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let reply = http
+            .get(examples[i % 2].addr, "/hello", Some(b"alice"))
+            .await;
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(statuses, [[200; 10].as_slice(), &[429, 429]].concat());
 }
 
 /// A primary is killed: while its replica is promoted, each instance follows its fail mode

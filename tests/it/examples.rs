@@ -155,18 +155,42 @@ async fn without_redis_limits_are_per_instance() {
 }
 
 #[test]
-fn a_bad_fail_mode_exits_non_zero_naming_it() {
-    let output = Command::new(binary("server"))
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("FAIL_MODE", "sideways")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("FAIL_MODE") && stderr.contains("sideways"),
-        "{stderr}"
-    );
+fn bad_settings_exit_non_zero_naming_them() {
+    let cases: &[(&[(&str, &str)], &[&str])] = &[
+        (&[("FAIL_MODE", "sideways")], &["FAIL_MODE", "sideways"]),
+        (
+            &[("FAIL_MODE", "local"), ("LOCAL_SHARE", "2")],
+            &["local_share", "2"],
+        ),
+        (&[("LOCAL_SHARE", "half")], &["LOCAL_SHARE", "half"]),
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1/"),
+                ("REDIS_MODE", "ring"),
+            ],
+            &["REDIS_MODE", "ring"],
+        ),
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1/"),
+                ("REDIS_MODE", "sentinel"),
+            ],
+            &["REDIS_SENTINEL_MASTER"],
+        ),
+    ];
+    for (env, words) in cases {
+        let output = Command::new(binary("server"))
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env_remove("REDIS_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for word in *words {
+            assert!(stderr.contains(word), "{env:?}: {stderr}");
+        }
+    }
 }
 
 fn manifest(path: &str) -> String {

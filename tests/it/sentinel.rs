@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tollgate::{FailMode, RedisStore};
 
 use crate::cluster::follow_failover;
+use crate::examples::Instance;
 use crate::faults::{server_with, until_limiting};
 use crate::harness::{HttpClient, TestServer};
 use crate::nodes::Sentinels;
@@ -42,6 +43,23 @@ async fn follow_all(servers: &[TestServer], since: Instant) -> [usize; 3] {
 async fn a_killed_primary_is_followed_in_every_fail_mode() {
     let mut sentinels = Sentinels::start("tollgate");
     let servers = servers(&sentinels).await;
+    // The example server, as a user runs it, finds the primary through the sentinels.
+    let urls = sentinels.sentinel_urls().join(",");
+    let example = Instance::start(&[
+        ("REDIS_MODE", "sentinel"),
+        ("REDIS_URL", urls.as_str()),
+        ("REDIS_SENTINEL_MASTER", sentinels.master_name()),
+    ]);
+    let http = HttpClient::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = http.get(example.addr, "/hello", Some(b"alice")).await;
+        if reply.header("ratelimit") == Some("\"default\";r=9") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let old = sentinels.master_port();
     sentinels.kill(old);
     let killed = Instant::now();
