@@ -129,4 +129,183 @@ mod tests {
             assert!(err.message().contains("x-ratelimit-cost"), "{err}");
         }
     }
+
+    /// Sends `request` through a layer of capacity 3 per minute that reads the cost header,
+    /// and returns the status, the named headers (`""` when absent) and the body.
+    async fn answer(request: http::Request<()>) -> (http::StatusCode, Vec<String>, String) {
+        use http_body_util::BodyExt as _;
+        use tower::{Layer as _, ServiceExt as _};
+        let layer = crate::RateLimitLayer::builder()
+            .capacity(3)
+            .period(std::time::Duration::from_secs(60))
+            .cost_extractor(HeaderCost::default())
+            .build()
+            .unwrap();
+        let inner = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
+                bytes::Bytes,
+            >::from("inner")))
+        });
+        let response = layer.layer(inner).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = [
+            "content-type",
+            "retry-after",
+            "ratelimit-policy",
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+        ]
+        .iter()
+        .map(|name| {
+            response
+                .headers()
+                .get(*name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn costing(cost: &str, grpc: bool) -> http::Request<()> {
+        let mut req = http::Request::post("/x")
+            .header("x-api-key", "k")
+            .header("x-ratelimit-cost", cost);
+        if grpc {
+            req = req.header("content-type", "application/grpc+proto");
+        }
+        req.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bad_cost_gets_a_400_and_a_cost_above_the_capacity_a_413() {
+        let (status, headers, body) = answer(costing("0", false)).await;
+        assert_eq!(status, http::StatusCode::BAD_REQUEST);
+        assert_eq!(headers[0], "application/json");
+        assert_eq!(headers[1], "", "no Retry-After");
+        assert_eq!(headers[2], r#""default";q=3;w=60"#);
+        assert_eq!(
+            body,
+            r#"{"error":"invalid x-ratelimit-cost header: must be a positive integer"}"#
+        );
+        let (status, headers, body) = answer(costing("5", false)).await;
+        assert_eq!(status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(headers[0], "application/json");
+        assert_eq!(headers[1], "", "no Retry-After: waiting cannot help");
+        assert_eq!(
+            body,
+            r#"{"allowed":false,"error":"this request costs 5 tokens but limit \"default\" holds at most 3: it can never pass"}"#
+        );
+        // Exactly the capacity passes.
+        let (status, _, body) = answer(costing(" 3 ", false)).await;
+        assert_eq!((status, body.as_str()), (http::StatusCode::OK, "inner"));
+    }
+
+    #[tokio::test]
+    async fn grpc_requests_get_invalid_argument_and_resource_exhausted_without_retry_info() {
+        let (status, headers, body) = answer(costing("-1", true)).await;
+        assert_eq!((status, body.as_str()), (http::StatusCode::OK, ""));
+        assert_eq!(headers[0], "application/grpc");
+        assert_eq!(headers[3], "3", "INVALID_ARGUMENT");
+        assert_eq!(headers[2], r#""default";q=3;w=60"#);
+        assert_eq!(
+            headers[4],
+            "invalid%20x-ratelimit-cost%20header:%20must%20be%20a%20positive%20integer"
+        );
+        let (status, headers, _) = answer(costing("5", true)).await;
+        assert_eq!(status, http::StatusCode::OK);
+        assert_eq!(headers[3], "8", "RESOURCE_EXHAUSTED");
+        assert!(
+            headers[4].starts_with("this%20request%20costs%205%20tokens"),
+            "{}",
+            headers[4]
+        );
+        assert_eq!(headers[5], "", "no RetryInfo: waiting cannot help");
+        assert_eq!(headers[1], "", "no Retry-After for gRPC");
+    }
+}
+
+/// Property tests: any cost header gives a positive cost or a clear `InvalidCost`, never 0.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        // No regression files written next to the sources.
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    const INVALID: &str = "invalid x-ratelimit-cost header: must be a positive integer";
+
+    fn parts(values: &[Vec<u8>]) -> Option<Parts> {
+        let mut req = http::Request::get("/");
+        for value in values {
+            req = req.header(
+                "x-ratelimit-cost",
+                http::HeaderValue::from_bytes(value).ok()?,
+            );
+        }
+        Some(req.body(()).ok()?.into_parts().0)
+    }
+
+    /// A header value: any bytes a header may hold, numbers and near-numbers, or huge.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        let byte = any::<u8>().prop_filter("a header value byte", |&b| {
+            b == b'\t' || (b >= 0x20 && b != 0x7f)
+        });
+        prop_oneof![
+            3 => prop::collection::vec(byte, 0..24),
+            3 => "[ \t]{0,2}[-+]?[0-9]{0,25}(\\.[0-9])?[ \t]{0,2}[a-z]{0,1}".prop_map(String::into_bytes),
+            1 => (0u8..10, 100..50_000usize).prop_map(|(d, n)| vec![b'0' + d; n]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_cost_header_gives_a_positive_cost_or_a_clear_400(
+            values in prop::collection::vec(value(), 0..3),
+        ) {
+            let p = parts(&values).unwrap();
+            match (HeaderCost::default().cost(&p), values.first()) {
+                (Ok(cost), None) => prop_assert_eq!(cost, 1),
+                (Ok(cost), Some(first)) => {
+                    prop_assert!(cost >= 1);
+                    // The number the first header line states, as written.
+                    let text = std::str::from_utf8(first).unwrap();
+                    let digits = text.trim().trim_start_matches('+').trim_start_matches('0');
+                    prop_assert_eq!(digits, cost.to_string());
+                }
+                (Err(e), first) => {
+                    prop_assert!(first.is_some());
+                    prop_assert_eq!(e.message(), INVALID);
+                }
+            }
+        }
+
+        #[test]
+        fn every_positive_integer_is_read_exactly(
+            cost in 1..=u64::MAX,
+            zeros in 0usize..3,
+            pad in "[ \t]{0,3}",
+        ) {
+            let value = format!("{pad}{}{cost}{pad}", "0".repeat(zeros)).into_bytes();
+            prop_assert_eq!(HeaderCost::default().cost(&parts(&[value]).unwrap()), Ok(cost));
+        }
+
+        #[test]
+        fn a_closure_cost_is_at_least_one(cost in prop_oneof![Just(0u64), any::<u64>()]) {
+            let p = parts(&[]).unwrap();
+            let extractor = move |_: &Parts| cost;
+            prop_assert_eq!(extractor.cost(&p), Ok(cost.max(1)));
+        }
+    }
 }

@@ -71,6 +71,12 @@ pub enum ConfigError {
         /// What the parser said.
         message: String,
     },
+    /// A policy file that cannot be read.
+    #[error("cannot read the file: {message}")]
+    Unreadable {
+        /// What the system said.
+        message: String,
+    },
     /// The bucket would take more than a century to fill from empty.
     #[error(
         "`capacity` = {capacity} at `refill` = {refill} per {period:?} takes more than 100 years to fill"

@@ -19,8 +19,8 @@
 //!
 //! Without a route template the path is normalized first, so that spellings a server usually
 //! treats as one resource share a bucket: repeated slashes are collapsed, a trailing slash is
-//! dropped, `.` and `..` segments are resolved, and percent-escapes of unreserved characters
-//! (`%41` for `A`) are decoded.
+//! dropped, `.` and `..` segments are resolved, percent-escapes of unreserved characters
+//! (`%41` for `A`) are decoded, and a `%` that starts no escape is written `%25`.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -101,7 +101,7 @@ pub(crate) fn request_path(parts: &Parts) -> Cow<'_, str> {
 }
 
 /// Collapses `//`, drops a trailing `/`, resolves `.` and `..`, and decodes percent-escapes of
-/// unreserved characters, so that usual aliases of one path share a bucket.
+/// unreserved characters, so that usual aliases of one path share a bucket. Idempotent.
 pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
     let clean = path.starts_with('/')
         && !path.contains('%')
@@ -134,7 +134,9 @@ pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
 }
 
 /// Decodes `%XX` escapes of unreserved characters (RFC 3986: letters, digits, `-._~`); other
-/// escapes are kept, with upper-case hex digits. Works on bytes: any input is safe.
+/// escapes are kept, with upper-case hex digits, and a `%` that starts no escape is written
+/// `%25`, so that a decoded digit never makes a new escape with it (normalizing `/%6%41` once
+/// more would otherwise turn `/%6A` into `/j`). Works on bytes: any input is safe.
 fn decode_unreserved(seg: &str) -> String {
     let bytes = seg.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -158,6 +160,10 @@ fn decode_unreserved(seg: &str) -> String {
                     out.extend(hex.iter().map(u8::to_ascii_uppercase));
                 }
                 i += 3;
+            }
+            None if bytes[i] == b'%' => {
+                out.extend_from_slice(b"%25");
+                i += 1;
             }
             None => {
                 out.push(bytes[i]);
@@ -336,13 +342,52 @@ mod tests {
             ("/%75sers/%31", "/users/1"),
             ("/a%2fb", "/a%2Fb"),
             ("/a%2Fb", "/a%2Fb"),
-            ("/bad%zz%", "/bad%zz%"),
-            ("/%", "/%"),
-            ("/%a\u{e9}", "/%a\u{e9}"),
+            ("/bad%zz%", "/bad%25zz%25"),
+            ("/%", "/%25"),
+            ("/%a\u{e9}", "/%25a\u{e9}"),
+            ("/%6%41", "/%256A"),
             ("/\u{e9}%41", "/\u{e9}A"),
         ] {
             assert_eq!(normalize_path(path), normal, "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn aliases_of_a_path_share_a_bucket_and_long_paths_are_limited() {
+        use tower::{Layer as _, ServiceExt as _};
+        let layer = crate::RateLimitLayer::builder()
+            .capacity(1)
+            .period(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        }));
+        let status = |path: String| {
+            let svc = svc.clone();
+            async move {
+                let request = http::Request::get(path)
+                    .header("x-api-key", "k")
+                    .body(())
+                    .unwrap();
+                svc.oneshot(request).await.unwrap().status().as_u16()
+            }
+        };
+        let long = format!("/{}", "x".repeat(20_000));
+        let mut got = Vec::new();
+        for path in [
+            "/users/1",
+            "//users/./1/",
+            "/a/../users/%31",
+            "/%75sers/1",
+            "/100%",
+            "/100%25",
+            &long,
+            &long,
+        ] {
+            got.push(status(path.to_owned()).await);
+        }
+        assert_eq!(got, [200, 429, 429, 429, 200, 429, 200, 429]);
     }
 
     #[test]
@@ -351,6 +396,302 @@ mod tests {
         for bad in ["", "a b", "a{b", &"p".repeat(65)] {
             let err = check_prefix(bad).unwrap_err().to_string();
             assert!(err.contains("key_prefix"), "{err}");
+        }
+    }
+}
+
+/// Property tests: whatever a client sends, a request gets one bounded key with a single hash
+/// tag, different requests never share one, and path normalization is stable.
+#[cfg(test)]
+mod props {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::bucket_key;
+    use crate::{Algorithm, Limit};
+
+    fn config() -> ProptestConfig {
+        // No regression files written next to the sources.
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// What names a bucket: the request's key parts and the limit.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    struct Input {
+        prefix: String,
+        client: Vec<u8>,
+        endpoint: Owned,
+        name: String,
+        algorithm: Algorithm,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    enum Owned {
+        Route { method: String, path: String },
+        Rule(String),
+    }
+
+    impl Input {
+        fn key(&self) -> String {
+            let endpoint = match &self.endpoint {
+                Owned::Route { method, path } => Endpoint::Route { method, path },
+                Owned::Rule(rule) => Endpoint::Rule(rule),
+            };
+            let key = request_key(&self.prefix, &self.client, endpoint);
+            let limit = Limit::with_algorithm(
+                self.algorithm,
+                &*self.name,
+                10,
+                None,
+                Duration::from_secs(1),
+            )
+            .expect("generated limits are valid");
+            bucket_key(&key, &limit)
+        }
+    }
+
+    /// Bytes the key layout cares about, so that generated inputs often look alike.
+    const TRICKY: &[u8] = b":{}%#@/aA3\xff \x00";
+
+    /// Client bytes: anything, the layout's own characters, or far beyond every bound.
+    fn client() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => prop::collection::vec(any::<u8>(), 0..48),
+            3 => prop::collection::vec(prop::sample::select(TRICKY), 0..12),
+            1 => (any::<u8>(), 100..3_000usize).prop_map(|(b, n)| vec![b; n]),
+        ]
+    }
+
+    /// Method or path text: anything, the layout's characters, or long.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => any::<String>(),
+            3 => "[:{}%#@/aA3 é]{0,12}",
+            1 => (".{1,3}", 10..1_000usize).prop_map(|(s, n)| s.repeat(n)),
+        ]
+    }
+
+    /// A valid key prefix (1 to 64 printable ASCII, no braces), often the longest.
+    fn prefix() -> impl Strategy<Value = String> {
+        prop_oneof!["[!-z|~]{1,64}", "[!-z|~]{64}", Just("tollgate".to_owned())]
+    }
+
+    /// A valid rule or limit name (1 to 64 letters, digits, `-_.`), often the longest.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof!["[A-Za-z0-9._-]{1,64}", "[A-Za-z0-9._-]{64}"]
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        let endpoint = prop_oneof![
+            3 => (text(), text()).prop_map(|(method, path)| Owned::Route { method, path }),
+            1 => name().prop_map(Owned::Rule),
+        ];
+        (
+            prefix(),
+            client(),
+            endpoint,
+            name(),
+            prop::sample::select(Algorithm::ALL.to_vec()),
+        )
+            .prop_map(|(prefix, client, endpoint, name, algorithm)| Input {
+                prefix,
+                client,
+                endpoint,
+                name,
+                algorithm,
+            })
+    }
+
+    /// Inputs a careless encoding would confuse with `input`: separators moved between the
+    /// client, method and path; a `:` spelled `%3A`; a client spelling the hashed form of a
+    /// long one; a route spelling a rule; the limit's name absorbing the algorithm's suffix.
+    fn lookalikes(input: &Input) -> Vec<Input> {
+        let mut out = vec![input.clone()];
+        let with = |f: &dyn Fn(&mut Input)| {
+            let mut other = input.clone();
+            f(&mut other);
+            other
+        };
+        if let Owned::Route { method, path } = &input.endpoint {
+            // client:method:path re-split at every ':' it contains.
+            let mut joined = input.client.clone();
+            joined.push(b':');
+            joined.extend_from_slice(method.as_bytes());
+            joined.push(b':');
+            joined.extend_from_slice(path.as_bytes());
+            // Every ':' near the two real separators, the first and the last few, so that a
+            // client of thousands of ':' stays quick.
+            let real = [input.client.len(), input.client.len() + 1 + method.len()];
+            let all: Vec<usize> = (0..joined.len()).filter(|&i| joined[i] == b':').collect();
+            let colons: Vec<usize> = all
+                .iter()
+                .enumerate()
+                .filter(|&(n, &i)| {
+                    n < 3 || n + 3 >= all.len() || real.iter().any(|&r| i.abs_diff(r) <= 4)
+                })
+                .map(|(_, &i)| i)
+                .collect();
+            for (i, &a) in colons.iter().enumerate() {
+                for &b in &colons[i + 1..] {
+                    let (Ok(m), Ok(p)) = (
+                        std::str::from_utf8(&joined[a + 1..b]),
+                        std::str::from_utf8(&joined[b + 1..]),
+                    ) else {
+                        continue;
+                    };
+                    out.push(with(&|o| {
+                        o.client = joined[..a].to_vec();
+                        o.endpoint = Owned::Route {
+                            method: m.to_owned(),
+                            path: p.to_owned(),
+                        };
+                    }));
+                }
+            }
+            // A method spelling a rule's name.
+            if !method.is_empty()
+                && method.len() <= 64
+                && method
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                out.push(with(&|o| o.endpoint = Owned::Rule(method.clone())));
+            }
+        }
+        if let Owned::Rule(rule) = &input.endpoint {
+            out.push(with(&|o| {
+                o.endpoint = Owned::Route {
+                    method: format!("@{rule}"),
+                    path: String::new(),
+                }
+            }));
+            out.push(with(&|o| {
+                let mut client = o.client.clone();
+                client.extend_from_slice(format!(":@{rule}").as_bytes());
+                o.client = client;
+                o.endpoint = Owned::Rule("r".into());
+            }));
+        }
+        let spelled: Vec<u8> = input
+            .client
+            .iter()
+            .flat_map(|&b| match b {
+                b':' => b"%3A".to_vec(),
+                b => vec![b],
+            })
+            .collect();
+        out.push(with(&|o| o.client = spelled.clone()));
+        let mut hashed = b"#".to_vec();
+        for byte in Sha256::digest(&input.client) {
+            hashed.extend_from_slice(format!("{byte:02x}").as_bytes());
+        }
+        out.push(with(&|o| o.client = hashed.clone()));
+        for algorithm in Algorithm::ALL {
+            out.push(with(&|o| o.algorithm = algorithm));
+            let suffix = algorithm.key_suffix().trim_start_matches(':');
+            if !suffix.is_empty() && input.name.len() < 60 {
+                out.push(with(&|o| {
+                    o.name = format!("{}.{suffix}", input.name);
+                    o.algorithm = Algorithm::TokenBucket;
+                }));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_request_key_is_bounded_with_one_hash_tag(input in input()) {
+            let key = input.key();
+            prop_assert!(key.len() <= MAX_KEY_LEN, "{} bytes: {key}", key.len());
+            prop_assert_eq!(key.matches('{').count(), 1, "{}", key);
+            prop_assert_eq!(key.matches('}').count(), 1, "{}", key);
+            let head = format!("{}:{{", input.prefix);
+            prop_assert!(key.starts_with(&head), "{key}");
+            let tail = format!("}}:{}{}", input.name, input.algorithm.key_suffix());
+            prop_assert!(key.ends_with(&tail), "{key}");
+            // Printable ASCII only: whatever bytes the client sent are escaped.
+            prop_assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{key}");
+        }
+
+        #[test]
+        fn different_clients_or_endpoints_never_share_a_key(
+            inputs in prop::collection::vec(input(), 1..4),
+        ) {
+            let mut seen: HashMap<String, Input> = HashMap::new();
+            for input in inputs.iter().flat_map(lookalikes) {
+                let key = input.key();
+                if let Some(earlier) = seen.get(&key) {
+                    prop_assert_eq!(earlier, &input, "two inputs share the key {}", key);
+                } else {
+                    seen.insert(key, input);
+                }
+            }
+        }
+
+        #[test]
+        fn normalize_path_is_rooted_and_idempotent(
+            path in prop_oneof![
+                any::<String>(),
+                "[/.%a-fA-F0-9zé]{0,24}",
+                "(/|//|/\\.|/\\.\\.|%2[eEfF5]|%4[1-9]|%|%%|[a-z0-9])*",
+            ],
+        ) {
+            let once = normalize_path(&path);
+            prop_assert!(once.starts_with('/'), "{path:?} -> {once:?}");
+            prop_assert!(!once.contains("//"), "{path:?} -> {once:?}");
+            prop_assert!(once == "/" || !once.ends_with('/'), "{path:?} -> {once:?}");
+            let twice = normalize_path(&once);
+            prop_assert_eq!(&twice, &once, "not idempotent from {:?}", path);
+            // A normal path is returned as it is, without allocating.
+            prop_assert!(matches!(twice, Cow::Borrowed(_)) || once.contains('%'), "{once:?}");
+        }
+
+        #[test]
+        fn usual_aliases_of_a_path_share_its_normal_form(
+            segments in prop::collection::vec("[A-Za-z0-9._~-]{1,6}", 0..5),
+            spelling in prop::collection::vec(0u8..8, 0..40),
+        ) {
+            // The path's normal form: no empty, "." or ".." segments.
+            let segments: Vec<String> =
+                segments.into_iter().filter(|s| s != "." && s != "..").collect();
+            let normal = if segments.is_empty() {
+                "/".to_owned()
+            } else {
+                segments.iter().map(|s| format!("/{s}")).collect()
+            };
+            // Spelled with doubled slashes, "." and "x/.." segments, a trailing slash and
+            // escapes of unreserved characters, as `spelling` picks.
+            let mut choices = spelling.into_iter().cycle();
+            let mut pick = || choices.next().unwrap_or(0);
+            let mut alias = String::new();
+            for segment in &segments {
+                match pick() {
+                    0 => alias.push_str("//"),
+                    1 => alias.push_str("/./"),
+                    2 => alias.push_str("/zz/../"),
+                    _ => alias.push('/'),
+                }
+                for c in segment.chars() {
+                    match pick() {
+                        0 => alias.push_str(&format!("%{:02X}", c as u32)),
+                        1 => alias.push_str(&format!("%{:02x}", c as u32)),
+                        _ => alias.push(c),
+                    }
+                }
+            }
+            if pick() < 2 {
+                alias.push('/');
+            }
+            prop_assert_eq!(normalize_path(&alias), normal.as_str(), "{}", alias);
         }
     }
 }

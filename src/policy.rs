@@ -92,7 +92,9 @@ impl RoutePattern {
             }
             PatternKind::Prefix(normalize_path(prefix).trim_end_matches('/').to_owned())
         } else if text.contains(['{', '}']) {
-            let raw: Vec<&str> = text.split('/').skip(1).collect();
+            // Empty segments are dropped as the request path's are (`//`, a trailing `/`):
+            // `/users/{id}/` matches `/users/42`, as `/login/` matches `/login`.
+            let raw: Vec<&str> = text.split('/').filter(|seg| !seg.is_empty()).collect();
             let mut segments = Vec::new();
             for (i, seg) in raw.iter().enumerate() {
                 let segment = match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -190,7 +192,8 @@ impl Rule {
         }
     }
 
-    /// Only requests with one of these methods match (default: any method).
+    /// Only requests with one of these methods match (default: any method); an empty list is
+    /// refused by [`PoliciesBuilder::build`].
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = Some(methods.into_iter().collect());
         self
@@ -357,9 +360,9 @@ impl PoliciesBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the rule and the field: an invalid name or pattern, a rule
-    /// without limits, more than 8 limits, two limits of one name in a policy, two rules of
-    /// one name.
+    /// A [`ConfigError`] naming the rule and the field: an invalid name or pattern, an empty
+    /// list of methods, a rule without limits, more than 8 limits, two limits of one name in a
+    /// policy, two rules of one name.
     pub fn build(self) -> Result<Policies, ConfigError> {
         let mut entries = Vec::with_capacity(self.rules.len() + 1);
         let has_default = !self.default.is_empty();
@@ -379,6 +382,15 @@ impl PoliciesBuilder {
                 });
             }
             let pattern = RoutePattern::parse(&rule.path).map_err(|e| e.at(&at))?;
+            if rule.methods.as_ref().is_some_and(Vec::is_empty) {
+                let error = ConfigError::Invalid {
+                    field: "methods",
+                    value: "[]".into(),
+                    reason: "a rule with no methods never matches: list at least one, or leave \
+                             methods out to match any",
+                };
+                return Err(error.at(&at));
+            }
             let entry = Entry::new(
                 Some(&rule.name),
                 Some(pattern),
@@ -417,6 +429,8 @@ mod tests {
             ("/users/{id}", "/users/42/posts", false),
             ("/users/{id}/posts", "/users/42/posts", true),
             ("/files/{*rest}", "/files/a/b/c", true),
+            ("/users/{id}/", "/users/42", true),
+            ("/users//{id}", "/users/42", true),
             ("/api/*", "/api", true),
             ("/api/*", "/api/v1/x", true),
             ("/api/*", "/apix", false),
@@ -479,5 +493,167 @@ mod tests {
         assert!(e.contains("name"), "{e}");
         let e = err(Policies::builder().rule(Rule::new("a", "a").limit(limit("x"))));
         assert!(e.contains("rule \"a\"") && e.contains("path"), "{e}");
+        // A rule that could never match is refused, not loaded silently.
+        let e = err(Policies::builder().rule(Rule::new("a", "/a").methods([]).limit(limit("x"))));
+        assert!(
+            e.contains("rule \"a\"") && e.contains("`methods` = \"[]\""),
+            "{e}"
+        );
+    }
+}
+
+/// Property tests: any route pattern parses or names the `path`; a pattern matches the paths
+/// it names, however they are spelled; finding a policy never panics.
+#[cfg(test)]
+mod props {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        // No regression files written next to the sources.
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// One segment of a generated pattern.
+    #[derive(Debug, Clone)]
+    enum Part {
+        Literal(String),
+        Param,
+    }
+
+    /// How a generated pattern ends.
+    #[derive(Debug, Clone, Copy)]
+    enum End {
+        Exact,
+        TrailingSlash,
+        Rest,
+        Prefix,
+    }
+
+    fn pattern() -> impl Strategy<Value = (Vec<Part>, End)> {
+        let part = prop_oneof![
+            3 => "[a-z0-9_~-]{1,5}".prop_map(Part::Literal),
+            1 => Just(Part::Param),
+        ];
+        let end =
+            prop::sample::select(vec![End::Exact, End::TrailingSlash, End::Rest, End::Prefix]);
+        // A prefix has no other wildcard: its parameters are literals.
+        (prop::collection::vec(part, 0..4), end).prop_map(|(parts, end)| match end {
+            End::Prefix => (
+                parts
+                    .into_iter()
+                    .map(|p| match p {
+                        Part::Param => Part::Literal("p".into()),
+                        literal => literal,
+                    })
+                    .collect(),
+                end,
+            ),
+            _ => (parts, end),
+        })
+    }
+
+    fn pattern_text(parts: &[Part], end: End) -> String {
+        let mut text: String = parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(l) => format!("/{l}"),
+                Part::Param => "/{id}".to_owned(),
+            })
+            .collect();
+        match end {
+            End::Exact if text.is_empty() => text.push('/'),
+            End::Exact => {}
+            End::TrailingSlash => text.push('/'),
+            End::Rest => text.push_str("/{*rest}"),
+            End::Prefix => text.push_str("/*"),
+        }
+        text
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_route_pattern_parses_or_names_the_path(
+            text in prop_oneof![any::<String>(), "[/{}*a-z. %]{0,16}"],
+            paths in prop::collection::vec(any::<String>(), 0..4),
+        ) {
+            match RoutePattern::parse(&text) {
+                Ok(pattern) => {
+                    prop_assert!(text.starts_with('/'));
+                    prop_assert_eq!(pattern.as_str(), text.as_str());
+                    for path in &paths {
+                        let _ = pattern.matches(&normalize_path(path));
+                    }
+                }
+                Err(err) => {
+                    let err = err.to_string();
+                    prop_assert!(err.starts_with("`path` = "), "{err}");
+                    prop_assert!(err.contains(&format!("{text:?}")), "{err}");
+                }
+            }
+        }
+
+        #[test]
+        fn a_pattern_matches_the_paths_it_names(
+            (parts, end) in pattern(),
+            values in prop::collection::vec("[A-Za-z0-9._~-]{1,5}", 4),
+            rest in prop::collection::vec("[a-z0-9]{1,3}", 0..3),
+            slashes in prop::collection::vec(1usize..3, 8),
+        ) {
+            let text = pattern_text(&parts, end);
+            let pattern = RoutePattern::parse(&text).unwrap();
+            // A path the pattern names, with doubled slashes here and there; a parameter is
+            // any segment that normalizes to a segment of its own.
+            let mut path = String::new();
+            let mut values = values.into_iter().filter(|v| v != "." && v != "..").cycle();
+            let mut slashes = slashes.into_iter().cycle();
+            for part in &parts {
+                path.push_str(&"/".repeat(slashes.next().unwrap()));
+                match part {
+                    Part::Literal(l) => path.push_str(l),
+                    Part::Param => path.push_str(&values.next().unwrap_or_else(|| "v".into())),
+                }
+            }
+            if matches!(end, End::Rest | End::Prefix) {
+                for segment in &rest {
+                    path.push('/');
+                    path.push_str(segment);
+                }
+            }
+            if matches!(end, End::TrailingSlash) {
+                path.push('/');
+            }
+            let normal = normalize_path(&path);
+            let matched = pattern.matches(&normal);
+            prop_assert!(matched, "{text} should match {path} ({normal})");
+            // One more literal segment is another route, except below a prefix or a rest.
+            let longer = format!("{}/zz", normal.trim_end_matches('/'));
+            prop_assert_eq!(pattern.matches(&longer), matches!(end, End::Rest | End::Prefix), "{} ~ {}", text, longer);
+        }
+
+        #[test]
+        fn finding_a_policy_never_panics(
+            method in "[A-Z]{1,8}",
+            path in any::<String>(),
+            (parts, end) in pattern(),
+        ) {
+            let limit = Limit::new("l", 5, 5, Duration::from_secs(1)).unwrap();
+            let policies = Policies::builder()
+                .default_limit(limit.clone())
+                .rule(Rule::new("r", pattern_text(&parts, end)).limit(limit))
+                .build()
+                .unwrap();
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let found = policies.find(&method, &normalize_path(&path));
+            prop_assert!(found.is_some_and(|i| i < policies.len()));
+        }
     }
 }

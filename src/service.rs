@@ -117,13 +117,15 @@ where
             }
             (_, Err(invalid)) => return answer(Answer::InvalidCost(invalid)),
         };
+        let bypassed = !settings.bypass.is_empty() && settings.bypass.contains(&client);
         if cost > policy.min_capacity {
             let limit = policy
                 .limits
                 .iter()
                 .position(|l| l.capacity() < cost)
                 .unwrap_or(0);
-            if !shadow {
+            // Never refused: shadow mode and bypassed clients pass, unlimited.
+            if !shadow && !bypassed {
                 return answer(Answer::TooCostly { cost, limit });
             }
             let future = inner.call(Request::from_parts(parts, body));
@@ -132,7 +134,7 @@ where
         let flags = Flags {
             shadow,
             grpc,
-            bypassed: !settings.bypass.is_empty() && settings.bypass.contains(&client),
+            bypassed,
         };
         let endpoint = match &policy.rule {
             Some(rule) => Endpoint::Rule(rule),
@@ -440,6 +442,28 @@ mod tests {
             assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
         }
         assert_eq!(start.elapsed(), crate::DEFAULT_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn bypassed_clients_are_never_refused_not_even_for_their_cost() {
+        let svc = layer()
+            .cost_extractor(crate::cost::HeaderCost::default())
+            .bypass(crate::client::Bypass::new().key("batch"))
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default());
+        let costly = |key: &str| {
+            Request::get("/")
+                .header("x-api-key", key)
+                .header("x-ratelimit-cost", "3")
+                .body(Body::default())
+                .unwrap()
+        };
+        // Capacity 2: a cost of 3 can never pass, but a bypassed client is not refused.
+        let response = svc.clone().oneshot(costly("batch")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let response = svc.clone().oneshot(costly("k")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     /// Collects what `tracing` writes.

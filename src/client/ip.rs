@@ -143,6 +143,9 @@ impl ClientIp {
                 match parse_node(node) {
                     Some(ip) if self.trusts(ip.to_canonical()) => nearest = Hop::Ip(ip),
                     Some(ip) => return Hop::Ip(ip),
+                    // An empty `for=` names no one: the element as written names the client,
+                    // never an empty identity.
+                    None if node.is_empty() => return Hop::Token(element),
                     None => return Hop::Token(node),
                 }
             }
@@ -308,6 +311,9 @@ mod tests {
         assert_eq!(from("10.0.0.2:1", &fwd, &e), "2001:db8:cafe::/64");
         let fwd = [("forwarded", "for=_hidden;by=10.0.0.1, for=10.0.0.5")];
         assert_eq!(from("10.0.0.2:1", &fwd, &e), "_hidden");
+        // An empty `for=` names no one: the element as written is the identity, never "".
+        let fwd = [("forwarded", r#"for=1.2.3.4, for="";proto=https"#)];
+        assert_eq!(from("10.0.0.2:1", &fwd, &e), r#"for="";proto=https"#);
         // X-Forwarded-For is not read when the proxies write Forwarded.
         let xff = [("x-forwarded-for", "1.2.3.4")];
         assert_eq!(from("10.0.0.2:1", &xff, &e), "10.0.0.2");
@@ -350,5 +356,432 @@ mod tests {
         let p = parts(http::Request::get("/"));
         let err = e.extract(&p).unwrap_err();
         assert!(err.message().contains("ConnectInfo"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_peer_address_gets_a_400_that_says_how_to_serve() {
+        let builder = crate::RateLimitLayer::builder().client_extractor(ClientIp::peer());
+        let request = http::Request::get("/").body(()).unwrap();
+        let (status, _, body) = super::super::tests::answer(builder, request).await;
+        assert_eq!(status, http::StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            r#"{"error":"client address unknown: serve with ConnectInfo<SocketAddr> or add a RemoteAddr extension"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_spoofed_forwarding_header_from_an_untrusted_peer_changes_nothing() {
+        use tower::{Layer as _, ServiceExt as _};
+        let layer = crate::RateLimitLayer::builder()
+            .client_extractor(ClientIp::behind_proxies(["10.0.0.0/8"]).unwrap())
+            .capacity(1)
+            .period(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        }));
+        let mut statuses = Vec::new();
+        for spoof in ["1.2.3.4", "5.6.7.8, 10.0.0.1", "garbage"] {
+            let mut request = http::Request::get("/")
+                .header("x-forwarded-for", spoof)
+                .header("forwarded", format!("for={spoof}"))
+                .body(())
+                .unwrap();
+            let peer = RemoteAddr("203.0.113.9:5000".parse().unwrap());
+            request.extensions_mut().insert(peer);
+            statuses.push(svc.clone().oneshot(request).await.unwrap().status());
+        }
+        // One client, the peer: its first request passes, the others are limited.
+        assert_eq!(
+            statuses,
+            [
+                http::StatusCode::OK,
+                http::StatusCode::TOO_MANY_REQUESTS,
+                http::StatusCode::TOO_MANY_REQUESTS
+            ]
+        );
+    }
+}
+
+/// Property tests: whatever peer and forwarding headers a request has, [`ClientIp`] names the
+/// peer, or behind trusted proxies the first hop from the right that is not one, and never
+/// panics.
+#[cfg(test)]
+mod props {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        // No regression files written next to the sources.
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    const TRUSTED: [&str; 3] = ["10.0.0.0/8", "fd00::/8", "192.0.2.1"];
+
+    fn trusted() -> ClientIp {
+        ClientIp::behind_proxies(TRUSTED).unwrap()
+    }
+
+    fn is_trusted(ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.octets()[0] == 10 || v4 == Ipv4Addr::new(192, 0, 2, 1),
+            IpAddr::V6(v6) => v6.octets()[0] == 0xfd,
+        }
+    }
+
+    /// Any address: IPv4, IPv6, IPv4-mapped IPv6, often a trusted proxy's.
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+            any::<[u8; 4]>().prop_map(|o| IpAddr::V6(Ipv4Addr::from(o).to_ipv6_mapped())),
+            any::<[u8; 3]>().prop_map(|[a, b, c]| IpAddr::from([10, a, b, c])),
+            any::<[u8; 15]>().prop_map(|o| {
+                let mut octets = [0xfd; 16];
+                octets[1..].copy_from_slice(&o);
+                IpAddr::from(octets)
+            }),
+            Just(IpAddr::from([192, 0, 2, 1])),
+        ]
+    }
+
+    /// The identity of an address: IPv4 (also mapped) as it is, IPv6 as its network of
+    /// `prefix` bits.
+    fn identity(ip: IpAddr, prefix: u8) -> String {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                format!("{}/{prefix}", Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+
+    /// One entry of a forwarding header, as the generator knows it.
+    #[derive(Debug, Clone)]
+    enum Hop {
+        /// An address, spelled with a port (`Some`) or without.
+        Addr(IpAddr, Option<u16>),
+        /// Not an address: `unknown` or an obfuscated identifier.
+        Token(String),
+        /// A `Forwarded` element without `for=` (`proto=https`).
+        NoFor,
+    }
+
+    fn hop() -> impl Strategy<Value = Hop> {
+        prop_oneof![
+            6 => (ip(), prop::option::of(any::<u16>())).prop_map(|(ip, port)| Hop::Addr(ip, port)),
+            1 => prop_oneof![Just("unknown".to_owned()), "_[A-Za-z0-9._-]{1,8}"].prop_map(Hop::Token),
+            1 => Just(Hop::NoFor),
+        ]
+    }
+
+    /// `hop` as an `X-Forwarded-For` entry.
+    fn xff(hop: &Hop) -> Option<String> {
+        Some(match hop {
+            Hop::Addr(IpAddr::V4(v4), Some(port)) => format!("{v4}:{port}"),
+            Hop::Addr(IpAddr::V6(v6), Some(port)) => format!("[{v6}]:{port}"),
+            Hop::Addr(ip, None) => ip.to_string(),
+            Hop::Token(token) => token.clone(),
+            Hop::NoFor => return None,
+        })
+    }
+
+    /// `hop` as a `Forwarded` element (RFC 7239: quoted when it has a port or is IPv6), with
+    /// other parameters around it, `for` in any case.
+    fn forwarded(hop: &Hop, style: u8) -> String {
+        let node = match hop {
+            Hop::Addr(IpAddr::V4(v4), None) if style.is_multiple_of(2) => v4.to_string(),
+            Hop::Addr(IpAddr::V4(v4), None) => format!("\"{v4}\""),
+            Hop::Addr(IpAddr::V4(v4), Some(port)) => format!("\"{v4}:{port}\""),
+            Hop::Addr(IpAddr::V6(v6), None) => format!("\"[{v6}]\""),
+            Hop::Addr(IpAddr::V6(v6), Some(port)) => format!("\"[{v6}]:{port}\""),
+            Hop::Token(token) => token.clone(),
+            Hop::NoFor => return "proto=https;by=10.0.0.1".to_owned(),
+        };
+        let name = ["for", "For", "FOR"][usize::from(style) % 3];
+        match style % 4 {
+            0 => format!("{name}={node}"),
+            1 => format!("proto=https;{name}={node}"),
+            2 => format!("{name}={node};by=\"[fd00::1]\";host=\"a,b\""),
+            _ => format!("by=10.0.0.1 ; {name}={node} ;proto=http"),
+        }
+    }
+
+    /// Header lines of `which` header spelling `hops`, a new line after a hop whose style is
+    /// 200 or more.
+    fn lines(which: ForwardedHeader, hops: &[Hop], styles: &[u8]) -> Vec<String> {
+        let mut lines = vec![String::new()];
+        for (i, hop) in hops.iter().enumerate() {
+            let style = styles.get(i).copied().unwrap_or(0);
+            let entry = match which {
+                ForwardedHeader::XForwardedFor => match xff(hop) {
+                    Some(entry) => entry,
+                    None => continue,
+                },
+                _ => forwarded(hop, style),
+            };
+            let line = lines.last_mut().unwrap();
+            if !line.is_empty() {
+                line.push_str([",", ", ", " ,  "][usize::from(style) % 3]);
+            }
+            line.push_str(&entry);
+            if style >= 200 {
+                lines.push(String::new());
+            }
+        }
+        lines.retain(|l| !l.is_empty());
+        lines
+    }
+
+    fn request(peer: Option<SocketAddr>, headers: &[(&str, &[u8])]) -> Option<Parts> {
+        let mut req = http::Request::get("/");
+        for (name, value) in headers {
+            req = req.header(*name, http::HeaderValue::from_bytes(value).ok()?);
+        }
+        let mut parts = req.body(()).ok()?.into_parts().0;
+        if let Some(peer) = peer {
+            parts.extensions.insert(RemoteAddr(peer));
+        }
+        Some(parts)
+    }
+
+    fn text(id: &ClientId<'_>) -> String {
+        String::from_utf8_lossy(id.as_bytes()).into_owned()
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn without_trusted_proxies_any_headers_give_the_peer(
+            peer in ip(),
+            port in any::<u16>(),
+            xff in super::super::props::header_bytes(),
+            fwd in super::super::props::header_bytes(),
+            prefix in 1u8..=128,
+        ) {
+            let p = request(
+                Some(SocketAddr::new(peer, port)),
+                &[("x-forwarded-for", &xff), ("forwarded", &fwd)],
+            )
+            .unwrap();
+            let peer_only = ClientIp::peer().ipv6_prefix(prefix).unwrap();
+            let headers = [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded];
+            for e in headers.map(|h| peer_only.clone().header(h)) {
+                let id = e.extract(&p).unwrap();
+                prop_assert_eq!(text(&id), identity(peer, prefix));
+                prop_assert_eq!(id.ip(), Some(peer.to_canonical()));
+            }
+            // Trusted proxies, but the peer is not one: its headers are its own words.
+            if !is_trusted(peer) {
+                let id = trusted().ipv6_prefix(prefix).unwrap().extract(&p).unwrap();
+                prop_assert_eq!(text(&id), identity(peer, prefix));
+            }
+        }
+
+        #[test]
+        fn behind_trusted_proxies_the_client_is_the_first_untrusted_hop_from_the_right(
+            peer in ip(),
+            hops in prop::collection::vec(hop(), 0..6),
+            styles in prop::collection::vec(any::<u8>(), 6),
+            spoof in prop::collection::vec(hop(), 0..3),
+        ) {
+            for which in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+                let other = match which {
+                    ForwardedHeader::XForwardedFor => ForwardedHeader::Forwarded,
+                    _ => ForwardedHeader::XForwardedFor,
+                };
+                let name = |h| match h {
+                    ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                    _ => "forwarded",
+                };
+                let ours = lines(which, &hops, &styles);
+                let theirs = lines(other, &spoof, &styles);
+                let headers: Vec<(&str, &[u8])> = ours
+                    .iter()
+                    .map(|l| (name(which), l.as_bytes()))
+                    .chain(theirs.iter().map(|l| (name(other), l.as_bytes())))
+                    .collect();
+                let p = request(Some(SocketAddr::new(peer, 1)), &headers).unwrap();
+                let id = trusted().header(which).extract(&p).unwrap();
+                // The oracle: from the right, past trusted proxies; every hop trusted: the
+                // leftmost; an untrusted peer: the peer, whatever the headers say.
+                let mut expected = (identity(peer, 64), Some(peer.to_canonical()));
+                if is_trusted(peer) {
+                    for hop in hops.iter().rev() {
+                        match hop {
+                            Hop::NoFor => {}
+                            Hop::Addr(ip, _) if is_trusted(*ip) => {
+                                expected = (identity(*ip, 64), Some(ip.to_canonical()));
+                            }
+                            Hop::Addr(ip, _) => {
+                                expected = (identity(*ip, 64), Some(ip.to_canonical()));
+                                break;
+                            }
+                            Hop::Token(token) => {
+                                expected = (token.clone(), None);
+                                break;
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(text(&id), expected.0, "{:?}", headers);
+                prop_assert_eq!(id.ip(), expected.1);
+                // A trusted proxy is named only when every hop is one.
+                if id.ip().is_some_and(is_trusted) {
+                    prop_assert!(
+                        !is_trusted(peer) || hops.iter().all(|h| match h {
+                            Hop::Addr(ip, _) => is_trusted(*ip),
+                            Hop::Token(_) => false,
+                            Hop::NoFor => true,
+                        }),
+                        "{:?}", headers
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn any_forwarding_header_gives_the_peer_or_an_entry_of_it(
+            peer in prop::option::of(ip()),
+            header in prop::sample::select(vec![
+                ForwardedHeader::XForwardedFor,
+                ForwardedHeader::Forwarded,
+            ]),
+            fragments in prop::collection::vec(
+                prop_oneof![
+                    3 => ip().prop_map(|ip| ip.to_string()),
+                    1 => prop::sample::select(vec![
+                        ",", ", ", ";", "for=", "For=\"", "\"", "\\", "[", "]", ":", ":443",
+                        "unknown", "_x", " ", "\t", "=", "proto=https",
+                    ])
+                    .prop_map(str::to_owned),
+                    1 => "[\\x20-\\x7e\\u{80}-\\u{10ffff}]{1,3}",
+                ],
+                0..12,
+            ),
+            breaks in prop::collection::vec(any::<bool>(), 12),
+        ) {
+            let mut lines = vec![String::new()];
+            for (fragment, &br) in fragments.iter().zip(&breaks) {
+                lines.last_mut().unwrap().push_str(fragment);
+                if br {
+                    lines.push(String::new());
+                }
+            }
+            let name = match header {
+                ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                _ => "forwarded",
+            };
+            let headers: Vec<(&str, &[u8])> =
+                lines.iter().map(|l| (name, l.as_bytes())).collect();
+            let p = request(peer.map(|ip| SocketAddr::new(ip, 9)), &headers).unwrap();
+            let id = match (trusted().header(header).extract(&p), peer) {
+                (Ok(id), Some(_)) => id,
+                (Err(e), None) => {
+                    prop_assert!(
+                        e.message().contains("ConnectInfo<SocketAddr>")
+                            && e.message().contains("RemoteAddr"),
+                        "{e}"
+                    );
+                    return Ok(());
+                }
+                (got, _) => return Err(TestCaseError::fail(format!("{got:?} for {peer:?}"))),
+            };
+            let peer = peer.unwrap();
+            prop_assert!(!id.as_bytes().is_empty(), "{lines:?}");
+            if !is_trusted(peer) || id.ip() == Some(peer.to_canonical()) {
+                prop_assert_eq!(text(&id), identity(peer, 64));
+                return Ok(());
+            }
+            match id.ip() {
+                // An address: some piece of the header spells it.
+                Some(ip) => {
+                    let spelled = lines.iter().any(|l| {
+                        (0..l.len()).any(|a| {
+                            (a + 1..=l.len()).any(|b| {
+                                l.get(a..b)
+                                    .and_then(|s| s.parse::<IpAddr>().ok())
+                                    .is_some_and(|parsed| parsed.to_canonical() == ip)
+                            })
+                        })
+                    });
+                    prop_assert!(spelled, "{ip} is not in {lines:?}");
+                    prop_assert_eq!(text(&id), identity(ip, 64));
+                }
+                // A token: a piece of the header, as it is.
+                None => {
+                    let token = id.as_bytes();
+                    prop_assert!(
+                        lines.iter().any(|l| l.as_bytes().windows(token.len()).any(|w| w == token)),
+                        "{:?} is not in {lines:?}", text(&id)
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn any_ipv6_prefix_is_accepted_or_named(len in any::<u8>(), a in any::<u128>(), b in any::<u128>()) {
+            match ClientIp::peer().ipv6_prefix(len) {
+                Ok(e) => {
+                    prop_assert!((1..=128).contains(&len));
+                    // Two addresses share a bucket exactly when their first `len` bits agree
+                    // (mapped IPv4 addresses aside, which count as IPv4).
+                    let (a, b) = (Ipv6Addr::from(a), Ipv6Addr::from(b | (1 << 127)));
+                    let id = |ip: Ipv6Addr| {
+                        let p = request(Some(SocketAddr::new(IpAddr::V6(ip), 1)), &[]).unwrap();
+                        e.extract(&p).unwrap().as_bytes().to_vec()
+                    };
+                    let mask = u128::MAX << (128 - u32::from(len));
+                    let same = u128::from(a) & mask == u128::from(b) & mask;
+                    prop_assume!(a.to_ipv4_mapped().is_none());
+                    prop_assert_eq!(id(a) == id(b), same);
+                    prop_assert_eq!(id(a), identity(IpAddr::V6(a), len).into_bytes());
+                }
+                Err(err) => {
+                    prop_assert!(len == 0 || len > 128);
+                    let err = err.to_string();
+                    prop_assert!(err.contains("ipv6_prefix") && err.contains(&len.to_string()), "{err}");
+                }
+            }
+        }
+
+        #[test]
+        fn any_trusted_proxy_entry_is_a_network_or_named_in_the_error(
+            entry in prop_oneof![
+                ".{0,20}",
+                "[0-9./: a-f]{0,20}",
+                (ip(), prop::option::of(0u8..=140)).prop_map(|(ip, len)| match len {
+                    Some(len) => format!("{ip}/{len}"),
+                    None => ip.to_string(),
+                }),
+            ],
+            probe in ip(),
+        ) {
+            match ClientIp::behind_proxies([&entry]) {
+                Ok(e) => {
+                    // A network of the entry's address; the address itself is trusted.
+                    let net: IpNet = entry.trim().parse().or_else(|_| {
+                        entry.trim().parse::<IpAddr>().map(IpNet::from)
+                    }).unwrap();
+                    prop_assert!(e.trusts(net.addr()));
+                    prop_assert_eq!(e.trusts(probe), net.contains(&probe));
+                }
+                Err(err) => {
+                    let err = err.to_string();
+                    prop_assert!(err.contains("trusted_proxies"), "{err}");
+                    prop_assert!(err.contains(&format!("{:?}", entry.trim())), "{err}");
+                }
+            }
+        }
     }
 }

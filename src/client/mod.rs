@@ -263,4 +263,277 @@ mod tests {
         assert!(err.message().contains("x-api-key"), "{err}");
         assert!(err.message().contains("\"key\""), "{err}");
     }
+
+    /// Sends `request` through a layer of capacity 1 (per minute) made by `builder` and returns
+    /// the status, the named headers (`""` when absent) and the body.
+    pub(super) async fn answer<C: ClientExtractor>(
+        builder: crate::Builder<crate::MemoryStore, C>,
+        request: http::Request<()>,
+    ) -> (http::StatusCode, Vec<String>, String) {
+        use http_body_util::BodyExt as _;
+        use tower::{Layer as _, ServiceExt as _};
+        let layer = builder
+            .capacity(1)
+            .period(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let inner = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
+                bytes::Bytes,
+            >::from("inner")))
+        });
+        let response = layer.layer(inner).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = [
+            "content-type",
+            "retry-after",
+            "ratelimit-policy",
+            "grpc-status",
+            "grpc-message",
+        ]
+        .iter()
+        .map(|name| {
+            response
+                .headers()
+                .get(*name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    const MISSING_KEY: &str =
+        r#"{"error":"missing API key: send the x-api-key header or the \"key\" query parameter"}"#;
+
+    #[tokio::test]
+    async fn missing_or_empty_keys_get_a_400_that_names_what_to_send() {
+        for request in [
+            http::Request::get("/x"),
+            http::Request::get("/x").header("x-api-key", ""),
+            http::Request::get("/x?key=&other=1"),
+        ] {
+            let (status, headers, body) =
+                answer(crate::RateLimitLayer::builder(), request.body(()).unwrap()).await;
+            assert_eq!(status, http::StatusCode::BAD_REQUEST);
+            assert_eq!(headers[0], "application/json");
+            assert_eq!(headers[1], "", "no Retry-After: waiting does not help");
+            assert_eq!(headers[2], r#""default";q=1;w=60"#);
+            assert_eq!(body, MISSING_KEY);
+        }
+        // gRPC: trailers-only INVALID_ARGUMENT, the message percent-encoded (tonic escapes
+        // spaces and quotes too; gRPC clients decode it).
+        let request = http::Request::post("/pkg.Svc/Call")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (status, headers, body) = answer(crate::RateLimitLayer::builder(), request).await;
+        assert_eq!(status, http::StatusCode::OK);
+        assert_eq!(headers[0], "application/grpc");
+        assert_eq!(headers[3], "3");
+        assert_eq!(
+            headers[4],
+            "missing%20API%20key:%20send%20the%20x-api-key%20header%20or%20the%20%22key%22%20query%20parameter"
+        );
+        assert_eq!(body, "");
+    }
+
+    #[tokio::test]
+    async fn non_utf8_and_huge_keys_are_limited_each_on_its_own() {
+        let huge = vec![b'k'; 64 * 1024];
+        let mut other = huge.clone();
+        *other.last_mut().unwrap() = b'j';
+        let layer = || crate::RateLimitLayer::builder();
+        for key in [&b"\xff\xfe"[..], &huge, &other] {
+            let value = HeaderValue::from_bytes(key).unwrap();
+            let request = || {
+                http::Request::get("/x")
+                    .header("x-api-key", value.clone())
+                    .body(())
+                    .unwrap()
+            };
+            let svc = layer()
+                .capacity(1)
+                .period(std::time::Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let inner = tower::service_fn(|_: http::Request<()>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
+                    bytes::Bytes,
+                >::from(
+                    "inner"
+                )))
+            });
+            let svc = tower::Layer::layer(&svc, inner);
+            use tower::ServiceExt as _;
+            let first = svc.clone().oneshot(request()).await.unwrap().status();
+            let second = svc.clone().oneshot(request()).await.unwrap().status();
+            assert_eq!(
+                (first, second),
+                (http::StatusCode::OK, http::StatusCode::TOO_MANY_REQUESTS)
+            );
+        }
+    }
+}
+
+/// Property tests: whatever headers and query a request carries, [`ApiKey`] and closures give
+/// the client it names or a `MissingClient` that says what to send, and never panic.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::tests::parts;
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        // No regression files written next to the sources.
+        ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Bytes a header value may hold (no controls but tab): empty, short and non-UTF-8, or
+    /// huge.
+    pub(super) fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let byte = any::<u8>().prop_filter("a header value byte", |&b| {
+            b == b'\t' || (b >= 0x20 && b != 0x7f)
+        });
+        prop_oneof![
+            1 => Just(Vec::new()),
+            6 => prop::collection::vec(byte.clone(), 0..40),
+            1 => (byte, 1_000..70_000usize).prop_map(|(b, n)| vec![b; n]),
+        ]
+    }
+
+    /// `application/x-www-form-urlencoded` of `bytes`: letters and digits as they are, a
+    /// space as `+`, the rest escaped in upper or lower case.
+    fn form_encode(bytes: &[u8], upper: bool) -> String {
+        bytes
+            .iter()
+            .map(|&b| match b {
+                b if b.is_ascii_alphanumeric() => char::from(b).to_string(),
+                b' ' => "+".to_owned(),
+                b if upper => format!("%{b:02X}"),
+                b => format!("%{b:02x}"),
+            })
+            .collect()
+    }
+
+    /// A query parameter: its name, its value (`None`: no `=`), and the escapes' case.
+    type Param = (Vec<u8>, Option<Vec<u8>>, bool);
+
+    fn param() -> impl Strategy<Value = Param> {
+        let name = prop_oneof![
+            Just(b"key".to_vec()),
+            Just(b"KEY".to_vec()),
+            Just(b"key ".to_vec()),
+            Just(b"k".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..5),
+        ];
+        let value = prop::option::weighted(0.8, prop::collection::vec(any::<u8>(), 0..12));
+        (name, value, any::<bool>())
+    }
+
+    fn query(params: &[Param]) -> String {
+        params
+            .iter()
+            .map(|(name, value, upper)| match value {
+                Some(value) => {
+                    format!(
+                        "{}={}",
+                        form_encode(name, *upper),
+                        form_encode(value, *upper)
+                    )
+                }
+                None => form_encode(name, *upper),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    fn request(headers: &[Vec<u8>], query: Option<&str>) -> Option<Parts> {
+        let uri = match query {
+            Some(q) => format!("/x?{q}"),
+            None => "/x".to_owned(),
+        };
+        let mut req = http::Request::get(uri);
+        for value in headers {
+            req = req.header("x-api-key", HeaderValue::from_bytes(value).ok()?);
+        }
+        Some(req.body(()).ok()?.into_parts().0)
+    }
+
+    const MISSING: &str =
+        "missing API key: send the x-api-key header or the \"key\" query parameter";
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_api_key_header_or_query_gives_that_key_or_a_clear_400(
+            headers in prop::collection::vec(header_bytes(), 0..4),
+            params in prop::option::of(prop::collection::vec(param(), 0..5)),
+        ) {
+            let q = params.as_deref().map(query);
+            let p = request(&headers, q.as_deref()).expect("a valid request");
+            // The first header line when it is not empty, else the first non-empty `key`
+            // parameter, decoded to its exact bytes.
+            let expected = headers
+                .first()
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .or_else(|| {
+                    params.iter().flatten().find_map(|(name, value, _)| {
+                        (name == b"key").then(|| value.clone()).flatten().filter(|v| !v.is_empty())
+                    })
+                });
+            match (ApiKey::default().extract(&p), expected) {
+                (Ok(id), Some(expected)) => {
+                    prop_assert_eq!(id.as_bytes(), &expected[..]);
+                    prop_assert_eq!(id.ip(), None);
+                }
+                (Err(e), None) => prop_assert_eq!(e.message(), MISSING),
+                (got, expected) => {
+                    prop_assert!(false, "got {:?}, expected {:?}", got, expected)
+                }
+            }
+            // Reading only the header: the query never names the client.
+            let header_only = ApiKey::header(http::HeaderName::from_static("x-api-key"));
+            match header_only.extract(&p) {
+                Ok(id) => prop_assert_eq!(Some(id.as_bytes()), headers.first().map(|v| &v[..])),
+                Err(e) => {
+                    prop_assert!(headers.first().is_none_or(|v| v.is_empty()));
+                    prop_assert_eq!(e.message(), "missing API key: send the x-api-key header");
+                }
+            }
+        }
+
+        #[test]
+        fn any_raw_query_gives_a_non_empty_key_or_a_clear_400(
+            q in "(key=|k%65y=|key|&|=|\\+|%|%[0-9a-fA-F]{1,2}|%FF|[a-z0-9;/?:@])*",
+        ) {
+            let p = request(&[], Some(&q)).expect("a valid query");
+            match ApiKey::default().extract(&p) {
+                Ok(id) => prop_assert!(!id.as_bytes().is_empty(), "{q}"),
+                Err(e) => prop_assert_eq!(e.message(), MISSING),
+            }
+        }
+
+        #[test]
+        fn any_closure_identity_is_used_or_a_clear_400(id in prop::option::of(".{0,20}")) {
+            let p = parts(http::Request::get("/"));
+            let extractor = move |_: &Parts| id.clone();
+            match (extractor.extract(&p), extractor(&p)) {
+                (Ok(got), Some(id)) => prop_assert_eq!(got.as_bytes(), id.as_bytes()),
+                (Err(e), None) => prop_assert_eq!(e.message(), "missing client identity"),
+                (Err(e), Some(id)) => {
+                    prop_assert!(id.is_empty());
+                    prop_assert_eq!(e.message(), "missing client identity");
+                }
+                (Ok(got), None) => prop_assert!(false, "{got:?} from no identity"),
+            }
+        }
+    }
 }

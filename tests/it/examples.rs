@@ -154,9 +154,12 @@ async fn without_redis_limits_are_per_instance() {
     assert_eq!(client.get(a.addr, "/x", Some(b"k")).await.status, 429);
 }
 
+/// Settings (environment variables) and the words the error must say.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+
 #[test]
 fn bad_settings_exit_non_zero_naming_them() {
-    let cases: &[(&[(&str, &str)], &[&str])] = &[
+    let cases: &[Case<'_>] = &[
         (&[("FAIL_MODE", "sideways")], &["FAIL_MODE", "sideways"]),
         (
             &[("FAIL_MODE", "local"), ("LOCAL_SHARE", "2")],
