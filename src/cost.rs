@@ -133,21 +133,12 @@ mod tests {
     /// Sends `request` through a layer of capacity 3 per minute that reads the cost header,
     /// and returns the status, the named headers (`""` when absent) and the body.
     async fn answer(request: http::Request<()>) -> (http::StatusCode, Vec<String>, String) {
-        use http_body_util::BodyExt as _;
-        use tower::{Layer as _, ServiceExt as _};
         let layer = crate::RateLimitLayer::builder()
             .capacity(3)
             .period(std::time::Duration::from_secs(60))
             .cost_extractor(HeaderCost::default())
             .build()
             .unwrap();
-        let inner = tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
-                bytes::Bytes,
-            >::from("inner")))
-        });
-        let response = layer.layer(inner).oneshot(request).await.unwrap();
-        let status = response.status();
         let headers = [
             "content-type",
             "retry-after",
@@ -155,18 +146,8 @@ mod tests {
             "grpc-status",
             "grpc-message",
             "grpc-status-details-bin",
-        ]
-        .iter()
-        .map(|name| {
-            response
-                .headers()
-                .get(*name)
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        })
-        .collect();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+        ];
+        crate::testing::answer(layer, request, &headers).await
     }
 
     fn costing(cost: &str, grpc: bool) -> http::Request<()> {
@@ -234,14 +215,6 @@ mod props {
 
     use super::*;
 
-    fn config() -> ProptestConfig {
-        // No regression files written next to the sources.
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     const INVALID: &str = "invalid x-ratelimit-cost header: must be a positive integer";
 
     fn parts(values: &[Vec<u8>]) -> Option<Parts> {
@@ -268,7 +241,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::testing::proptest_config())]
 
         #[test]
         fn any_cost_header_gives_a_positive_cost_or_a_clear_400(

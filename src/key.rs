@@ -413,14 +413,6 @@ mod props {
     use crate::store::bucket_key;
     use crate::{Algorithm, Limit};
 
-    fn config() -> ProptestConfig {
-        // No regression files written next to the sources.
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     /// What names a bucket: the request's key parts and the limit.
     #[derive(Debug, Clone, PartialEq, Eq, Hash)]
     struct Input {
@@ -606,7 +598,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::testing::proptest_config())]
 
         #[test]
         fn any_request_key_is_bounded_with_one_hash_tag(input in input()) {

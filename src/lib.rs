@@ -1,12 +1,15 @@
-//! Tower middleware that rate-limits requests per client and per endpoint with a token bucket,
-//! kept in Redis so that every instance of a service shares the limits.
+//! Tower middleware that rate-limits requests per client and per endpoint, with limits kept in
+//! Redis (one server, a Redis Cluster, or a primary behind Sentinel) so that every instance of a
+//! service shares them.
 //!
 //! Each request is named by its client (an API key by default, see [`ClientExtractor`]) and
 //! its endpoint (method and path; the route template when axum matched one). One store call
-//! decides it: with [`RedisStore`], one `EVALSHA` of a Lua script that refills the bucket by
-//! the Redis clock and takes a token atomically. Allowed requests go on to the inner service
-//! with the `RateLimit` and `RateLimit-Policy` header fields of
-//! draft-ietf-httpapi-ratelimit-headers; the others get `429 Too Many Requests`.
+//! decides it: with [`RedisStore`], one `EVALSHA` of a Lua script that counts by the Redis
+//! clock and takes the request's units atomically, with the [algorithm] of each
+//! limit: a token bucket (the default), a sliding log, a sliding window counter or a fixed
+//! window. Allowed requests go on to the inner service with the `RateLimit` and
+//! `RateLimit-Policy` header fields of draft-ietf-httpapi-ratelimit-headers; the others get
+//! `429 Too Many Requests`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -68,11 +71,15 @@
 //! # Fail-open
 //!
 //! Every store call is bounded by the [timeout](Builder::timeout) (50 ms by default), which
-//! holds whether Redis refuses connections or hangs. Then the [`FailMode`] decides:
+//! holds whether Redis refuses connections, hangs or fails over. Then the [`FailMode`] decides:
 //! [`FailMode::Open`] (the default) forwards the request unlimited, [`FailMode::Closed`]
-//! answers `503` with `Retry-After: 1` and `{"error":"rate limiter unavailable"}`. Either way a
-//! `tracing` warning is logged, at most once a second while the outage lasts. A timed-out call
-//! may still run on Redis later and take a token.
+//! answers `503` with `Retry-After: 1` and `{"error":"rate limiter unavailable"}`, and
+//! [`FailMode::Local`] decides in process against a [share](Builder::local_share) of each
+//! limit until Redis answers again. A `tracing` warning is logged, at most once a second per
+//! kind of failure while the outage lasts. A store that keeps failing is not waited for: after
+//! 5 failures in a row the fail mode answers at once while one probe at a time asks the store
+//! again, and at most [`max_in_flight`](Builder::max_in_flight) calls are ever under way. A
+//! timed-out call may still run on Redis later and take a unit.
 //!
 //! Choose open when the limiter protects capacity that can take a short unlimited burst better
 //! than an outage; choose closed when what it protects must never be called unlimited (a paid
@@ -96,6 +103,8 @@ pub mod response;
 mod service;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 
 pub use algorithm::{Algorithm, BucketState, decide_all};
 pub use client::{ApiKey, ClientExtractor, ClientIp, MissingClient};

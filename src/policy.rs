@@ -512,14 +512,6 @@ mod props {
 
     use super::*;
 
-    fn config() -> ProptestConfig {
-        // No regression files written next to the sources.
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     /// One segment of a generated pattern.
     #[derive(Debug, Clone)]
     enum Part {
@@ -578,7 +570,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::testing::proptest_config())]
 
         #[test]
         fn any_route_pattern_parses_or_names_the_path(

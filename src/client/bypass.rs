@@ -73,14 +73,6 @@ mod props {
 
     use super::*;
 
-    fn config() -> ProptestConfig {
-        // No regression files written next to the sources.
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     /// Whether `ip` is in `net/len`, by masks.
     fn within(ip: IpAddr, net: IpAddr, len: u8) -> bool {
         let masked = |bits: u128, width: u32| {
@@ -119,7 +111,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::testing::proptest_config())]
 
         #[test]
         fn any_bypass_cidr_is_a_network_or_named_in_the_error(

@@ -416,14 +416,6 @@ mod props {
 
     use super::*;
 
-    fn config() -> ProptestConfig {
-        // No regression files written next to the sources.
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     const TRUSTED: [&str; 3] = ["10.0.0.0/8", "fd00::/8", "192.0.2.1"];
 
     fn trusted() -> ClientIp {
@@ -559,7 +551,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::testing::proptest_config())]
 
         #[test]
         fn without_trusted_proxies_any_headers_give_the_peer(

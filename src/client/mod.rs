@@ -270,38 +270,19 @@ mod tests {
         builder: crate::Builder<crate::MemoryStore, C>,
         request: http::Request<()>,
     ) -> (http::StatusCode, Vec<String>, String) {
-        use http_body_util::BodyExt as _;
-        use tower::{Layer as _, ServiceExt as _};
         let layer = builder
             .capacity(1)
             .period(std::time::Duration::from_secs(60))
             .build()
             .unwrap();
-        let inner = tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
-                bytes::Bytes,
-            >::from("inner")))
-        });
-        let response = layer.layer(inner).oneshot(request).await.unwrap();
-        let status = response.status();
         let headers = [
             "content-type",
             "retry-after",
             "ratelimit-policy",
             "grpc-status",
             "grpc-message",
-        ]
-        .iter()
-        .map(|name| {
-            response
-                .headers()
-                .get(*name)
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        })
-        .collect();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+        ];
+        crate::testing::answer(layer, request, &headers).await
     }
 
     const MISSING_KEY: &str =
@@ -386,14 +367,6 @@ mod props {
     use super::tests::parts;
     use super::*;
 
-    fn config() -> ProptestConfig {
-        // No regression files written next to the sources.
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     /// Bytes a header value may hold (no controls but tab): empty, short and non-UTF-8, or
     /// huge.
     pub(super) fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -469,7 +442,7 @@ mod props {
         "missing API key: send the x-api-key header or the \"key\" query parameter";
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::testing::proptest_config())]
 
         #[test]
         fn any_api_key_header_or_query_gives_that_key_or_a_clear_400(

@@ -579,14 +579,6 @@ mod props {
     use super::*;
     use crate::MAX_LIMITS;
 
-    fn config() -> ProptestConfig {
-        // No regression files written next to the sources.
-        ProptestConfig {
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     /// A TOML value as the generator writes it; integers beyond i64 make invalid TOML.
     #[derive(Debug, Clone, PartialEq)]
     enum V {
@@ -1006,7 +998,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::testing::proptest_config())]
 
         #[test]
         fn any_valid_file_loads_exactly_its_limits(doc in doc()) {

@@ -14,7 +14,7 @@ use crate::harness::{HttpClient, RedisServer};
 mod tollgate_examples_helloworld;
 
 /// `cargo test` builds the examples next to the test binaries.
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let path = exe
         .parent()

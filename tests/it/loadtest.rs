@@ -3,35 +3,16 @@
 //! `--check-limit` catches a limit the server does not keep, and bad arguments stop it before
 //! it sends anything.
 
-use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::examples::Instance;
-
-/// `cargo test` builds the examples next to the test binaries.
-fn loadtest_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("loadtest");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
+use crate::examples::{Instance, binary};
 
 /// Runs loadtest with `args`, killing it and failing the test if it runs past `limit`.
 async fn loadtest(args: &[&str], limit: Duration) -> Output {
-    let child = tokio::process::Command::new(loadtest_binary())
+    let child = tokio::process::Command::new(binary("loadtest"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -34,6 +34,26 @@ pub use scripts::{MIXED_SCRIPT, script_for, script_source};
 ///
 /// # Deployments
 ///
+/// ```no_run
+/// use tollgate::{FailMode, RateLimitLayer, RedisStore};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let one = RedisStore::open("redis://127.0.0.1:6379/")?;
+/// let cluster = RedisStore::open_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?;
+/// let sentinel = RedisStore::open_sentinel(["redis://10.0.0.5:26379"], "mymaster")?;
+/// let layer = RateLimitLayer::builder()
+///     .store(cluster)
+///     .capacity(10)
+///     .period(std::time::Duration::from_secs(10))
+///     .fail_mode(FailMode::Local)
+///     .local_share(1.0 / 3.0)
+///     .build()?;
+/// # let _ = (one, sentinel, layer);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// - One server: [`RedisStore::open`] (`redis://`, `rediss://`, `redis+unix://`).
 /// - Redis Cluster: [`RedisStore::open_cluster`] with some of its nodes. Each decision goes to
 ///   the primary of its keys' slot (they share one: the key's hash tag); `MOVED` redirections
