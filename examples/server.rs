@@ -20,6 +20,8 @@
 //! - `FAIL_MODE`: `open` (default), `closed` or `local`, when Redis fails or takes over 50 ms
 //!   (`STORE_TIMEOUT_MS` to change the 50 ms); with `local`, `LOCAL_SHARE` is the share of each
 //!   limit this instance admits on its own meanwhile (default 1; 0.5 for two instances).
+//! - `MAX_IN_FLIGHT`: the most Redis calls under way at once (default 1024); beyond, the fail
+//!   mode answers at once.
 //! - `RATE_LIMIT_CONFIG`: a TOML policy file (see `examples/rate_limits.toml`); the server
 //!   exits non-zero, naming the rule and field, when it is bad.
 //! - `RUST_LOG`: log filter (default `info`).

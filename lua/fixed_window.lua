@@ -14,9 +14,14 @@ local function fixed_window(_, key, now, w, capacity, cost)
   local index = math.floor(now_ms / w)
   local state = redis.call('HMGET', key, 'i', 'c')
   local current = 0
-  -- An index later than now's means the clock stepped back: keep counting in that window.
   if state[1] and state[1] + 0 >= index then
     current = state[2] + 0
+    if state[1] + 0 > index then
+      -- A later window than now's: the clock stepped back. What it counted counts in this
+      -- window, which ends first.
+      redis.call('HSET', key, 'i', string.format('%d', index))
+      redis.call('PEXPIREAT', key, string.format('%d', (index + 1) * w))
+    end
   end
   return current + cost <= capacity + 0, current, now_ms - index * w
 end

@@ -45,7 +45,7 @@ local function sliding_log(_, key, now, w, capacity, cost)
 end
 
 local function sliding_log_take(_, key, now, w, _, cost, count, _, newest)
-  w = w + 0
+  w, cost = w + 0, cost + 0
   local format = string.format
   redis.call('ZREMRANGEBYSCORE', key, '-inf', format('%d', now - w))
   -- The newest entry was taken at now + newest - w; entries that left the window are all
@@ -55,12 +55,18 @@ local function sliding_log_take(_, key, now, w, _, cost, count, _, newest)
     base = now + newest - w + 1
   end
   local score = format('%d', base)
-  local entries = {}
-  for j = 1, cost do
-    entries[2 * j - 1] = score
-    entries[2 * j] = score .. ':' .. j
+  -- In chunks: Lua cannot unpack more than about 8,000 values into one call, and a take must
+  -- never fail once every limit allowed (the other limits may have taken already).
+  local j = 1
+  while j <= cost do
+    local entries, last = {}, math.min(j + 499, cost)
+    for k = j, last do
+      entries[2 * (k - j) + 1] = score
+      entries[2 * (k - j) + 2] = score .. ':' .. k
+    end
+    redis.call('ZADD', key, unpack(entries))
+    j = last + 1
   end
-  redis.call('ZADD', key, unpack(entries))
   redis.call('PEXPIRE', key, format('%d', (base + w - now + 999) / 1000))
 end
 

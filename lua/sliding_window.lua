@@ -21,6 +21,12 @@ local function sliding_window(_, key, now, w, capacity, cost)
     local i = state[1] + 0
     if i >= index then
       current, previous = state[2] + 0, (state[3] or 0) + 0
+      if i > index then
+        -- A later window than now's: the clock stepped back. What it counted counts in this
+        -- window, which ends first.
+        redis.call('HSET', key, 'i', string.format('%d', index))
+        redis.call('PEXPIREAT', key, string.format('%d', (index + 2) * w))
+      end
     elseif i == index - 1 then
       previous = state[2] + 0
     end

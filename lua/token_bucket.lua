@@ -6,9 +6,9 @@
 --
 -- Arguments: inc = cost x microseconds per token, burst = capacity x microseconds per token
 -- (integers >= 1, as strings), and an unused third.
--- Observes: full_after, the microseconds until the bucket is full, clamped to [0, burst] (a
--- full-at time further ahead than one whole bucket means the clock stepped back: the bucket
--- counts as empty, never held longer than it takes to fill).
+-- Observes: full_after, the microseconds until the bucket is full, clamped to [0, burst]. A
+-- full-at time further ahead than one whole bucket means the clock stepped back: the bucket is
+-- rewritten as empty now, so it is never held for longer than it takes to fill.
 -- Allows when full_after + inc <= burst; taking writes the new full-at time with a TTL
 -- of the same wait rounded up to whole milliseconds. src/algorithm/token_bucket.rs does the
 -- same arithmetic; every value stays an integer below 2^53, so it is exact.
@@ -22,6 +22,8 @@ local function token_bucket(_, key, now, inc, burst)
       full_after = 0
     elseif full_after > burst then
       full_after = burst
+      local format = string.format
+      redis.call('SET', key, format('%d', now + burst), 'PX', format('%d', (burst + 999) / 1000))
     end
   end
   return full_after + inc <= burst, full_after

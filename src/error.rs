@@ -170,6 +170,12 @@ impl StoreError {
         Self::KINDS[self.kind_index()]
     }
 
+    /// Whether the store could not be reached or did not answer in time (rather than answered
+    /// with an error, or was not asked): what the circuit breaker counts.
+    pub(crate) fn unavailable(&self) -> bool {
+        self.kind_index() <= 1
+    }
+
     /// The position of [`StoreError::kind`] in [`StoreError::KINDS`].
     pub(crate) fn kind_index(&self) -> usize {
         match self {

@@ -291,9 +291,11 @@ where
                         settings
                             .telemetry
                             .store_duration(elapsed.unwrap_or_default());
+                        // Only a store that cannot be reached opens the breaker; one that
+                        // answered with an error (a script error, say) is up.
                         match &outcome {
-                            Ok(_) => ticket.answered(),
-                            Err(_) => ticket.failed(),
+                            Err(error) if error.unavailable() => ticket.failed(),
+                            _ => ticket.answered(),
                         }
                         drop(ticket);
                         if let Some(breaker) = &settings.breaker {
@@ -316,9 +318,19 @@ where
                             settings.telemetry.store_failed(&error, mode);
                             match (mode, &settings.local, &asked.key) {
                                 (FailMode::Local, Some(local), Some(key)) => {
-                                    // Decided here, against this instance's share.
+                                    // Decided here, against this instance's share; a cost
+                                    // above the share cannot pass until the store is back.
                                     let decision = local.decide(index, key, asked.cost);
-                                    decided(settings, flags, index, decision, None, forward)
+                                    if decision.retry_after == std::time::Duration::MAX
+                                        && !flags.shadow
+                                        && !flags.bypassed
+                                    {
+                                        State::Answered {
+                                            answer: Some(Answer::Unavailable),
+                                        }
+                                    } else {
+                                        decided(settings, flags, index, decision, None, forward)
+                                    }
                                 }
                                 (FailMode::Closed, _, _) if !flags.shadow => State::Answered {
                                     answer: Some(Answer::Unavailable),

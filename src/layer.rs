@@ -48,8 +48,10 @@ pub enum FailMode {
     /// Decide in this process, with an in-memory store holding a share of each limit
     /// ([`Builder::local_share`], e.g. 1/N for N instances), until the store answers again: the
     /// service stays up and stays limited, approximately. Decisions are the same algorithms
-    /// and carry the same fields; the buckets start whole when an outage begins. (With an
-    /// in-process store, which cannot fail, it is the same as `Open`.)
+    /// and carry the same fields. The local buckets know nothing of Redis's (a client starts
+    /// with whole ones) and carry over from one outage to the next, refilling meanwhile. A
+    /// request that costs more than the local share of a limit answers `503` until the store is
+    /// back. (With an in-process store, which cannot fail, `Local` is the same as `Open`.)
     Local,
 }
 

@@ -110,14 +110,14 @@ where
     }
 }
 
-/// Seconds, rounded up.
+/// Seconds, rounded up (saturating).
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_micros().div_ceil(1_000_000) as u64
+    u64::try_from(d.as_micros().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-/// Milliseconds, rounded up.
+/// Milliseconds, rounded up (saturating).
 fn ceil_millis(d: Duration) -> u64 {
-    d.as_micros().div_ceil(1_000) as u64
+    u64::try_from(d.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX)
 }
 
 /// One item of `RateLimit-Policy`: `"name";q=capacity;w=seconds` over which the capacity
@@ -571,6 +571,14 @@ fn push_json_str(body: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_up_saturates() {
+        assert_eq!(ceil_secs(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_millis(Duration::from_micros(1_001)), 2);
+        assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
+        assert_eq!(ceil_millis(Duration::MAX), u64::MAX);
+    }
 
     #[test]
     fn json_strings_are_escaped() {

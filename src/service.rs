@@ -383,6 +383,51 @@ mod tests {
             response.headers()["ratelimit-policy"],
             "\"default\";q=4;w=60"
         );
+        // A cost above the local share (3 of 2) cannot pass until the store is back: 503, not
+        // a 429 with a wait that means nothing.
+        let svc = RateLimitLayer::builder()
+            .capacity(4)
+            .period(Duration::from_secs(60))
+            .store(Failing)
+            .fail_mode(FailMode::Local)
+            .local_share(0.5)
+            .cost_extractor(crate::cost::HeaderCost::default())
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default());
+        let mut costly = request("/");
+        costly
+            .headers_mut()
+            .insert("x-ratelimit-cost", http::HeaderValue::from_static("3"));
+        let response = svc.oneshot(costly).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    /// A store that answers with an error of its own, counting its calls.
+    #[derive(Clone, Default)]
+    struct Refusing(Arc<std::sync::atomic::AtomicUsize>);
+    impl Store for Refusing {
+        type Future = Ready<Result<Decision, StoreError>>;
+        fn decide(&self, _: &str, _: &Arc<[Limit]>, _: u64) -> Self::Future {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ready(Err(StoreError::Reply("WRONGTYPE".into())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_answers_with_errors_does_not_open_the_breaker() {
+        let store = Refusing::default();
+        let svc = layer()
+            .store(store.clone())
+            .build()
+            .unwrap()
+            .layer(MustBeReady::default());
+        for _ in 0..20 {
+            svc.clone().oneshot(request("/")).await.unwrap();
+        }
+        // Every request asked the store: it is up, only its answers are wrong.
+        assert_eq!(store.0.load(std::sync::atomic::Ordering::Relaxed), 20);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,13 +13,14 @@ use tollgate::{
 };
 
 /// What every example reads from the environment: the store (`REDIS_URL`, `REDIS_MODE`,
-/// `REDIS_SENTINEL_MASTER`), the store timeout (`STORE_TIMEOUT_MS`) and the fail mode
-/// (`FAIL_MODE`, `LOCAL_SHARE`).
+/// `REDIS_SENTINEL_MASTER`), the store timeout (`STORE_TIMEOUT_MS`), the fail mode
+/// (`FAIL_MODE`, `LOCAL_SHARE`) and the bound on calls in flight (`MAX_IN_FLIGHT`).
 pub struct Env {
     pub store: AnyStore,
     pub timeout: Duration,
     pub fail_mode: FailMode,
     pub local_share: f64,
+    pub max_in_flight: usize,
 }
 
 impl Env {
@@ -28,6 +29,7 @@ impl Env {
             timeout: store_timeout_from_env()?,
             fail_mode: fail_mode_from_env()?,
             local_share: local_share_from_env()?,
+            max_in_flight: max_in_flight_from_env()?,
             store: store_from_env().await?,
         })
     }
@@ -39,6 +41,7 @@ impl Env {
             .timeout(self.timeout)
             .fail_mode(self.fail_mode)
             .local_share(self.local_share)
+            .max_in_flight(self.max_in_flight)
     }
 }
 
@@ -113,6 +116,16 @@ pub fn local_share_from_env() -> Result<f64, String> {
             .parse()
             .map_err(|e| format!("LOCAL_SHARE: {share:?} is not a number: {e}")),
         Err(_) => Ok(1.0),
+    }
+}
+
+/// `MAX_IN_FLIGHT`: the most Redis calls under way at once (default 1,024).
+pub fn max_in_flight_from_env() -> Result<usize, String> {
+    match std::env::var("MAX_IN_FLIGHT") {
+        Ok(n) => n
+            .parse()
+            .map_err(|e| format!("MAX_IN_FLIGHT: {n:?} is not a count: {e}")),
+        Err(_) => Ok(tollgate::DEFAULT_MAX_IN_FLIGHT),
     }
 }
 

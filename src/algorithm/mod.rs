@@ -299,6 +299,18 @@ impl Limit {
         }
     }
 
+    /// Brings `state` back within what it can mean at `now` when the clock stepped back since
+    /// it was written, as the scripts do: a token bucket full further ahead than one whole
+    /// bucket becomes empty now (so it is never held for longer than it takes to fill); a window
+    /// later than now's becomes now's, counts and all (so it ends when now's window does).
+    pub(crate) fn settle(&self, state: &mut BucketState, now: u64) {
+        match self.algorithm() {
+            Algorithm::TokenBucket => token_bucket::settle(self, state, now),
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => window::settle(self, state, now),
+            Algorithm::SlidingLog => {}
+        }
+    }
+
     /// What a store sees of `state` before a request of `cost` at `now` (µs since the Unix
     /// epoch): the `observe` half of the limit's Lua script.
     #[inline]
@@ -398,6 +410,7 @@ impl Limit {
     #[inline]
     pub fn decide(&self, state: &mut BucketState, now: u64, cost: u64) -> Decision {
         let cost = cost.max(1);
+        self.settle(state, now);
         let seen = self.observe(state, now, cost);
         let allowed = self.allows(&seen, cost);
         if allowed {
@@ -409,8 +422,9 @@ impl Limit {
 
 /// Decides a request of `cost` units against several buckets at once, all or nothing: it
 /// passes only if every limit allows it, and then takes the units from every bucket (updating
-/// `states`); otherwise nothing is taken and `states` are unchanged. `now` is microseconds
-/// since the Unix epoch (the windows are aligned to it); a cost of 0 counts as 1.
+/// `states`); otherwise nothing is taken (a state written by a clock ahead of `now` is only
+/// brought back within what it can mean now). `now` is microseconds since the Unix epoch (the
+/// windows are aligned to it); a cost of 0 counts as 1.
 ///
 /// This is the arithmetic of the Lua scripts (`lua/`), step for step: a custom
 /// [`Store`](crate::Store) that keeps one [`BucketState`] per bucket and calls this under its
@@ -430,7 +444,12 @@ pub fn decide_all(limits: &[Limit], states: &mut [BucketState], now: u64, cost: 
     let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
     let observed = &mut observed[..limits.len()];
     let mut allowed = true;
-    for ((limit, state), seen) in limits.iter().zip(states.iter()).zip(observed.iter_mut()) {
+    for ((limit, state), seen) in limits
+        .iter()
+        .zip(states.iter_mut())
+        .zip(observed.iter_mut())
+    {
+        limit.settle(state, now);
         *seen = limit.observe(state, now, cost);
         allowed &= limit.allows(seen, cost);
     }

@@ -283,7 +283,7 @@ fn extreme_costs_and_clocks_never_overflow() {
         l.decide(&mut state, 0, 1);
     }
     // The clock stepped back by an hour: the token bucket counts as empty, not as stopped for an
-    // hour.
+    // hour, and a unit comes back a second later as the refusal said.
     let l = token_bucket(10, 10, 10_000);
     let mut state = BucketState::FullAt(now + 3_600 * SECOND);
     let d = l.decide(&mut state, now, 1);
@@ -291,6 +291,20 @@ fn extreme_costs_and_clocks_never_overflow() {
     assert_eq!(d.remaining, 0);
     assert_eq!(d.retry_after, Duration::from_secs(1));
     assert_eq!(d.reset_after, Duration::from_secs(10));
+    assert!(l.decide(&mut state, now + SECOND, 1).allowed);
+    // A window written by a clock ahead counts in now's window, and ends when it does.
+    let fixed = limit(Algorithm::FixedWindow, 3, 1_000);
+    let mut state = BucketState::Window {
+        index: now / SECOND + 60,
+        current: 3,
+        previous: 0,
+    };
+    let d = fixed.decide(&mut state, now + 400 * MS, 1);
+    assert_eq!(
+        (d.allowed, d.retry_after),
+        (false, Duration::from_millis(600))
+    );
+    assert!(fixed.decide(&mut state, now + SECOND, 1).allowed);
 }
 
 #[test]
@@ -319,4 +333,83 @@ fn algorithm_names_round_trip() {
     }
     let err = "leaky".parse::<Algorithm>().unwrap_err().to_string();
     assert!(err.contains("algorithm") && err.contains("leaky"), "{err}");
+}
+
+/// Properties of every algorithm over arbitrary request sequences: a cost above the capacity
+/// never passes; an exact algorithm never lets more pass than it promises in any span; a
+/// sliding log never keeps more entries than its capacity; decisions never report more units
+/// left than the capacity.
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// (gap before the request in ms, cost) pairs.
+    fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        prop::collection::vec((0u64..400, 1u64..8), 1..200)
+    }
+
+    proptest! {
+        #![proptest_config(crate::testing::proptest_config())]
+
+        #[test]
+        fn every_algorithm_keeps_its_promise(
+            requests in requests(),
+            capacity in 1u64..12,
+            window_ms in 50u64..2_000,
+            start in 0u64..10_000_000_000,
+        ) {
+            let w = window_ms * MS;
+            for algorithm in Algorithm::ALL {
+                let limit = Limit::with_algorithm(
+                    algorithm, "p", capacity, None, Duration::from_millis(window_ms),
+                ).unwrap();
+                let mut state = BucketState::default();
+                let mut now = start;
+                let mut passed: Vec<(u64, u64)> = Vec::new();
+                for &(gap, cost) in &requests {
+                    now += gap * MS;
+                    let d = limit.decide(&mut state, now, cost);
+                    prop_assert!(d.remaining <= capacity);
+                    if cost > capacity {
+                        prop_assert!(!d.allowed);
+                        prop_assert_eq!(d.retry_after, Duration::MAX);
+                    }
+                    if d.allowed {
+                        passed.push((now, cost));
+                    } else if d.retry_after != Duration::MAX {
+                        prop_assert!(d.retry_after > Duration::ZERO, "{algorithm:?} {d:?}");
+                    }
+                    if let BucketState::Log(entries) = &state {
+                        prop_assert!(entries.len() as u64 <= capacity);
+                    }
+                }
+                // Units passed in every span of one window starting at a request.
+                let most = passed
+                    .iter()
+                    .map(|&(t, _)| {
+                        passed.iter().filter(|&&(u, _)| u >= t && u < t + w).map(|p| p.1).sum::<u64>()
+                    })
+                    .max()
+                    .unwrap_or(0);
+                let bound = match algorithm {
+                    // A full bucket plus what refills within the span (one per w / capacity).
+                    Algorithm::TokenBucket => 2 * capacity,
+                    Algorithm::SlidingLog => capacity,
+                    // Two windows' worth at most across an edge.
+                    _ => 2 * capacity,
+                };
+                prop_assert!(most <= bound, "{algorithm:?}: {most} > {bound}");
+                if algorithm == Algorithm::FixedWindow {
+                    // And exactly the capacity per aligned window.
+                    for &(t, _) in &passed {
+                        let window = t / w;
+                        let in_window: u64 =
+                            passed.iter().filter(|&&(u, _)| u / w == window).map(|p| p.1).sum();
+                        prop_assert!(in_window <= capacity);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -20,6 +20,15 @@ pub(super) fn observe(limit: &Limit, state: &BucketState, now: u64) -> Observati
 }
 
 #[inline]
+pub(super) fn settle(limit: &Limit, state: &mut BucketState, now: u64) {
+    if let BucketState::FullAt(full_at) = state {
+        let latest = now.saturating_add(limit.window_us());
+        if *full_at > latest {
+            *full_at = latest;
+        }
+    }
+}
+
 pub(super) fn take(limit: &Limit, state: &mut BucketState, now: u64, cost: u64, full_after: u64) {
     let after = full_after.saturating_add(cost.saturating_mul(limit.interval_us()));
     *state = BucketState::FullAt(now.saturating_add(after));

@@ -21,8 +21,8 @@ fn position(w: u64, now: u64) -> (u64, u64) {
     (now_ms / w, now_ms % w)
 }
 
-/// The counters of `state` as of the window of `now`: (current, previous). A window index
-/// later than now's means the clock stepped back: that window keeps counting.
+/// The counters of `state` as of the window of `now`: (current, previous). (A window index
+/// later than now's, written by a clock ahead, was settled into now's.)
 fn counters(state: &BucketState, index: u64) -> (u64, u64) {
     match *state {
         BucketState::Window {
@@ -34,6 +34,15 @@ fn counters(state: &BucketState, index: u64) -> (u64, u64) {
             index: i, current, ..
         } if i + 1 == index => (0, current),
         _ => (0, 0),
+    }
+}
+
+pub(super) fn settle(limit: &Limit, state: &mut BucketState, now: u64) {
+    let (index, _) = position(limit.window_ms(), now);
+    if let BucketState::Window { index: i, .. } = state
+        && *i > index
+    {
+        *i = index;
     }
 }
 

@@ -390,3 +390,34 @@ async fn sliding_log_entries_stay_unique_when_the_clock_steps_back() {
         [ahead, ahead + 1, ahead + 1, ahead + 2, ahead + 2, ahead + 2]
     );
 }
+
+/// A request may cost up to the capacity, even the largest a sliding log allows: its entries
+/// are written in chunks (Lua cannot pass ~8,000 values to one call), so the script never fails
+/// halfway, and a request under a token bucket and a sliding log takes from both or neither.
+#[tokio::test]
+async fn the_largest_costs_pass_whole_or_not_at_all() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let hour = Duration::from_secs(3600);
+    let max = tollgate::MAX_LOG_CAPACITY;
+    let log: Arc<[Limit]> = Arc::new([Limit::sliding_log("l", max, hour).unwrap()]);
+    let d = store.decide("big", &log, max).await.unwrap();
+    assert_eq!((d.allowed, d.remaining), (true, 0));
+    let count: u64 = redis::cmd("ZCARD")
+        .arg(bucket_key("big", &log[0]))
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(count, max);
+    // Both limits allow 5,000: both take it.
+    let both: Arc<[Limit]> = Arc::new([
+        Limit::new("tb", 10_000, 1, hour).unwrap(),
+        Limit::sliding_log("sl", 10_000, hour).unwrap(),
+    ]);
+    let d = store.decide("pair", &both, 5_000).await.unwrap();
+    assert!(d.allowed);
+    // 6,000 more fits neither (5,000 left in each): nothing is taken from either.
+    let d = store.decide("pair", &both, 6_000).await.unwrap();
+    assert!(!d.allowed);
+    let d = store.decide("pair", &both, 5_000).await.unwrap();
+    assert_eq!((d.allowed, d.remaining), (true, 0));
+}

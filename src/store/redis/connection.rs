@@ -171,8 +171,9 @@ impl Link {
                 }
                 let link = Arc::clone(self);
                 tokio::spawn(async move {
+                    // Cleared however the lookup ends, even if its runtime stops it.
+                    let _resolving = Resolving(Arc::clone(&link));
                     link.resolve(failures).await;
-                    link.resolving.store(false, Ordering::Relaxed);
                 });
             }
         }
@@ -198,6 +199,17 @@ impl Link {
             Ok(Err(error)) => tracing::warn!(%error, "the sentinels named no reachable primary"),
             Err(_) => tracing::warn!("the sentinels did not answer within 5 s"),
         }
+    }
+}
+
+/// Marks a sentinel lookup as over when dropped.
+#[cfg(feature = "sentinel")]
+struct Resolving(Arc<Link>);
+
+#[cfg(feature = "sentinel")]
+impl Drop for Resolving {
+    fn drop(&mut self) {
+        self.0.resolving.store(false, Ordering::Relaxed);
     }
 }
 

@@ -151,6 +151,8 @@ impl RedisStore {
     }
 
     /// A store over a cluster client you configured (TLS, passwords, read routing, retries).
+    /// Its connections are made on first use, with connection and command timeouts of 1 s
+    /// (these replace the client's own).
     #[cfg(feature = "cluster")]
     pub fn from_cluster(client: redis::cluster::ClusterClient) -> Self {
         let conn = client.get_pending_async_connection_with_config(connection::cluster_config());
@@ -247,15 +249,17 @@ fn no_primary() -> redis::RedisError {
     ))
 }
 
-/// Reports a call that is dropped before it finished (the layer's timeout) as a failure.
+/// Reports a call that was sent and dropped before it finished (the layer's timeout) as a
+/// failure. A call dropped before it was sent (its request was cancelled) says nothing of Redis.
 struct Call {
     link: Arc<Link>,
+    sent: bool,
     finished: bool,
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        if !self.finished {
+        if self.sent && !self.finished {
             self.link.failed();
         }
     }
@@ -271,6 +275,7 @@ impl Store for RedisStore {
         let conn = self.link.connection();
         let mut call = Call {
             link: Arc::clone(&self.link),
+            sent: false,
             finished: false,
         };
         let cost = cost.max(1);
@@ -279,6 +284,7 @@ impl Store for RedisStore {
         let limits = Arc::clone(limits);
         let key = key.to_owned();
         Box::pin(async move {
+            call.sent = true;
             let reply = match conn {
                 Some(mut conn) => match conn.query(&evalsha).await {
                     // Redis forgot the script (restart, SCRIPT FLUSH, failover): send it.
