@@ -280,18 +280,15 @@ impl Store for RedisStore {
         };
         let cost = cost.max(1);
         let script = script_for(limits);
-        let evalsha = scripts::command("EVALSHA", script.get_hash(), key, limits, cost);
+        let evalsha = scripts::evalsha(script, key, limits, cost);
         let limits = Arc::clone(limits);
-        let key = key.to_owned();
         Box::pin(async move {
             call.sent = true;
             let reply = match conn {
                 Some(mut conn) => match conn.query(&evalsha).await {
                     // Redis forgot the script (restart, SCRIPT FLUSH, failover): send it.
                     Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        let text = scripts::script_text(script);
-                        let eval = scripts::command("EVAL", text, &key, &limits, cost);
-                        conn.query(&eval).await
+                        conn.query(&scripts::eval(&evalsha, script)).await
                     }
                     reply => reply,
                 },

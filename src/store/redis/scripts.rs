@@ -77,26 +77,37 @@ pub fn script_for(limits: &[Limit]) -> &'static redis::Script {
     }
 }
 
-/// The source of one of the five scripts.
-pub(super) fn script_text(script: &redis::Script) -> &'static str {
+/// The call `evalsha` (made by `evalsha()`) with the script's text instead of its SHA1:
+/// `EVAL`, for a server that lacks the script. Built only then, from the command's own
+/// arguments.
+pub(super) fn eval(evalsha: &redis::Cmd, script: &redis::Script) -> redis::Cmd {
     let i = SCRIPTS
         .iter()
         .position(|s| std::ptr::eq(s, script))
         .expect("one of the five scripts");
-    all()[i]
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(all()[i]);
+    // Past the verb and the SHA1: the key count, the keys and the arguments.
+    for arg in evalsha.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            cmd.arg(bytes);
+        }
+    }
+    cmd
 }
 
-/// `EVALSHA sha` or `EVAL text`, then the keys and arguments of `lua/decide.lua`, written once:
-/// each key straight from one reused buffer.
-pub(super) fn command(
-    verb: &str,
-    script: &str,
+/// `EVALSHA sha`, then the keys and arguments of `lua/decide.lua`, written once: each key
+/// straight from one reused buffer.
+pub(super) fn evalsha(
+    script: &redis::Script,
     key: &str,
     limits: &[Limit],
     cost: u64,
 ) -> redis::Cmd {
-    let mut cmd = redis::cmd(verb);
-    cmd.arg(script).arg(limits.len());
+    // Sized once: the verb, the SHA1, the key count, then per limit its key and four numbers.
+    let per_limit = key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN + 4 * 20;
+    let mut cmd = redis::Cmd::with_capacity(3 + 5 * limits.len(), 64 + per_limit * limits.len());
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(limits.len());
     let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN);
     for limit in limits {
         bucket.clear();
