@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::algorithm::Observation;
 use crate::{Algorithm, Decision, Limit};
 
 const SHARDS: usize = 16;
@@ -52,12 +52,12 @@ struct Entry {
     full_at: Instant,
     /// When one unit is available again.
     available_at: Instant,
-    /// The refusing limit: its capacity, the units left as the store said, its position, and
-    /// for a token bucket its time per token and to fill.
-    capacity: u64,
+    /// The units left, as the store said.
     remaining: u64,
+    /// The refusing limit's position among the request's limits.
     index: usize,
-    bucket: Option<(Duration, Duration)>,
+    /// Whether that limit is a token bucket, whose state follows from `full_at` alone.
+    token_bucket: bool,
 }
 
 impl DenyCache {
@@ -76,9 +76,9 @@ impl DenyCache {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached denial of a request of `cost` on `key`, if one still holds, with the wait
-    /// and tokens of this request.
-    pub(crate) fn check(&self, key: &str, cost: u64) -> Option<Decision> {
+    /// The cached denial of a request of `cost` on `key`, under `limits` (the request's), if
+    /// one still holds, with the wait and units of this request.
+    pub(crate) fn check(&self, key: &str, cost: u64, limits: &[Limit]) -> Option<Decision> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -90,44 +90,29 @@ impl DenyCache {
             self.len.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
+        drop(shard);
         if cost < entry.cost {
             return None;
         }
+        let limit = limits.get(entry.index)?;
         let full_after = entry.full_at.saturating_duration_since(now);
         let waited = entry.until - now;
-        let Some((interval, fill)) = entry.bucket else {
+        let decision = if entry.token_bucket {
+            // The bucket as of now, if nothing else took from it: this request's own wait (at
+            // least the cached one, since it costs at least as much).
+            let full_after = u64::try_from(full_after.as_micros()).unwrap_or(u64::MAX);
+            let observed = Observation::TokenBucket { full_after };
+            let d = limit.report(&observed, false, cost);
+            Decision {
+                retry_after: d.retry_after.max(waited),
+                ..d
+            }
+        } else {
             let available_after = entry.available_at.saturating_duration_since(now);
-            return Some(
-                Decision::new(false, entry.capacity, entry.remaining, waited, full_after)
-                    .with_available_after(available_after)
-                    .with_index(entry.index),
-            );
+            Decision::new(false, limit.capacity(), entry.remaining, waited, full_after)
+                .with_available_after(available_after)
         };
-        // The token bucket as of now, if nothing else took from it: full after `full_after`.
-        let per_token = interval.as_nanos().max(1);
-        let held = fill.saturating_sub(full_after).as_nanos();
-        let remaining = u64::try_from(held / per_token).unwrap_or(u64::MAX);
-        // This request needs `cost` tokens: at least as long as the cached wait.
-        let needed = interval
-            .checked_mul(u32::try_from(cost).unwrap_or(u32::MAX))
-            .and_then(|need| full_after.checked_add(need))
-            .map_or(Duration::MAX, |t| t.saturating_sub(fill));
-        let available_after = (full_after + interval).saturating_sub(fill);
-        Some(
-            Decision::new(
-                false,
-                entry.capacity,
-                remaining,
-                needed.max(waited),
-                full_after,
-            )
-            .with_available_after(if remaining == 0 {
-                available_after
-            } else {
-                Duration::ZERO
-            })
-            .with_index(entry.index),
-        )
+        Some(decision.with_index(entry.index))
     }
 
     /// Remembers the store's denial, by `limit`, of a request of `cost` on `key` that was sent
@@ -160,15 +145,9 @@ impl DenyCache {
             until,
             full_at,
             available_at,
-            capacity: limit.capacity(),
             remaining: decision.remaining,
             index: decision.index,
-            bucket: (limit.algorithm() == Algorithm::TokenBucket).then(|| {
-                (
-                    Duration::from_micros(limit.interval_us()),
-                    Duration::from_micros(limit.window_us()),
-                )
-            }),
+            token_bucket: limit.algorithm() == Algorithm::TokenBucket,
         };
         let mut shard = self.shard(key);
         if let Some(slot) = shard.entries.get_mut(key) {
@@ -195,6 +174,8 @@ impl DenyCache {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn limit() -> Limit {
@@ -215,29 +196,36 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn holds_until_the_wait_is_over_for_costs_at_least_as_high() {
         let (cache, l) = (DenyCache::new(), limit());
-        assert_eq!(cache.check("k", 1), None);
+        assert_eq!(cache.check("k", 1, std::slice::from_ref(&l)), None);
         // An empty bucket, full in 10 s: cost 1 waits 1 s.
         cache.insert("k", 1, &l, &denial(1_000), Instant::now());
-        let d = cache.check("k", 1).unwrap();
+        let d = cache.check("k", 1, std::slice::from_ref(&l)).unwrap();
         assert_eq!(d.retry_after, Duration::from_millis(1_000));
         assert_eq!(d.remaining, 0);
         tokio::time::advance(Duration::from_millis(400)).await;
         // A dearer request waits for its own tokens: 5 tokens, 5 s from the empty bucket.
-        let d = cache.check("k", 5).unwrap();
+        let d = cache.check("k", 5, std::slice::from_ref(&l)).unwrap();
         assert_eq!(d.retry_after, Duration::from_millis(4_600));
         assert_eq!(d.reset_after, Duration::from_millis(9_600));
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(cache.check("k", 5), None);
+        assert_eq!(cache.check("k", 5, std::slice::from_ref(&l)), None);
         assert_eq!(cache.len.load(Ordering::Relaxed), 0);
         // A denial for cost 2 does not hold a cheaper request back.
         cache.insert("k", 2, &l, &denial(500), Instant::now());
-        assert_eq!(cache.check("k", 1), None, "a cheaper request may pass");
+        assert_eq!(
+            cache.check("k", 1, std::slice::from_ref(&l)),
+            None,
+            "a cheaper request may pass"
+        );
         // The wait counts from when the store was asked, not from when it answered.
         let asked = Instant::now();
         tokio::time::advance(Duration::from_millis(300)).await;
         cache.insert("j", 1, &l, &denial(1_000), asked);
         assert_eq!(
-            cache.check("j", 1).unwrap().retry_after,
+            cache
+                .check("j", 1, std::slice::from_ref(&l))
+                .unwrap()
+                .retry_after,
             Duration::from_millis(700)
         );
         // Never-passing costs, allowed decisions and waits already over are not cached; huge
@@ -248,6 +236,6 @@ mod tests {
         never.retry_after = Duration::MAX;
         never.reset_after = Duration::MAX;
         cache.insert("z", 1, &l, &never, Instant::now());
-        assert_eq!(cache.check("z", 1), None);
+        assert_eq!(cache.check("z", 1, std::slice::from_ref(&l)), None);
     }
 }

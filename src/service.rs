@@ -146,7 +146,7 @@ where
         let key = request_key(&settings.key_prefix, client.as_bytes(), endpoint);
         drop((client, path));
         if let Some(cache) = &settings.deny_cache
-            && let Some(decision) = cache.check(&key, cost)
+            && let Some(decision) = cache.check(&key, cost, &policy.limits)
         {
             // Denied in process: the store said so and the wait is not over.
             settings.telemetry.deny_cache_hit();
