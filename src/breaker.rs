@@ -97,6 +97,11 @@ impl Breaker {
 }
 
 impl Ticket {
+    /// Calls under way now, this one included.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.breaker.in_flight()
+    }
+
     /// The store answered.
     pub(crate) fn answered(&self) {
         let breaker = &self.breaker;

@@ -59,8 +59,37 @@ pub(crate) struct Asked {
     pub(crate) cost: u64,
     /// The place of this call among those in flight (a remote store).
     pub(crate) ticket: Option<Ticket>,
-    /// Why the store was not asked, when it was not.
-    pub(crate) not_asked: Option<StoreError>,
+}
+
+pin_project! {
+    /// The store's decision, or why the store was not asked (the breaker is open, or too many
+    /// calls are under way): then it is ready at once, with that error.
+    #[project = AskingProj]
+    pub(crate) enum Asking<D> {
+        Sent {
+            #[pin]
+            decision: D,
+        },
+        NotAsked {
+            error: Option<StoreError>,
+        },
+    }
+}
+
+impl<D> Future for Asking<D>
+where
+    D: Future<Output = Result<Decision, StoreError>>,
+{
+    type Output = Result<Decision, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AskingProj::Sent { decision } => decision.poll(cx),
+            AskingProj::NotAsked { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
+    }
 }
 
 /// What follows a decision (the store's, or the local one while the store fails): refused, or
@@ -121,9 +150,8 @@ pin_project! {
     {
         // Waiting for the store, at most the timeout.
         Deciding {
-            // `None` when the store is not asked.
             #[pin]
-            decision: Option<D>,
+            decision: Asking<D>,
             // Started when the decision is first pending, so a store that answers at once
             // (the memory store) never arms a timer.
             #[pin]
@@ -164,7 +192,7 @@ where
         settings: Arc<Settings>,
         policy: usize,
         flags: Flags,
-        decision: Option<D>,
+        decision: Asking<D>,
         asked: Asked,
         inner: S,
         request: Request<ReqBody>,
@@ -253,20 +281,16 @@ where
                     inner,
                     request,
                 } => {
-                    let outcome = match decision.as_pin_mut() {
-                        // Not asked (the breaker is open, or too many calls are under way).
-                        None => Err(asked.not_asked.take().unwrap_or(StoreError::CircuitOpen)),
-                        Some(decision) => match decision.poll(cx) {
-                            Poll::Ready(outcome) => outcome,
-                            Poll::Pending => {
-                                if deadline.is_none() {
-                                    deadline.set(Some(tokio::time::sleep(settings.timeout)));
-                                }
-                                let sleep = deadline.as_pin_mut().expect("deadline was just set");
-                                ready!(sleep.poll(cx));
-                                Err(StoreError::Timeout(settings.timeout))
+                    let outcome = match decision.poll(cx) {
+                        Poll::Ready(outcome) => outcome,
+                        Poll::Pending => {
+                            if deadline.is_none() {
+                                deadline.set(Some(tokio::time::sleep(settings.timeout)));
                             }
-                        },
+                            let sleep = deadline.as_pin_mut().expect("deadline was just set");
+                            ready!(sleep.poll(cx));
+                            Err(StoreError::Timeout(settings.timeout))
+                        }
                     };
                     let mut forward = |decision| {
                         let mut inner = inner.take().expect("the service is called once");

@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use crate::ResponseFuture;
 use crate::client::ClientExtractor;
-use crate::future::{Asked, Flags};
+use crate::future::{Asked, Asking, Flags};
 use crate::key::{Endpoint, endpoint_path, request_key, request_path};
 use crate::layer::Shared;
 use crate::response::{Answer, ResponseBody, is_grpc};
@@ -163,17 +163,16 @@ where
         // never outlasts the store's word. A remote store is asked only when the breaker lets
         // the call through.
         let asked = St::REMOTE.then(tokio::time::Instant::now);
-        let (ticket, not_asked) = match settings.breaker.as_ref().map(|b| b.admit()) {
-            Some(Ok(ticket)) => (Some(ticket), None),
-            Some(Err(not_asked)) => (None, Some(not_asked)),
-            None => (None, None),
+        let (decision, ticket) = match settings.breaker.as_ref().map(|b| b.admit()).transpose() {
+            Err(error) => (Asking::NotAsked { error: Some(error) }, None),
+            Ok(ticket) => {
+                if let Some(ticket) = &ticket {
+                    settings.telemetry.in_flight(ticket.in_flight());
+                }
+                let decision = self.shared.store.decide(&key, &policy.limits, cost);
+                (Asking::Sent { decision }, ticket)
+            }
         };
-        let decision = not_asked
-            .is_none()
-            .then(|| self.shared.store.decide(&key, &policy.limits, cost));
-        if let (Some(_), Some(breaker)) = (&ticket, &settings.breaker) {
-            settings.telemetry.in_flight(breaker.in_flight());
-        }
         let keep_key = settings.deny_cache.is_some() || settings.local.is_some();
         ResponseFuture::deciding(
             Arc::clone(settings),
@@ -185,7 +184,6 @@ where
                 key: keep_key.then_some(key),
                 cost,
                 ticket,
-                not_asked,
             },
             inner,
             Request::from_parts(parts, body),
