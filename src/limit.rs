@@ -219,27 +219,18 @@ impl Limit {
     }
 
     /// The same limit with its capacity (and a token bucket's refill) scaled by `share`,
-    /// rounded up, at least 1: what one of several instances may admit on its own.
+    /// rounded up, at least 1: what one of several instances may admit on its own. (A token
+    /// bucket whose scaled rate whole microseconds cannot keep keeps its rate, scaled in
+    /// capacity only.)
     pub(crate) fn scaled(&self, share: f64) -> Self {
         let scale = |n: u64| ((n as f64 * share).ceil() as u64).clamp(1, n);
-        let mut limit = self.clone();
-        limit.capacity = scale(self.capacity);
-        if self.algorithm == Algorithm::TokenBucket {
-            // Keep the per-token interval of the share: refill × share per period.
-            limit.refill = scale(self.refill);
-            let period_us = self.period.as_micros();
-            limit.interval_us = u64::try_from(
-                (period_us + u128::from(limit.refill) / 2) / u128::from(limit.refill),
-            )
-            .unwrap_or(u64::MAX)
-            .max(1);
-            if limit.capacity.checked_mul(limit.interval_us).is_none() {
-                limit.interval_us = self.interval_us;
-            }
-        } else {
-            limit.refill = limit.capacity;
-        }
-        limit
+        let capacity = scale(self.capacity);
+        let refill = (self.algorithm == Algorithm::TokenBucket).then(|| scale(self.refill));
+        Self::with_algorithm(self.algorithm, self.name(), capacity, refill, self.period)
+            .unwrap_or_else(|_| Self {
+                capacity,
+                ..self.clone()
+            })
     }
 }
 

@@ -311,12 +311,12 @@ impl Limit {
         }
     }
 
-    /// What a store sees of `state` before a request of `cost` at `now` (µs since the Unix
-    /// epoch): the `observe` half of the limit's Lua script.
+    /// What a store sees of `state`, once [settled](Self::settle), before a request of `cost`
+    /// at `now` (µs since the Unix epoch): the `observe` half of the limit's Lua script.
     #[inline]
     pub(crate) fn observe(&self, state: &BucketState, now: u64, cost: u64) -> Observation {
         match self.algorithm() {
-            Algorithm::TokenBucket => token_bucket::observe(self, state, now),
+            Algorithm::TokenBucket => token_bucket::observe(state, now),
             Algorithm::FixedWindow => window::observe_fixed(self, state, now),
             Algorithm::SlidingWindow => window::observe_sliding(self, state, now),
             Algorithm::SlidingLog => sliding_log::observe(self, state, now, cost),

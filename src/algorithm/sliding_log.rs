@@ -65,7 +65,7 @@ pub(super) fn take(
     newest: u64,
 ) {
     let w = limit.window_us();
-    let first = window(limit.window_us(), state, now).1;
+    let first = window(w, state, now).1;
     if !matches!(state, BucketState::Log(_)) {
         *state = BucketState::Log(Box::default());
     }

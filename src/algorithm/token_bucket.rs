@@ -9,11 +9,10 @@ use super::{BucketState, Observation, Shape, us};
 use crate::{Decision, Limit};
 
 #[inline]
-pub(super) fn observe(limit: &Limit, state: &BucketState, now: u64) -> Observation {
+pub(super) fn observe(state: &BucketState, now: u64) -> Observation {
     let full_after = match *state {
-        // Clamped: a full-at time more than one bucket ahead (the clock stepped back) counts as
-        // an empty bucket.
-        BucketState::FullAt(full_at) => full_at.saturating_sub(now).min(limit.window_us()),
+        // At most one whole bucket ahead: `settle` saw to that.
+        BucketState::FullAt(full_at) => full_at.saturating_sub(now),
         _ => 0,
     };
     Observation::TokenBucket { full_after }
