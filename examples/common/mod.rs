@@ -24,12 +24,16 @@ pub struct Env {
 }
 
 impl Env {
+    /// `STORE_TIMEOUT_MS` (default 50; the tests raise it where they are not about timeouts,
+    /// so a busy CI machine does not fail requests open), `FAIL_MODE` (`open`, `closed` or
+    /// `local`), `LOCAL_SHARE` (default 1; 0.5 for two instances), `MAX_IN_FLIGHT` (default
+    /// 1,024) and the store.
     pub async fn load() -> Result<Self, String> {
         Ok(Self {
-            timeout: store_timeout_from_env()?,
-            fail_mode: fail_mode_from_env()?,
-            local_share: local_share_from_env()?,
-            max_in_flight: max_in_flight_from_env()?,
+            timeout: Duration::from_millis(env_or("STORE_TIMEOUT_MS", 50)?),
+            fail_mode: env_or("FAIL_MODE", FailMode::Open)?,
+            local_share: env_or("LOCAL_SHARE", 1.0)?,
+            max_in_flight: env_or("MAX_IN_FLIGHT", tollgate::DEFAULT_MAX_IN_FLIGHT)?,
             store: store_from_env().await?,
         })
     }
@@ -100,44 +104,18 @@ pub async fn store_from_env() -> Result<AnyStore, String> {
     Ok(AnyStore::Redis(store))
 }
 
-/// `FAIL_MODE`: `open` (default), `closed` or `local`.
-pub fn fail_mode_from_env() -> Result<FailMode, String> {
-    match std::env::var("FAIL_MODE") {
-        Ok(mode) => mode.parse().map_err(|e| format!("FAIL_MODE: {e}")),
-        Err(_) => Ok(FailMode::Open),
-    }
-}
-
-/// `LOCAL_SHARE`: the share of each limit this instance admits on its own with
-/// `FAIL_MODE=local` (default 1; 0.5 for two instances).
-pub fn local_share_from_env() -> Result<f64, String> {
-    match std::env::var("LOCAL_SHARE") {
-        Ok(share) => share
+/// The variable `name` parsed, or `default` when it is unset; a value that does not parse is
+/// an error naming the variable and the value.
+pub fn env_or<T>(name: &str, default: T) -> Result<T, String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) => value
             .parse()
-            .map_err(|e| format!("LOCAL_SHARE: {share:?} is not a number: {e}")),
-        Err(_) => Ok(1.0),
-    }
-}
-
-/// `MAX_IN_FLIGHT`: the most Redis calls under way at once (default 1,024).
-pub fn max_in_flight_from_env() -> Result<usize, String> {
-    match std::env::var("MAX_IN_FLIGHT") {
-        Ok(n) => n
-            .parse()
-            .map_err(|e| format!("MAX_IN_FLIGHT: {n:?} is not a count: {e}")),
-        Err(_) => Ok(tollgate::DEFAULT_MAX_IN_FLIGHT),
-    }
-}
-
-/// `STORE_TIMEOUT_MS`: how long a store call may take (default 50 ms). The tests raise it where
-/// they are not about timeouts, so a busy CI machine does not fail requests open.
-pub fn store_timeout_from_env() -> Result<Duration, String> {
-    match std::env::var("STORE_TIMEOUT_MS") {
-        Ok(ms) => ms
-            .parse()
-            .map(Duration::from_millis)
-            .map_err(|e| format!("STORE_TIMEOUT_MS: {e}")),
-        Err(_) => Ok(Duration::from_millis(50)),
+            .map_err(|e| format!("{name}: {value:?} is invalid: {e}")),
+        Err(_) => Ok(default),
     }
 }
 
