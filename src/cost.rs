@@ -139,15 +139,7 @@ mod tests {
             .cost_extractor(HeaderCost::default())
             .build()
             .unwrap();
-        let headers = [
-            "content-type",
-            "retry-after",
-            "ratelimit-policy",
-            "grpc-status",
-            "grpc-message",
-            "grpc-status-details-bin",
-        ];
-        crate::testing::answer(layer, request, &headers).await
+        crate::testing::answer(layer, request).await
     }
 
     fn costing(cost: &str, grpc: bool) -> http::Request<()> {

@@ -354,24 +354,18 @@ mod tests {
 
     #[tokio::test]
     async fn aliases_of_a_path_share_a_bucket_and_long_paths_are_limited() {
-        use tower::{Layer as _, ServiceExt as _};
         let layer = crate::RateLimitLayer::builder()
             .capacity(1)
             .period(std::time::Duration::from_secs(60))
             .build()
             .unwrap();
-        let svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-        }));
         let status = |path: String| {
-            let svc = svc.clone();
-            async move {
-                let request = http::Request::get(path)
-                    .header("x-api-key", "k")
-                    .body(())
-                    .unwrap();
-                svc.oneshot(request).await.unwrap().status().as_u16()
-            }
+            let request = http::Request::get(path)
+                .header("x-api-key", "k")
+                .body(())
+                .unwrap();
+            let layer = &layer;
+            async move { crate::testing::status(layer, request).await.as_u16() }
         };
         let long = format!("/{}", "x".repeat(20_000));
         let mut got = Vec::new();

@@ -344,15 +344,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn local_fail_mode_decides_with_a_share_of_each_limit() {
         // Capacity 4, two instances: each admits 2 on its own while the store fails.
-        let svc = RateLimitLayer::builder()
-            .capacity(4)
-            .period(Duration::from_secs(60))
-            .store(Failing)
-            .fail_mode(FailMode::Local)
-            .local_share(0.5)
-            .build()
-            .unwrap()
-            .layer(MustBeReady::default());
+        let local = || {
+            RateLimitLayer::builder()
+                .capacity(4)
+                .period(Duration::from_secs(60))
+                .store(Failing)
+                .fail_mode(FailMode::Local)
+                .local_share(0.5)
+        };
+        let svc = local().build().unwrap().layer(MustBeReady::default());
         let mut statuses = Vec::new();
         for _ in 0..3 {
             let response = svc.clone().oneshot(request("/")).await.unwrap();
@@ -383,12 +383,7 @@ mod tests {
         );
         // A cost above the local share (3 of 2) cannot pass until the store is back: 503, not
         // a 429 with a wait that means nothing.
-        let svc = RateLimitLayer::builder()
-            .capacity(4)
-            .period(Duration::from_secs(60))
-            .store(Failing)
-            .fail_mode(FailMode::Local)
-            .local_share(0.5)
+        let svc = local()
             .cost_extractor(crate::cost::HeaderCost::default())
             .build()
             .unwrap()

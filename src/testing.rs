@@ -11,12 +11,21 @@ pub(crate) fn proptest_config() -> ProptestConfig {
     }
 }
 
+/// The header fields [`answer`] reads, in order.
+pub(crate) const ANSWER_FIELDS: [&str; 6] = [
+    "content-type",
+    "retry-after",
+    "ratelimit-policy",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+];
+
 /// Sends `request` through `layer` around a service that answers `inner`, and returns the
-/// status, the `headers` named (`""` when absent) and the body.
+/// status, the [`ANSWER_FIELDS`] (`""` when absent) and the body.
 pub(crate) async fn answer<C: crate::ClientExtractor>(
     layer: crate::RateLimitLayer<crate::MemoryStore, C>,
     request: http::Request<()>,
-    headers: &[&str],
 ) -> (http::StatusCode, Vec<String>, String) {
     use http_body_util::BodyExt as _;
     use tower::{Layer as _, ServiceExt as _};
@@ -26,7 +35,7 @@ pub(crate) async fn answer<C: crate::ClientExtractor>(
     });
     let response = layer.layer(inner).oneshot(request).await.unwrap();
     let status = response.status();
-    let headers = headers
+    let fields = ANSWER_FIELDS
         .iter()
         .map(|name| {
             response
@@ -37,5 +46,13 @@ pub(crate) async fn answer<C: crate::ClientExtractor>(
         })
         .collect();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    (status, fields, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The status `layer` answers `request` with.
+pub(crate) async fn status<C: crate::ClientExtractor>(
+    layer: &crate::RateLimitLayer<crate::MemoryStore, C>,
+    request: http::Request<()>,
+) -> http::StatusCode {
+    answer(layer.clone(), request).await.0
 }

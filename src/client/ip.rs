@@ -372,16 +372,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_spoofed_forwarding_header_from_an_untrusted_peer_changes_nothing() {
-        use tower::{Layer as _, ServiceExt as _};
         let layer = crate::RateLimitLayer::builder()
             .client_extractor(ClientIp::behind_proxies(["10.0.0.0/8"]).unwrap())
             .capacity(1)
             .period(std::time::Duration::from_secs(60))
             .build()
             .unwrap();
-        let svc = layer.layer(tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-        }));
         let mut statuses = Vec::new();
         for spoof in ["1.2.3.4", "5.6.7.8, 10.0.0.1", "garbage"] {
             let mut request = http::Request::get("/")
@@ -391,7 +387,7 @@ mod tests {
                 .unwrap();
             let peer = RemoteAddr("203.0.113.9:5000".parse().unwrap());
             request.extensions_mut().insert(peer);
-            statuses.push(svc.clone().oneshot(request).await.unwrap().status());
+            statuses.push(crate::testing::status(&layer, request).await);
         }
         // One client, the peer: its first request passes, the others are limited.
         assert_eq!(

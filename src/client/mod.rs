@@ -275,14 +275,7 @@ mod tests {
             .period(std::time::Duration::from_secs(60))
             .build()
             .unwrap();
-        let headers = [
-            "content-type",
-            "retry-after",
-            "ratelimit-policy",
-            "grpc-status",
-            "grpc-message",
-        ];
-        crate::testing::answer(layer, request, &headers).await
+        crate::testing::answer(layer, request).await
     }
 
     const MISSING_KEY: &str =
@@ -334,22 +327,13 @@ mod tests {
                     .body(())
                     .unwrap()
             };
-            let svc = layer()
+            let layer = layer()
                 .capacity(1)
                 .period(std::time::Duration::from_secs(60))
                 .build()
                 .unwrap();
-            let inner = tower::service_fn(|_: http::Request<()>| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::<
-                    bytes::Bytes,
-                >::from(
-                    "inner"
-                )))
-            });
-            let svc = tower::Layer::layer(&svc, inner);
-            use tower::ServiceExt as _;
-            let first = svc.clone().oneshot(request()).await.unwrap().status();
-            let second = svc.clone().oneshot(request()).await.unwrap().status();
+            let first = crate::testing::status(&layer, request()).await;
+            let second = crate::testing::status(&layer, request()).await;
             assert_eq!(
                 (first, second),
                 (http::StatusCode::OK, http::StatusCode::TOO_MANY_REQUESTS)

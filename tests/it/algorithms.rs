@@ -278,6 +278,34 @@ async fn memory_and_redis_agree_on_sequences() {
     }
 }
 
+/// 64 callers, alternating between `stores`, each send `per_caller` requests of cost 1 on
+/// `key`; how many passed.
+pub async fn concurrently(
+    stores: &[RedisStore; 2],
+    key: &'static str,
+    limits: &Arc<[Limit]>,
+    per_caller: usize,
+) -> u64 {
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (store, limits) = (stores[t % 2].clone(), limits.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut allowed = 0;
+            for _ in 0..per_caller {
+                if store.decide(key, &limits, 1).await.unwrap().allowed {
+                    allowed += 1;
+                }
+            }
+            allowed
+        }));
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += task.await.unwrap();
+    }
+    allowed
+}
+
 /// 64 callers on two connections, 8 requests each, on one key: every algorithm admits exactly
 /// its capacity when nothing comes back during the test, and a request under limits of
 /// different algorithms passes all or none of them.
@@ -311,23 +339,7 @@ async fn concurrent_callers_on_two_connections_get_exactly_the_capacity() {
         ),
     ];
     for (limits, capacity) in cases {
-        let mut tasks = Vec::new();
-        for t in 0..64 {
-            let (store, limits) = (stores[t % 2].clone(), limits.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut allowed = 0;
-                for _ in 0..8 {
-                    if store.decide("hot", &limits, 1).await.unwrap().allowed {
-                        allowed += 1;
-                    }
-                }
-                allowed
-            }));
-        }
-        let mut allowed = 0;
-        for task in tasks {
-            allowed += task.await.unwrap();
-        }
+        let allowed = concurrently(&stores, "hot", &limits, 8).await;
         assert_eq!(allowed, capacity, "{limits:?}");
         // Every limit gave exactly one unit per request that passed, none for the others.
         for limit in limits.iter() {

@@ -26,6 +26,26 @@ async fn loadtest(args: &[&str], limit: Duration) -> Output {
         .unwrap()
 }
 
+/// Runs loadtest for `duration` with 8 clients over 5 keys, checking `limit`, against the
+/// example server (in memory: 10 at once, 10 back per 10 s, per key and endpoint).
+async fn against_the_server(duration: &str, limit: &str) -> Output {
+    let server = Instance::start(&[]);
+    let url = format!("http://{}/hello", server.addr);
+    let args = [
+        "--url",
+        &url,
+        "--clients",
+        "8",
+        "--duration",
+        duration,
+        "--keys",
+        "5",
+        "--check-limit",
+        limit,
+    ];
+    loadtest(&args, Duration::from_secs(30)).await
+}
+
 /// Stdout's one line, parsed.
 fn report(output: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -42,21 +62,7 @@ fn count(report: &Value, field: &str) -> u64 {
 
 #[tokio::test]
 async fn counts_add_up_and_keep_within_the_servers_limit() {
-    let server = Instance::start(&[]);
-    let url = format!("http://{}/hello", server.addr);
-    let args = [
-        "--url",
-        &url,
-        "--clients",
-        "8",
-        "--duration",
-        "2s",
-        "--keys",
-        "5",
-        "--check-limit",
-        "10/10",
-    ];
-    let output = loadtest(&args, Duration::from_secs(30)).await;
+    let output = against_the_server("2s", "10/10").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let r = report(&output);
@@ -102,21 +108,7 @@ async fn counts_add_up_and_keep_within_the_servers_limit() {
 
 #[tokio::test]
 async fn a_limit_stricter_than_the_servers_fails_the_check() {
-    let server = Instance::start(&[]);
-    let url = format!("http://{}/hello", server.addr);
-    let args = [
-        "--url",
-        &url,
-        "--clients",
-        "8",
-        "--duration",
-        "1s",
-        "--keys",
-        "5",
-        "--check-limit",
-        "1/1000",
-    ];
-    let output = loadtest(&args, Duration::from_secs(30)).await;
+    let output = against_the_server("1s", "1/1000").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     // Every key got its full bucket of 10, over 1 + 1·elapsed/1000.

@@ -10,6 +10,7 @@ use axum::{Router, routing::get};
 use tollgate::store::script_for;
 use tollgate::{Limit, Policies, RateLimitLayer, RedisStore, Store};
 
+use crate::algorithms::concurrently;
 use crate::harness::{HttpClient, RedisServer, TestServer};
 
 /// 64 concurrent callers on two connections under two limits: exactly the tighter limit's
@@ -27,23 +28,7 @@ async fn several_limits_are_atomic_under_concurrency() {
         Limit::new("burst", 10, 1, hour).unwrap(),
         Limit::new("daily", 25, 1, hour * 24).unwrap(),
     ]);
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let (store, limits) = (stores[t % 2].clone(), limits.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut allowed = 0;
-            for _ in 0..4 {
-                if store.decide("atomic", &limits, 1).await.unwrap().allowed {
-                    allowed += 1;
-                }
-            }
-            allowed
-        }));
-    }
-    let mut allowed = 0;
-    for task in tasks {
-        allowed += task.await.unwrap();
-    }
+    let allowed = concurrently(&stores, "atomic", &limits, 4).await;
     assert_eq!(allowed, 10);
     // The daily bucket alone: 25 - 10 taken - this one.
     let daily: Arc<[Limit]> = Arc::new([limits[1].clone()]);
