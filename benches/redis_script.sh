@@ -15,13 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-400000}
 rounds=${2:-3}
+source scripts/lib.sh
+need redis-server redis-cli redis-benchmark python3
 dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-  --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
-trap 'kill "$(cat "$dir/redis.pid")"; rm -rf "$dir"' EXIT
+trap cleanup EXIT
+port=$(free_port)
+start_redis "$port" --appendonly no
 cli() { redis-cli -p "$port" "$@"; }
-until cli PING >/dev/null 2>&1; do sleep 0.05; done
 
 tb=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua lua/decide.lua)")
 floor=$(cli SCRIPT LOAD "$(cat benches/lua/floor.lua)")

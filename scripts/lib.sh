@@ -1,7 +1,17 @@
-# What scripts/soak.sh and scripts/pressure.sh share. Source it; it expects `dir` (a temporary
+# What the scripts that start their own Redis share (scripts/soak.sh, scripts/pressure.sh,
+# benches/redis_script.sh, benches/redis_memory.sh). Source it; it expects `dir` (a temporary
 # directory) and fills `pids` with what `cleanup` stops.
 
 pids=()
+
+# need TOOL…: exits, saying how to install them, when a tool is missing.
+need() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null ||
+      { echo "needs $tool: apt-get install redis-server curl python3" >&2; exit 1; }
+  done
+}
 
 # Builds the example server and the load test (SOAK_PROFILE=release to optimize) and sets
 # `bin` to where they are.

@@ -16,9 +16,7 @@ hang=${1:-20}
 warmup=5
 after=10
 total=$((warmup + hang + after))
-for tool in redis-server redis-cli curl python3; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install redis-server curl python3)" >&2; exit 1; }
-done
+need redis-server redis-cli curl python3
 build_examples
 dir=$(mktemp -d)
 trap cleanup EXIT

@@ -18,9 +18,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 seconds=${1:-60}
 warmup=$((seconds / 6 > 5 ? seconds / 6 : 5))
-for tool in redis-server redis-cli python3; do
-  command -v "$tool" >/dev/null || { echo "needs $tool: apt-get install redis-server python3" >&2; exit 1; }
-done
+need redis-server redis-cli python3
 build_examples
 dir=$(mktemp -d)
 trap cleanup EXIT
