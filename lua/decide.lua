@@ -29,15 +29,12 @@ if n == 1 then
   if ok then
     take(code, key, now, a, b, c, o1, o2, o3, o4)
   end
-  local v
-  if code == 't' then
-    v = o1
-  elseif code == 'f' then
+  if code ~= 't' and code ~= 'f' then
+    return {ok and 1 or 0, o1, o2, o3, o4}
+  end
+  local v = o1
+  if code == 'f' then
     v = o1 * a + o2
-  elseif ok then
-    return {1, o1, o2, o3, o4}
-  else
-    return {0, o1, o2, o3, o4}
   end
   if ok then
     return v + 1

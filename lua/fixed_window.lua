@@ -13,10 +13,10 @@ local function fixed_window(_, key, now, w, capacity, cost)
   local now_ms = math.floor(now / 1000)
   local index = math.floor(now_ms / w)
   local state = redis.call('HMGET', key, 'i', 'c')
-  local current = 0
-  if state[1] and state[1] + 0 >= index then
+  local current, i = 0, state[1] and state[1] + 0
+  if i and i >= index then
     current = state[2] + 0
-    if state[1] + 0 > index then
+    if i > index then
       -- A later window than now's: the clock stepped back. What it counted counts in this
       -- window, which ends first.
       redis.call('HSET', key, 'i', string.format('%d', index))
