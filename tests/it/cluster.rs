@@ -135,6 +135,9 @@ async fn a_killed_primary_is_followed_in_every_fail_mode() {
     assert!(followed.iter().all(|&n| n > 0), "{followed:?}");
     // The promoted node now has the script: the call that met NOSCRIPT sent it along.
     cluster.wait_healthy(Duration::from_secs(15));
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3, "{primaries:?}");
+    assert!(!primaries.contains(&primary), "{primary} in {primaries:?}");
     let promoted = cluster.primary_for(&bucket);
     assert_ne!(promoted, primary);
     let exists: Vec<bool> = redis::cmd("SCRIPT")

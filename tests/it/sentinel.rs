@@ -10,7 +10,7 @@ use crate::cluster::follow_failover;
 use crate::examples::Instance;
 use crate::faults::{server_with, until_limiting};
 use crate::harness::{HttpClient, TestServer};
-use crate::nodes::Sentinels;
+use crate::nodes::{Role, Sentinels, role};
 
 const MODES: [FailMode; 3] = [FailMode::Open, FailMode::Closed, FailMode::Local];
 
@@ -61,12 +61,15 @@ async fn a_killed_primary_is_followed_in_every_fail_mode() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let old = sentinels.master_port();
+    assert_eq!(old, sentinels.initial_primary());
+    assert_eq!(role(&mut sentinels.conn(old)), Ok(Role::Master));
     sentinels.kill(old);
     let killed = Instant::now();
     let followed = follow_all(&servers, killed).await;
     assert!(followed.iter().all(|&n| n > 0), "{followed:?}");
     let new = sentinels.wait_new_master(old, Duration::from_secs(20));
     assert_eq!(new, sentinels.initial_replica());
+    assert_eq!(role(&mut sentinels.conn(new)), Ok(Role::Master));
     // The new primary holds the bucket now.
     let keys: u64 = redis::cmd("DBSIZE")
         .query(&mut sentinels.conn(new))
@@ -81,9 +84,10 @@ async fn a_requested_failover_is_followed() {
     let sentinels = Sentinels::start("tollgate");
     let servers = servers(&sentinels).await;
     let old = sentinels.master_port();
+    assert_eq!(old, sentinels.initial_primary());
     sentinels.failover();
     let new = sentinels.wait_new_master(old, Duration::from_secs(20));
-    assert_ne!(new, old);
+    assert_eq!(new, sentinels.initial_replica());
     // Each instance limits with the new primary: a request's bucket is written there. (Until
     // the old primary is demoted, it still takes writes; each attempt is a new client.)
     let http = HttpClient::new();
@@ -105,5 +109,17 @@ async fn a_requested_failover_is_followed() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    // The sentinels turned the old primary into a replica of the new one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match role(&mut sentinels.conn(old)) {
+            Ok(Role::Replica { master_port, .. }) if master_port == new => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the old primary's ROLE: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
