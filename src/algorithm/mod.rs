@@ -108,16 +108,6 @@ impl Algorithm {
             Self::FixedWindow => ":fw",
         }
     }
-
-    /// How many numbers the Lua script observes of a bucket of this algorithm.
-    pub(crate) fn width(self) -> usize {
-        match self {
-            Self::TokenBucket => 1,
-            Self::FixedWindow => 2,
-            Self::SlidingWindow => 3,
-            Self::SlidingLog => 4,
-        }
-    }
 }
 
 /// The longest [`Algorithm::key_suffix`].
@@ -170,26 +160,32 @@ pub(crate) enum Observation {
 }
 
 impl Observation {
-    /// Reads the observation of a limit of `algorithm` from the script's numbers.
-    pub(crate) fn from_values(algorithm: Algorithm, v: &[u64]) -> Option<Self> {
-        Some(match (algorithm, v) {
-            (Algorithm::TokenBucket, &[full_after]) => Self::TokenBucket { full_after },
-            (Algorithm::FixedWindow, &[current, elapsed_ms]) => Self::FixedWindow {
-                current,
-                elapsed_ms,
+    /// Reads the observation of a limit of `algorithm` from the script's numbers, taking as
+    /// many as the algorithm observes; `None` when one is missing or not a number.
+    pub(crate) fn read(
+        algorithm: Algorithm,
+        numbers: &mut impl Iterator<Item = Option<u64>>,
+    ) -> Option<Self> {
+        let mut next = || numbers.next().flatten();
+        Some(match algorithm {
+            Algorithm::TokenBucket => Self::TokenBucket {
+                full_after: next()?,
             },
-            (Algorithm::SlidingWindow, &[current, previous, elapsed_ms]) => Self::SlidingWindow {
-                current,
-                previous,
-                elapsed_ms,
+            Algorithm::FixedWindow => Self::FixedWindow {
+                current: next()?,
+                elapsed_ms: next()?,
             },
-            (Algorithm::SlidingLog, &[count, oldest, newest, needed]) => Self::SlidingLog {
-                count,
-                oldest,
-                newest,
-                needed,
+            Algorithm::SlidingWindow => Self::SlidingWindow {
+                current: next()?,
+                previous: next()?,
+                elapsed_ms: next()?,
             },
-            _ => return None,
+            Algorithm::SlidingLog => Self::SlidingLog {
+                count: next()?,
+                oldest: next()?,
+                newest: next()?,
+                needed: next()?,
+            },
         })
     }
 

@@ -152,13 +152,8 @@ pub(super) fn parse_reply(reply: &redis::Value, limits: &[Limit], cost: u64) -> 
                 1 => true,
                 _ => return None,
             };
-            let mut numbers = [0; 4];
             for (limit, seen) in limits.iter().zip(observed.iter_mut()) {
-                let numbers = &mut numbers[..limit.algorithm().width()];
-                for n in numbers.iter_mut() {
-                    *n = values.next()??;
-                }
-                *seen = Observation::from_values(limit.algorithm(), numbers)?;
+                *seen = Observation::read(limit.algorithm(), &mut values)?;
             }
             if values.next().is_some() {
                 return None;
