@@ -109,8 +109,14 @@ impl DenyCache {
             }
         } else {
             let available_after = entry.available_at.saturating_duration_since(now);
-            Decision::new(false, limit.capacity(), entry.remaining, waited, full_after)
-                .with_available_after(available_after)
+            Decision::reported(
+                false,
+                limit.capacity(),
+                entry.remaining,
+                waited,
+                full_after,
+                available_after,
+            )
         };
         Some(decision.with_index(entry.index))
     }

@@ -386,6 +386,26 @@ impl Decision {
         }
     }
 
+    /// A decision with every wait given: what the algorithms report.
+    pub(crate) fn reported(
+        allowed: bool,
+        limit: u64,
+        remaining: u64,
+        retry_after: Duration,
+        reset_after: Duration,
+        available_after: Duration,
+    ) -> Self {
+        Self {
+            allowed,
+            limit,
+            remaining,
+            retry_after,
+            reset_after,
+            available_after,
+            index: 0,
+        }
+    }
+
     /// The same decision, reporting the limit at position `index`.
     #[inline]
     pub fn with_index(mut self, index: usize) -> Self {

@@ -115,8 +115,14 @@ pub(super) fn report(
             0 => reset_after,
             _ => Duration::ZERO,
         };
-        return Decision::new(true, capacity, remaining, Duration::ZERO, reset_after)
-            .with_available_after(available_after);
+        return Decision::reported(
+            true,
+            capacity,
+            remaining,
+            Duration::ZERO,
+            reset_after,
+            available_after,
+        );
     }
     let remaining = capacity.saturating_sub(count);
     let available_after = if remaining == 0 {
@@ -124,8 +130,14 @@ pub(super) fn report(
     } else {
         Duration::ZERO
     };
-    Decision::new(false, capacity, remaining, us(needed), us(newest))
-        .with_available_after(available_after)
+    Decision::reported(
+        false,
+        capacity,
+        remaining,
+        us(needed),
+        us(newest),
+        available_after,
+    )
 }
 
 pub(super) fn is_idle(shape: Shape, state: &BucketState, now: u64) -> bool {

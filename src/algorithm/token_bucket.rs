@@ -58,8 +58,14 @@ pub(super) fn report(limit: &Limit, full_after: u64, took: bool, cost: u64) -> D
     } else {
         Duration::ZERO
     };
-    Decision::new(took, limit.capacity(), remaining, retry_after, us(after))
-        .with_available_after(available_after)
+    Decision::reported(
+        took,
+        limit.capacity(),
+        remaining,
+        retry_after,
+        us(after),
+        available_after,
+    )
 }
 
 pub(super) fn is_idle(state: &BucketState, now: u64) -> bool {

@@ -116,7 +116,12 @@ pub(super) fn report_fixed(
     };
     let retry_after = if took { Duration::ZERO } else { to_end };
     let reset_after = if counted > 0 { to_end } else { Duration::ZERO };
-    Decision::new(took, capacity, remaining, retry_after, reset_after).with_available_after(
+    Decision::reported(
+        took,
+        capacity,
+        remaining,
+        retry_after,
+        reset_after,
         if remaining == 0 {
             to_end
         } else {
@@ -191,8 +196,14 @@ pub(super) fn report_sliding(
     } else {
         Duration::ZERO
     };
-    Decision::new(took, capacity, remaining, retry_after, reset_after)
-        .with_available_after(available_after)
+    Decision::reported(
+        took,
+        capacity,
+        remaining,
+        retry_after,
+        reset_after,
+        available_after,
+    )
 }
 
 pub(super) fn is_idle(shape: Shape, state: &BucketState, now: u64) -> bool {
