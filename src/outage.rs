@@ -1,7 +1,7 @@
 //! Warnings about a failing store that do not flood the log.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::{FailMode, StoreError};
 

@@ -354,9 +354,7 @@ mod props {
     /// Bytes a header value may hold (no controls but tab): empty, short and non-UTF-8, or
     /// huge.
     pub(super) fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
-        let byte = any::<u8>().prop_filter("a header value byte", |&b| {
-            b == b'\t' || (b >= 0x20 && b != 0x7f)
-        });
+        let byte = crate::testing::header_value_byte();
         prop_oneof![
             1 => Just(Vec::new()),
             6 => prop::collection::vec(byte.clone(), 0..40),

@@ -189,6 +189,10 @@ impl Policies {
                 "default" => {
                     let default = DefaultFile::deserialize(value)
                         .map_err(|e| serde_error(e).at("default"))?;
+                    if default.limits.is_empty() {
+                        // `limits = []` would silently leave every unmatched request unlimited.
+                        return Err(ConfigError::Missing { field: "limits" }.at("default"));
+                    }
                     for limit in limits(default.limits).map_err(|e| e.at("default"))? {
                         builder = builder.default_limit(limit);
                     }
@@ -547,6 +551,9 @@ mod tests {
                 "duplicate rule name \"r\"",
             ),
             ("[default]\nshadow = true".into(), "default: invalid TOML: missing field `limits`"),
+            // Found by the property test: an empty list is no default policy, and said where.
+            ("[default]\nlimits = []".into(), "default: `limits` is required"),
+            ("[default]\nlimits = []\nshadow = true".into(), "default: `limits` is required"),
             (
                 "[default]\nlimits = [1]".into(),
                 "default: limits[0]: invalid TOML: invalid type: integer `1`, expected a limit table like { name = \"burst\", capacity = 5, period = \"1m\" }",

