@@ -18,7 +18,7 @@ fn memory_store(c: &mut Criterion) {
     let limit = [Limit::new("bench", 1 << 40, 1_000_000, Duration::from_secs(1)).unwrap()];
     let store = MemoryStore::new();
     c.bench_function("memory_store/1_key", |b| {
-        b.iter(|| black_box(store.decide_now("tollgate:{k:GET:/}", &limit, 1)))
+        b.iter(|| black_box(store.decide_now("tollgate:{k:GET:/}", &limit, 1).unwrap()))
     });
     let keys: Vec<String> = (0..10_000)
         .map(|i| format!("tollgate:{{k{i}:GET:/}}:bench"))
@@ -27,7 +27,7 @@ fn memory_store(c: &mut Criterion) {
     c.bench_function("memory_store/10k_keys", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            black_box(store.decide_now(&keys[i], &limit, 1))
+            black_box(store.decide_now(&keys[i], &limit, 1).unwrap())
         })
     });
 }

@@ -60,7 +60,7 @@ fn compare(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let (store, limits) = (store.clone(), limits.clone());
                     run(threads, iters, &keys, move |key| {
-                        black_box(store.decide_now(key, &limits, 1));
+                        black_box(store.decide_now(key, &limits, 1).unwrap());
                     })
                 })
             });

@@ -203,9 +203,14 @@ fn main() {
     runtime.block_on(async {
         let store = RedisStore::open(&format!("redis://127.0.0.1:{}/", server.port)).unwrap();
         store.load_script().await.unwrap();
-        let sha = tollgate::store::script_for(&bench_limits())
-            .get_hash()
-            .to_owned();
+        // The token-bucket script as the store sends it (src/store/redis/scripts.rs); were it
+        // to differ, redis-benchmark would meet NOSCRIPT and say so.
+        let text = concat!(
+            "local read_only = false\n",
+            include_str!("../lua/token_bucket.lua"),
+            include_str!("../lua/decide.lua")
+        );
+        let sha = redis::Script::new(text).get_hash().to_owned();
         println!("decisions per second, one process, one connection (and redis-benchmark -P 1):");
         for callers in [64, 256] {
             let ours = store_throughput(&store, callers).await;

@@ -16,7 +16,7 @@ local function fixed_window(_, key, now, w, capacity, cost)
   local current, i = 0, state[1] and state[1] + 0
   if i and i >= index then
     current = state[2] + 0
-    if i > index then
+    if i > index and not read_only then
       -- A later window than now's: the clock stepped back. What it counted counts in this
       -- window, which ends first.
       redis.call('HSET', key, 'i', string.format('%d', index))

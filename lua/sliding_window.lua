@@ -21,7 +21,7 @@ local function sliding_window(_, key, now, w, capacity, cost)
     local i = state[1] + 0
     if i >= index then
       current, previous = state[2] + 0, (state[3] or 0) + 0
-      if i > index then
+      if i > index and not read_only then
         -- A later window than now's: the clock stepped back. What it counted counts in this
         -- window, which ends first.
         redis.call('HSET', key, 'i', string.format('%d', index))

@@ -22,8 +22,10 @@ local function token_bucket(_, key, now, inc, burst)
       full_after = 0
     elseif full_after > burst then
       full_after = burst
-      local format = string.format
-      redis.call('SET', key, format('%d', now + burst), 'PX', format('%d', (burst + 999) / 1000))
+      if not read_only then
+        local format = string.format
+        redis.call('SET', key, format('%d', now + burst), 'PX', format('%d', (burst + 999) / 1000))
+      end
     end
   end
   return full_after + inc <= burst, full_after

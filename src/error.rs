@@ -141,6 +141,13 @@ pub enum StoreError {
     /// A custom store's own failure.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
+    /// The call was refused before anything was written: its arguments cannot be decided
+    /// (no limits, or more than [`MAX_LIMITS`](crate::MAX_LIMITS)).
+    #[error("invalid call: {0}")]
+    Invalid(String),
+    /// The store does not implement this operation (a custom store that only decides).
+    #[error("the store does not support {0}")]
+    Unsupported(&'static str),
     /// Not asked: this many calls to the store were already under way
     /// ([`Builder::max_in_flight`](crate::Builder::max_in_flight)).
     #[error("not asked: {0} calls to the store are already under way")]
@@ -185,7 +192,7 @@ impl StoreError {
             #[cfg(feature = "redis")]
             Self::Redis(_) => 2,
             Self::Reply(_) => 2,
-            Self::Other(_) => 3,
+            Self::Other(_) | Self::Invalid(_) | Self::Unsupported(_) => 3,
             Self::Overloaded(_) => 4,
             Self::CircuitOpen => 5,
         }

@@ -195,19 +195,26 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
 }
 
 /// Builds the bucket key of (client, method, path) for the limit `name`.
-/// What a request is limited on, beside its client.
+/// What a subject is limited on, beside its client, as its key names it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Endpoint<'a> {
+pub enum Endpoint<'a> {
     /// Under the default policy: the method and the route template or normalized path.
-    Route { method: &'a str, path: &'a str },
+    Route {
+        /// The method.
+        method: &'a str,
+        /// The route template, or the normalized path.
+        path: &'a str,
+    },
     /// Under a rule: everything the rule matches.
     Rule(&'a str),
 }
 
-/// The key that names a request's buckets, without the limit's name:
+/// The key that names a subject's buckets, without the limit's name:
 /// `prefix:{client:METHOD:path}` or `prefix:{client:@rule}`. Each limit's bucket is this key,
-/// `:` and the limit's name ([`crate::store::bucket_key`]).
-pub(crate) fn request_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -> String {
+/// `:` and the limit's name ([`crate::store::bucket_key`]). The one function every key comes
+/// from: the HTTP layer's and [`Limiter::subject`](crate::Limiter::subject)'s. Any bytes are
+/// safe; the key is at most [`MAX_KEY_LEN`] bytes with the limit's name.
+pub fn subject_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -> String {
     let extra = match endpoint {
         Endpoint::Route { method, path } => method.len() + path.len(),
         Endpoint::Rule(rule) => rule.len(),
@@ -259,7 +266,7 @@ mod tests {
     use super::*;
 
     fn key(client: &[u8], method: &str, path: &str) -> String {
-        let key = request_key("tollgate", client, Endpoint::Route { method, path });
+        let key = subject_key("tollgate", client, Endpoint::Route { method, path });
         format!("{key}:default")
     }
 
@@ -270,12 +277,12 @@ mod tests {
             "tollgate:{alice:GET:/users/%7Bid%7D}:default"
         );
         assert_eq!(
-            request_key("tollgate", b"alice", Endpoint::Rule("login")),
+            subject_key("tollgate", b"alice", Endpoint::Rule("login")),
             "tollgate:{alice:@login}"
         );
         // A client spelling a rule key stays apart.
         assert_ne!(
-            request_key(
+            subject_key(
                 "tollgate",
                 b"alice:@login",
                 Endpoint::Route {
@@ -283,7 +290,7 @@ mod tests {
                     path: "/"
                 }
             ),
-            request_key("tollgate", b"alice", Endpoint::Rule("login"))
+            subject_key("tollgate", b"alice", Endpoint::Rule("login"))
         );
     }
 
@@ -429,7 +436,7 @@ mod props {
                 Owned::Route { method, path } => Endpoint::Route { method, path },
                 Owned::Rule(rule) => Endpoint::Rule(rule),
             };
-            let key = request_key(&self.prefix, &self.client, endpoint);
+            let key = subject_key(&self.prefix, &self.client, endpoint);
             let limit = Limit::with_algorithm(
                 self.algorithm,
                 &*self.name,

@@ -88,36 +88,33 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod algorithm;
-mod breaker;
 pub mod client;
 pub mod cost;
-mod deny_cache;
+pub mod engine;
 mod error;
-mod future;
 pub mod key;
 mod layer;
 mod limit;
-mod outage;
 pub mod policy;
+pub mod resilience;
 pub mod response;
-mod service;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
 
 pub use algorithm::{Algorithm, BucketState, decide_all};
-pub use client::{ApiKey, ClientExtractor, ClientIp, MissingClient};
-pub use error::{ConfigError, StoreError};
-pub use future::ResponseFuture;
-pub use layer::{
-    Builder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT,
-    FailMode, RateLimitLayer,
+pub use client::{ApiKey, ClientExtractor, ClientId, ClientIp, MissingClient};
+pub use engine::{
+    DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, DecidedBy,
+    Limiter, LimiterBuilder, Outcome, Subject, SubjectError, Target, Verdict,
 };
+pub use error::{ConfigError, StoreError};
+pub use layer::{Builder, RateLimit, RateLimitLayer, ResponseFuture};
 pub use limit::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY};
 pub use policy::{Policies, Rule};
+pub use resilience::FailMode;
 pub use response::ResponseBody;
-pub use service::RateLimit;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
-pub use store::{MemoryStore, Store};
+pub use store::{AnyStore, MemoryStore, Store};

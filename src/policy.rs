@@ -313,6 +313,13 @@ impl Policies {
             .or(self.has_default.then_some(0))
     }
 
+    /// The index of the rule named `name`.
+    pub(crate) fn find_rule(&self, name: &str) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|entry| entry.rule.as_deref() == Some(name))
+    }
+
     pub(crate) fn entry(&self, index: usize) -> &Entry {
         &self.entries[index]
     }

@@ -3,14 +3,9 @@
 
 pub mod helloworld;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::{
-    Builder, Decision, FailMode, Limit, MemoryStore, RateLimitLayer, RedisStore, Store, StoreError,
-};
+use tollgate::{AnyStore, Builder, FailMode, MemoryStore, RateLimitLayer, RedisStore};
 
 /// What every example reads from the environment: the store (`REDIS_URL`, `REDIS_MODE`,
 /// `REDIS_SENTINEL_MASTER`), the store timeout (`STORE_TIMEOUT_MS`), the fail mode
@@ -49,24 +44,6 @@ impl Env {
     }
 }
 
-/// The in-memory store or Redis, chosen at startup.
-#[derive(Clone, Debug)]
-pub enum AnyStore {
-    Memory(MemoryStore),
-    Redis(RedisStore),
-}
-
-impl Store for AnyStore {
-    type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
-
-    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
-        match self {
-            Self::Memory(store) => Box::pin(store.decide(key, limits, cost)),
-            Self::Redis(store) => store.decide(key, limits, cost),
-        }
-    }
-}
-
 /// `REDIS_URL` set: Redis (connected and the scripts loaded now if it answers within 2 s, else
 /// later); unset: memory. `REDIS_MODE` says how to read `REDIS_URL`: `single` (the default, one
 /// URL), `cluster` (some of the cluster's nodes, separated by commas) or `sentinel` (the
@@ -75,7 +52,7 @@ impl Store for AnyStore {
 pub async fn store_from_env() -> Result<AnyStore, String> {
     let Ok(url) = std::env::var("REDIS_URL") else {
         println!("store: in memory (REDIS_URL is unset); limits are per instance");
-        return Ok(AnyStore::Memory(MemoryStore::new()));
+        return Ok(AnyStore::from(MemoryStore::new()));
     };
     let urls = || url.split(',').map(str::trim).filter(|u| !u.is_empty());
     let mode = std::env::var("REDIS_MODE").unwrap_or_else(|_| "single".to_owned());
@@ -95,13 +72,24 @@ pub async fn store_from_env() -> Result<AnyStore, String> {
             ));
         }
     };
-    println!("store: Redis ({mode}) at {url}; limits are shared by every instance using it");
+    let at = urls().map(redact).collect::<Vec<_>>().join(",");
+    println!("store: Redis ({mode}) at {at}; limits are shared by every instance using it");
     match tokio::time::timeout(Duration::from_secs(2), store.load_script()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "Redis is not ready; starting anyway"),
         Err(_) => tracing::warn!("Redis did not answer in 2 s; starting anyway"),
     }
-    Ok(AnyStore::Redis(store))
+    Ok(AnyStore::from(store))
+}
+
+/// `url` without its user and password (`redis://:secret@host/` → `redis://***@host/`).
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The variable `name` parsed, or `default` when it is unset; a value that does not parse is

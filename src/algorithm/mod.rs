@@ -43,7 +43,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::{ConfigError, Decision, Limit, MAX_LIMITS};
+use crate::{ConfigError, Decision, Limit, MAX_LIMITS, StoreError};
 
 mod sliding_log;
 mod token_bucket;
@@ -416,6 +416,70 @@ impl Limit {
     }
 }
 
+impl Limit {
+    /// What a request of `cost` (0 counts as 1) would get from the bucket `state` at `now`,
+    /// without taking anything: `allowed` and `retry_after` as they would be, `remaining` and
+    /// `reset_after` as the bucket is. The arithmetic of `lua/peek.lua`.
+    pub fn peek(&self, state: &BucketState, now: u64, cost: u64) -> Decision {
+        let cost = cost.max(1);
+        let seen = match self.observe(state, now, cost) {
+            // As `settle` would see it, without writing: at most one whole bucket ahead.
+            Observation::TokenBucket { full_after } => Observation::TokenBucket {
+                full_after: full_after.min(self.window_us()),
+            },
+            seen => seen,
+        };
+        self.peek_observed(&seen, cost)
+    }
+
+    /// What a request of `cost` would get from the bucket observed as `seen`.
+    pub(crate) fn peek_observed(&self, seen: &Observation, cost: u64) -> Decision {
+        let cost = cost.max(1);
+        let allowed = self.allows(seen, cost);
+        let decision = self.report(seen, false, cost);
+        Decision {
+            allowed,
+            retry_after: if allowed {
+                Duration::ZERO
+            } else {
+                decision.retry_after
+            },
+            ..decision
+        }
+    }
+
+    /// Gives `units` back to the bucket `state` at `now`, as if that many fewer had been
+    /// taken: a token bucket is at most full now; a window's count never goes below zero
+    /// (a sliding window takes from this window first, then the previous one; a fixed window
+    /// gives nothing back to a window that has ended); a sliding log drops its newest entries.
+    /// The arithmetic of `lua/refund.lua`.
+    pub fn refund(&self, state: &mut BucketState, now: u64, units: u64) {
+        self.settle(state, now);
+        match self.algorithm() {
+            Algorithm::TokenBucket => token_bucket::refund(self, state, now, units),
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                window::refund(self, state, now, units);
+            }
+            Algorithm::SlidingLog => sliding_log::refund(self, state, now, units),
+        }
+    }
+}
+
+/// Checks the limits of one call: 1 to [`MAX_LIMITS`] of them.
+///
+/// # Errors
+///
+/// [`StoreError::Invalid`] when there are none or too many.
+pub fn check_limits(limits: &[Limit]) -> Result<(), StoreError> {
+    if limits.is_empty() || limits.len() > MAX_LIMITS {
+        return Err(StoreError::Invalid(format!(
+            "{} limits in one call: 1 to {MAX_LIMITS} are allowed",
+            limits.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Decides a request of `cost` units against several buckets at once, all or nothing: it
 /// passes only if every limit allows it, and then takes the units from every bucket (updating
 /// `states`); otherwise nothing is taken (a state written by a clock ahead of `now` is only
@@ -431,11 +495,24 @@ impl Limit {
 /// with the fewest units left; the first on a tie. A cost above a limit's capacity can never
 /// pass: it is refused with a `retry_after` of [`Duration::MAX`].
 ///
-/// # Panics
+/// # Errors
 ///
-/// When `limits` is empty, longer than [`MAX_LIMITS`], or not as long as `states`.
-pub fn decide_all(limits: &[Limit], states: &mut [BucketState], now: u64, cost: u64) -> Decision {
-    assert!(!limits.is_empty() && limits.len() <= MAX_LIMITS && limits.len() == states.len());
+/// [`StoreError::Invalid`], with nothing changed, when `limits` is empty, longer than
+/// [`MAX_LIMITS`], or not as long as `states`.
+pub fn decide_all(
+    limits: &[Limit],
+    states: &mut [BucketState],
+    now: u64,
+    cost: u64,
+) -> Result<Decision, StoreError> {
+    check_limits(limits)?;
+    if limits.len() != states.len() {
+        return Err(StoreError::Invalid(format!(
+            "{} limits and {} bucket states",
+            limits.len(),
+            states.len()
+        )));
+    }
     let cost = cost.max(1);
     let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
     let observed = &mut observed[..limits.len()];
@@ -454,7 +531,7 @@ pub fn decide_all(limits: &[Limit], states: &mut [BucketState], now: u64, cost: 
             limit.take(state, now, cost, seen);
         }
     }
-    decide_observed(limits, observed, allowed, cost)
+    Ok(decide_observed(limits, observed, allowed, cost))
 }
 
 /// The decision for a request of `cost` whose limits were observed as `observed`; `allowed`

@@ -85,6 +85,17 @@ pub(super) fn take(
 }
 
 /// Gives back memory a past peak left behind.
+/// Gives back `units`: drops the newest entries still in the window (at most all of them).
+pub(super) fn refund(limit: &Limit, state: &mut BucketState, now: u64, units: u64) {
+    let (entries, first) = window(limit.window_us(), state, now);
+    let count = (entries.len() - first) as u64;
+    let drop = usize::try_from(units.min(count)).unwrap_or(usize::MAX);
+    if let BucketState::Log(log) = state {
+        log.truncate(log.len() - drop);
+        shrink(log);
+    }
+}
+
 fn shrink(log: &mut VecDeque<u64>) {
     if log.capacity() > 4 * log.len().max(8) {
         log.shrink_to(2 * log.len());

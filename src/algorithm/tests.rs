@@ -229,22 +229,22 @@ fn several_limits_of_different_algorithms_are_all_or_nothing() {
     ];
     let now = 1_000 * SECOND;
     let mut states: [BucketState; 2] = Default::default();
-    let d = decide_all(&limits, &mut states, now, 1);
+    let d = decide_all(&limits, &mut states, now, 1).unwrap();
     // Both took one: 1 left of the burst, 2 of the day; the burst is reported.
     assert_eq!((d.allowed, d.index, d.remaining), (true, 0, 1));
-    let d = decide_all(&limits, &mut states, now, 1);
+    let d = decide_all(&limits, &mut states, now, 1).unwrap();
     assert_eq!((d.allowed, d.index, d.remaining), (true, 0, 0));
     // The burst is empty: refused, and the day keeps its last unit.
     let before = states.clone();
-    let d = decide_all(&limits, &mut states, now, 1);
+    let d = decide_all(&limits, &mut states, now, 1).unwrap();
     assert_eq!((d.allowed, d.index), (false, 0));
     assert_eq!(d.retry_after, Duration::from_secs(1));
     assert_eq!(states, before);
     // A second later: both give their last unit; the first is reported on the tie.
-    let d = decide_all(&limits, &mut states, now + SECOND, 1);
+    let d = decide_all(&limits, &mut states, now + SECOND, 1).unwrap();
     assert_eq!((d.allowed, d.index, d.remaining), (true, 0, 0));
     // At 2 s the burst would allow, the day refuses until midnight UTC.
-    let d = decide_all(&limits, &mut states, now + 2 * SECOND, 1);
+    let d = decide_all(&limits, &mut states, now + 2 * SECOND, 1).unwrap();
     assert_eq!((d.allowed, d.index), (false, 1));
     assert_eq!(
         d.retry_after,

@@ -68,6 +68,18 @@ pub(super) fn report(limit: &Limit, full_after: u64, took: bool, cost: u64) -> D
     )
 }
 
+/// Gives back `units`: the full-at time moves back by their worth, at most to now (full).
+pub(super) fn refund(limit: &Limit, state: &mut BucketState, now: u64, units: u64) {
+    if let BucketState::FullAt(full_at) = *state {
+        let back = full_at.saturating_sub(units.saturating_mul(limit.interval_us()));
+        *state = if back > now {
+            BucketState::FullAt(back)
+        } else {
+            BucketState::New
+        };
+    }
+}
+
 pub(super) fn is_idle(state: &BucketState, now: u64) -> bool {
     match *state {
         BucketState::FullAt(full_at) => full_at <= now,

@@ -89,6 +89,30 @@ pub(super) fn take(
 
 /// The sliding window's count, times `w`: `previous·(w − e) + current·w`; `None` when the
 /// elapsed time is past the window (only a misreporting store says so).
+/// Gives back `units`: from this window's count, then (a sliding window) from the previous
+/// window's; never below zero. A fixed window gives nothing back to a window that has ended.
+pub(super) fn refund(limit: &Limit, state: &mut BucketState, now: u64, units: u64) {
+    let (index, _) = position(limit.window_ms(), now);
+    let sliding = limit.algorithm() == super::Algorithm::SlidingWindow;
+    if let BucketState::Window {
+        index: i,
+        current,
+        previous,
+    } = state
+    {
+        if *i == index {
+            let back = units.min(*current);
+            *current -= back;
+            if sliding {
+                *previous -= (units - back).min(*previous);
+            }
+        } else if sliding && *i + 1 == index {
+            // The state's window is now the previous one.
+            *current -= units.min(*current);
+        }
+    }
+}
+
 pub(super) fn estimate(
     limit: &Limit,
     previous: u64,

@@ -93,6 +93,30 @@ impl<'a> ClientId<'a> {
     }
 }
 
+impl<'a> From<&'a str> for ClientId<'a> {
+    fn from(text: &'a str) -> Self {
+        Self::from_bytes(text.as_bytes())
+    }
+}
+
+impl<'a> From<&'a [u8]> for ClientId<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        Self::from_bytes(bytes)
+    }
+}
+
+impl From<String> for ClientId<'static> {
+    fn from(text: String) -> Self {
+        Self::from_bytes(text.into_bytes())
+    }
+}
+
+impl From<Vec<u8>> for ClientId<'static> {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::from_bytes(bytes)
+    }
+}
+
 /// Finds the client a request comes from.
 ///
 /// The identity is opaque bytes; any bytes are safe (see [`key`](crate::key)). Implemented by

@@ -7,10 +7,11 @@ use parking_lot::{Mutex, MutexGuard};
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
+use crate::algorithm::check_limits;
 use crate::algorithm::{BucketState, Shape};
 use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all};
 
-use super::Store;
+use super::{Store, StoreCall};
 
 /// Shards of the key space, each behind its own lock, so concurrent decisions on different
 /// keys rarely contend.
@@ -142,31 +143,31 @@ impl MemoryStore {
 
     /// Decides without the future; the same as [`Store::decide`].
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// When `limits` is empty or longer than [`MAX_LIMITS`].
-    pub fn decide_now(&self, key: &str, limits: &[Limit], cost: u64) -> Decision {
-        assert!(!limits.is_empty() && limits.len() <= MAX_LIMITS);
+    /// [`StoreError::Invalid`], with nothing written, when `limits` is empty or longer than
+    /// [`MAX_LIMITS`].
+    pub fn decide_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        check_limits(limits)?;
         let now = self.inner.clock.now_us();
-        let key_hash = self.inner.hasher.hash_one(key);
-        // All the buckets of one key live in one shard.
-        let shard = &self.inner.shards[(key_hash >> 58) as usize % SHARDS].0;
-        // One bucket per limit: the key's hash mixed with a fixed hash of the limit's name.
-        let hash =
-            |limit: &Limit| (key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut shard = lock(shard);
+        let (mut shard, hash) = self.shard(key);
         if let [limit] = limits {
             // One limit: find the bucket once and update it in place.
             let hash = hash(limit);
             if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
-                return limit.decide(&mut bucket.state, now, cost);
+                return Ok(limit.decide(&mut bucket.state, now, cost));
             }
             let mut state = BucketState::default();
             let decision = limit.decide(&mut state, now, cost);
             if decision.allowed {
                 shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
             }
-            return decision;
+            return Ok(decision);
         }
         // Several limits: all or nothing, under the shard's lock.
         let mut hashes = [0; MAX_LIMITS];
@@ -178,7 +179,7 @@ impl MemoryStore {
                 *state = std::mem::take(&mut bucket.state);
             }
         }
-        let decision = decide_all(limits, states, now, cost);
+        let decision = decide_all(limits, states, now, cost)?;
         for ((limit, &hash), state) in limits.iter().zip(&hashes).zip(states.iter_mut()) {
             match shard.buckets.find_mut(hash, matches(key, limit)) {
                 Some(bucket) => bucket.state = std::mem::take(state),
@@ -189,7 +190,81 @@ impl MemoryStore {
                 None => {}
             }
         }
-        decision
+        Ok(decision)
+    }
+
+    /// The shard of `key`'s buckets, locked, and the hash of each of its limits' buckets.
+    fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> u64 + use<>) {
+        let key_hash = self.inner.hasher.hash_one(key);
+        // All the buckets of one key live in one shard.
+        let shard = &self.inner.shards[(key_hash >> 58) as usize % SHARDS].0;
+        // One bucket per limit: the key's hash mixed with a fixed hash of the limit's name.
+        let hash =
+            move |limit: &Limit| (key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (lock(shard), hash)
+    }
+
+    /// [`Store::peek`] without the future.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`] when `limits` is empty or longer than [`MAX_LIMITS`].
+    pub fn peek_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: u64,
+    ) -> Result<Vec<Decision>, StoreError> {
+        check_limits(limits)?;
+        let now = self.inner.clock.now_us();
+        let (shard, hash) = self.shard(key);
+        let new = BucketState::default();
+        Ok(limits
+            .iter()
+            .enumerate()
+            .map(|(i, limit)| {
+                let state = shard
+                    .buckets
+                    .find(hash(limit), matches(key, limit))
+                    .map_or(&new, |b| &b.state);
+                limit.peek(state, now, cost).with_index(i)
+            })
+            .collect())
+    }
+
+    /// [`Store::refund`] without the future.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
+    /// [`MAX_LIMITS`].
+    pub fn refund_now(&self, key: &str, limits: &[Limit], units: u64) -> Result<(), StoreError> {
+        check_limits(limits)?;
+        let now = self.inner.clock.now_us();
+        let (mut shard, hash) = self.shard(key);
+        for limit in limits {
+            if let Some(bucket) = shard.buckets.find_mut(hash(limit), matches(key, limit)) {
+                limit.refund(&mut bucket.state, now, units);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Store::reset`] without the future.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
+    /// [`MAX_LIMITS`].
+    pub fn reset_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
+        check_limits(limits)?;
+        let (mut shard, hash) = self.shard(key);
+        for limit in limits {
+            if let Ok(bucket) = shard.buckets.find_entry(hash(limit), matches(key, limit)) {
+                bucket.remove();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -304,10 +379,24 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl Store for MemoryStore {
     type Future = Ready<Result<Decision, StoreError>>;
 
-    const REMOTE: bool = false;
-
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
-        ready(Ok(self.decide_now(key, limits, cost)))
+        ready(self.decide_now(key, limits, cost))
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        Box::pin(ready(self.peek_now(key, limits, cost)))
+    }
+
+    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        Box::pin(ready(self.refund_now(key, limits, units)))
+    }
+
+    fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        Box::pin(ready(self.reset_now(key, limits)))
     }
 }
 
@@ -326,26 +415,26 @@ mod tests {
         let store = MemoryStore::with_tokio_clock(DEFAULT_MAX_KEYS);
         let l = limit();
         for expected in (0..10).rev() {
-            let d = store.decide_now("k", &l, 1);
+            let d = store.decide_now("k", &l, 1).unwrap();
             assert!(d.allowed);
             assert_eq!(d.remaining, expected);
         }
-        let d = store.decide_now("k", &l, 1);
+        let d = store.decide_now("k", &l, 1).unwrap();
         assert!(!d.allowed);
         assert_eq!(d.retry_after, Duration::from_secs(1));
         assert_eq!(d.reset_after, Duration::from_secs(10));
 
         tokio::time::advance(Duration::from_millis(999)).await;
-        assert!(!store.decide_now("k", &l, 1).allowed);
+        assert!(!store.decide_now("k", &l, 1).unwrap().allowed);
         tokio::time::advance(Duration::from_millis(1)).await;
-        let d = store.decide_now("k", &l, 1);
+        let d = store.decide_now("k", &l, 1).unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
 
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(store.decide_now("k", &l, 1).remaining, 9);
+        assert_eq!(store.decide_now("k", &l, 1).unwrap().remaining, 9);
         // Other keys have their own buckets.
-        assert_eq!(store.decide_now("other", &l, 1).remaining, 9);
+        assert_eq!(store.decide_now("other", &l, 1).unwrap().remaining, 9);
     }
 
     #[tokio::test(start_paused = true)]
@@ -353,13 +442,13 @@ mod tests {
         let store = MemoryStore::with_tokio_clock(DEFAULT_MAX_KEYS);
         let l = limit();
         for i in 0..10_000 {
-            store.decide_now(&format!("k{i}"), &l, 1);
+            store.decide_now(&format!("k{i}"), &l, 1).unwrap();
         }
         assert_eq!(store.len(), 10_000);
         // After every bucket has refilled, new keys push the old ones out.
         tokio::time::advance(Duration::from_secs(2)).await;
         for i in 0..10_000 {
-            store.decide_now(&format!("n{i}"), &l, 1);
+            store.decide_now(&format!("n{i}"), &l, 1).unwrap();
         }
         assert!(store.len() < 13_000, "{} buckets held", store.len());
     }
@@ -370,14 +459,14 @@ mod tests {
         let l = limit();
         // One key drained: it must survive the flood of keys that took one token each.
         for _ in 0..10 {
-            store.decide_now("drained", &l, 1);
+            store.decide_now("drained", &l, 1).unwrap();
         }
         for i in 0..50_000 {
             tokio::time::advance(Duration::from_micros(10)).await;
-            store.decide_now(&format!("k{i}"), &l, 1);
+            store.decide_now(&format!("k{i}"), &l, 1).unwrap();
             assert!(store.len() <= 6_400);
         }
-        assert!(!store.decide_now("drained", &l, 1).allowed);
+        assert!(!store.decide_now("drained", &l, 1).unwrap().allowed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -388,7 +477,7 @@ mod tests {
         let store = MemoryStore::with_tokio_clock(64 * 16);
         let l = limit();
         for i in 0..10_000 {
-            store.decide_now(&format!("k{i}"), &l, 1);
+            store.decide_now(&format!("k{i}"), &l, 1).unwrap();
         }
         assert!(store.len() <= 64 * 16);
         assert!(store.len() >= 64 * 14, "{} buckets held", store.len());

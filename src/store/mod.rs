@@ -8,40 +8,78 @@
 //! decision.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::{Decision, Limit, StoreError};
 
+mod any;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use any::{AnyDecision, AnyStore};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
 #[cfg(feature = "redis")]
-pub use redis::{MIXED_SCRIPT, RedisDecision, RedisStore, script_for, script_source};
+pub use redis::RedisStore;
+
+/// The future of a store call other than a decision ([`Store::peek`], [`Store::refund`],
+/// [`Store::reset`]): rarer than decisions, so boxed.
+pub type StoreCall<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
 /// Keeps buckets and decides requests against them.
 ///
-/// Implement it to keep buckets elsewhere; [`decide_all`](crate::decide_all) does the
-/// arithmetic on one [`BucketState`](crate::BucketState) per bucket. A decision must be atomic:
-/// two concurrent calls never both take the last unit
-/// of a bucket, and a request under several limits takes from all of them or from none. The
-/// layer bounds every call by its timeout and applies its fail mode when the call errs or
-/// times out, so an implementation need not.
+/// Implement it to keep buckets elsewhere; [`decide_all`](crate::decide_all),
+/// [`Limit::peek`] and [`Limit::refund`] do the arithmetic on one
+/// [`BucketState`](crate::BucketState) per bucket. A decision must be atomic: two concurrent
+/// calls never both take the last unit of a bucket, and a request under several limits takes
+/// from all of them or from none. The [`Limiter`](crate::Limiter) bounds every call by its
+/// timeout and applies its fail mode when the call errs or times out, so an implementation
+/// need not. Return [`StoreError::Other`] for a failure that means the store cannot be
+/// reached; the breaker counts timeouts and Redis connection errors.
 pub trait Store: Send + Sync + 'static {
     /// The future of one decision.
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
 
-    /// Whether a decision costs a round trip, so that the layer's local deny cache pays off
-    /// (the default). [`MemoryStore`] decides in process and says `false`.
-    const REMOTE: bool = true;
-
-    /// Decides whether a request of `cost` tokens may pass every limit in `limits` (at most
-    /// [`MAX_LIMITS`](crate::MAX_LIMITS)), and takes the tokens from each if it may.
+    /// Decides whether a request of `cost` units may pass every limit in `limits` (1 to
+    /// [`MAX_LIMITS`](crate::MAX_LIMITS)), and takes the units from each if it may.
     ///
     /// The bucket of each limit is [`bucket_key`]`(key, limit)`. A bucket that was never seen,
-    /// or that has refilled, starts full.
+    /// or that has refilled, starts full. Other numbers of limits are an error
+    /// ([`StoreError::Invalid`]) and write nothing.
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future;
+
+    /// Whether a call costs a round trip to another process (the default), so that the
+    /// limiter's deny cache, breaker and local fallback pay off. [`MemoryStore`] decides in
+    /// process and says `false`.
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    /// What a request of `cost` would get from each limit, in order, without writing
+    /// anything ([`Limit::peek`] of each bucket).
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        let _ = (key, limits, cost);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("peek"))))
+    }
+
+    /// Gives `units` back to each limit's bucket, atomically ([`Limit::refund`] of each).
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        let _ = (key, limits, units);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("refund"))))
+    }
+
+    /// Forgets each limit's bucket: whole again.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        let _ = (key, limits);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("reset"))))
+    }
 }
 
 /// The bucket of `limit` for the requests named `key`: `key:name`, and for the algorithms

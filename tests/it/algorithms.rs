@@ -178,7 +178,7 @@ async fn scripts_match_the_shared_arithmetic_step_for_step() {
                 }
                 let matches = (t0..=t1).any(|now| {
                     let mut states = before.clone();
-                    let expected = decide_all(&limits, &mut states, now, cost);
+                    let expected = decide_all(&limits, &mut states, now, cost).unwrap();
                     expected == decision && (states == after || !decision.allowed)
                 });
                 assert!(

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::{Router, routing::get};
-use tollgate::store::script_for;
 use tollgate::{Limit, Policies, RateLimitLayer, RedisStore, Store};
 
 use crate::algorithms::concurrently;
@@ -49,21 +48,21 @@ async fn script_is_reloaded_after_script_flush() {
     let limit: Arc<[Limit]> = Arc::new([Limit::new("f", 3, 3, Duration::from_secs(60)).unwrap()]);
     let mut conn = redis.conn();
     assert_eq!(store.decide("k", &limit, 1).await.unwrap().remaining, 2);
+    assert_eq!(cached_scripts(&mut conn), 1);
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
-    let exists: Vec<bool> = redis::cmd("SCRIPT")
-        .arg("EXISTS")
-        .arg(script_for(&limit).get_hash())
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(exists, [false]);
+    assert_eq!(cached_scripts(&mut conn), 0);
     assert_eq!(store.decide("k", &limit, 1).await.unwrap().remaining, 1);
-    let exists: Vec<bool> = redis::cmd("SCRIPT")
-        .arg("EXISTS")
-        .arg(script_for(&limit).get_hash())
-        .query(&mut conn)
-        .unwrap();
     // Sent along with the call (EVAL), the script is cached again.
-    assert_eq!(exists, [true]);
+    assert_eq!(cached_scripts(&mut conn), 1);
+}
+
+/// How many scripts the server holds (`INFO memory`'s `number_of_cached_scripts`).
+pub fn cached_scripts(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("number_of_cached_scripts:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no number_of_cached_scripts in {info}"))
 }
 
 /// Two instances, each with its own connection to one Redis.

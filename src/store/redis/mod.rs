@@ -1,31 +1,29 @@
 //! [`RedisStore`]: buckets in Redis (one server, a Redis Cluster, or a primary behind
 //! sentinels), one Lua script call per decision.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, ServerErrorKind};
 
+use crate::algorithm::check_limits;
 use crate::{Decision, Limit, StoreError};
 
-use super::Store;
+use super::{Store, StoreCall};
 
 mod connection;
 mod scripts;
 
 use connection::{Conn, Link, Opener};
-pub use scripts::{MIXED_SCRIPT, script_for, script_source};
+pub(crate) use scripts::script_for;
 
 /// Buckets in Redis, shared by every instance that points at the same server, cluster or
 /// sentinel-managed primary.
 ///
 /// Each decision is one `EVALSHA` of a Lua script over the buckets of the request's limits
 /// (one key per limit, all in one Redis Cluster slot): the script of their
-/// [algorithm](crate::algorithm), or, when they use different ones, a script with all four
-/// ([`script_for`]). It reads the buckets, decides with the Redis clock (`TIME`, so instances
+/// [algorithm](crate::algorithm), or, when they use different ones, a script with all four. It reads the buckets, decides with the Redis clock (`TIME`, so instances
 /// with skewed clocks agree), and writes only when every limit allows, each key with a TTL
 /// that ends when nothing in it counts any more, so idle buckets vanish. The scripts' SHA1s
 /// are computed once per process; when Redis answers `NOSCRIPT` (restarted, `SCRIPT FLUSH`,
@@ -265,32 +263,33 @@ impl Drop for Call {
     }
 }
 
-/// The future of one Redis decision.
-pub type RedisDecision = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
-
-impl Store for RedisStore {
-    type Future = RedisDecision;
-
-    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
+impl RedisStore {
+    /// Sends `cmd` (an `EVALSHA` of `script`, or any command when `script` is `None`) and
+    /// reads its reply with `parse`: on the shared connection, again as `EVAL` when Redis lacks
+    /// the script, and telling the connection whether Redis answered.
+    fn send<T: Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+        script: Option<&'static redis::Script>,
+        parse: impl FnOnce(&redis::Value) -> Option<T> + Send + 'static,
+    ) -> StoreCall<T> {
         let conn = self.link.connection();
         let mut call = Call {
             link: Arc::clone(&self.link),
             sent: false,
             finished: false,
         };
-        let cost = cost.max(1);
-        let script = script_for(limits);
-        let evalsha = scripts::evalsha(script, key, limits, cost);
-        let limits = Arc::clone(limits);
         Box::pin(async move {
             call.sent = true;
             let reply = match conn {
-                Some(mut conn) => match conn.query(&evalsha).await {
+                Some(mut conn) => match (conn.query(&cmd).await, script) {
                     // Redis forgot the script (restart, SCRIPT FLUSH, failover): send it.
-                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        conn.query(&scripts::eval(&evalsha, script)).await
+                    (Err(error), Some(script))
+                        if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+                    {
+                        conn.query(&scripts::eval(&cmd, script)).await
                     }
-                    reply => reply,
+                    (reply, _) => reply,
                 },
                 None => Err(no_primary()),
             };
@@ -305,8 +304,62 @@ impl Store for RedisStore {
                     return Err(error.into());
                 }
             };
-            scripts::parse_reply(&reply, &limits, cost)
-                .ok_or_else(|| StoreError::Reply(format!("{reply:?}")))
+            parse(&reply).ok_or_else(|| StoreError::Reply(format!("{reply:?}")))
+        })
+    }
+}
+
+impl Store for RedisStore {
+    type Future = StoreCall<Decision>;
+
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
+        if let Err(error) = check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let cost = cost.max(1);
+        let script = script_for(limits);
+        let evalsha = scripts::evalsha(script, key, limits, cost);
+        let limits = Arc::clone(limits);
+        self.send(evalsha, Some(script), move |reply| {
+            scripts::parse_reply(reply, &limits, cost)
+        })
+    }
+
+    fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        if let Err(error) = check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let cost = cost.max(1);
+        let script = scripts::peek_script();
+        let evalsha = scripts::evalsha(script, key, limits, cost);
+        let limits = Arc::clone(limits);
+        self.send(evalsha, Some(script), move |reply| {
+            scripts::parse_peek(reply, &limits, cost)
+        })
+    }
+
+    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        if let Err(error) = check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let script = scripts::refund_script();
+        let evalsha = scripts::evalsha(script, key, limits, units);
+        self.send(evalsha, Some(script), |reply| {
+            matches!(reply, redis::Value::Int(1)).then_some(())
+        })
+    }
+
+    fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        if let Err(error) = check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        // One DEL: the buckets share a hash slot.
+        let mut del = redis::cmd("DEL");
+        for limit in limits.iter() {
+            del.arg(super::bucket_key(key, limit));
+        }
+        self.send(del, None, |reply| {
+            matches!(reply, redis::Value::Int(_)).then_some(())
         })
     }
 }

@@ -9,7 +9,7 @@ use crate::{Algorithm, Decision, Limit, MAX_LIMITS};
 
 /// The script of limits that all use one algorithm, as sent to Redis: the algorithm's
 /// `lua/<algorithm>.lua` followed by `lua/decide.lua`.
-pub fn script_source(algorithm: Algorithm) -> &'static str {
+pub(crate) fn script_source(algorithm: Algorithm) -> &'static str {
     match algorithm {
         Algorithm::TokenBucket => TOKEN_BUCKET_SCRIPT,
         Algorithm::FixedWindow => FIXED_WINDOW_SCRIPT,
@@ -18,51 +18,65 @@ pub fn script_source(algorithm: Algorithm) -> &'static str {
     }
 }
 
-const TOKEN_BUCKET_SCRIPT: &str = concat!(
-    include_str!("../../../lua/token_bucket.lua"),
-    include_str!("../../../lua/decide.lua")
-);
-const FIXED_WINDOW_SCRIPT: &str = concat!(
-    include_str!("../../../lua/fixed_window.lua"),
-    include_str!("../../../lua/decide.lua")
-);
-const SLIDING_WINDOW_SCRIPT: &str = concat!(
-    include_str!("../../../lua/sliding_window.lua"),
-    include_str!("../../../lua/decide.lua")
-);
-const SLIDING_LOG_SCRIPT: &str = concat!(
-    include_str!("../../../lua/sliding_log.lua"),
-    include_str!("../../../lua/decide.lua")
-);
+/// What every decision script starts with: its observe functions may write back a bucket the
+/// clock stepped back from (the peek script says `true`).
+macro_rules! decide {
+    ($($file:literal),*) => {
+        concat!(
+            "local read_only = false\n",
+            $(include_str!(concat!("../../../lua/", $file)),)*
+            include_str!("../../../lua/decide.lua")
+        )
+    };
+}
+
+const TOKEN_BUCKET_SCRIPT: &str = decide!("token_bucket.lua");
+const FIXED_WINDOW_SCRIPT: &str = decide!("fixed_window.lua");
+const SLIDING_WINDOW_SCRIPT: &str = decide!("sliding_window.lua");
+const SLIDING_LOG_SCRIPT: &str = decide!("sliding_log.lua");
 /// The script of limits of different algorithms: all four, `lua/mixed.lua` and
 /// `lua/decide.lua`.
-pub const MIXED_SCRIPT: &str = concat!(
+pub(crate) const MIXED_SCRIPT: &str = decide!(
+    "token_bucket.lua",
+    "fixed_window.lua",
+    "sliding_window.lua",
+    "sliding_log.lua",
+    "mixed.lua"
+);
+/// [`Limiter::peek`](crate::Limiter::peek): read-only (so it may run on a replica), every
+/// algorithm's observe function, and `lua/peek.lua`.
+const PEEK_SCRIPT: &str = concat!(
+    "#!lua flags=no-writes\nlocal read_only = true\n",
     include_str!("../../../lua/token_bucket.lua"),
     include_str!("../../../lua/fixed_window.lua"),
     include_str!("../../../lua/sliding_window.lua"),
     include_str!("../../../lua/sliding_log.lua"),
     include_str!("../../../lua/mixed.lua"),
-    include_str!("../../../lua/decide.lua")
+    include_str!("../../../lua/peek.lua")
 );
+/// [`Limiter::refund`](crate::Limiter::refund): `lua/refund.lua`.
+const REFUND_SCRIPT: &str = include_str!("../../../lua/refund.lua");
 
-/// The five scripts, each with its SHA1 computed once per process: one per algorithm, in
-/// the order of [`Algorithm::ALL`], then the mixed one.
-static SCRIPTS: LazyLock<[redis::Script; 5]> = LazyLock::new(|| all().map(redis::Script::new));
+/// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
+/// order of [`Algorithm::ALL`], the mixed one, the peek one and the refund one.
+static SCRIPTS: LazyLock<[redis::Script; 7]> = LazyLock::new(|| all().map(redis::Script::new));
 
-/// The text of each of the five scripts.
-pub(super) fn all() -> [&'static str; 5] {
+/// The text of each script, in the order of [`SCRIPTS`].
+pub(super) fn all() -> [&'static str; 7] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
         script_source(Algorithm::ALL[2]),
         script_source(Algorithm::ALL[3]),
         MIXED_SCRIPT,
+        PEEK_SCRIPT,
+        REFUND_SCRIPT,
     ]
 }
 
 /// The script that decides a request under `limits`: its algorithm's if they share one,
 /// else the mixed one.
-pub fn script_for(limits: &[Limit]) -> &'static redis::Script {
+pub(crate) fn script_for(limits: &[Limit]) -> &'static redis::Script {
     let first = limits
         .first()
         .map_or(Algorithm::TokenBucket, Limit::algorithm);
@@ -77,6 +91,16 @@ pub fn script_for(limits: &[Limit]) -> &'static redis::Script {
     }
 }
 
+/// The peek script.
+pub(super) fn peek_script() -> &'static redis::Script {
+    &SCRIPTS[5]
+}
+
+/// The refund script.
+pub(super) fn refund_script() -> &'static redis::Script {
+    &SCRIPTS[6]
+}
+
 /// The call `evalsha` (made by `evalsha()`) with the script's text instead of its SHA1:
 /// `EVAL`, for a server that lacks the script. Built only then, from the command's own
 /// arguments.
@@ -84,7 +108,7 @@ pub(super) fn eval(evalsha: &redis::Cmd, script: &redis::Script) -> redis::Cmd {
     let i = SCRIPTS
         .iter()
         .position(|s| std::ptr::eq(s, script))
-        .expect("one of the five scripts");
+        .expect("one of the scripts");
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(all()[i]);
     // Past the verb and the SHA1: the key count, the keys and the arguments.
@@ -129,6 +153,33 @@ pub(super) fn evalsha(
         };
     }
     cmd
+}
+
+/// Turns the peek script's reply into each limit's decision (see `lua/peek.lua`).
+pub(super) fn parse_peek(
+    reply: &redis::Value,
+    limits: &[Limit],
+    cost: u64,
+) -> Option<Vec<Decision>> {
+    let redis::Value::Array(values) = reply else {
+        return None;
+    };
+    let mut values = values.iter().map(|v| match v {
+        redis::Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    });
+    let decisions = limits
+        .iter()
+        .enumerate()
+        .map(|(i, limit)| {
+            let seen = Observation::read(limit.algorithm(), &mut values)?;
+            Some(limit.peek_observed(&seen, cost).with_index(i))
+        })
+        .collect();
+    if values.next().is_some() {
+        return None;
+    }
+    decisions
 }
 
 /// Turns the script's reply into a decision (see `lua/decide.lua`).

@@ -121,6 +121,13 @@ impl DenyCache {
         Some(decision.with_index(entry.index))
     }
 
+    /// Forgets the denial cached for `key`, if any.
+    pub(crate) fn forget(&self, key: &str) {
+        if self.shard(key).entries.remove(key).is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Remembers the store's denial, by `limit`, of a request of `cost` on `key` that was sent
     /// at `asked`: the store counted its wait from a moment after that, so the denial never
     /// outlasts what the store said.

@@ -6,21 +6,19 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::ResponseFuture;
+use super::{ResponseFuture, Shared};
 use crate::client::ClientExtractor;
-use crate::future::{Asked, Asking, Flags};
-use crate::key::{Endpoint, endpoint_path, request_key, request_path};
-use crate::layer::Shared;
+use crate::key::{Endpoint, endpoint_path, request_path, subject_key};
 use crate::response::{Answer, ResponseBody, is_grpc};
 use crate::store::Store;
-use crate::telemetry::Outcome;
+use crate::telemetry::Outcome as Counted;
 
 /// Rate-limits the requests to `S`; made by [`RateLimitLayer`](crate::RateLimitLayer).
 ///
 /// Readiness is the inner service's: the limit never holds a request back in `poll_ready`.
-/// `call` finds the client and endpoint, asks the store, and then forwards the request to the
-/// service that was made ready, or answers itself (`429`, `400`, or `503` when the store fails
-/// closed).
+/// `call` finds the client, endpoint and cost, asks the [`Limiter`](crate::Limiter), and then
+/// forwards the request to the service that was made ready, or answers itself (`429`, `413`,
+/// `400`, or `503` when the store fails closed).
 pub struct RateLimit<S, St, C> {
     inner: S,
     shared: Arc<Shared<St, C>>,
@@ -84,58 +82,47 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let settings = &self.shared.settings;
+        let limiter = &self.shared.limiter;
+        let core = &settings.core;
         let (parts, body) = request.into_parts();
         let grpc = is_grpc(&parts.headers);
         let path = request_path(&parts);
-        let Some(index) = settings.policies.find(&parts.method, &path) else {
+        let Some(index) = core.policies.find(&parts.method, &path) else {
             // No rule matches and there is no default: not limited.
             let future = inner.call(Request::from_parts(parts, body));
             return ResponseFuture::unlimited(Arc::clone(settings), future);
         };
-        let policy = settings.policies.entry(index);
-        let shadow = settings.shadow || policy.shadow;
+        let policy = core.policies.entry(index);
         let answer = |answer| ResponseFuture::answered(Arc::clone(settings), index, grpc, answer);
         let (client, cost) = match (
             self.shared.client.extract(&parts),
             settings.cost.cost(&parts),
         ) {
             (Ok(client), Ok(cost)) => (client, cost),
-            // In shadow mode nothing is refused, not even a request we cannot decide.
-            (Err(_), _) | (_, Err(_)) if shadow => {
-                tracing::debug!(
-                    policy = policy.name(),
-                    "shadow mode: undecidable request passes"
-                );
-                let future = inner.call(Request::from_parts(parts, body));
-                return ResponseFuture::unlimited(Arc::clone(settings), future);
+            (client, cost) => {
+                let flags = limiter.flags(index, false);
+                if flags.shadow {
+                    // In shadow mode nothing is refused, not even a request we cannot decide.
+                    tracing::debug!(
+                        policy = policy.name(),
+                        "shadow mode: undecidable request passes"
+                    );
+                    let future = inner.call(Request::from_parts(parts, body));
+                    return ResponseFuture::unlimited(Arc::clone(settings), future);
+                }
+                return match (client, cost) {
+                    (Err(missing), _) => {
+                        core.telemetry
+                            .decision(index, Counted::MissingIdentity, false);
+                        answer(Answer::MissingClient(missing))
+                    }
+                    (_, Err(invalid)) => answer(Answer::InvalidCost(invalid)),
+                    (Ok(_), Ok(_)) => unreachable!("both were found above"),
+                };
             }
-            (Err(missing), _) => {
-                settings
-                    .telemetry
-                    .decision(index, Outcome::MissingIdentity, false);
-                return answer(Answer::MissingClient(missing));
-            }
-            (_, Err(invalid)) => return answer(Answer::InvalidCost(invalid)),
         };
-        let bypassed = !settings.bypass.is_empty() && settings.bypass.contains(&client);
-        if cost > policy.min_capacity {
-            let limit = policy
-                .limits
-                .iter()
-                .position(|l| l.capacity() < cost)
-                .unwrap_or(0);
-            // Never refused: shadow mode and bypassed clients pass, unlimited.
-            if !shadow && !bypassed {
-                return answer(Answer::TooCostly { cost, limit });
-            }
-            let future = inner.call(Request::from_parts(parts, body));
-            return ResponseFuture::unlimited(Arc::clone(settings), future);
-        }
-        let flags = Flags {
-            shadow,
-            grpc,
-            bypassed,
-        };
+        let bypassed = !core.bypass.is_empty() && core.bypass.contains(&client);
+        let flags = limiter.flags(index, bypassed);
         let endpoint = match &policy.rule {
             Some(rule) => Endpoint::Rule(rule),
             None => Endpoint::Route {
@@ -143,48 +130,14 @@ where
                 path: endpoint_path(&parts, &path),
             },
         };
-        let key = request_key(&settings.key_prefix, client.as_bytes(), endpoint);
+        let key = subject_key(&core.key_prefix, client.as_bytes(), endpoint);
         drop((client, path));
-        if let Some(cache) = &settings.deny_cache
-            && let Some(decision) = cache.check(&key, cost, &policy.limits)
-        {
-            // Denied in process: the store said so and the wait is not over.
-            settings.telemetry.deny_cache_hit();
-            settings
-                .telemetry
-                .decision(index, flags.outcome(false), false);
-            if flags.refuses(false) {
-                return answer(Answer::Limited(decision));
-            }
-            let future = inner.call(Request::from_parts(parts, body));
-            return ResponseFuture::reported(Arc::clone(settings), index, decision, future);
-        }
-        // A remote store's call is timed from here; a cached denial counts from here too, so it
-        // never outlasts the store's word. A remote store is asked only when the breaker lets
-        // the call through.
-        let asked = St::REMOTE.then(tokio::time::Instant::now);
-        let (decision, ticket) = match settings.breaker.as_ref().map(|b| b.admit()).transpose() {
-            Err(error) => (Asking::NotAsked { error: Some(error) }, None),
-            Ok(ticket) => {
-                if let Some(ticket) = &ticket {
-                    settings.telemetry.in_flight(ticket.in_flight());
-                }
-                let decision = self.shared.store.decide(&key, &policy.limits, cost);
-                (Asking::Sent { decision }, ticket)
-            }
-        };
-        let keep_key = settings.deny_cache.is_some() || settings.local.is_some();
+        let deciding = limiter.start(index, key, cost, flags);
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,
-            flags,
-            decision,
-            Asked {
-                at: asked,
-                key: keep_key.then_some(key),
-                cost,
-                ticket,
-            },
+            grpc,
+            deciding,
             inner,
             Request::from_parts(parts, body),
         )
@@ -437,7 +390,7 @@ mod tests {
             (response.status(), start.elapsed())
         };
         // Each of the first calls waits for the timeout...
-        for _ in 0..crate::breaker::OPEN_AFTER {
+        for _ in 0..crate::resilience::breaker::OPEN_AFTER {
             let (status, took) = timed(svc.clone()).await;
             assert_eq!(
                 (status, took),
@@ -451,7 +404,10 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO)
         );
         // After the probe interval one request probes the store (and waits), the others don't.
-        tokio::time::advance(Duration::from_millis(crate::breaker::PROBE_EVERY_MS)).await;
+        tokio::time::advance(Duration::from_millis(
+            crate::resilience::breaker::PROBE_EVERY_MS,
+        ))
+        .await;
         let probe = tokio::spawn(timed(svc.clone()));
         tokio::task::yield_now().await;
         let (_, took) = timed(svc.clone()).await;

@@ -1,0 +1,298 @@
+//! [`LimiterBuilder`]: the engine's settings, checked once by [`LimiterBuilder::build`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Core, Limiter, Shared};
+use crate::client::Bypass;
+use crate::key::check_prefix;
+use crate::policy::Policies;
+use crate::resilience::breaker::Breaker;
+use crate::resilience::deny_cache::DenyCache;
+use crate::resilience::outage::OutageLog;
+use crate::resilience::{FailMode, LocalFallback};
+use crate::store::{MemoryStore, Store};
+use crate::telemetry::Telemetry;
+use crate::{Algorithm, ConfigError, Limit};
+
+/// The default time a store may take to decide.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+/// The default prefix of every bucket key.
+pub const DEFAULT_KEY_PREFIX: &str = "tollgate";
+/// The default name of the single limit (in the `RateLimit` header fields and bucket keys).
+pub const DEFAULT_POLICY_NAME: &str = "default";
+/// The default most calls to a remote store under way at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// Configures a [`Limiter`]; every field is checked by [`LimiterBuilder::build`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{FailMode, Limiter};
+///
+/// // 10 at once, then one more each second, per subject.
+/// let limiter = Limiter::builder()
+///     .capacity(10)
+///     .refill(10)
+///     .period(Duration::from_secs(10))
+///     .fail_mode(FailMode::Closed)
+///     .build()
+///     .expect("valid configuration");
+/// # let _ = limiter;
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct LimiterBuilder<St = MemoryStore> {
+    store: St,
+    options: Options,
+}
+
+/// The builder's settings other than the store.
+pub(crate) struct Options {
+    algorithm: Algorithm,
+    capacity: Option<u64>,
+    refill: Option<u64>,
+    period: Option<Duration>,
+    policy_name: String,
+    policies: Option<Policies>,
+    key_prefix: String,
+    timeout: Duration,
+    fail_mode: FailMode,
+    shadow: bool,
+    bypass: Bypass,
+    deny_cache: bool,
+    local_share: f64,
+    max_in_flight: usize,
+}
+
+impl<St: std::fmt::Debug> std::fmt::Debug for LimiterBuilder<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimiterBuilder")
+            .field("store", &self.store)
+            .field("capacity", &self.options.capacity)
+            .field("refill", &self.options.refill)
+            .field("period", &self.options.period)
+            .field("policies", &self.options.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LimiterBuilder {
+    pub(super) fn new() -> Self {
+        Self {
+            store: MemoryStore::new(),
+            options: Options {
+                algorithm: Algorithm::TokenBucket,
+                capacity: None,
+                refill: None,
+                period: None,
+                policy_name: DEFAULT_POLICY_NAME.to_owned(),
+                policies: None,
+                key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+                timeout: DEFAULT_TIMEOUT,
+                fail_mode: FailMode::Open,
+                shadow: false,
+                bypass: Bypass::new(),
+                deny_cache: true,
+                local_share: 1.0,
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            },
+        }
+    }
+}
+
+impl<St> LimiterBuilder<St> {
+    /// Where buckets are kept: a [`MemoryStore`] unless set, or a
+    /// [`RedisStore`](crate::RedisStore) to share limits between instances, or an
+    /// [`AnyStore`](crate::store::AnyStore) chosen at run time.
+    pub fn store<T: Store>(self, store: T) -> LimiterBuilder<T> {
+        LimiterBuilder {
+            store,
+            options: self.options,
+        }
+    }
+
+    /// How the single default limit counts (default [`Algorithm::TokenBucket`]); see
+    /// [`algorithm`](crate::algorithm).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.options.algorithm = algorithm;
+        self
+    }
+
+    /// The most units that can pass per period (a token bucket: at once, from a full bucket),
+    /// for the single default limit. Required unless [`policies`](Self::policies) are set.
+    pub fn capacity(mut self, capacity: u64) -> Self {
+        self.options.capacity = Some(capacity);
+        self
+    }
+
+    /// Units added back per [`period`](Self::period), continuously (a token bucket). Defaults
+    /// to the capacity: an empty bucket is full again after one period. The window algorithms
+    /// take back their whole capacity each period and accept no other value.
+    pub fn refill(mut self, refill: u64) -> Self {
+        self.options.refill = Some(refill);
+        self
+    }
+
+    /// The period over which [`refill`](Self::refill) units come back, or the window.
+    /// Required unless [`policies`](Self::policies) are set.
+    pub fn period(mut self, period: Duration) -> Self {
+        self.options.period = Some(period);
+        self
+    }
+
+    /// The single limit's name in the `RateLimit` header fields and the bucket keys (default
+    /// `default`): 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+    pub fn policy_name(mut self, name: impl Into<String>) -> Self {
+        self.options.policy_name = name.into();
+        self
+    }
+
+    /// Per-route rules and several limits per subject, instead of one limit
+    /// (`capacity`/`refill`/`period`) for everything.
+    pub fn policies(mut self, policies: Policies) -> Self {
+        self.options.policies = Some(policies);
+        self
+    }
+
+    /// The prefix of every bucket key (default `tollgate`): 1 to 64 printable ASCII
+    /// characters without spaces or braces. Give each limiter sharing a store its own prefix
+    /// or its own limit names, or they share buckets.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.options.key_prefix = prefix.into();
+        self
+    }
+
+    /// The longest a store may take to answer (default 50 ms); then the fail mode applies.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = timeout;
+        self
+    }
+
+    /// What a decision gets when the store fails (default [`FailMode::Open`]).
+    pub fn fail_mode(mut self, fail_mode: FailMode) -> Self {
+        self.options.fail_mode = fail_mode;
+        self
+    }
+
+    /// The share of each limit this instance admits on its own with [`FailMode::Local`] while
+    /// the store fails (default 1.0, the whole limit): 1/N for N instances sharing the limits
+    /// evenly. Capacities (and a token bucket's refill) are scaled and rounded up, at least 1.
+    pub fn local_share(mut self, share: f64) -> Self {
+        self.options.local_share = share;
+        self
+    }
+
+    /// The most calls to a remote store under way at once (default 1,024); a decision beyond
+    /// that is not sent and follows the fail mode at once, so a slow store cannot pile up
+    /// waiting callers.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.options.max_in_flight = calls;
+        self
+    }
+
+    /// Shadow mode for every policy (default off): decide and report (the `RateLimit` fields,
+    /// logs, metrics) but never refuse. Rules can turn it on one by one.
+    pub fn shadow(mut self, enabled: bool) -> Self {
+        self.options.shadow = enabled;
+        self
+    }
+
+    /// Clients that are never refused (still decided and reported).
+    pub fn bypass(mut self, bypass: Bypass) -> Self {
+        self.options.bypass = bypass;
+        self
+    }
+
+    /// The local deny cache (default on): after the store denies a subject, later decisions
+    /// of the same cost or more on it are denied in process until the wait is over, without
+    /// a store call. Exact while the store keeps its state, since other instances can only
+    /// take units; [`Limiter::reset`] clears it for a subject. Not used with a store that is
+    /// not [remote](Store::is_remote), which decides in process anyway.
+    pub fn deny_cache(mut self, enabled: bool) -> Self {
+        self.options.deny_cache = enabled;
+        self
+    }
+
+    /// Checks the configuration and builds the limiter.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field that is missing, zero or invalid.
+    pub fn build(self) -> Result<Limiter<St>, ConfigError>
+    where
+        St: Store,
+    {
+        let options = self.options;
+        let single = options.capacity.is_some()
+            || options.period.is_some()
+            || options.refill.is_some()
+            || options.algorithm != Algorithm::TokenBucket;
+        let policies = match options.policies {
+            Some(_) if single => {
+                return Err(ConfigError::Invalid {
+                    field: "policies",
+                    value: "capacity/refill/period".into(),
+                    reason: "set either capacity, refill, period and algorithm, or policies, not both",
+                });
+            }
+            Some(policies) => policies,
+            None => {
+                let capacity = options
+                    .capacity
+                    .ok_or(ConfigError::Missing { field: "capacity" })?;
+                let period = options
+                    .period
+                    .ok_or(ConfigError::Missing { field: "period" })?;
+                Policies::single(Limit::with_algorithm(
+                    options.algorithm,
+                    options.policy_name,
+                    capacity,
+                    options.refill,
+                    period,
+                )?)
+            }
+        };
+        if options.timeout.is_zero() {
+            return Err(ConfigError::Zero { field: "timeout" });
+        }
+        if options.max_in_flight == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_in_flight",
+            });
+        }
+        let share = options.local_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "local_share",
+                value: share.to_string(),
+                reason: "must be more than 0 and at most 1 (1/N for N instances)",
+            });
+        }
+        check_prefix(&options.key_prefix)?;
+        let remote = self.store.is_remote();
+        let local = (options.fail_mode == FailMode::Local && remote)
+            .then(|| LocalFallback::new(&policies, share));
+        let names: Vec<&str> = (0..policies.len())
+            .map(|i| policies.entry(i).name())
+            .collect();
+        let core = Core {
+            telemetry: Telemetry::new(&names),
+            local,
+            policies,
+            key_prefix: options.key_prefix.into_boxed_str(),
+            timeout: options.timeout,
+            fail_mode: options.fail_mode,
+            shadow: options.shadow,
+            bypass: options.bypass,
+            outage: OutageLog::new(),
+            deny_cache: (options.deny_cache && remote).then(DenyCache::new),
+            breaker: remote.then(|| Breaker::new(options.max_in_flight)),
+        };
+        Ok(Limiter {
+            shared: Arc::new(Shared {
+                store: self.store,
+                core: Arc::new(core),
+            }),
+        })
+    }
+}

@@ -1,0 +1,381 @@
+//! The engine: a [`Limiter`] decides for subjects (a client, and an endpoint or a rule) with
+//! every protection tollgate has (the store's timeout, the breaker and the bound on calls in
+//! flight, the fail mode and its local fallback, the deny cache, shadow mode, the bypass list,
+//! logs and metrics), whether the caller is the HTTP layer or your own code.
+//!
+//! Rate-limit anything that is not one HTTP request (a websocket's messages, a queue
+//! consumer, a background job) with the same buckets and the same behaviour under failure:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::{Limiter, Target};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // 5 messages at once per user, then one more each second.
+//! let limiter = Limiter::builder()
+//!     .capacity(5)
+//!     .refill(1)
+//!     .period(Duration::from_secs(1))
+//!     .build()?;
+//! let alice = limiter.subject("alice", Target::route(&http::Method::GET, "/chat"))?;
+//! for _ in 0..5 {
+//!     assert!(limiter.take(&alice, 1).await.is_allowed());
+//! }
+//! let sixth = limiter.take(&alice, 1).await;
+//! assert!(!sixth.is_allowed());
+//! assert!(sixth.retry_after().unwrap() <= Duration::from_secs(1));
+//!
+//! // How much is left, without taking anything; then give two back.
+//! assert_eq!(limiter.peek(&alice, 1).await?[0].remaining, 0);
+//! limiter.refund(&alice, 2).await?;
+//! assert_eq!(limiter.peek(&alice, 1).await?[0].remaining, 2);
+//!
+//! // Forget the subject's buckets: whole again.
+//! limiter.reset(&alice).await?;
+//! assert_eq!(limiter.peek(&alice, 1).await?[0].remaining, 5);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A [`RateLimitLayer`](crate::RateLimitLayer) built from the same limiter
+//! ([`RateLimitLayer::new`](crate::RateLimitLayer::new)) charges the same buckets: an HTTP
+//! request names the subject `(client, Target::route(method, route or path))`, and under a
+//! rule `(client, Target::rule(name))`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::{Bypass, ClientId};
+use crate::key::{Endpoint, normalize_path, subject_key};
+use crate::policy::Policies;
+use crate::resilience::breaker::Breaker;
+use crate::resilience::deny_cache::DenyCache;
+use crate::resilience::outage::OutageLog;
+use crate::resilience::{FailMode, LocalFallback};
+use crate::store::{MemoryStore, Store};
+use crate::telemetry::Telemetry;
+use crate::{Decision, StoreError};
+
+mod builder;
+mod subject;
+mod take;
+
+pub use builder::{
+    DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, LimiterBuilder,
+};
+pub use subject::{Subject, SubjectError, Target};
+pub(crate) use take::{Asked, Deciding, Flags};
+pub use take::{DecidedBy, Outcome, Take, Verdict};
+
+/// The engine: decides, peeks, refunds and resets for subjects. Built once with
+/// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`).
+///
+/// See [the module docs](self) for an example.
+pub struct Limiter<St = MemoryStore> {
+    pub(crate) shared: Arc<Shared<St>>,
+}
+
+pub(crate) struct Shared<St> {
+    pub(crate) store: St,
+    pub(crate) core: Arc<Core>,
+}
+
+/// Everything but the store: what a decision under way needs.
+pub(crate) struct Core {
+    pub(crate) policies: Policies,
+    pub(crate) key_prefix: Box<str>,
+    pub(crate) timeout: Duration,
+    pub(crate) fail_mode: FailMode,
+    pub(crate) shadow: bool,
+    pub(crate) bypass: Bypass,
+    pub(crate) outage: OutageLog,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) deny_cache: Option<DenyCache>,
+    /// Bounds the calls to a remote store; `None` for an in-process store.
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Decides while the store fails, with [`FailMode::Local`] and a remote store.
+    pub(crate) local: Option<LocalFallback>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("policies", &self.policies)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("fail_mode", &self.fail_mode)
+            .field("shadow", &self.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St> Clone for Limiter<St> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<St: std::fmt::Debug> std::fmt::Debug for Limiter<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("store", &self.shared.store)
+            .field("core", &self.shared.core)
+            .finish()
+    }
+}
+
+impl Limiter {
+    /// Starts a builder: an in-memory store, fail-open with a 50 ms timeout. Set either
+    /// `capacity` and `period` (one limit for every subject) or
+    /// [`policies`](LimiterBuilder::policies).
+    pub fn builder() -> LimiterBuilder {
+        LimiterBuilder::new()
+    }
+}
+
+impl<St> Limiter<St> {
+    /// The store the limiter decides with.
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// The policies the limiter applies.
+    pub fn policies(&self) -> &Policies {
+        &self.shared.core.policies
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.shared.core
+    }
+
+    /// The subject `client` on `target`: its policy and its bucket key, built once and
+    /// reusable for every call about it. The key is the one the HTTP layer uses for the same
+    /// client and endpoint (see [`key`](crate::key)), so both charge the same buckets.
+    ///
+    /// # Errors
+    ///
+    /// When `client` is empty, or `target` names a rule the policies do not have.
+    pub fn subject<'c>(
+        &self,
+        client: impl Into<ClientId<'c>>,
+        target: Target<'_>,
+    ) -> Result<Subject, SubjectError> {
+        let client = client.into();
+        if client.as_bytes().is_empty() {
+            return Err(SubjectError::EmptyClient);
+        }
+        let core = &self.shared.core;
+        let (policy, path) = match target {
+            Target::Route { method, path } => {
+                let path = normalize_path(path);
+                (core.policies.find(method, &path), Some((method, path)))
+            }
+            Target::Rule(name) => match core.policies.find_rule(name) {
+                Some(index) => (Some(index), None),
+                None => return Err(SubjectError::UnknownRule(name.to_owned())),
+            },
+        };
+        let endpoint = match (
+            policy.and_then(|i| core.policies.entry(i).rule.as_deref()),
+            &path,
+        ) {
+            (Some(rule), _) => Endpoint::Rule(rule),
+            (None, Some((method, path))) => Endpoint::Route {
+                method: method.as_str(),
+                path,
+            },
+            (None, None) => unreachable!("a rule target found its rule"),
+        };
+        let bypassed = !core.bypass.is_empty() && core.bypass.contains(&client);
+        Ok(Subject::new(
+            subject_key(&core.key_prefix, client.as_bytes(), endpoint),
+            policy,
+            bypassed,
+        ))
+    }
+}
+
+impl<St: Store> Limiter<St> {
+    /// Takes `cost` units (0 counts as 1) for `subject` from every limit of its policy, all
+    /// or nothing, exactly as the HTTP layer does for a request: within the timeout, through
+    /// the breaker and the deny cache, and by the fail mode when the store fails.
+    pub fn take(&self, subject: &Subject, cost: u64) -> Take<St::Future> {
+        let deciding = match subject.policy() {
+            Some(index) => {
+                let flags = self.flags(index, subject.bypassed());
+                self.start(index, subject.key().to_owned(), cost, flags)
+            }
+            None => Deciding::Ready {
+                outcome: Some(Outcome::new(Verdict::Unlimited, Flags::default())),
+            },
+        };
+        Take::new(deciding, Arc::clone(&self.shared.core))
+    }
+
+    pub(crate) fn flags(&self, index: usize, bypassed: bool) -> Flags {
+        let core = &self.shared.core;
+        Flags {
+            shadow: core.shadow || core.policies.entry(index).shadow,
+            bypassed,
+        }
+    }
+
+    /// Starts a decision of `cost` on `key` under the policy at `index`: too costly, denied
+    /// by the deny cache, not asked (breaker), or asked.
+    pub(crate) fn start(
+        &self,
+        index: usize,
+        key: String,
+        cost: u64,
+        flags: Flags,
+    ) -> Deciding<St::Future> {
+        let core = &self.shared.core;
+        let policy = core.policies.entry(index);
+        let cost = cost.max(1);
+        if cost > policy.min_capacity {
+            let limit = policy
+                .limits
+                .iter()
+                .position(|l| l.capacity() < cost)
+                .unwrap_or(0);
+            return Deciding::Ready {
+                outcome: Some(Outcome::new(Verdict::TooCostly { cost, limit }, flags)),
+            };
+        }
+        if let Some(cache) = &core.deny_cache
+            && let Some(decision) = cache.check(&key, cost, &policy.limits)
+        {
+            // Denied in process: the store said so and the wait is not over.
+            core.telemetry.deny_cache_hit();
+            core.telemetry.decision(index, flags.counted(false), false);
+            return Deciding::Ready {
+                outcome: Some(Outcome::new(
+                    Verdict::Decided {
+                        decision,
+                        by: DecidedBy::DenyCache,
+                    },
+                    flags,
+                )),
+            };
+        }
+        // A remote store's call is timed from here; a cached denial counts from here too, so it
+        // never outlasts the store's word. A remote store is asked only when the breaker lets
+        // the call through.
+        let at = core.breaker.is_some().then(tokio::time::Instant::now);
+        let keep_key = core.deny_cache.is_some() || core.local.is_some();
+        let ticket = match core.breaker.as_ref().map(|b| b.admit()).transpose() {
+            Ok(ticket) => ticket,
+            Err(error) => {
+                return Deciding::NotAsked {
+                    error: Some(error),
+                    asked: Asked {
+                        at,
+                        key: keep_key.then_some(key),
+                        cost,
+                        ticket: None,
+                    },
+                    policy: index,
+                    flags,
+                };
+            }
+        };
+        if let Some(ticket) = &ticket {
+            core.telemetry.in_flight(ticket.in_flight());
+        }
+        let decision = self.shared.store.decide(&key, &policy.limits, cost);
+        Deciding::Asking {
+            decision,
+            deadline: None,
+            asked: Asked {
+                at,
+                key: keep_key.then_some(key),
+                cost,
+                ticket,
+            },
+            policy: index,
+            flags,
+        }
+    }
+
+    /// The state of every limit of `subject`'s policy, in order, for a request of `cost`
+    /// (0 counts as 1), without taking anything: `remaining`, `reset_after`, and `allowed`
+    /// and `retry_after` as they would be for `cost` now. Nothing is written (in Redis, one
+    /// read-only script call). Empty when no limit applies.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails or does not answer within the timeout; the fail mode does not
+    /// apply.
+    pub async fn peek(&self, subject: &Subject, cost: u64) -> Result<Vec<Decision>, StoreError> {
+        let Some(index) = subject.policy() else {
+            return Ok(Vec::new());
+        };
+        let limits = &self.shared.core.policies.entry(index).limits;
+        let call = self.shared.store.peek(subject.key(), limits, cost.max(1));
+        self.bounded(call).await
+    }
+
+    /// Gives `units` back to every limit of `subject`'s policy, as if that many fewer had been
+    /// taken: never above capacity, never before now (a token bucket is at most full now; a
+    /// window's count never goes below zero; a sliding log drops its newest entries). Atomic,
+    /// in one store call. Nothing happens when no limit applies or `units` is 0.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails or does not answer within the timeout (a refund that timed out
+    /// may still happen).
+    pub async fn refund(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
+        let Some(index) = subject.policy() else {
+            return Ok(());
+        };
+        if units == 0 {
+            return Ok(());
+        }
+        let limits = &self.shared.core.policies.entry(index).limits;
+        let call = self.shared.store.refund(subject.key(), limits, units);
+        self.bounded(call).await
+    }
+
+    /// Forgets `subject`'s buckets (whole again) and this process's cached denials of it.
+    /// Other instances' cached denials run out on their own (at most their wait).
+    ///
+    /// # Errors
+    ///
+    /// When the store fails or does not answer within the timeout.
+    pub async fn reset(&self, subject: &Subject) -> Result<(), StoreError> {
+        let core = &self.shared.core;
+        if let Some(cache) = &core.deny_cache {
+            cache.forget(subject.key());
+        }
+        let Some(index) = subject.policy() else {
+            return Ok(());
+        };
+        let limits = &core.policies.entry(index).limits;
+        let call = self.shared.store.reset(subject.key(), limits);
+        self.bounded(call).await
+    }
+
+    /// A store call other than a decision, bounded as decisions are: through the breaker and
+    /// within the timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let core = &self.shared.core;
+        let ticket = core.breaker.as_ref().map(|b| b.admit()).transpose()?;
+        let answer = match tokio::time::timeout(core.timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Timeout(core.timeout)),
+        };
+        if let Some(ticket) = ticket {
+            match &answer {
+                Err(error) if error.unavailable() => ticket.failed(),
+                _ => ticket.answered(),
+            }
+        }
+        answer
+    }
+}

@@ -1,0 +1,365 @@
+//! One decision under way: the store's answer within the timeout, or what the fail mode
+//! makes of its failure; and the [`Outcome`] it ends in.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::Core;
+use crate::resilience::FailMode;
+use crate::resilience::breaker::Ticket;
+use crate::telemetry::Outcome as Counted;
+use crate::{Decision, StoreError};
+
+/// How a decided subject is treated.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Flags {
+    /// Shadow mode: report, never refuse.
+    pub(crate) shadow: bool,
+    /// A client on the bypass list: report, never refuse.
+    pub(crate) bypassed: bool,
+}
+
+impl Flags {
+    /// Whether a decision is refused: denied, and neither shadow mode nor bypass.
+    pub(crate) fn refuses(self, allowed: bool) -> bool {
+        !allowed && !self.shadow && !self.bypassed
+    }
+
+    /// The `outcome` a decision is counted as.
+    pub(crate) fn counted(self, allowed: bool) -> Counted {
+        match () {
+            _ if self.bypassed => Counted::Bypassed,
+            _ if allowed => Counted::Allowed,
+            _ if self.refuses(allowed) => Counted::Limited,
+            _ => Counted::ShadowLimited,
+        }
+    }
+}
+
+/// How a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecidedBy {
+    /// The store.
+    Store,
+    /// A denial the store gave earlier, remembered in this process until its wait is over
+    /// (the deny cache): the store was not asked.
+    DenyCache,
+    /// This process, against its share of each limit, while the store fails
+    /// ([`FailMode::Local`]).
+    Local,
+}
+
+/// What a decision came to, before shadow mode and the bypass list are applied (see
+/// [`Outcome::is_allowed`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// No limit applies: the subject matches no rule and there is no default policy.
+    Unlimited,
+    /// The limits decided. The decision is the one of the limit that binds: when refused, the
+    /// refusing limit with the longest wait; when allowed, the one with the fewest units left
+    /// ([`Decision::index`] says which).
+    Decided {
+        /// The binding limit's decision; `allowed` says whether the units were taken.
+        decision: Decision,
+        /// Who decided.
+        by: DecidedBy,
+    },
+    /// The cost is more than the capacity of the limit at `limit`: it can never pass, and the
+    /// store was not asked.
+    TooCostly {
+        /// The cost asked for.
+        cost: u64,
+        /// The position of the limit among the policy's.
+        limit: usize,
+    },
+    /// The store failed, did not answer within the timeout, or was not asked (breaker open,
+    /// too many calls in flight), and [`FailMode::Open`] lets the subject pass unlimited.
+    FailedOpen(StoreError),
+    /// The store failed as above, and [`FailMode::Closed`] refuses (or [`FailMode::Local`]
+    /// cannot decide a cost above this instance's share).
+    FailedClosed(StoreError),
+}
+
+/// The outcome of [`Limiter::take`](crate::Limiter::take): whether to go ahead, and why.
+#[derive(Debug)]
+pub struct Outcome {
+    verdict: Verdict,
+    flags: Flags,
+}
+
+impl Outcome {
+    pub(crate) fn new(verdict: Verdict, flags: Flags) -> Self {
+        Self { verdict, flags }
+    }
+
+    /// Whether the caller may go ahead: the limits allowed it (and took its units), or it
+    /// passes anyway: shadow mode, a bypassed client, no limit, or a store failure under
+    /// [`FailMode::Open`].
+    pub fn is_allowed(&self) -> bool {
+        match &self.verdict {
+            Verdict::Unlimited | Verdict::FailedOpen(_) => true,
+            Verdict::Decided { decision, .. } => !self.flags.refuses(decision.allowed),
+            Verdict::TooCostly { .. } => !self.flags.refuses(false),
+            Verdict::FailedClosed(_) => self.flags.shadow,
+        }
+    }
+
+    /// What was decided, before shadow mode and the bypass list.
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+
+    /// The binding limit's decision, when the limits decided.
+    pub fn decision(&self) -> Option<&Decision> {
+        match &self.verdict {
+            Verdict::Decided { decision, .. } => Some(decision),
+            _ => None,
+        }
+    }
+
+    /// How long to wait before asking again, when refused: the binding limit's wait
+    /// ([`Duration::MAX`] when the cost can never pass), or one second after a store failure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        if self.is_allowed() {
+            return None;
+        }
+        Some(match &self.verdict {
+            Verdict::Decided { decision, .. } => decision.retry_after,
+            Verdict::TooCostly { .. } => Duration::MAX,
+            _ => Duration::from_secs(1),
+        })
+    }
+
+    /// The verdict, by value.
+    pub fn into_verdict(self) -> Verdict {
+        self.verdict
+    }
+}
+
+/// What the engine knew when it asked the store.
+pub(crate) struct Asked {
+    /// When, for a remote store (its calls are timed, and a cached denial counts from here).
+    pub(crate) at: Option<Instant>,
+    /// The subject's key, when the deny cache or the local fail mode needs it.
+    pub(crate) key: Option<String>,
+    pub(crate) cost: u64,
+    /// The place of this call among those in flight (a remote store).
+    pub(crate) ticket: Option<Ticket>,
+}
+
+pin_project! {
+    /// A decision under way, polled with the engine's [`Core`] (which its owner holds).
+    #[project = DecidingProj]
+    pub(crate) enum Deciding<D> {
+        // Waiting for the store, at most the timeout.
+        Asking {
+            #[pin]
+            decision: D,
+            // Started when the decision is first pending, so a store that answers at once
+            // (the memory store) never arms a timer.
+            #[pin]
+            deadline: Option<Sleep>,
+            asked: Asked,
+            policy: usize,
+            flags: Flags,
+        },
+        // The store was not asked (breaker open, too many calls in flight): the fail mode
+        // decides.
+        NotAsked {
+            error: Option<StoreError>,
+            asked: Asked,
+            policy: usize,
+            flags: Flags,
+        },
+        // Decided without the store.
+        Ready {
+            outcome: Option<Outcome>,
+        },
+    }
+}
+
+impl<D> Deciding<D>
+where
+    D: Future<Output = Result<Decision, StoreError>>,
+{
+    pub(crate) fn poll_decide(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        core: &Core,
+    ) -> Poll<Outcome> {
+        match self.project() {
+            DecidingProj::Ready { outcome } => {
+                Poll::Ready(outcome.take().expect("polled after completion"))
+            }
+            DecidingProj::NotAsked {
+                error,
+                asked,
+                policy,
+                flags,
+            } => {
+                let error = error.take().expect("polled after completion");
+                Poll::Ready(core.failed(*policy, *flags, error, asked))
+            }
+            DecidingProj::Asking {
+                decision,
+                mut deadline,
+                asked,
+                policy,
+                flags,
+            } => {
+                let answer = match decision.poll(cx) {
+                    Poll::Ready(answer) => answer,
+                    Poll::Pending => {
+                        if deadline.is_none() {
+                            deadline.set(Some(tokio::time::sleep(core.timeout)));
+                        }
+                        let sleep = deadline.as_pin_mut().expect("deadline was just set");
+                        ready!(sleep.poll(cx));
+                        Err(StoreError::Timeout(core.timeout))
+                    }
+                };
+                Poll::Ready(core.answered(*policy, *flags, answer, asked))
+            }
+        }
+    }
+}
+
+impl Core {
+    /// What the store's answer (or failure) comes to.
+    fn answered(
+        &self,
+        index: usize,
+        flags: Flags,
+        answer: Result<Decision, StoreError>,
+        asked: &mut Asked,
+    ) -> Outcome {
+        let policy = self.policies.entry(index);
+        let elapsed = asked.at.map(|at| at.elapsed());
+        // A custom store could name a limit the policy does not have.
+        let answer = answer.and_then(|d| match policy.limits.get(d.index) {
+            Some(_) => Ok(d),
+            None => Err(StoreError::Reply(format!(
+                "limit index {} out of range",
+                d.index
+            ))),
+        });
+        if let Some(ticket) = asked.ticket.take() {
+            self.telemetry.store_duration(elapsed.unwrap_or_default());
+            // Only a store that cannot be reached opens the breaker; one that answered with an
+            // error (a script error, say) is up.
+            match &answer {
+                Err(error) if error.unavailable() => ticket.failed(),
+                _ => ticket.answered(),
+            }
+            drop(ticket);
+            if let Some(breaker) = &self.breaker {
+                self.telemetry.in_flight(breaker.in_flight());
+            }
+        }
+        match answer {
+            Ok(decision) => {
+                self.outage.answered();
+                if let (false, Some(cache), Some(key), Some(at)) =
+                    (decision.allowed, &self.deny_cache, &asked.key, asked.at)
+                {
+                    let limit = &policy.limits[decision.index];
+                    cache.insert(key, asked.cost, limit, &decision, at);
+                }
+                self.decided(index, flags, decision, DecidedBy::Store, elapsed)
+            }
+            Err(error) => self.failed(index, flags, error, asked),
+        }
+    }
+
+    /// What the fail mode makes of a store failure.
+    fn failed(&self, index: usize, flags: Flags, error: StoreError, asked: &Asked) -> Outcome {
+        let mode = self.fail_mode;
+        self.outage.failed(&error, mode);
+        self.telemetry.store_failed(&error, mode);
+        let verdict = match (mode, &self.local, &asked.key) {
+            (FailMode::Local, Some(local), Some(key)) => {
+                // Decided here, against this instance's share; a cost above the share cannot
+                // pass until the store is back.
+                match local.decide(index, key, asked.cost) {
+                    Some(decision)
+                        if decision.retry_after != Duration::MAX || !flags.refuses(false) =>
+                    {
+                        return self.decided(index, flags, decision, DecidedBy::Local, None);
+                    }
+                    _ => Verdict::FailedClosed(error),
+                }
+            }
+            (FailMode::Closed, _, _) => Verdict::FailedClosed(error),
+            _ => Verdict::FailedOpen(error),
+        };
+        Outcome::new(verdict, flags)
+    }
+
+    /// Counts and logs a decision.
+    pub(crate) fn decided(
+        &self,
+        index: usize,
+        flags: Flags,
+        decision: Decision,
+        by: DecidedBy,
+        elapsed: Option<Duration>,
+    ) -> Outcome {
+        let policy = self.policies.entry(index);
+        let limit = &policy.limits[decision.index];
+        let counted = flags.counted(decision.allowed);
+        let near_limit =
+            decision.allowed && decision.remaining.saturating_mul(5) <= limit.capacity();
+        self.telemetry.decision(index, counted, near_limit);
+        tracing::debug!(
+            policy = policy.name(),
+            outcome = counted.as_str(),
+            limit = limit.name(),
+            remaining = decision.remaining,
+            store_us = elapsed.map_or(0, |e| e.as_micros() as u64),
+            "rate-limit decision"
+        );
+        Outcome::new(Verdict::Decided { decision, by }, flags)
+    }
+}
+
+pin_project! {
+    /// The future of [`Limiter::take`](crate::Limiter::take).
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Take<D> {
+        #[pin]
+        deciding: Deciding<D>,
+        core: Arc<Core>,
+    }
+}
+
+impl<D> Take<D> {
+    pub(crate) fn new(deciding: Deciding<D>, core: Arc<Core>) -> Self {
+        Self { deciding, core }
+    }
+}
+
+impl<D> std::fmt::Debug for Take<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Take").finish_non_exhaustive()
+    }
+}
+
+impl<D> Future for Take<D>
+where
+    D: Future<Output = Result<Decision, StoreError>>,
+{
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.project();
+        this.deciding.poll_decide(cx, this.core)
+    }
+}

@@ -1,0 +1,183 @@
+//! [`ResponseFuture`]: waits for the limiter's outcome, then for the inner service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::Settings;
+use crate::engine::{Deciding, Outcome, Verdict};
+use crate::response::{self, Answer, ResponseBody};
+use crate::{Decision, StoreError};
+
+pin_project! {
+    /// The response future of [`RateLimit`](crate::RateLimit).
+    pub struct ResponseFuture<S, ReqBody, D>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody, D>,
+        settings: Arc<Settings>,
+        // The request's policy, when it has one.
+        policy: usize,
+        // Answer the gRPC way.
+        grpc: bool,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, D>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        // Waiting for the limiter.
+        Deciding {
+            #[pin]
+            deciding: Deciding<D>,
+            inner: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
+        // Forwarded; `decision` is reported in the response's fields.
+        Calling {
+            #[pin]
+            future: S::Future,
+            decision: Option<Decision>,
+        },
+        // Answered by the layer.
+        Answered {
+            answer: Option<Answer>,
+        },
+    }
+}
+
+impl<S, ReqBody, D> ResponseFuture<S, ReqBody, D>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn deciding(
+        settings: Arc<Settings>,
+        policy: usize,
+        grpc: bool,
+        deciding: Deciding<D>,
+        inner: S,
+        request: Request<ReqBody>,
+    ) -> Self {
+        Self {
+            state: State::Deciding {
+                deciding,
+                inner: Some(inner),
+                request: Some(request),
+            },
+            settings,
+            policy,
+            grpc,
+        }
+    }
+
+    pub(crate) fn answered(
+        settings: Arc<Settings>,
+        policy: usize,
+        grpc: bool,
+        answer: Answer,
+    ) -> Self {
+        Self {
+            state: State::Answered {
+                answer: Some(answer),
+            },
+            settings,
+            policy,
+            grpc,
+        }
+    }
+
+    pub(crate) fn unlimited(settings: Arc<Settings>, future: S::Future) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                decision: None,
+            },
+            settings,
+            policy: usize::MAX,
+            grpc: false,
+        }
+    }
+}
+
+/// What the layer does with an outcome: forward, with the decision to report in the
+/// response's fields when there is one to report, or answer.
+fn respond(settings: &Settings, outcome: Outcome) -> Result<Option<Decision>, Answer> {
+    let allowed = outcome.is_allowed();
+    match outcome.into_verdict() {
+        Verdict::Decided { decision, .. } if !allowed => Err(Answer::Limited(decision)),
+        // A denial that passes (shadow, bypass) is always reported.
+        Verdict::Decided { decision, .. } => {
+            Ok((settings.headers_on_allowed || !decision.allowed).then_some(decision))
+        }
+        Verdict::TooCostly { cost, limit } if !allowed => Err(Answer::TooCostly { cost, limit }),
+        Verdict::FailedClosed(_) if !allowed => Err(Answer::Unavailable),
+        _ => Ok(None),
+    }
+}
+
+impl<S, ReqBody, ResBody, D> Future for ResponseFuture<S, ReqBody, D>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    D: Future<Output = Result<Decision, StoreError>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let settings: &Settings = this.settings;
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Deciding {
+                    deciding,
+                    inner,
+                    request,
+                } => {
+                    let outcome = ready!(deciding.poll_decide(cx, &settings.core));
+                    match respond(settings, outcome) {
+                        Ok(decision) => {
+                            let mut inner = inner.take().expect("the service is called once");
+                            let request = request.take().expect("the request is sent once");
+                            State::Calling {
+                                future: inner.call(request),
+                                decision,
+                            }
+                        }
+                        Err(answer) => State::Answered {
+                            answer: Some(answer),
+                        },
+                    }
+                }
+                StateProj::Calling { future, decision } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(decision) = decision.take() {
+                        let policy = settings.core.policies.entry(*this.policy);
+                        response::insert_fields(
+                            response.headers_mut(),
+                            policy,
+                            &decision,
+                            settings.legacy_headers,
+                        );
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Answered { answer } => {
+                    let answer = answer.take().expect("polled after completion");
+                    let policy = settings.core.policies.entry(*this.policy);
+                    let response = response::reject(&answer, policy, &settings.style(*this.grpc));
+                    return Poll::Ready(Ok(response));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! [`AnyStore`]: a store chosen at run time.
+
+use std::future::{Future, Ready};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use super::{MemoryStore, Store, StoreCall};
+use crate::{Decision, Limit, StoreError};
+
+/// A store chosen at run time: in memory, in Redis (one server, a cluster or behind
+/// Sentinel), or any other [`Store`], behind one type.
+///
+/// ```no_run
+/// use tollgate::{AnyStore, MemoryStore, RateLimitLayer};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[cfg(feature = "redis")]
+/// let store = match std::env::var("REDIS_URL") {
+///     Ok(url) => AnyStore::from(tollgate::RedisStore::open(&url)?),
+///     Err(_) => AnyStore::from(MemoryStore::new()),
+/// };
+/// # #[cfg(not(feature = "redis"))]
+/// # let store = AnyStore::from(MemoryStore::new());
+/// let layer = RateLimitLayer::builder()
+///     .store(store)
+///     .capacity(10)
+///     .period(std::time::Duration::from_secs(10))
+///     .build()?;
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Whether it is [remote](Store::is_remote) is the chosen store's answer: a memory store
+/// behind it gets no deny cache, breaker or local fallback, as it would alone. A decision of
+/// the memory store is not boxed; the others' are.
+#[derive(Clone)]
+pub struct AnyStore {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Memory(MemoryStore),
+    Other(Arc<dyn DynStore>),
+}
+
+impl std::fmt::Debug for AnyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Memory(store) => f.debug_tuple("AnyStore").field(store).finish(),
+            Inner::Other(store) => f
+                .debug_tuple("AnyStore")
+                .field(&format_args!("{}", store.name()))
+                .finish(),
+        }
+    }
+}
+
+impl AnyStore {
+    /// Any store, behind one type. (A [`MemoryStore`] is better given with `From`, which
+    /// keeps its decisions unboxed.)
+    pub fn new<S: Store>(store: S) -> Self {
+        Self {
+            inner: Inner::Other(Arc::new(store)),
+        }
+    }
+}
+
+impl From<MemoryStore> for AnyStore {
+    fn from(store: MemoryStore) -> Self {
+        Self {
+            inner: Inner::Memory(store),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<super::RedisStore> for AnyStore {
+    fn from(store: super::RedisStore) -> Self {
+        Self::new(store)
+    }
+}
+
+/// [`Store`] with its decision boxed: what [`AnyStore`] keeps of a store.
+trait DynStore: Send + Sync + 'static {
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Decision>;
+    fn is_remote(&self) -> bool;
+    fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>>;
+    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
+    fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
+    fn name(&self) -> &'static str;
+}
+
+impl<S: Store> DynStore for S {
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Decision> {
+        Box::pin(Store::decide(self, key, limits, cost))
+    }
+    fn is_remote(&self) -> bool {
+        Store::is_remote(self)
+    }
+    fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        Store::peek(self, key, limits, cost)
+    }
+    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        Store::refund(self, key, limits, units)
+    }
+    fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        Store::reset(self, key, limits)
+    }
+    fn name(&self) -> &'static str {
+        std::any::type_name::<S>()
+    }
+}
+
+/// The future of an [`AnyStore`] decision: ready at once (memory), or boxed.
+#[must_use = "futures do nothing unless polled"]
+pub struct AnyDecision(DecisionInner);
+
+enum DecisionInner {
+    Ready(Ready<Result<Decision, StoreError>>),
+    Boxed(StoreCall<Decision>),
+}
+
+impl std::fmt::Debug for AnyDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyDecision").finish_non_exhaustive()
+    }
+}
+
+impl Future for AnyDecision {
+    type Output = Result<Decision, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            DecisionInner::Ready(ready) => Pin::new(ready).poll(cx),
+            DecisionInner::Boxed(boxed) => boxed.as_mut().poll(cx),
+        }
+    }
+}
+
+impl Store for AnyStore {
+    type Future = AnyDecision;
+
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> AnyDecision {
+        AnyDecision(match &self.inner {
+            Inner::Memory(store) => DecisionInner::Ready(Store::decide(store, key, limits, cost)),
+            Inner::Other(store) => DecisionInner::Boxed(store.decide(key, limits, cost)),
+        })
+    }
+
+    fn is_remote(&self) -> bool {
+        match &self.inner {
+            Inner::Memory(store) => Store::is_remote(store),
+            Inner::Other(store) => store.is_remote(),
+        }
+    }
+
+    fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        match &self.inner {
+            Inner::Memory(store) => Store::peek(store, key, limits, cost),
+            Inner::Other(store) => store.peek(key, limits, cost),
+        }
+    }
+
+    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        match &self.inner {
+            Inner::Memory(store) => Store::refund(store, key, limits, units),
+            Inner::Other(store) => store.refund(key, limits, units),
+        }
+    }
+
+    fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        match &self.inner {
+            Inner::Memory(store) => Store::reset(store, key, limits),
+            Inner::Other(store) => store.reset(key, limits),
+        }
+    }
+}
