@@ -68,6 +68,14 @@
 //! Per-route rules and several limits per request: see [`policy`]. Client identity: see
 //! [`client`]. Weighted cost: see [`cost`].
 //!
+//! # Without HTTP
+//!
+//! Every decision is made by one engine, the [`Limiter`]; the layer is its HTTP adapter. Use
+//! the limiter directly for anything that is not one HTTP request (a websocket's messages, a
+//! queue consumer): [`Limiter::take`], [`Limiter::peek`] (nothing written),
+//! [`Limiter::refund`] and [`Limiter::reset`], with the same buckets, timeout, breaker, fail
+//! mode and deny cache; see [`engine`].
+//!
 //! # Fail-open
 //!
 //! Every store call is bounded by the [timeout](Builder::timeout) (50 ms by default), which

@@ -5,7 +5,9 @@ pub mod helloworld;
 
 use std::time::Duration;
 
-use tollgate::{AnyStore, Builder, FailMode, MemoryStore, RateLimitLayer, RedisStore};
+use tollgate::{
+    AnyStore, Builder, FailMode, Limiter, LimiterBuilder, MemoryStore, RateLimitLayer, RedisStore,
+};
 
 /// What every example reads from the environment: the store (`REDIS_URL`, `REDIS_MODE`,
 /// `REDIS_SENTINEL_MASTER`), the store timeout (`STORE_TIMEOUT_MS`), the fail mode
@@ -31,6 +33,17 @@ impl Env {
             max_in_flight: env_or("MAX_IN_FLIGHT", tollgate::DEFAULT_MAX_IN_FLIGHT)?,
             store: store_from_env().await?,
         })
+    }
+
+    /// A limiter builder (the engine, for direct calls) with this store, timeout and fail
+    /// mode.
+    pub fn limiter(&self) -> LimiterBuilder<AnyStore> {
+        Limiter::builder()
+            .store(self.store.clone())
+            .timeout(self.timeout)
+            .fail_mode(self.fail_mode)
+            .local_share(self.local_share)
+            .max_in_flight(self.max_in_flight)
     }
 
     /// A layer builder with this store, timeout and fail mode.
@@ -82,13 +95,18 @@ pub async fn store_from_env() -> Result<AnyStore, String> {
     Ok(AnyStore::from(store))
 }
 
-/// `url` without its user and password (`redis://:secret@host/` → `redis://***@host/`).
+/// `url` without its user, password and query (`redis://:secret@host/` → `redis://***@host/`,
+/// `redis+unix:///run/redis.sock?pass=secret` → `redis+unix:///run/redis.sock?***`).
 pub fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, _)) => (url, "?***"),
+        None => (url, ""),
+    };
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
+            format!("{}***{}{query}", &url[..scheme + 3], &url[at..])
         }
-        _ => url.to_owned(),
+        _ => format!("{url}{query}"),
     }
 }
 

@@ -321,7 +321,8 @@ impl<St: Store> Limiter<St> {
     /// Gives `units` back to every limit of `subject`'s policy, as if that many fewer had been
     /// taken: never above capacity, never before now (a token bucket is at most full now; a
     /// window's count never goes below zero; a sliding log drops its newest entries). Atomic,
-    /// in one store call. Nothing happens when no limit applies or `units` is 0.
+    /// in one store call, and this process's cached denial of the subject is dropped. Nothing
+    /// happens when no limit applies or `units` is 0.
     ///
     /// # Errors
     ///
@@ -334,7 +335,12 @@ impl<St: Store> Limiter<St> {
         if units == 0 {
             return Ok(());
         }
-        let limits = &self.shared.core.policies.entry(index).limits;
+        let core = &self.shared.core;
+        if let Some(cache) = &core.deny_cache {
+            // The units given back may let a request through sooner than the cached wait.
+            cache.forget(subject.key());
+        }
+        let limits = &core.policies.entry(index).limits;
         let call = self.shared.store.refund(subject.key(), limits, units);
         self.bounded(call).await
     }

@@ -1,7 +1,8 @@
 //! The Redis store on a real Redis Cluster on loopback (3 primaries, 3 replicas): limits hold
 //! across two instances for every algorithm, keys spread over every primary, and a killed
 //! primary is followed: requests follow each fail mode during the failover, and limiting
-//! resumes on the promoted replica (which gets the scripts again) without a restart.
+//! resumes on the promoted replica (which gets the scripts again) without a restart. The
+//! direct calls of the engine behave as on one Redis.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,10 @@ async fn two_instances_on_a_cluster_admit_exactly_the_capacity() {
     let spread = cluster.keys_per_primary();
     assert_eq!(spread.len(), 3, "{spread:?}");
     assert!(spread.iter().all(|&(_, keys)| keys >= 50), "{spread:?}");
+
+    // The direct calls (take, peek, refund, reset) on the cluster, as on one Redis.
+    let keys = || cluster.keys_per_primary().iter().map(|&(_, k)| k).sum();
+    crate::direct::suite("cluster", store(&cluster), keys).await;
 
     // The example server, as a user runs it: REDIS_MODE=cluster, REDIS_URL listing the nodes.
     // Two instances share its limit of 10.

@@ -467,3 +467,52 @@ async fn tonic_answers_the_grpc_way() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
+
+/// The direct example, as a user runs it: in memory, then on Redis with a password in its URL
+/// (which it never prints). The same steps either way.
+#[test]
+fn the_direct_example_runs_in_memory_and_on_redis() {
+    let redis = crate::harness::RedisServer::start();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query(&mut redis.conn())
+        .unwrap();
+    let url = format!("redis+unix://{}?pass=s3cret", redis.socket().display());
+    let expected = [
+        "message 5: delivered",
+        "message 6: refused, retry in",
+        "alice may send 0 more now",
+        "after a reset alice may send 5",
+        "job 1: reserved 400, used 120, 880 tokens left this hour",
+        "job 3: 700 tokens refused",
+        "job 4: reserved 400, used 0, 480 tokens left this hour",
+    ];
+    for redis_url in [None, Some(url.as_str())] {
+        let mut command = Command::new(binary("direct"));
+        command
+            .env_remove("REDIS_URL")
+            .env("STORE_TIMEOUT_MS", "2000");
+        if let Some(url) = redis_url {
+            command.env("REDIS_URL", url);
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        for line in expected {
+            assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+        }
+        let store = if redis_url.is_some() {
+            "store: Redis"
+        } else {
+            "store: in memory"
+        };
+        assert!(stdout.contains(store), "{stdout}");
+        assert!(
+            !stdout.contains("s3cret") && !stderr.contains("s3cret"),
+            "{stdout}\n{stderr}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 mod algorithms;
 mod cluster;
 mod contract;
+mod direct;
 mod examples;
 mod faults;
 mod harness;

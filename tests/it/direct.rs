@@ -1,0 +1,348 @@
+//! The engine used directly (no HTTP): take, peek, refund and reset behave the same on the
+//! memory store and on a real Redis (single here, a cluster in `cluster.rs`), peeking never
+//! changes what follows, refunds give back exactly their units, reset clears this process's
+//! cached denials, a hung Redis is bounded by the timeout and the fail mode, bad calls write
+//! nothing, and an HTTP client's bucket is the same as its direct subject's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{Router, routing::get};
+use http::Method;
+use tollgate::{
+    AnyStore, DecidedBy, FailMode, Limit, Limiter, MemoryStore, Policies, RateLimitLayer,
+    RedisStore, Store, StoreError, SubjectError, Target, Verdict,
+};
+
+use crate::algorithms::away_from_window_edges;
+use crate::harness::{HttpClient, RedisServer, TestServer};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Policies of each algorithm (nothing comes back within a test: hour-long periods), and one
+/// of three algorithms together; with the capacity that binds.
+fn cases() -> Vec<(&'static str, Vec<Limit>, u64)> {
+    vec![
+        ("tb", vec![Limit::new("c", 5, 1, HOUR).unwrap()], 5),
+        ("fw", vec![Limit::fixed_window("c", 5, HOUR).unwrap()], 5),
+        ("sw", vec![Limit::sliding_window("c", 5, HOUR).unwrap()], 5),
+        ("sl", vec![Limit::sliding_log("c", 5, HOUR).unwrap()], 5),
+        (
+            "mixed",
+            vec![
+                Limit::sliding_log("a", 6, HOUR).unwrap(),
+                Limit::fixed_window("b", 5, HOUR).unwrap(),
+                Limit::new("c", 7, 1, HOUR).unwrap(),
+            ],
+            5,
+        ),
+    ]
+}
+
+fn limiter<St: Store + Clone>(store: &St, prefix: &str, limits: &[Limit]) -> Limiter<St> {
+    let mut policies = Policies::builder();
+    for limit in limits {
+        policies = policies.default_limit(limit.clone());
+    }
+    Limiter::builder()
+        .store(store.clone())
+        .policies(policies.build().unwrap())
+        .key_prefix(prefix)
+        // Generous: these tests are not about timeouts.
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+/// The units left of the binding limit after a take (the fewest of every limit).
+async fn take<St: Store>(
+    limiter: &Limiter<St>,
+    subject: &tollgate::Subject,
+    cost: u64,
+) -> (bool, u64) {
+    let outcome = limiter.take(subject, cost).await;
+    let decision = *outcome.decision().expect("the limits decided");
+    (outcome.is_allowed(), decision.remaining)
+}
+
+async fn remaining<St: Store>(limiter: &Limiter<St>, subject: &tollgate::Subject) -> u64 {
+    let peek = limiter.peek(subject, 1).await.unwrap();
+    peek.iter().map(|d| d.remaining).min().unwrap()
+}
+
+/// The shared behavioural suite of the direct calls, for any store; `writes` counts what the
+/// store holds (buckets or keys), to show that peeking writes nothing.
+/// `run` keeps the keys of one run apart from another's on the same store.
+pub async fn suite<St: Store + Clone>(run: &str, store: St, writes: impl Fn() -> u64) {
+    away_from_window_edges(HOUR, Duration::from_secs(10)).await;
+    for (name, limits, capacity) in cases() {
+        let limiter = limiter(&store, &format!("{run}-{name}"), &limits);
+        let alice = limiter
+            .subject("alice", Target::route(&Method::GET, "/x"))
+            .unwrap();
+        // Peeking a bucket never used: every limit whole, nothing written.
+        let before = writes();
+        let peek = limiter.peek(&alice, 1).await.unwrap();
+        assert_eq!(peek.len(), limits.len(), "{name}");
+        for (i, (d, limit)) in peek.iter().zip(&limits).enumerate() {
+            assert_eq!(
+                (d.allowed, d.remaining, d.retry_after, d.index),
+                (true, limit.capacity(), Duration::ZERO, i),
+                "{name}"
+            );
+        }
+        assert_eq!(writes(), before, "{name}: peek wrote");
+        // Takes, with peeks between them that change nothing.
+        assert_eq!(
+            take(&limiter, &alice, 2).await,
+            (true, capacity - 2),
+            "{name}"
+        );
+        assert_eq!(remaining(&limiter, &alice).await, capacity - 2, "{name}");
+        assert_eq!(remaining(&limiter, &alice).await, capacity - 2, "{name}");
+        assert_eq!(
+            take(&limiter, &alice, capacity - 2).await,
+            (true, 0),
+            "{name}"
+        );
+        let denied = limiter.take(&alice, 1).await;
+        assert!(!denied.is_allowed(), "{name}: {denied:?}");
+        assert!(
+            matches!(
+                denied.verdict(),
+                Verdict::Decided {
+                    by: DecidedBy::Store,
+                    ..
+                }
+            ),
+            "{name}: {denied:?}"
+        );
+        assert!(denied.retry_after().unwrap() > Duration::ZERO, "{name}");
+        // A peek for one unit says it would not pass, and how long to wait.
+        let peek = limiter.peek(&alice, 1).await.unwrap();
+        assert!(
+            peek.iter()
+                .any(|d| !d.allowed && d.retry_after > Duration::ZERO),
+            "{name}: {peek:?}"
+        );
+        // A refund of 2 admits exactly 2 more (also past a denial this process cached).
+        limiter.refund(&alice, 2).await.unwrap();
+        assert_eq!(remaining(&limiter, &alice).await, 2, "{name}");
+        assert_eq!(take(&limiter, &alice, 1).await, (true, 1), "{name}");
+        assert_eq!(take(&limiter, &alice, 1).await, (true, 0), "{name}");
+        assert!(!limiter.take(&alice, 1).await.is_allowed(), "{name}");
+        // Never above capacity: a refund larger than what was taken fills the limits.
+        limiter.refund(&alice, 1_000).await.unwrap();
+        let peek = limiter.peek(&alice, 1).await.unwrap();
+        for (d, limit) in peek.iter().zip(&limits) {
+            assert_eq!(d.remaining, limit.capacity(), "{name}: {peek:?}");
+        }
+        // Reset: whole again, and another subject was never touched.
+        assert_eq!(take(&limiter, &alice, capacity).await, (true, 0), "{name}");
+        limiter.reset(&alice).await.unwrap();
+        assert_eq!(remaining(&limiter, &alice).await, capacity, "{name}");
+        assert_eq!(take(&limiter, &alice, capacity).await, (true, 0), "{name}");
+        let bob = limiter
+            .subject("bob", Target::route(&Method::GET, "/x"))
+            .unwrap();
+        assert_eq!(remaining(&limiter, &bob).await, capacity, "{name}");
+        // A cost of 0 counts as 1; a cost above a capacity can never pass, and asks nothing.
+        assert_eq!(
+            take(&limiter, &bob, 0).await,
+            (true, capacity - 1),
+            "{name}"
+        );
+        let costly = limiter.take(&bob, 100).await;
+        assert!(
+            !costly.is_allowed()
+                && matches!(costly.verdict(), Verdict::TooCostly { cost: 100, .. }),
+            "{name}: {costly:?}"
+        );
+        assert_eq!(costly.retry_after(), Some(Duration::MAX));
+        assert_eq!(remaining(&limiter, &bob).await, capacity - 1, "{name}");
+    }
+}
+
+fn dbsize(redis: &RedisServer) -> u64 {
+    redis::cmd("DBSIZE").query(&mut redis.conn()).unwrap()
+}
+
+#[tokio::test]
+async fn the_direct_calls_behave_alike_in_memory_and_in_redis() {
+    let memory = MemoryStore::new();
+    let held = memory.clone();
+    suite("memory", memory, move || held.len() as u64).await;
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    suite("redis", store.clone(), || dbsize(&redis)).await;
+    // The same through AnyStore, chosen at run time.
+    suite("any-redis", AnyStore::from(store), || dbsize(&redis)).await;
+    let memory = MemoryStore::new();
+    let held = memory.clone();
+    suite("any-memory", AnyStore::from(memory), move || {
+        held.len() as u64
+    })
+    .await;
+}
+
+/// A denial cached in this process answers without Redis until reset forgets it.
+#[tokio::test]
+async fn reset_clears_this_process_cached_denials() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let limiter = limiter(&store, "reset", &[Limit::new("c", 2, 1, HOUR).unwrap()]);
+    let alice = limiter
+        .subject("alice", Target::rule("missing"))
+        .unwrap_err();
+    assert_eq!(alice, SubjectError::UnknownRule("missing".into()));
+    let alice = limiter
+        .subject("alice", Target::route(&Method::POST, "/send"))
+        .unwrap();
+    assert!(limiter.take(&alice, 2).await.is_allowed());
+    let by = |o: &tollgate::Outcome| match o.verdict() {
+        Verdict::Decided { by, .. } => *by,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(by(&limiter.take(&alice, 1).await), DecidedBy::Store);
+    assert_eq!(by(&limiter.take(&alice, 1).await), DecidedBy::DenyCache);
+    limiter.reset(&alice).await.unwrap();
+    assert_eq!(dbsize(&redis), 0);
+    let outcome = limiter.take(&alice, 1).await;
+    assert!(outcome.is_allowed());
+    assert_eq!(by(&outcome), DecidedBy::Store);
+}
+
+/// A hung Redis (SIGSTOP): every direct call returns (bounded by the timeout) and a take
+/// follows the fail mode, as an HTTP request would.
+#[tokio::test]
+async fn direct_calls_while_redis_hangs_follow_the_fail_mode() {
+    let redis = RedisServer::start();
+    let limits = [Limit::new("c", 5, 1, HOUR).unwrap()];
+    let store = RedisStore::open(&redis.url()).unwrap();
+    store.load_script().await.unwrap();
+    let limiters: Vec<(FailMode, Limiter<RedisStore>)> = FailMode::ALL
+        .iter()
+        .map(|&mode| {
+            let limiter = Limiter::builder()
+                .store(store.clone())
+                .policies(Policies::single(limits[0].clone()))
+                .timeout(Duration::from_millis(100))
+                .fail_mode(mode)
+                .build()
+                .unwrap();
+            (mode, limiter)
+        })
+        .collect();
+    redis.hang();
+    // A liveness bound, far above the timeout: a call that waited for Redis would hit it.
+    let bounded = Duration::from_secs(10);
+    for (mode, limiter) in &limiters {
+        let alice = limiter
+            .subject("alice", Target::route(&Method::GET, "/"))
+            .unwrap();
+        let outcome = tokio::time::timeout(bounded, limiter.take(&alice, 1))
+            .await
+            .unwrap();
+        match (mode, outcome.verdict()) {
+            (FailMode::Open, Verdict::FailedOpen(StoreError::Timeout(_))) => {
+                assert!(outcome.is_allowed());
+            }
+            (FailMode::Closed, Verdict::FailedClosed(StoreError::Timeout(_))) => {
+                assert!(!outcome.is_allowed());
+                assert_eq!(outcome.retry_after(), Some(Duration::from_secs(1)));
+            }
+            (
+                FailMode::Local,
+                Verdict::Decided {
+                    by: DecidedBy::Local,
+                    decision,
+                },
+            ) => {
+                assert!(
+                    outcome.is_allowed() && decision.remaining == 4,
+                    "{decision:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let peek = tokio::time::timeout(bounded, limiter.peek(&alice, 1))
+            .await
+            .unwrap();
+        let refund = tokio::time::timeout(bounded, limiter.refund(&alice, 1))
+            .await
+            .unwrap();
+        let reset = tokio::time::timeout(bounded, limiter.reset(&alice))
+            .await
+            .unwrap();
+        for error in [peek.unwrap_err(), refund.unwrap_err(), reset.unwrap_err()] {
+            assert!(
+                matches!(error.kind(), "timeout" | "circuit_open"),
+                "{mode:?}: {error}"
+            );
+        }
+    }
+    redis.resume();
+}
+
+/// No call with no limits, or more than MAX_LIMITS, writes anything or panics.
+#[tokio::test]
+async fn calls_with_too_few_or_too_many_limits_are_refused_before_writing() {
+    let redis = RedisServer::start();
+    let redis_store = RedisStore::open(&redis.url()).unwrap();
+    let memory = MemoryStore::new();
+    let nine: Arc<[Limit]> = (0..9)
+        .map(|i| Limit::new(format!("l{i}"), 5, 5, HOUR).unwrap())
+        .collect();
+    let none: Arc<[Limit]> = Arc::new([]);
+    fn invalid<T>(result: Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Invalid(_)))
+    }
+    for limits in [&nine, &none] {
+        assert!(invalid(redis_store.decide("k", limits, 1).await));
+        assert!(invalid(redis_store.peek("k", limits, 1).await));
+        assert!(invalid(redis_store.refund("k", limits, 1).await));
+        assert!(invalid(redis_store.reset("k", limits).await));
+        assert!(invalid(memory.decide("k", limits, 1).await));
+        assert!(invalid(memory.peek("k", limits, 1).await));
+        let mut states = vec![tollgate::BucketState::default(); limits.len()];
+        assert!(invalid(tollgate::decide_all(limits, &mut states, 0, 1)));
+    }
+    let one = [Limit::new("one", 5, 5, HOUR).unwrap()];
+    assert!(matches!(
+        tollgate::decide_all(&one, &mut [], 0, 1),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(dbsize(&redis), 0);
+    assert!(memory.is_empty());
+}
+
+/// A layer built from a limiter charges the buckets its direct calls see.
+#[tokio::test]
+async fn http_requests_and_direct_calls_share_buckets() {
+    let limiter = Limiter::builder()
+        .capacity(5)
+        .refill(1)
+        .period(HOUR)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/users/{id}", get(|| async { "hi" }))
+        .layer(RateLimitLayer::new(limiter.clone()));
+    let server = TestServer::start(app).await;
+    let http = HttpClient::new();
+    for _ in 0..3 {
+        let reply = http.get(server.addr, "/users/1", Some(b"alice")).await;
+        assert_eq!(reply.status, 200);
+    }
+    // The route template is the endpoint: /users/2 shares /users/1's bucket.
+    let alice = limiter
+        .subject("alice", Target::route(&Method::GET, "/users/{id}"))
+        .unwrap();
+    assert_eq!(remaining(&limiter, &alice).await, 2);
+    assert_eq!(take(&limiter, &alice, 2).await, (true, 0));
+    let reply = http.get(server.addr, "/users/2", Some(b"alice")).await;
+    assert_eq!(reply.status, 429);
+    limiter.refund(&alice, 1).await.unwrap();
+    let reply = http.get(server.addr, "/users/2", Some(b"alice")).await;
+    assert_eq!(reply.status, 200);
+}
