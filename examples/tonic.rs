@@ -41,9 +41,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);
+    // One limited service among others: the layer keeps its gRPC name (NamedService), so it
+    // goes straight into add_service. (`Server::builder().layer(limit)` limits them all.)
     Server::builder()
-        .layer(limit)
-        .add_service(GreeterServer)
+        .add_service(tower_layer::Layer::layer(&limit, GreeterServer))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), common::shutdown())
         .await?;
     Ok(())

@@ -141,8 +141,9 @@ pub enum StoreError {
     /// A custom store's own failure.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
-    /// The call was refused before anything was written: its arguments cannot be decided
-    /// (no limits, or more than [`MAX_LIMITS`](crate::MAX_LIMITS)).
+    /// The call was refused before anything was sent: its arguments cannot be decided (no
+    /// limits, or more than [`MAX_LIMITS`](crate::MAX_LIMITS)), or a Redis store was opened
+    /// outside a Tokio runtime.
     #[error("invalid call: {0}")]
     Invalid(String),
     /// The store does not implement this operation (a custom store that only decides).

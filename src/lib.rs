@@ -121,6 +121,10 @@ pub use error::{ConfigError, StoreError};
 pub use layer::{Builder, RateLimit, RateLimitLayer, ResponseFuture};
 pub use limit::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY};
 pub use policy::{Policies, Rule};
+/// The `redis` crate tollgate uses, for the types a [`RedisStore`] is built from
+/// (`ConnectionManagerConfig`, `cluster::ClusterClient`, `sentinel::SentinelClient`, ...).
+#[cfg(feature = "redis")]
+pub use redis;
 pub use resilience::FailMode;
 pub use response::ResponseBody;
 #[cfg(feature = "redis")]

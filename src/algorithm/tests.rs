@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::Limit;
 
 const MS: u64 = 1_000;
 const SECOND: u64 = 1_000_000;

@@ -4,22 +4,22 @@
 //! turns the outcome into the response.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use tower_layer::Layer;
 
-use crate::client::{ApiKey, Bypass, ClientExtractor};
-use crate::cost::{CostExtractor, UnitCost};
-use crate::engine::{Core, LimiterBuilder};
+use crate::Limiter;
+use crate::client::ApiKey;
+use crate::cost::CostExtractor;
+use crate::engine::Core;
 use crate::policy::Policies;
-use crate::response::{Rejection, RejectionBody, RejectionHook, Style};
+use crate::response::{RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
-use crate::{Algorithm, ConfigError, FailMode, Limiter};
 
+mod builder;
 mod future;
 mod service;
 
+pub use builder::Builder;
 pub use future::ResponseFuture;
 pub use service::RateLimit;
 
@@ -92,27 +92,6 @@ where
     }
 }
 
-impl RateLimitLayer {
-    /// Starts a builder: an in-memory store, clients named by [`ApiKey`], fail-open with a
-    /// 50 ms timeout. Set either `capacity` and `period` (one limit for every endpoint) or
-    /// [`policies`](Builder::policies), or give a whole [`Limiter`](Builder::limiter).
-    pub fn builder() -> Builder {
-        Builder {
-            engine: Engine::Options(Box::new(Limiter::builder())),
-            touched: None,
-            conflict: None,
-            client: ApiKey::default(),
-            options: Options {
-                headers_on_allowed: true,
-                legacy_headers: false,
-                body: RejectionBody::Json,
-                hook: None,
-                cost: Box::new(UnitCost),
-            },
-        }
-    }
-}
-
 impl<St: Store> RateLimitLayer<St> {
     /// A layer over `limiter` with the default HTTP settings: clients named by [`ApiKey`],
     /// each request costing 1, the `RateLimit` fields on every response, JSON rejections.
@@ -150,267 +129,12 @@ impl<S, St, C> Layer<S> for RateLimitLayer<St, C> {
     }
 }
 
-/// Configures a [`RateLimitLayer`]: the HTTP settings (client, cost, response fields,
-/// rejections), and either the engine's settings, forwarded to a [`LimiterBuilder`], or a
-/// whole [`Limiter`](Self::limiter). Every field is checked by [`Builder::build`].
-///
-/// ```
-/// use std::time::Duration;
-/// use tollgate::{FailMode, RateLimitLayer};
-///
-/// // 10 requests at once, then one more each second, per API key and endpoint.
-/// let layer = RateLimitLayer::builder()
-///     .capacity(10)
-///     .refill(10)
-///     .period(Duration::from_secs(10))
-///     .fail_mode(FailMode::Closed)
-///     .build()
-///     .expect("valid configuration");
-/// # let _ = layer;
-/// ```
-#[must_use = "a builder does nothing until `build` is called"]
-pub struct Builder<St = MemoryStore, C = ApiKey> {
-    engine: Engine<St>,
-    /// The first engine setting given here.
-    touched: Option<&'static str>,
-    /// The first engine setting given beside a whole limiter.
-    conflict: Option<&'static str>,
-    client: C,
-    options: Options,
-}
-
-/// The engine: settings to build it from, or built.
-enum Engine<St> {
-    Options(Box<LimiterBuilder<St>>),
-    Built(Limiter<St>),
-}
-
-/// The layer's own settings.
-struct Options {
-    headers_on_allowed: bool,
-    legacy_headers: bool,
-    body: RejectionBody,
-    hook: Option<Arc<RejectionHook>>,
-    cost: Box<dyn CostExtractor>,
-}
-
-impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut f = f.debug_struct("Builder");
-        match &self.engine {
-            Engine::Options(builder) => f.field("limiter", &**builder),
-            Engine::Built(limiter) => f.field("limiter", limiter),
-        };
-        f.field("headers_on_allowed", &self.options.headers_on_allowed)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Builder methods that set an engine setting on the [`LimiterBuilder`].
-macro_rules! engine_settings {
-    ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty);)*) => {$(
-        $(#[$doc])*
-        #[doc = concat!("\n\nThe engine's setting: [`LimiterBuilder::", stringify!($name), "`].")]
-        pub fn $name(self, $arg: $ty) -> Self {
-            self.engine_setting(stringify!($name), |b| b.$name($arg))
-        }
-    )*};
-}
-
-impl<St, C> Builder<St, C> {
-    /// Decides with `limiter` (and charges its buckets): its store, policies, timeout, fail
-    /// mode and the rest of the engine's settings, which are then not set here.
-    pub fn limiter<T: Store>(self, limiter: Limiter<T>) -> Builder<T, C> {
-        let conflict = match self.engine {
-            Engine::Options(_) => self.conflict.or(self.touched),
-            Engine::Built(_) => self.conflict.or(Some("limiter")),
-        };
-        Builder {
-            engine: Engine::Built(limiter),
-            touched: self.touched,
-            conflict,
-            client: self.client,
-            options: self.options,
-        }
-    }
-
-    /// Where buckets are kept: a [`MemoryStore`] unless set, or a
-    /// [`RedisStore`](crate::RedisStore) to share limits between instances, or an
-    /// [`AnyStore`](crate::store::AnyStore) chosen at run time.
-    pub fn store<T: Store>(self, store: T) -> Builder<T, C> {
-        let (engine, conflict) = match self.engine {
-            Engine::Options(builder) => (
-                Engine::Options(Box::new(builder.store(store))),
-                self.conflict,
-            ),
-            Engine::Built(_) => (
-                Engine::Options(Box::new(Limiter::builder().store(store))),
-                self.conflict.or(Some("store")),
-            ),
-        };
-        Builder {
-            engine,
-            touched: self.touched.or(Some("store")),
-            conflict,
-            client: self.client,
-            options: self.options,
-        }
-    }
-
-    engine_settings! {
-        /// How the single default limit counts (default [`Algorithm::TokenBucket`]).
-        algorithm(algorithm: Algorithm);
-        /// The most requests that can pass per period, for the single default limit.
-        capacity(capacity: u64);
-        /// Tokens added back per period (a token bucket); defaults to the capacity.
-        refill(refill: u64);
-        /// The period over which the refill comes back, or the window.
-        period(period: Duration);
-        /// Per-route rules and several limits per request.
-        policies(policies: Policies);
-        /// The longest a store may take to decide (default 50 ms); then the fail mode applies.
-        timeout(timeout: Duration);
-        /// What a request gets when the store fails (default [`FailMode::Open`]).
-        fail_mode(fail_mode: FailMode);
-        /// The share of each limit this instance admits on its own with [`FailMode::Local`].
-        local_share(share: f64);
-        /// The most calls to a remote store under way at once (default 1,024).
-        max_in_flight(calls: usize);
-        /// Shadow mode for every policy (default off): decide and report, never refuse.
-        shadow(enabled: bool);
-        /// Clients that are never refused (still decided and reported).
-        bypass(bypass: Bypass);
-        /// The local deny cache (default on).
-        deny_cache(enabled: bool);
-    }
-
-    /// The single limit's name in the `RateLimit` header fields and the bucket keys (default
-    /// `default`).
-    ///
-    /// The engine's setting: [`LimiterBuilder::policy_name`].
-    pub fn policy_name(self, name: impl Into<String>) -> Self {
-        self.engine_setting("policy_name", |b| b.policy_name(name))
-    }
-
-    /// The prefix of every bucket key (default `tollgate`).
-    ///
-    /// The engine's setting: [`LimiterBuilder::key_prefix`].
-    pub fn key_prefix(self, prefix: impl Into<String>) -> Self {
-        self.engine_setting("key_prefix", |b| b.key_prefix(prefix))
-    }
-
-    fn engine_setting(
-        mut self,
-        name: &'static str,
-        set: impl FnOnce(LimiterBuilder<St>) -> LimiterBuilder<St>,
-    ) -> Self {
-        self.engine = match self.engine {
-            Engine::Options(builder) => {
-                self.touched.get_or_insert(name);
-                Engine::Options(Box::new(set(*builder)))
-            }
-            built => {
-                self.conflict.get_or_insert(name);
-                built
-            }
-        };
-        self
-    }
-
-    /// How the client of a request is found: [`ApiKey`] unless set, or any
-    /// [`ClientExtractor`], such as [`ClientIp`](crate::client::ClientIp) or a closure.
-    pub fn client_extractor<T: ClientExtractor>(self, client: T) -> Builder<St, T> {
-        Builder {
-            engine: self.engine,
-            touched: self.touched,
-            conflict: self.conflict,
-            client,
-            options: self.options,
-        }
-    }
-
-    /// Whether allowed responses carry the `RateLimit` and `RateLimit-Policy` fields (default
-    /// `true`). Refused responses always do.
-    pub fn headers_on_allowed(mut self, enabled: bool) -> Self {
-        self.options.headers_on_allowed = enabled;
-        self
-    }
-
-    /// Also send the legacy `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
-    /// `X-RateLimit-Reset` fields (default off). `X-RateLimit-Reset` is the seconds from now
-    /// until the bucket is full again, not a timestamp.
-    pub fn legacy_headers(mut self, enabled: bool) -> Self {
-        self.options.legacy_headers = enabled;
-        self
-    }
-
-    /// The body format of the layer's own answers (default [`RejectionBody::Json`]).
-    pub fn rejection_body(mut self, body: RejectionBody) -> Self {
-        self.options.body = body;
-        self
-    }
-
-    /// Builds the layer's own answers with `hook` instead; the layer still adds the
-    /// `RateLimit` fields, `Retry-After` (unless the hook set one) and the legacy fields. gRPC
-    /// requests still get gRPC answers.
-    pub fn on_rejection<F>(mut self, hook: F) -> Self
-    where
-        F: Fn(&Rejection<'_>) -> http::Response<Bytes> + Send + Sync + 'static,
-    {
-        self.options.hook = Some(Arc::new(hook));
-        self
-    }
-
-    /// How many tokens a request takes (default 1): a [`HeaderCost`](crate::cost::HeaderCost)
-    /// or a closure `Fn(&Parts) -> u64`.
-    pub fn cost_extractor<T: CostExtractor>(mut self, cost: T) -> Self {
-        self.options.cost = Box::new(cost);
-        self
-    }
-
-    /// Checks the configuration and builds the layer.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the first field that is missing, zero or invalid, or an
-    /// engine setting given beside a whole [`limiter`](Self::limiter).
-    pub fn build(self) -> Result<RateLimitLayer<St, C>, ConfigError>
-    where
-        St: Store,
-    {
-        if let Some(field) = self.conflict {
-            return Err(ConfigError::Invalid {
-                field,
-                value: "set beside a limiter".into(),
-                reason: "a layer built from a Limiter takes the limiter's settings; set them on Limiter::builder()",
-            });
-        }
-        let limiter = match self.engine {
-            Engine::Options(builder) => builder.build()?,
-            Engine::Built(limiter) => limiter,
-        };
-        let options = self.options;
-        let settings = Settings {
-            core: Arc::clone(limiter.core()),
-            headers_on_allowed: options.headers_on_allowed,
-            legacy_headers: options.legacy_headers,
-            body: options.body,
-            hook: options.hook,
-            cost: options.cost,
-        };
-        Ok(RateLimitLayer {
-            shared: Arc::new(Shared {
-                limiter,
-                client: self.client,
-                settings: Arc::new(settings),
-            }),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::{Algorithm, FailMode};
 
     fn err(b: Builder) -> String {
         b.build().unwrap_err().to_string()

@@ -63,6 +63,16 @@ impl<S: std::fmt::Debug, St, C> std::fmt::Debug for RateLimit<S, St, C> {
     }
 }
 
+/// A limited gRPC service keeps its name, so
+/// `Server::builder().add_service(layer.layer(GreeterServer::new(..)))` works.
+#[cfg(feature = "grpc")]
+impl<S, St, C> tonic::server::NamedService for RateLimit<S, St, C>
+where
+    S: tonic::server::NamedService,
+{
+    const NAME: &'static str = S::NAME;
+}
+
 impl<S, St, C, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, C>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,

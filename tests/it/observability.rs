@@ -304,8 +304,14 @@ async fn the_dashboard_plots_what_the_metrics_say() {
             "{series}"
         );
     }
-    // A screenshot of the replayed run, kept as an artifact.
-    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tollgate-dashboard.png");
+    // A screenshot of the replayed run, kept as an artifact in the target directory (wherever
+    // CARGO_TARGET_DIR put it: the test binary is in <target>/<profile>/deps/).
+    let exe = std::env::current_exe().unwrap();
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("<target>/<profile>/deps/<test>");
+    let shot = target.join("tollgate-dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let replayed = TestServer::start(replay(texts)).await;
     let url = format!("http://{}/dashboard", replayed.addr);

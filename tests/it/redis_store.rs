@@ -242,3 +242,19 @@ async fn the_deny_cache_spares_redis_on_a_hot_key() {
         }
     }
 }
+
+/// Opening a store outside a Tokio runtime is an error that says so, not a panic in redis-rs.
+#[test]
+fn opening_outside_a_runtime_is_an_error() {
+    let errors = [
+        RedisStore::open("redis://127.0.0.1:1/").unwrap_err(),
+        RedisStore::open_cluster(["redis://127.0.0.1:1/"]).unwrap_err(),
+        RedisStore::open_sentinel(["redis://127.0.0.1:1/"], "mymaster").unwrap_err(),
+    ];
+    for error in errors {
+        assert!(
+            error.to_string().contains("inside a Tokio runtime"),
+            "{error}"
+        );
+    }
+}

@@ -97,8 +97,9 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// When the URL cannot be parsed. Must be called inside a Tokio runtime.
+    /// When the URL cannot be parsed, or when called outside a Tokio runtime.
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        in_runtime("RedisStore::open")?;
         Self::with_config(redis::Client::open(url)?, Self::default_config())
     }
 
@@ -106,11 +107,12 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// When redis-rs refuses the configuration. Must be called inside a Tokio runtime.
+    /// When redis-rs refuses the configuration, or when called outside a Tokio runtime.
     pub fn with_config(
         client: redis::Client,
         config: ConnectionManagerConfig,
     ) -> Result<Self, StoreError> {
+        in_runtime("RedisStore::with_config")?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(Self::new(
             Some(Conn::Single(conn)),
@@ -132,7 +134,7 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// When a node address cannot be parsed or the list is empty. Must be called inside a
+    /// When a node address cannot be parsed or the list is empty, or when called outside a
     /// Tokio runtime.
     #[cfg(feature = "cluster")]
     pub fn open_cluster<I, T>(nodes: I) -> Result<Self, StoreError>
@@ -140,6 +142,7 @@ impl RedisStore {
         I: IntoIterator<Item = T>,
         T: redis::IntoConnectionInfo,
     {
+        in_runtime("RedisStore::open_cluster")?;
         let client = redis::cluster::ClusterClient::builder(nodes)
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(Duration::from_secs(1))
@@ -165,7 +168,7 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// When a sentinel address cannot be parsed or the list is empty. Must be called inside a
+    /// When a sentinel address cannot be parsed or the list is empty, or when called outside a
     /// Tokio runtime.
     #[cfg(feature = "sentinel")]
     pub fn open_sentinel<I, T>(sentinels: I, master_name: &str) -> Result<Self, StoreError>
@@ -173,6 +176,7 @@ impl RedisStore {
         I: IntoIterator<Item = T>,
         T: redis::IntoConnectionInfo,
     {
+        in_runtime("RedisStore::open_sentinel")?;
         let client = redis::sentinel::SentinelClient::build(
             sentinels.into_iter().collect(),
             master_name.to_owned(),
@@ -236,6 +240,17 @@ impl RedisStore {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// An error, rather than a panic inside redis-rs, when a constructor is called outside a Tokio
+/// runtime.
+fn in_runtime(what: &'static str) -> Result<(), StoreError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(StoreError::Invalid(format!(
+            "{what} must be called inside a Tokio runtime"
+        ))),
     }
 }
 

@@ -13,6 +13,10 @@ use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all};
 
 use super::{Store, StoreCall};
 
+mod clock;
+
+use clock::Clock;
+
 /// Shards of the key space, each behind its own lock, so concurrent decisions on different
 /// keys rarely contend.
 const SHARDS: usize = 64;
@@ -326,37 +330,6 @@ impl Shard {
             _ => true,
         });
         self.swept_len = self.buckets.len();
-    }
-}
-
-/// Microseconds since the Unix epoch, read as the Unix time when the store was made plus a
-/// monotonic clock since then (so it never steps back).
-enum Clock {
-    /// quanta's clock: the CPU's time-stamp counter where it is reliable, a few nanoseconds a
-    /// read.
-    Fast(quanta::Clock, quanta::Instant, u64),
-    /// tokio's, which tests can pause; it starts at 0, so windows start when the store is made.
-    Tokio(Instant),
-}
-
-impl Clock {
-    fn fast() -> Self {
-        let clock = quanta::Clock::new();
-        let epoch = clock.now();
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        Self::Fast(clock, epoch, unix)
-    }
-
-    fn now_us(&self) -> u64 {
-        let (elapsed, start) = match self {
-            Self::Fast(clock, epoch, unix) => {
-                (clock.now().saturating_duration_since(*epoch), *unix)
-            }
-            Self::Tokio(epoch) => (epoch.elapsed(), 0),
-        };
-        start + elapsed.as_secs() * 1_000_000 + u64::from(elapsed.subsec_micros())
     }
 }
 

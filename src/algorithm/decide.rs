@@ -1,0 +1,106 @@
+//! Decisions over several limits at once, all or nothing.
+
+use super::{BucketState, Observation};
+use crate::{Decision, Limit, MAX_LIMITS, StoreError};
+
+/// Checks the limits of one call: 1 to [`MAX_LIMITS`] of them.
+///
+/// # Errors
+///
+/// [`StoreError::Invalid`] when there are none or too many.
+pub fn check_limits(limits: &[Limit]) -> Result<(), StoreError> {
+    if limits.is_empty() || limits.len() > MAX_LIMITS {
+        return Err(StoreError::Invalid(format!(
+            "{} limits in one call: 1 to {MAX_LIMITS} are allowed",
+            limits.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Decides a request of `cost` units against several buckets at once, all or nothing: it
+/// passes only if every limit allows it, and then takes the units from every bucket (updating
+/// `states`); otherwise nothing is taken (a state written by a clock ahead of `now` is only
+/// brought back within what it can mean now). `now` is microseconds since the Unix epoch (the
+/// windows are aligned to it); a cost of 0 counts as 1.
+///
+/// This is the arithmetic of the Lua scripts (`lua/`), step for step: a custom
+/// [`Store`](crate::Store) that keeps one [`BucketState`] per bucket and calls this under its
+/// own lock decides as [`RedisStore`](crate::RedisStore) does.
+///
+/// The decision reports one limit, [`Decision::index`]: when refused, the refusing limit with
+/// the longest wait (so `retry_after` is the longest wait among them); when allowed, the one
+/// with the fewest units left; the first on a tie. A cost above a limit's capacity can never
+/// pass: it is refused with a `retry_after` of [`Duration::MAX`](std::time::Duration::MAX).
+///
+/// # Errors
+///
+/// [`StoreError::Invalid`], with nothing changed, when `limits` is empty, longer than
+/// [`MAX_LIMITS`], or not as long as `states`.
+pub fn decide_all(
+    limits: &[Limit],
+    states: &mut [BucketState],
+    now: u64,
+    cost: u64,
+) -> Result<Decision, StoreError> {
+    check_limits(limits)?;
+    if limits.len() != states.len() {
+        return Err(StoreError::Invalid(format!(
+            "{} limits and {} bucket states",
+            limits.len(),
+            states.len()
+        )));
+    }
+    let cost = cost.max(1);
+    let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
+    let observed = &mut observed[..limits.len()];
+    let mut allowed = true;
+    for ((limit, state), seen) in limits
+        .iter()
+        .zip(states.iter_mut())
+        .zip(observed.iter_mut())
+    {
+        limit.settle(state, now);
+        *seen = limit.observe(state, now, cost);
+        allowed &= limit.allows(seen, cost);
+    }
+    if allowed {
+        for ((limit, state), seen) in limits.iter().zip(states.iter_mut()).zip(observed.iter()) {
+            limit.take(state, now, cost, seen);
+        }
+    }
+    Ok(decide_observed(limits, observed, allowed, cost))
+}
+
+/// The decision for a request of `cost` whose limits were observed as `observed`; `allowed`
+/// when every one allowed (and took) it.
+pub(crate) fn decide_observed(
+    limits: &[Limit],
+    observed: &[Observation],
+    allowed: bool,
+    cost: u64,
+) -> Decision {
+    let cost = cost.max(1);
+    let mut best: Option<Decision> = None;
+    for (i, (limit, seen)) in limits.iter().zip(observed).enumerate() {
+        if allowed {
+            let d = limit.report(seen, true, cost).with_index(i);
+            if best.is_none_or(|b| d.remaining < b.remaining) {
+                best = Some(d);
+            }
+        } else if cost > limit.capacity() {
+            // Can never pass: say so, whatever the other limits say.
+            return limit.report(seen, false, cost).with_index(i);
+        } else if !limit.allows(seen, cost) {
+            let d = limit.report(seen, false, cost).with_index(i);
+            if best.is_none_or(|b| d.retry_after > b.retry_after) {
+                best = Some(d);
+            }
+        }
+    }
+    best.unwrap_or_else(|| {
+        // Refused, yet no limit refuses: only a store that misreports gets here. Report the
+        // first limit as refusing rather than letting the request through.
+        limits[0].report(&observed[0], false, cost).with_index(0)
+    })
+}

@@ -1,0 +1,343 @@
+//! The layer's own answers: 429, 413, 400 and 503, as JSON, problem details or gRPC.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+
+use crate::policy::Entry;
+use crate::{Decision, Limit};
+
+use super::body::ResponseBody;
+use super::fields::*;
+
+pub(super) const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+pub(super) const ONE_SECOND: HeaderValue = HeaderValue::from_static("1");
+
+/// Why the layer answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// A limit has too few tokens: `429`.
+    Limited,
+    /// The request costs more than a limit's capacity and can never pass: `413`.
+    TooCostly,
+    /// The request does not say who sent it: `400`.
+    MissingClient,
+    /// The request states a cost that is not a positive integer: `400`.
+    InvalidCost,
+    /// The store failed and the fail mode is closed: `503`.
+    Unavailable,
+}
+
+impl RejectionKind {
+    /// The HTTP status of the default answer.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Limited => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooCostly => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MissingClient | Self::InvalidCost => StatusCode::BAD_REQUEST,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A request the layer answers itself, as a [rejection hook](crate::Builder::on_rejection)
+/// sees it.
+#[derive(Debug)]
+pub struct Rejection<'a> {
+    kind: RejectionKind,
+    message: &'a str,
+    rule: Option<&'a str>,
+    limit: Option<&'a Limit>,
+    decision: Option<&'a Decision>,
+    cost: u64,
+}
+
+impl Rejection<'_> {
+    /// Why.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// A sentence for the client, as the default body says it.
+    pub fn message(&self) -> &str {
+        self.message
+    }
+
+    /// The rule the request fell under; `None` for the default policy or when no policy was
+    /// found yet.
+    pub fn rule(&self) -> Option<&str> {
+        self.rule
+    }
+
+    /// The limit that refused the request (longest wait, or too small for the cost).
+    pub fn limit(&self) -> Option<&Limit> {
+        self.limit
+    }
+
+    /// The store's decision, when there was one.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision
+    }
+
+    /// The request's cost in tokens (1 when not yet known).
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
+/// The body format of the layer's own answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RejectionBody {
+    /// `{"allowed":false,"remaining":0,"retry_after_ms":1234}` for a 429, `{"error":"…"}`
+    /// otherwise (the default).
+    #[default]
+    Json,
+    /// `application/problem+json` (RFC 9457); a 429 uses the quota-exceeded problem type of
+    /// draft-ietf-httpapi-ratelimit-headers with its `violated-policies` member.
+    Problem,
+}
+
+/// A rejection hook: builds the response to a request the layer refuses. The layer then adds
+/// the `RateLimit` fields, `Retry-After` (unless the hook set one) and the legacy fields.
+pub type RejectionHook = dyn Fn(&Rejection<'_>) -> Response<Bytes> + Send + Sync;
+
+/// What the layer answers, before it is rendered.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Limited(Decision),
+    TooCostly { cost: u64, limit: usize },
+    MissingClient(crate::MissingClient),
+    InvalidCost(crate::cost::InvalidCost),
+    Unavailable,
+}
+
+/// How to render answers; from the layer's settings.
+pub(crate) struct Style<'a> {
+    pub(crate) body: RejectionBody,
+    pub(crate) hook: Option<&'a RejectionHook>,
+    pub(crate) legacy: bool,
+    pub(crate) grpc: bool,
+}
+
+pub(super) const QUOTA_EXCEEDED: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
+pub(super) const UNAVAILABLE: &str = "rate limiter unavailable";
+
+/// Renders an answer to a request under `policy`.
+pub(crate) fn reject<B>(
+    answer: &Answer,
+    policy: &Entry,
+    style: &Style<'_>,
+) -> Response<ResponseBody<B>> {
+    let (kind, limit, decision, cost) = match answer {
+        Answer::Limited(d) => (
+            RejectionKind::Limited,
+            Some(&policy.limits[d.index]),
+            Some(d),
+            1,
+        ),
+        Answer::TooCostly { cost, limit } => (
+            RejectionKind::TooCostly,
+            Some(&policy.limits[*limit]),
+            None,
+            *cost,
+        ),
+        Answer::MissingClient(_) => (RejectionKind::MissingClient, None, None, 1),
+        Answer::InvalidCost(_) => (RejectionKind::InvalidCost, None, None, 1),
+        Answer::Unavailable => (RejectionKind::Unavailable, None, None, 1),
+    };
+    // The default 429 body says everything with numbers: no sentence to format for it.
+    let plain_429 = kind == RejectionKind::Limited
+        && !style.grpc
+        && style.hook.is_none()
+        && style.body == RejectionBody::Json;
+    let message: Cow<'_, str> = match answer {
+        _ if plain_429 => Cow::Borrowed(""),
+        Answer::Limited(d) => Cow::Owned(format!(
+            "rate limited by {:?}: retry in {} ms",
+            policy.limits[d.index].name(),
+            ceil_millis(d.retry_after)
+        )),
+        Answer::TooCostly { cost, limit } => {
+            let limit = &policy.limits[*limit];
+            Cow::Owned(format!(
+                "this request costs {cost} tokens but limit {:?} holds at most {}: it can never pass",
+                limit.name(),
+                limit.capacity()
+            ))
+        }
+        Answer::MissingClient(m) => Cow::Borrowed(m.message()),
+        Answer::InvalidCost(c) => Cow::Borrowed(c.message()),
+        Answer::Unavailable => Cow::Borrowed(UNAVAILABLE),
+    };
+    let rejection = Rejection {
+        kind,
+        message: &message,
+        rule: policy.rule.as_deref(),
+        limit,
+        decision,
+        cost,
+    };
+    let mut response = if style.grpc {
+        grpc(&rejection)
+    } else if let Some(hook) = style.hook {
+        hook(&rejection).map(ResponseBody::full)
+    } else {
+        let (body, content_type) = match style.body {
+            RejectionBody::Json => (json_body(&rejection), APPLICATION_JSON),
+            RejectionBody::Problem => (problem_body(&rejection), APPLICATION_PROBLEM_JSON),
+        };
+        let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+        *response.status_mut() = kind.status();
+        response.headers_mut().insert(CONTENT_TYPE, content_type);
+        response
+    };
+    let headers = response.headers_mut();
+    let retry_after = match (kind, decision) {
+        _ if style.grpc || headers.contains_key(RETRY_AFTER) => None,
+        (RejectionKind::Limited, Some(d)) => {
+            Some(HeaderValue::from(ceil_secs(d.retry_after).max(1)))
+        }
+        (RejectionKind::Unavailable, _) => Some(ONE_SECOND),
+        _ => None,
+    };
+    if let Some(retry_after) = retry_after {
+        headers.insert(RETRY_AFTER, retry_after);
+    }
+    match decision {
+        Some(d) => insert_fields(headers, policy, d, style.legacy),
+        None => {
+            headers.append(RATELIMIT_POLICY, policy.header.clone());
+        }
+    }
+    response
+}
+
+pub(super) fn json_body(rejection: &Rejection<'_>) -> String {
+    match (rejection.kind, rejection.decision) {
+        (RejectionKind::Limited, Some(d)) => format!(
+            "{{\"allowed\":false,\"remaining\":{},\"retry_after_ms\":{}}}",
+            d.remaining,
+            ceil_millis(d.retry_after)
+        ),
+        (RejectionKind::TooCostly, _) => {
+            let mut body = String::from("{\"allowed\":false,\"error\":");
+            push_json_str(&mut body, rejection.message);
+            body.push('}');
+            body
+        }
+        _ => {
+            let mut body = String::from("{\"error\":");
+            push_json_str(&mut body, rejection.message);
+            body.push('}');
+            body
+        }
+    }
+}
+
+pub(super) fn problem_body(rejection: &Rejection<'_>) -> String {
+    let status = rejection.kind.status();
+    let mut body = String::from("{\"type\":");
+    match rejection.kind {
+        RejectionKind::Limited | RejectionKind::TooCostly => {
+            push_json_str(&mut body, QUOTA_EXCEEDED);
+            body.push_str(
+                ",\"title\":\"Request cannot be satisfied as assigned quota has been exceeded\"",
+            );
+        }
+        _ => {
+            body.push_str("\"about:blank\",\"title\":");
+            push_json_str(&mut body, status.canonical_reason().unwrap_or("Error"));
+        }
+    }
+    let _ = write!(body, ",\"status\":{}", status.as_u16());
+    body.push_str(",\"detail\":");
+    push_json_str(&mut body, rejection.message);
+    if let Some(limit) = rejection.limit {
+        body.push_str(",\"violated-policies\":[");
+        push_json_str(&mut body, limit.name());
+        body.push(']');
+    }
+    if let Some(d) = rejection.decision {
+        let _ = write!(body, ",\"retry_after_ms\":{}", ceil_millis(d.retry_after));
+    }
+    body.push('}');
+    body
+}
+
+/// A gRPC answer: HTTP 200, trailers-only (`grpc-status` in the headers), with a
+/// `google.rpc.RetryInfo` detail when the client may retry (feature `grpc`).
+pub(super) fn grpc<B>(rejection: &Rejection<'_>) -> Response<ResponseBody<B>> {
+    let code: i32 = match rejection.kind {
+        RejectionKind::Limited | RejectionKind::TooCostly => 8, // RESOURCE_EXHAUSTED
+        RejectionKind::MissingClient | RejectionKind::InvalidCost => 3, // INVALID_ARGUMENT
+        RejectionKind::Unavailable => 14,                       // UNAVAILABLE
+    };
+    let mut response = Response::new(ResponseBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
+    let retry = rejection
+        .decision
+        .filter(|_| rejection.kind == RejectionKind::Limited)
+        .map(|d| d.retry_after);
+    #[cfg(feature = "grpc")]
+    {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let code = tonic::Code::from_i32(code);
+        let status = match retry {
+            Some(delay) => tonic::Status::with_error_details(
+                code,
+                rejection.message,
+                ErrorDetails::with_retry_info(Some(delay)),
+            ),
+            None => tonic::Status::new(code, rejection.message),
+        };
+        if status.add_header(headers).is_ok() {
+            return response;
+        }
+    }
+    let _ = retry;
+    headers.insert(GRPC_STATUS, HeaderValue::from(code));
+    let message = percent_encoding::utf8_percent_encode(rejection.message, GRPC_MESSAGE_ESCAPED);
+    if let Ok(value) = HeaderValue::try_from(message.to_string()) {
+        headers.insert(GRPC_MESSAGE, value);
+    }
+    response
+}
+
+/// Whether a request speaks gRPC: `content-type: application/grpc…`.
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+pub(super) const APPLICATION_PROBLEM_JSON: HeaderValue =
+    HeaderValue::from_static("application/problem+json");
+pub(super) const APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(super) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC percent-encodes a message outside printable ASCII, and `%`.
+pub(super) const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b'%');
+
+/// Appends `text` as a JSON string.
+pub(super) fn push_json_str(body: &mut String, text: &str) {
+    body.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => body.push_str("\\\""),
+            '\\' => body.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(body, "\\u{:04x}", u32::from(c));
+            }
+            c => body.push(c),
+        }
+    }
+    body.push('"');
+}
