@@ -13,11 +13,13 @@ rounds=${1:-5}
 seconds=${2:-5}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
 cargo build --release --example bench_server -q
+target=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 declare -A results
 for round in $(seq "$rounds"); do
   for mode in none tollgate tollgate-bare governor governor-headers; do
-    MODE=$mode LISTEN_ADDR=127.0.0.1:$port target/release/examples/bench_server >/dev/null &
+    MODE=$mode LISTEN_ADDR=127.0.0.1:$port "$target/release/examples/bench_server" >/dev/null &
     pid=$!
     until (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done
     rps=$(wrk -t1 -c64 -d"${seconds}s" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')

@@ -22,7 +22,13 @@ build_examples() {
   else
     cargo build -q --example server --example loadtest
   fi
-  bin=target/$profile/examples
+  bin=$(target_dir)/$profile/examples
+}
+
+# The target directory cargo builds into (CARGO_TARGET_DIR, a config file, or ./target).
+target_dir() {
+  cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
 }
 
 free_port() {

@@ -107,6 +107,7 @@ pub mod policy;
 pub mod resilience;
 pub mod response;
 pub mod store;
+mod sync;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;

@@ -88,3 +88,13 @@ impl Decision {
         self
     }
 }
+
+/// Seconds, rounded up (saturating).
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds, rounded up (saturating).
+pub(crate) fn ceil_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX)
+}

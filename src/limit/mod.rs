@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::Algorithm;
 use crate::error::ConfigError;
 
+mod algorithm;
 mod decision;
+
+pub use algorithm::Algorithm;
+pub(crate) use algorithm::MAX_SUFFIX_LEN;
 
 /// The longest time a limit may take to come back whole (a token bucket's fill time, a
 /// window).
@@ -337,6 +340,7 @@ pub(crate) fn check_name(name: &str, field: &'static str) -> Result<(), ConfigEr
 }
 
 pub use decision::Decision;
+pub(crate) use decision::{ceil_millis, ceil_secs};
 
 #[cfg(test)]
 mod tests {

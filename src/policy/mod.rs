@@ -40,12 +40,14 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 
 use crate::limit::check_name;
-use crate::response::{FieldCache, policy_list};
 use crate::{ConfigError, Limit, MAX_LIMITS};
 
+pub(crate) mod fields;
 #[cfg(feature = "config")]
 mod file;
 mod pattern;
+
+pub(crate) use fields::{FieldCache, policy_list};
 
 pub use pattern::RoutePattern;
 

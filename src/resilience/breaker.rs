@@ -9,10 +9,11 @@
 //!   probe that gets an answer closes it: the store decides again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use tokio::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::StoreError;
+use crate::sync::AtMostEvery;
 
 /// Failed or timed-out calls in a row that open the breaker.
 pub(crate) const OPEN_AFTER: u32 = 5;
@@ -21,13 +22,12 @@ pub(crate) const PROBE_EVERY_MS: u64 = 100;
 
 #[derive(Debug)]
 pub(crate) struct Breaker {
-    start: Instant,
     max_in_flight: usize,
     in_flight: AtomicUsize,
     /// Failed calls since the last answer.
     failures: AtomicU32,
-    /// Milliseconds since `start` before which no probe is sent.
-    next_probe_ms: AtomicU64,
+    /// While open, a probe at most every [`PROBE_EVERY_MS`].
+    probes: AtMostEvery,
     /// A probe is under way.
     probing: AtomicBool,
 }
@@ -42,36 +42,20 @@ pub(crate) struct Ticket {
 impl Breaker {
     pub(crate) fn new(max_in_flight: usize) -> Arc<Self> {
         Arc::new(Self {
-            start: Instant::now(),
             max_in_flight,
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
-            next_probe_ms: AtomicU64::new(0),
+            probes: AtMostEvery::new(Duration::from_millis(PROBE_EVERY_MS)),
             probing: AtomicBool::new(false),
         })
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether a request may call the store now; if not, the error its fail mode answers.
     pub(crate) fn admit(self: &Arc<Self>) -> Result<Ticket, StoreError> {
         let mut probe = false;
         if self.failures.load(Ordering::Relaxed) >= OPEN_AFTER {
-            let now = self.now_ms();
-            let next = self.next_probe_ms.load(Ordering::Relaxed);
-            let won = now >= next
-                && !self.probing.load(Ordering::Relaxed)
-                && self
-                    .next_probe_ms
-                    .compare_exchange(
-                        next,
-                        now + PROBE_EVERY_MS,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
+            let won = !self.probing.load(Ordering::Relaxed)
+                && self.probes.try_claim()
                 && !self.probing.swap(true, Ordering::Relaxed);
             if !won {
                 return Err(StoreError::CircuitOpen);
@@ -115,8 +99,7 @@ impl Ticket {
         let breaker = &self.breaker;
         let failures = breaker.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures == OPEN_AFTER {
-            let next = breaker.now_ms() + PROBE_EVERY_MS;
-            breaker.next_probe_ms.store(next, Ordering::Relaxed);
+            breaker.probes.postpone();
             tracing::warn!(
                 failures,
                 probe_every_ms = PROBE_EVERY_MS,
@@ -150,8 +133,8 @@ mod tests {
         assert!(breaker.admit().is_ok());
     }
 
-    #[test]
-    fn opens_after_failures_in_a_row_and_lets_one_probe_through() {
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_failures_in_a_row_and_lets_one_probe_through() {
         let breaker = Breaker::new(100);
         for _ in 0..OPEN_AFTER - 1 {
             breaker.admit().unwrap().failed();
@@ -162,12 +145,12 @@ mod tests {
             breaker.admit().unwrap().failed();
         }
         assert!(matches!(breaker.admit(), Err(StoreError::CircuitOpen)));
-        // After the probe interval, one probe at a time.
-        breaker
-            .next_probe_ms
-            .store(breaker.now_ms(), Ordering::Relaxed);
+        // After the probe interval, one probe at a time: not another while it is under way,
+        // even once the next interval has passed.
+        tokio::time::advance(std::time::Duration::from_millis(PROBE_EVERY_MS)).await;
         let probe = breaker.admit().unwrap();
-        breaker.next_probe_ms.store(0, Ordering::Relaxed);
+        assert!(matches!(breaker.admit(), Err(StoreError::CircuitOpen)));
+        tokio::time::advance(std::time::Duration::from_millis(PROBE_EVERY_MS)).await;
         assert!(matches!(breaker.admit(), Err(StoreError::CircuitOpen)));
         // The probe is answered: closed.
         probe.answered();

@@ -13,13 +13,14 @@
 //! waits counted down from its answer (for a dearer request, its wait is at least that).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+
+use parking_lot::MutexGuard;
 
 use tokio::time::Instant;
 
 use crate::algorithm::Observation;
+use crate::sync::Sharded;
 use crate::{Algorithm, Decision, Limit};
 
 const SHARDS: usize = 16;
@@ -29,15 +30,14 @@ const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug)]
 pub(crate) struct DenyCache {
-    hasher: RandomState,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Sharded<Shard>,
     /// Entries held, so an empty cache costs a single load.
     len: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Entry, foldhash::fast::RandomState>,
     /// Size after the last sweep: a full shard is swept again only once it has changed.
     swept_len: usize,
 }
@@ -63,17 +63,13 @@ struct Entry {
 impl DenyCache {
     pub(crate) fn new() -> Self {
         Self {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: Sharded::new(SHARDS),
             len: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let shard = self.hasher.hash_one(key) as usize % SHARDS;
-        self.shards[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        self.shards.lock(key).0
     }
 
     /// The cached denial of a request of `cost` on `key`, under `limits` (the request's), if

@@ -1,8 +1,9 @@
 //! Warnings about a failing store that do not flood the log.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tokio::time::Instant;
+use std::time::Duration;
 
+use crate::sync::AtMostEvery;
 use crate::{FailMode, StoreError};
 
 /// At most one warning per kind of failure per this many milliseconds while the store keeps
@@ -14,17 +15,16 @@ const WARN_EVERY_MS: u64 = 1_000;
 /// failure once.
 #[derive(Debug)]
 pub(crate) struct OutageLog {
-    start: Instant,
     kinds: [KindLog; StoreError::KINDS.len()],
     /// Failures since the store last answered.
     failures: AtomicU64,
     failing: AtomicBool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct KindLog {
-    /// Milliseconds since `start` before which no warning of this kind is logged.
-    next_warn_ms: AtomicU64,
+    /// A warning of this kind at most every [`WARN_EVERY_MS`].
+    warnings: AtMostEvery,
     /// Failures of this kind since its last warning.
     suppressed: AtomicU64,
 }
@@ -32,8 +32,10 @@ struct KindLog {
 impl OutageLog {
     pub(crate) fn new() -> Self {
         Self {
-            start: Instant::now(),
-            kinds: Default::default(),
+            kinds: std::array::from_fn(|_| KindLog {
+                warnings: AtMostEvery::new(Duration::from_millis(WARN_EVERY_MS)),
+                suppressed: AtomicU64::new(0),
+            }),
             failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         }
@@ -47,19 +49,7 @@ impl OutageLog {
             return;
         }
         let log = &self.kinds[error.kind_index()];
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = log.next_warn_ms.load(Ordering::Relaxed);
-        let claimed = now >= next
-            && log
-                .next_warn_ms
-                .compare_exchange(
-                    next,
-                    now + WARN_EVERY_MS,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok();
-        if claimed {
+        if log.warnings.try_claim() {
             let suppressed = log.suppressed.swap(0, Ordering::Relaxed);
             tracing::warn!(
                 error = %error,
@@ -80,7 +70,7 @@ impl OutageLog {
                 .kinds
                 .iter()
                 .map(|k| {
-                    k.next_warn_ms.store(0, Ordering::Relaxed);
+                    k.warnings.reset();
                     k.suppressed.swap(0, Ordering::Relaxed)
                 })
                 .sum();

@@ -6,7 +6,7 @@ mod fields;
 mod reject;
 
 pub use body::ResponseBody;
-pub(crate) use fields::{FieldCache, insert_fields, policy_list};
+pub(crate) use fields::insert_fields;
 pub use fields::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
@@ -19,8 +19,9 @@ mod tests {
 
     use http::HeaderValue;
 
-    use super::fields::*;
     use super::reject::*;
+    use crate::limit::{ceil_millis, ceil_secs};
+    use crate::policy::fields::*;
     use crate::{Decision, Limit};
 
     #[test]

@@ -12,6 +12,7 @@ use crate::{Decision, Limit};
 
 use super::body::ResponseBody;
 use super::fields::*;
+use crate::limit::{ceil_millis, ceil_secs};
 
 pub(super) const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub(super) const ONE_SECOND: HeaderValue = HeaderValue::from_static("1");

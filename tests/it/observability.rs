@@ -221,7 +221,7 @@ fn increments(list: &str) -> Vec<f64> {
 /// The page plots what the metrics say: scrapes of the real server, taken while traffic ran
 /// and Redis stopped, are replayed to the page one per poll; each plotted interval must be
 /// exactly the difference of two scrapes. Then the page runs against the server itself, its
-/// totals match a scrape, and a screenshot is kept in `target/`.
+/// totals match a scrape, and a screenshot is kept in the target directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_plots_what_the_metrics_say() {
     let redis = RedisServer::start();

@@ -1,14 +1,14 @@
 use std::future::{Ready, ready};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::MutexGuard;
 
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
 use crate::algorithm::check_limits;
 use crate::algorithm::{BucketState, Shape};
+use crate::sync::Sharded;
 use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all};
 
 use super::{Store, StoreCall};
@@ -50,16 +50,10 @@ pub struct MemoryStore {
 
 struct Inner {
     clock: Clock,
-    hasher: foldhash::fast::RandomState,
     /// The most buckets one shard holds.
     shard_cap: usize,
-    shards: Box<[Padded<Mutex<Shard>>]>,
+    shards: Sharded<Shard>,
 }
-
-/// A shard on cache lines of its own, so threads locking different shards do not contend.
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded<T>(T);
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,20 +118,15 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 clock,
-                hasher: foldhash::fast::RandomState::default(),
                 shard_cap: max_keys.div_ceil(SHARDS).max(1),
-                shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+                shards: Sharded::new(SHARDS),
             }),
         }
     }
 
     /// How many buckets are held (full buckets not yet swept included).
     pub fn len(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| lock(&s.0).buckets.len())
-            .sum()
+        self.inner.shards.each().map(|s| s.buckets.len()).sum()
     }
 
     /// Whether no bucket is held.
@@ -199,13 +188,12 @@ impl MemoryStore {
 
     /// The shard of `key`'s buckets, locked, and the hash of each of its limits' buckets.
     fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> u64 + use<>) {
-        let key_hash = self.inner.hasher.hash_one(key);
         // All the buckets of one key live in one shard.
-        let shard = &self.inner.shards[(key_hash >> 58) as usize % SHARDS].0;
+        let (shard, key_hash) = self.inner.shards.lock(key);
         // One bucket per limit: the key's hash mixed with a fixed hash of the limit's name.
         let hash =
             move |limit: &Limit| (key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (lock(shard), hash)
+        (shard, hash)
     }
 
     /// [`Store::peek`] without the future.
@@ -341,12 +329,6 @@ fn matches<'a>(key: &'a str, limit: &'a Limit) -> impl Fn(&Bucket) -> bool + 'a 
             && (std::ptr::eq(b.name.as_ptr(), limit.name().as_ptr()) || *b.name == *limit.name())
             && b.shape.algorithm == limit.algorithm()
     }
-}
-
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // parking_lot's lock does not poison: a panic while holding it cannot leave a bucket
-    // half-written anyway (each update is one store of a u64).
-    shard.lock()
 }
 
 impl Store for MemoryStore {

@@ -1,11 +1,13 @@
 //! The store's connection to Redis, whatever the deployment (one server, a cluster, a primary
 //! behind sentinels), and how it is replaced when it stops answering.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::Duration;
 
 use redis::RedisResult;
+
+use crate::sync::AtMostEvery;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// After this many calls in a row failed or were abandoned (timed out by the layer), the store
@@ -75,11 +77,10 @@ pub(super) struct Link {
     /// `None` until a primary is known (behind sentinels, before they first answered).
     conn: RwLock<Option<Conn>>,
     opener: Opener,
-    start: Instant,
     /// Calls failed or abandoned since the last success.
     failures: AtomicU32,
-    /// Milliseconds since `start` when a connection was last opened (or asked for).
-    opened_ms: AtomicU64,
+    /// A new connection at most every [`REOPEN_EVERY_MS`].
+    reopens: AtMostEvery,
     /// A sentinel lookup is under way.
     resolving: AtomicBool,
 }
@@ -89,11 +90,12 @@ impl Link {
         let link = Arc::new(Self {
             conn: RwLock::new(conn),
             opener,
-            start: Instant::now(),
             failures: AtomicU32::new(0),
-            opened_ms: AtomicU64::new(0),
+            reopens: AtMostEvery::new(Duration::from_millis(REOPEN_EVERY_MS)),
             resolving: AtomicBool::new(false),
         });
+        // The connection just made counts as the first opened.
+        link.reopens.postpone();
         if link.connection().is_none() {
             link.reopen(0);
         }
@@ -124,14 +126,7 @@ impl Link {
         if failures < REOPEN_AFTER_FAILURES || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let opened = self.opened_ms.load(Ordering::Relaxed);
-        if now < opened + REOPEN_EVERY_MS
-            || self
-                .opened_ms
-                .compare_exchange(opened, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        if !self.reopens.try_claim() {
             return;
         }
         self.reopen(failures);
