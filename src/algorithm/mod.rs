@@ -52,6 +52,7 @@ mod window;
 
 pub use crate::limit::Algorithm;
 pub(crate) use crate::limit::MAX_SUFFIX_LEN;
+#[cfg(feature = "redis")]
 pub(crate) use decide::decide_observed;
 pub use decide::{check_limits, decide_all};
 pub(crate) use observation::Observation;

@@ -42,6 +42,7 @@ impl Algorithm {
     }
 
     /// The code the Lua driver dispatches on (`lua/decide.lua`).
+    #[cfg(feature = "redis")]
     pub(crate) fn code(self) -> &'static str {
         match self {
             Self::TokenBucket => "t",

@@ -1,7 +1,9 @@
 //! The store's connection to Redis, whatever the deployment (one server, a cluster, a primary
 //! behind sentinels), and how it is replaced when it stops answering.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+#[cfg(feature = "sentinel")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -40,6 +42,8 @@ impl Conn {
 }
 
 /// How to open a new connection.
+// One per store, behind its Arc: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Opener {
     /// A store made from a connection the caller opened: it cannot open another.
     Fixed,
@@ -82,6 +86,7 @@ pub(super) struct Link {
     /// A new connection at most every [`REOPEN_EVERY_MS`].
     reopens: AtMostEvery,
     /// A sentinel lookup is under way.
+    #[cfg(feature = "sentinel")]
     resolving: AtomicBool,
 }
 
@@ -92,6 +97,7 @@ impl Link {
             opener,
             failures: AtomicU32::new(0),
             reopens: AtMostEvery::new(Duration::from_millis(REOPEN_EVERY_MS)),
+            #[cfg(feature = "sentinel")]
             resolving: AtomicBool::new(false),
         });
         // The connection just made counts as the first opened.

@@ -215,3 +215,59 @@ pub(super) fn parse_reply(reply: &redis::Value, limits: &[Limit], cost: u64) -> 
     };
     Some(decide_observed(limits, observed, allowed, cost))
 }
+
+/// Reading observations from a script's reply.
+trait ReadObservation: Sized {
+    fn read(algorithm: Algorithm, numbers: &mut impl Iterator<Item = Option<u64>>) -> Option<Self>;
+    fn from_packed(limit: &Limit, reply: i64) -> Option<(bool, Self)>;
+}
+
+impl ReadObservation for Observation {
+    /// Reads the observation of a limit of `algorithm` from the script's numbers, taking as
+    /// many as the algorithm observes; `None` when one is missing or not a number.
+    fn read(algorithm: Algorithm, numbers: &mut impl Iterator<Item = Option<u64>>) -> Option<Self> {
+        let mut next = || numbers.next().flatten();
+        Some(match algorithm {
+            Algorithm::TokenBucket => Self::TokenBucket {
+                full_after: next()?,
+            },
+            Algorithm::FixedWindow => Self::FixedWindow {
+                current: next()?,
+                elapsed_ms: next()?,
+            },
+            Algorithm::SlidingWindow => Self::SlidingWindow {
+                current: next()?,
+                previous: next()?,
+                elapsed_ms: next()?,
+            },
+            Algorithm::SlidingLog => Self::SlidingLog {
+                count: next()?,
+                oldest: next()?,
+                newest: next()?,
+                needed: next()?,
+            },
+        })
+    }
+
+    /// Reads the one integer a single token-bucket or fixed-window limit replies with
+    /// (`lua/decide.lua`): whether it allowed, and what it observed.
+    fn from_packed(limit: &Limit, reply: i64) -> Option<(bool, Self)> {
+        let (allowed, packed) = if reply > 0 {
+            (true, u64::try_from(reply - 1).ok()?)
+        } else {
+            (false, u64::try_from(-1 - reply).ok()?)
+        };
+        let observation = match limit.algorithm() {
+            Algorithm::TokenBucket => Self::TokenBucket { full_after: packed },
+            Algorithm::FixedWindow => {
+                let window = limit.window_ms();
+                Self::FixedWindow {
+                    current: packed / window,
+                    elapsed_ms: packed % window,
+                }
+            }
+            _ => return None,
+        };
+        Some((allowed, observation))
+    }
+}
