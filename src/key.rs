@@ -81,9 +81,6 @@ const ESCAPED: &AsciiSet = &CONTROLS
 /// and `/users/2` share a bucket), else `path`, the request's normalized path
 /// ([`request_path`]).
 pub(crate) fn endpoint_path<'a>(parts: &'a Parts, path: &'a str) -> &'a str {
-    #[cfg(not(feature = "axum"))]
-    let _ = parts;
-    #[cfg(feature = "axum")]
     if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
         return matched.as_str();
     }
@@ -93,7 +90,6 @@ pub(crate) fn endpoint_path<'a>(parts: &'a Parts, path: &'a str) -> &'a str {
 /// The path rules match: axum's `OriginalUri` (the path before nested routers stripped their
 /// prefix) when there is one, else the request path; normalized.
 pub(crate) fn request_path(parts: &Parts) -> Cow<'_, str> {
-    #[cfg(feature = "axum")]
     if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
         return normalize_path(original.0.path());
     }

@@ -179,7 +179,6 @@ impl ClientExtractor for ClientIp {
 }
 
 fn peer_addr(parts: &Parts) -> Option<IpAddr> {
-    #[cfg(feature = "axum")]
     if let Some(info) = parts
         .extensions
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
