@@ -40,7 +40,7 @@ use axum::{Json, Router, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde_json::json;
 use tollgate::cost::HeaderCost;
-use tollgate::{Policies, telemetry};
+use tollgate::{Policies, UnmatchedPaths, telemetry};
 
 /// The live dashboard: one self-contained page that polls `/metrics`.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -65,7 +65,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .install_recorder()?;
     let addr = common::listen_addr("127.0.0.1:8080")?;
     let env = common::Env::load().await?;
-    let builder = env.builder().cost_extractor(HeaderCost::default());
+    // Every GET path is an endpoint with its own bucket (the fallback below answers them all),
+    // as the seed server did: opted into explicitly, since a client can then multiply its
+    // budget by varying the path.
+    let builder = env
+        .builder()
+        .cost_extractor(HeaderCost::default())
+        .unmatched_paths(UnmatchedPaths::PerPath);
     let builder = match std::env::var("RATE_LIMIT_CONFIG") {
         Ok(path) => {
             let policies =

@@ -20,7 +20,7 @@ mod common;
 use std::time::Duration;
 
 use common::helloworld::GreeterServer;
-use tollgate::ApiKey;
+use tollgate::{ApiKey, UnmatchedPaths};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -36,6 +36,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .builder()
         .client_extractor(ApiKey::header(http::HeaderName::from_static("x-api-key")))
+        // A bucket per Greeter method; any other path (which the server refuses anyway)
+        // shares one, so that made-up method names do not multiply a client's budget.
+        .unmatched_paths(UnmatchedPaths::normalize(|path| {
+            path.starts_with("/helloworld.Greeter/")
+                .then(|| path.to_owned())
+        }))
         .capacity(10)
         .period(Duration::from_secs(10))
         .build()?;

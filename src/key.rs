@@ -24,6 +24,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use http::request::Parts;
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
@@ -77,14 +78,74 @@ const ESCAPED: &AsciiSet = &CONTROLS
     .add(b'}')
     .add(b'#');
 
-/// The endpoint of a request: axum's matched route template when there is one (so `/users/1`
-/// and `/users/2` share a bucket), else `path`, the request's normalized path
-/// ([`request_path`]).
-pub(crate) fn endpoint_path<'a>(parts: &'a Parts, path: &'a str) -> &'a str {
-    if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-        return matched.as_str();
+/// The route template axum matched for a request (so `/users/1` and `/users/2` share a
+/// bucket), if it matched one.
+pub(crate) fn route_template(parts: &Parts) -> Option<&str> {
+    parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str)
+}
+
+/// The endpoint component of the requests that match no route and share one bucket per
+/// client and method ([`UnmatchedPaths::Shared`]). A normalized path starts with `/`, so it
+/// never meets this one.
+pub(crate) const SHARED_ENDPOINT: &str = "*";
+
+/// A function that names the endpoint of a normalized path ([`UnmatchedPaths::Normalize`]).
+pub type PathNormalizer = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// How the requests that match no route template are keyed under the default policy: axum's
+/// `404` and `405`, and every request of a server that does not say which route it matched
+/// (hyper, tonic). (Requests under a [rule](crate::policy) share the rule's bucket anyway.)
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum UnmatchedPaths {
+    /// One bucket per client and method, whatever the path (the default): a client cannot
+    /// multiply its budget, or the keys in the store, by varying the path.
+    #[default]
+    Shared,
+    /// One bucket per client, method and normalized path. A client can then multiply its
+    /// budget (and the keys in the store) by sending paths that do not exist: only for a
+    /// server whose every path is an endpoint, or one that refuses unknown paths before the
+    /// limit.
+    PerPath,
+    /// The endpoint a function names for the normalized path (`Some`), or the shared bucket
+    /// (`None`): for a server that knows its own paths, like a gRPC server's
+    /// `/package.Service/Method`.
+    Normalize(Arc<PathNormalizer>),
+}
+
+impl UnmatchedPaths {
+    /// [`UnmatchedPaths::Normalize`] with `f`.
+    pub fn normalize<F>(f: F) -> Self
+    where
+        F: Fn(&str) -> Option<String> + Send + Sync + 'static,
+    {
+        Self::Normalize(Arc::new(f))
     }
-    path
+
+    /// The endpoint of a request that matched no route, from its normalized `path`.
+    pub(crate) fn endpoint<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        match self {
+            Self::Shared => Cow::Borrowed(SHARED_ENDPOINT),
+            Self::PerPath => Cow::Borrowed(path),
+            Self::Normalize(f) => match f(path) {
+                Some(endpoint) => Cow::Owned(endpoint),
+                None => Cow::Borrowed(SHARED_ENDPOINT),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for UnmatchedPaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shared => "Shared",
+            Self::PerPath => "PerPath",
+            Self::Normalize(_) => "Normalize(..)",
+        })
+    }
 }
 
 /// The path rules match: axum's `OriginalUri` (the path before nested routers stripped their
@@ -358,6 +419,7 @@ mod tests {
     #[tokio::test]
     async fn aliases_of_a_path_share_a_bucket_and_long_paths_are_limited() {
         let layer = crate::RateLimitLayer::builder()
+            .unmatched_paths(UnmatchedPaths::PerPath)
             .capacity(1)
             .period(std::time::Duration::from_secs(60))
             .build()

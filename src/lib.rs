@@ -119,6 +119,7 @@ pub use engine::{
     Limiter, LimiterBuilder, Outcome, Subject, SubjectError, Target, Verdict,
 };
 pub use error::{ConfigError, StoreError};
+pub use key::UnmatchedPaths;
 pub use layer::{Builder, RateLimit, RateLimitLayer, ResponseFuture};
 pub use limit::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY};
 pub use policy::{Policies, Rule};

@@ -9,6 +9,7 @@ use super::{RateLimitLayer, Settings, Shared};
 use crate::client::{ApiKey, Bypass, ClientExtractor};
 use crate::cost::{CostExtractor, UnitCost};
 use crate::engine::LimiterBuilder;
+use crate::key::UnmatchedPaths;
 use crate::policy::Policies;
 use crate::response::{Rejection, RejectionBody, RejectionHook};
 use crate::store::Store;
@@ -56,6 +57,7 @@ struct Options {
     body: RejectionBody,
     hook: Option<Arc<RejectionHook>>,
     cost: Box<dyn CostExtractor>,
+    unmatched: UnmatchedPaths,
 }
 
 impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
@@ -232,6 +234,15 @@ impl<St, C> Builder<St, C> {
         self
     }
 
+    /// How requests that match no route template are keyed under the default policy (default
+    /// [`UnmatchedPaths::Shared`]: one bucket per client and method, so that a client cannot
+    /// multiply its budget by varying the path). axum's matched route template
+    /// (`MatchedPath`) names the endpoint whenever there is one.
+    pub fn unmatched_paths(mut self, paths: UnmatchedPaths) -> Self {
+        self.options.unmatched = paths;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// # Errors
@@ -261,6 +272,7 @@ impl<St, C> Builder<St, C> {
             body: options.body,
             hook: options.hook,
             cost: options.cost,
+            unmatched: options.unmatched,
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -288,6 +300,7 @@ impl RateLimitLayer {
                 body: RejectionBody::Json,
                 hook: None,
                 cost: Box::new(UnitCost),
+                unmatched: UnmatchedPaths::Shared,
             },
         }
     }

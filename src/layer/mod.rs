@@ -11,6 +11,7 @@ use crate::Limiter;
 use crate::client::ApiKey;
 use crate::cost::CostExtractor;
 use crate::engine::Core;
+use crate::key::UnmatchedPaths;
 use crate::policy::Policies;
 use crate::response::{RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
@@ -49,6 +50,7 @@ pub(crate) struct Settings {
     pub(crate) body: RejectionBody,
     pub(crate) hook: Option<Arc<RejectionHook>>,
     pub(crate) cost: Box<dyn CostExtractor>,
+    pub(crate) unmatched: UnmatchedPaths,
 }
 
 impl Settings {

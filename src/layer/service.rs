@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use super::{ResponseFuture, Shared};
 use crate::client::ClientExtractor;
-use crate::key::{Endpoint, endpoint_path, request_path, subject_key};
+use crate::key::{Endpoint, request_path, route_template, subject_key};
 use crate::response::{Answer, ResponseBody, is_grpc};
 use crate::store::Store;
 use crate::telemetry::Outcome as Counted;
@@ -133,15 +133,22 @@ where
         };
         let bypassed = !core.bypass.is_empty() && core.bypass.contains(&client);
         let flags = limiter.flags(index, bypassed);
-        let endpoint = match &policy.rule {
-            Some(rule) => Endpoint::Rule(rule),
-            None => Endpoint::Route {
+        let unmatched;
+        let endpoint = match (&policy.rule, route_template(&parts)) {
+            (Some(rule), _) => Endpoint::Rule(rule),
+            (None, Some(template)) => Endpoint::Route {
                 method: parts.method.as_str(),
-                path: endpoint_path(&parts, &path),
+                path: template,
             },
+            (None, None) => {
+                unmatched = settings.unmatched.endpoint(&path);
+                Endpoint::Route {
+                    method: parts.method.as_str(),
+                    path: &unmatched,
+                }
+            }
         };
         let key = subject_key(&core.key_prefix, client.as_bytes(), endpoint);
-        drop((client, path));
         let deciding = limiter.start(index, key, cost, flags);
         ResponseFuture::deciding(
             Arc::clone(settings),
@@ -237,14 +244,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_route_template_the_path_is_the_endpoint() {
-        let svc = layer().build().unwrap().layer(MustBeReady::default());
-        for path in ["/users/1", "/users/1", "/users/2"] {
-            let response = svc.clone().oneshot(request(path)).await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK, "{path}");
-        }
-        let response = svc.clone().oneshot(request("/users/1")).await.unwrap();
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    async fn without_a_route_template_paths_share_a_bucket_unless_asked_otherwise() {
+        // Capacity 2 per client and endpoint.
+        let statuses = |paths: crate::UnmatchedPaths, sent: &'static [&'static str]| {
+            let svc = layer()
+                .unmatched_paths(paths)
+                .build()
+                .unwrap()
+                .layer(MustBeReady::default());
+            async move {
+                let mut statuses = Vec::new();
+                for path in sent {
+                    let response = svc.clone().oneshot(request(path)).await.unwrap();
+                    statuses.push(response.status().as_u16());
+                }
+                statuses
+            }
+        };
+        let sent = &["/users/1", "/users/1", "/users/2", "/users/3"];
+        // The default: made-up paths do not multiply the budget.
+        assert_eq!(
+            statuses(Default::default(), sent).await,
+            [200, 200, 429, 429]
+        );
+        // Per path, when asked for.
+        let per_path = statuses(crate::UnmatchedPaths::PerPath, sent).await;
+        assert_eq!(per_path, [200, 200, 200, 200]);
+        let more = &["/users/1", "/users/1", "/users/1"];
+        assert_eq!(
+            statuses(crate::UnmatchedPaths::PerPath, more).await,
+            [200, 200, 429]
+        );
+        // Named by a function: /users/* is one endpoint, anything else shares another.
+        let users = crate::UnmatchedPaths::normalize(|p| {
+            p.starts_with("/users/").then(|| "/users/*".to_owned())
+        });
+        let mixed = &["/users/1", "/users/2", "/users/3", "/x", "/y", "/z"];
+        assert_eq!(statuses(users, mixed).await, [200, 200, 429, 200, 200, 429]);
     }
 
     /// A store that fails at once.

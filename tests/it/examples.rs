@@ -516,3 +516,25 @@ fn the_direct_example_runs_in_memory_and_on_redis() {
         );
     }
 }
+
+/// One client sending made-up paths to the axum example is limited as on one endpoint: the
+/// 404s share one bucket per client and method (10 at once, per IP).
+#[tokio::test]
+async fn made_up_paths_do_not_multiply_a_budget() {
+    let s = Instance::example("axum", &[]);
+    let client = HttpClient::new();
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        statuses.push(
+            client
+                .get(s.addr, &format!("/nope-{i}"), None)
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses[..10], [404; 10], "{statuses:?}");
+    assert_eq!(statuses[10..], [429; 20], "{statuses:?}");
+    // A real route is an endpoint of its own.
+    assert_eq!(client.get(s.addr, "/hello", None).await.status, 200);
+}
