@@ -53,7 +53,7 @@ use crate::resilience::breaker::Breaker;
 use crate::resilience::deny_cache::DenyCache;
 use crate::resilience::outage::OutageLog;
 use crate::resilience::{FailMode, LocalFallback};
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, Store, StoreCall};
 use crate::telemetry::Telemetry;
 use crate::{Decision, StoreError};
 
@@ -65,7 +65,7 @@ pub use builder::{
     DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, LimiterBuilder,
 };
 pub use subject::{Subject, SubjectError, Target};
-pub(crate) use take::{Asked, Deciding, Flags};
+pub(crate) use take::{Asked, Call, Deciding, Flags};
 pub use take::{DecidedBy, Outcome, Take, Verdict};
 
 /// The engine: decides, peeks, refunds and resets for subjects. Built once with
@@ -275,7 +275,6 @@ impl<St: Store> Limiter<St> {
                         at,
                         key: keep_key.then_some(key),
                         cost,
-                        ticket: None,
                     },
                     policy: index,
                     flags,
@@ -287,13 +286,12 @@ impl<St: Store> Limiter<St> {
         }
         let decision = self.shared.store.decide(&key, &policy.limits, cost);
         Deciding::Asking {
-            decision,
+            call: Call::new(decision, ticket),
             deadline: None,
             asked: Asked {
                 at,
                 key: keep_key.then_some(key),
                 cost,
-                ticket,
             },
             policy: index,
             flags,
@@ -366,16 +364,21 @@ impl<St: Store> Limiter<St> {
 
     /// A store call other than a decision, bounded as decisions are: through the breaker and
     /// within the timeout.
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+    async fn bounded<T: Send + 'static>(&self, call: StoreCall<T>) -> Result<T, StoreError> {
         let core = &self.shared.core;
         let ticket = core.breaker.as_ref().map(|b| b.admit()).transpose()?;
-        let answer = match tokio::time::timeout(core.timeout, call).await {
+        // Cancelled by its caller, the call is left to finish (as a decision is); given up on
+        // at the timeout, it is dropped and counted as failed.
+        let mut call = LeftToFinish(Some(call));
+        let pending = std::future::poll_fn(|cx| {
+            let call = call.0.as_mut().expect("polled until it ends");
+            std::pin::Pin::new(call).poll(cx)
+        });
+        let answer = match tokio::time::timeout(core.timeout, pending).await {
             Ok(answer) => answer,
             Err(_) => Err(StoreError::Timeout(core.timeout)),
         };
+        call.0 = None;
         if let Some(ticket) = ticket {
             match &answer {
                 Err(error) if error.unavailable() => ticket.failed(),
@@ -383,5 +386,17 @@ impl<St: Store> Limiter<St> {
             }
         }
         answer
+    }
+}
+
+/// A store call that, dropped before it ends (its caller went away), runs to its end in the
+/// background: a cancelled caller says nothing about the store.
+struct LeftToFinish<T: Send + 'static>(Option<StoreCall<T>>);
+
+impl<T: Send + 'static> Drop for LeftToFinish<T> {
+    fn drop(&mut self) {
+        if let (Some(call), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(call);
+        }
     }
 }

@@ -151,8 +151,66 @@ pub(crate) struct Asked {
     /// The subject's key, when the deny cache or the local fail mode needs it.
     pub(crate) key: Option<String>,
     pub(crate) cost: u64,
-    /// The place of this call among those in flight (a remote store).
+}
+
+/// A store call under way, with its place among those in flight (a remote store).
+///
+/// A decision dropped before the call ends is a cancelled request (its client went away), not
+/// a store failure: the call is left to finish on its own (it was sent; Redis runs it anyway),
+/// holding its place in flight, and what it comes to is told to the breaker as usual. Only a
+/// call the engine gives up on (the timeout) is dropped and counted as failed.
+pub(crate) struct Call<D> {
+    pub(crate) future: Option<D>,
     pub(crate) ticket: Option<Ticket>,
+    /// Leaves a call to finish on its own (made where the future's type is known to allow it).
+    orphan: fn(D, Option<Ticket>),
+}
+
+impl<D> Call<D>
+where
+    D: Future<Output = Result<Decision, StoreError>> + Send + 'static,
+{
+    pub(crate) fn new(future: D, ticket: Option<Ticket>) -> Self {
+        Self {
+            future: Some(future),
+            ticket,
+            orphan: orphan::<D>,
+        }
+    }
+}
+
+/// Runs `future` to its end in the background, then tells the breaker what it came to.
+fn orphan<D>(future: D, ticket: Option<Ticket>)
+where
+    D: Future<Output = Result<Decision, StoreError>> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let answer = future.await;
+        if let Some(ticket) = ticket {
+            report(ticket, &answer);
+        }
+    });
+}
+
+/// Tells the breaker what a call came to.
+fn report(ticket: Ticket, answer: &Result<Decision, StoreError>) {
+    // Only a store that cannot be reached opens the breaker; one that answered with an error
+    // (a script error, say) is up.
+    match answer {
+        Err(error) if error.unavailable() => ticket.failed(),
+        _ => ticket.answered(),
+    }
+}
+
+impl<D> Drop for Call<D> {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            (self.orphan)(future, self.ticket.take());
+        }
+    }
 }
 
 pin_project! {
@@ -161,8 +219,7 @@ pin_project! {
     pub(crate) enum Deciding<D> {
         // Waiting for the store, at most the timeout.
         Asking {
-            #[pin]
-            decision: D,
+            call: Call<D>,
             // Started when the decision is first pending, so a store that answers at once
             // (the memory store) never arms a timer.
             #[pin]
@@ -188,7 +245,7 @@ pin_project! {
 
 impl<D> Deciding<D>
 where
-    D: Future<Output = Result<Decision, StoreError>>,
+    D: Future<Output = Result<Decision, StoreError>> + Unpin,
 {
     pub(crate) fn poll_decide(
         self: Pin<&mut Self>,
@@ -209,13 +266,14 @@ where
                 Poll::Ready(core.failed(*policy, *flags, error, asked))
             }
             DecidingProj::Asking {
-                decision,
+                call,
                 mut deadline,
                 asked,
                 policy,
                 flags,
             } => {
-                let answer = match decision.poll(cx) {
+                let future = call.future.as_mut().expect("polled after completion");
+                let answer = match Pin::new(future).poll(cx) {
                     Poll::Ready(answer) => answer,
                     Poll::Pending => {
                         if deadline.is_none() {
@@ -226,7 +284,10 @@ where
                         Err(StoreError::Timeout(core.timeout))
                     }
                 };
-                Poll::Ready(core.answered(*policy, *flags, answer, asked))
+                // Ended or given up on: dropped here, not left to finish.
+                call.future = None;
+                let ticket = call.ticket.take();
+                Poll::Ready(core.answered(*policy, *flags, answer, asked, ticket))
             }
         }
     }
@@ -239,7 +300,8 @@ impl Core {
         index: usize,
         flags: Flags,
         answer: Result<Decision, StoreError>,
-        asked: &mut Asked,
+        asked: &Asked,
+        ticket: Option<Ticket>,
     ) -> Outcome {
         let policy = self.policies.entry(index);
         let elapsed = asked.at.map(|at| at.elapsed());
@@ -251,15 +313,9 @@ impl Core {
                 d.index
             ))),
         });
-        if let Some(ticket) = asked.ticket.take() {
+        if let Some(ticket) = ticket {
             self.telemetry.store_duration(elapsed.unwrap_or_default());
-            // Only a store that cannot be reached opens the breaker; one that answered with an
-            // error (a script error, say) is up.
-            match &answer {
-                Err(error) if error.unavailable() => ticket.failed(),
-                _ => ticket.answered(),
-            }
-            drop(ticket);
+            report(ticket, &answer);
             if let Some(breaker) = &self.breaker {
                 self.telemetry.in_flight(breaker.in_flight());
             }
@@ -354,7 +410,7 @@ impl<D> std::fmt::Debug for Take<D> {
 
 impl<D> Future for Take<D>
 where
-    D: Future<Output = Result<Decision, StoreError>>,
+    D: Future<Output = Result<Decision, StoreError>> + Unpin,
 {
     type Output = Outcome;
 

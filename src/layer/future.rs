@@ -128,7 +128,7 @@ fn respond(settings: &Settings, outcome: Outcome) -> Result<Option<Decision>, An
 impl<S, ReqBody, ResBody, D> Future for ResponseFuture<S, ReqBody, D>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    D: Future<Output = Result<Decision, StoreError>>,
+    D: Future<Output = Result<Decision, StoreError>> + Unpin,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 

@@ -38,8 +38,9 @@ pub type StoreCall<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Sen
 /// need not. Return [`StoreError::Other`] for a failure that means the store cannot be
 /// reached; the breaker counts timeouts and Redis connection errors.
 pub trait Store: Send + Sync + 'static {
-    /// The future of one decision.
-    type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
+    /// The future of one decision. `Unpin` (a boxed future is), so that a decision whose
+    /// request is cancelled can be left to finish on its own.
+    type Future: Future<Output = Result<Decision, StoreError>> + Send + Unpin + 'static;
 
     /// Decides whether a request of `cost` units may pass every limit in `limits` (1 to
     /// [`MAX_LIMITS`](crate::MAX_LIMITS)), and takes the units from each if it may.

@@ -346,3 +346,62 @@ async fn http_requests_and_direct_calls_share_buckets() {
     let reply = http.get(server.addr, "/users/2", Some(b"alice")).await;
     assert_eq!(reply.status, 200);
 }
+
+/// `total_connections_received` of a server: grows when a client opens a new connection.
+fn connections_received(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total_connections_received in {info}"))
+}
+
+/// Callers that go away while their call is in flight (a client hanging up mid-decision) are
+/// not store failures: the calls finish on their own, take their units, and the store keeps
+/// its connection (three failures in a row would open a new one) and its breaker closed.
+#[tokio::test]
+async fn cancelled_calls_are_not_store_failures() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    store.load_script().await.unwrap();
+    let limiter = limiter(&store, "cancel", &[Limit::new("c", 100, 1, HOUR).unwrap()]);
+    let alice = limiter
+        .subject("alice", Target::route(&Method::GET, "/"))
+        .unwrap();
+    assert!(limiter.take(&alice, 1).await.is_allowed());
+    // The store opens a new connection at most once a second, the first a second after it was
+    // made: wait that out, or the test could not tell a reconnection from none.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // One connection of the test's own, opened before counting.
+    let mut conn = redis.conn();
+    let before = connections_received(&mut conn);
+    redis.hang();
+    // Each caller gives up while Redis cannot answer: its future is dropped mid-call.
+    for _ in 0..6 {
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), limiter.take(&alice, 1));
+        assert!(gave_up.await.is_err());
+    }
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), limiter.peek(&alice, 1));
+        assert!(gave_up.await.is_err());
+    }
+    redis.resume();
+    // Decided by Redis on the same connection, after the cancelled calls (sent before it).
+    let outcome = limiter.take(&alice, 1).await;
+    assert!(
+        matches!(
+            outcome.verdict(),
+            Verdict::Decided {
+                by: DecidedBy::Store,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.decision().unwrap().remaining, 100 - 1 - 6 - 1);
+    assert_eq!(
+        connections_received(&mut conn),
+        before,
+        "a new connection was opened"
+    );
+}
