@@ -6,12 +6,12 @@
 //! and `FAIL_MODE=closed`, `UNAVAILABLE`.
 //!
 //! ```text
-//! grpcurl -plaintext -H 'x-api-key: alice' -d '{"name":"tollgate"}' \
-//!   127.0.0.1:50051 helloworld.Greeter/SayHello
+//! grpcurl -plaintext -import-path examples -proto helloworld.proto \
+//!   -H 'x-api-key: alice' -d '{"name":"tollgate"}' 127.0.0.1:50051 helloworld.Greeter/SayHello
 //! ```
 //!
-//! (grpcurl needs the `helloworld.proto` of `examples/common/helloworld.rs` via `-proto`, as
-//! the server has no reflection.) `LISTEN_ADDR` (default `127.0.0.1:50051`), `REDIS_URL`,
+//! (`examples/helloworld.proto` describes the service: the server has no reflection.)
+//! `LISTEN_ADDR` (default `127.0.0.1:50051`), `REDIS_URL`,
 //! `FAIL_MODE` and `RUST_LOG` as for the `server` example.
 
 #[path = "common/mod.rs"]

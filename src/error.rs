@@ -138,9 +138,13 @@ pub enum StoreError {
     /// Redis answered with a reply the script never sends.
     #[error("unexpected reply from the store: {0}")]
     Reply(String),
-    /// A custom store's own failure.
+    /// A custom store's own failure; the store answered, so the breaker does not count it.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
+    /// A custom store could not be reached: counted by the breaker and logged as an outage,
+    /// like a Redis connection error (`kind` `connection`).
+    #[error("the store cannot be reached: {0}")]
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
     /// The call was refused before anything was sent: its arguments cannot be decided (no
     /// limits, or more than [`MAX_LIMITS`](crate::MAX_LIMITS)), or a Redis store was opened
     /// outside a Tokio runtime.
@@ -190,6 +194,7 @@ impl StoreError {
             Self::Timeout(_) => 0,
             #[cfg(feature = "redis")]
             Self::Redis(e) if unreachable(e) => 1,
+            Self::Unavailable(_) => 1,
             #[cfg(feature = "redis")]
             Self::Redis(_) => 2,
             Self::Reply(_) => 2,

@@ -26,11 +26,26 @@ impl Env {
     /// `local`), `LOCAL_SHARE` (default 1; 0.5 for two instances), `MAX_IN_FLIGHT` (default
     /// 1,024) and the store.
     pub async fn load() -> Result<Self, String> {
+        let timeout_ms: u64 = env_or("STORE_TIMEOUT_MS", 50)?;
+        let local_share: f64 = env_or("LOCAL_SHARE", 1.0)?;
+        let max_in_flight: usize = env_or("MAX_IN_FLIGHT", tollgate::DEFAULT_MAX_IN_FLIGHT)?;
+        // Checked here too (the builder would refuse them), so the error names the variable.
+        if timeout_ms == 0 {
+            return Err("STORE_TIMEOUT_MS=0: must be greater than zero".into());
+        }
+        if !(local_share > 0.0 && local_share <= 1.0) {
+            return Err(format!(
+                "LOCAL_SHARE={local_share}: must be more than 0 and at most 1 (1/N for N instances)"
+            ));
+        }
+        if max_in_flight == 0 {
+            return Err("MAX_IN_FLIGHT=0: must be greater than zero".into());
+        }
         Ok(Self {
-            timeout: Duration::from_millis(env_or("STORE_TIMEOUT_MS", 50)?),
+            timeout: Duration::from_millis(timeout_ms),
             fail_mode: env_or("FAIL_MODE", FailMode::Open)?,
-            local_share: env_or("LOCAL_SHARE", 1.0)?,
-            max_in_flight: env_or("MAX_IN_FLIGHT", tollgate::DEFAULT_MAX_IN_FLIGHT)?,
+            local_share,
+            max_in_flight,
             store: store_from_env().await?,
         })
     }
@@ -118,9 +133,15 @@ where
     T::Err: std::fmt::Display,
 {
     match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .map_err(|e| format!("{name}: {value:?} is invalid: {e}")),
+        Ok(value) => value.parse().map_err(|e: T::Err| {
+            // `NAME=value: what is wrong`, the name and the value once (a configuration
+            // error's own message repeats the value: keep only what follows it).
+            let message = e.to_string();
+            let reason = message
+                .split_once(" is invalid: ")
+                .map_or(message.as_str(), |(_, reason)| reason);
+            format!("{name}={value}: {reason}")
+        }),
         Err(_) => Ok(default),
     }
 }

@@ -110,12 +110,14 @@ where
         ) {
             (Ok(client), Ok(cost)) => (client, cost),
             (client, cost) => {
+                // A bypassed client is never refused, not even for a cost we cannot read.
+                let bypassed = matches!(&client, Ok(id) if !core.bypass.is_empty() && core.bypass.contains(id));
                 let flags = limiter.flags(index, false);
-                if flags.shadow {
+                if flags.shadow || bypassed {
                     // In shadow mode nothing is refused, not even a request we cannot decide.
                     tracing::debug!(
                         policy = policy.name(),
-                        "shadow mode: undecidable request passes"
+                        "shadow mode or a bypassed client: undecidable request passes"
                     );
                     let future = inner.call(Request::from_parts(parts, body));
                     return ResponseFuture::unlimited(Arc::clone(settings), future);
@@ -504,6 +506,58 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         let response = svc.clone().oneshot(costly("k")).await.unwrap();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Nor for a cost it cannot read, which others get a 400 for.
+        let unreadable = |key: &str| {
+            Request::get("/")
+                .header("x-api-key", key)
+                .header("x-ratelimit-cost", "lots")
+                .body(Body::default())
+                .unwrap()
+        };
+        let response = svc.clone().oneshot(unreadable("batch")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let response = svc.clone().oneshot(unreadable("k")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    /// A custom store that cannot be reached (or that answers with an error).
+    struct Down(fn() -> StoreError);
+    impl Store for Down {
+        type Future = Ready<Result<Decision, StoreError>>;
+        fn decide(&self, _: &str, _: &Arc<[Limit]>, _: u64) -> Self::Future {
+            ready(Err((self.0)()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_store_can_say_it_is_unreachable_and_open_the_breaker() {
+        let kinds = |error: fn() -> StoreError| async move {
+            let limiter = crate::Limiter::builder()
+                .store(Down(error))
+                .capacity(5)
+                .period(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let subject = limiter
+                .subject("k", crate::Target::route(&http::Method::GET, "/"))
+                .unwrap();
+            let mut kinds = Vec::new();
+            for _ in 0..crate::resilience::breaker::OPEN_AFTER + 1 {
+                match limiter.take(&subject, 1).await.into_verdict() {
+                    crate::Verdict::FailedOpen(error) => kinds.push(error.kind()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            kinds
+        };
+        let unreachable = || StoreError::Unavailable("no route to the store".into());
+        let mut expected = vec!["connection"; crate::resilience::breaker::OPEN_AFTER as usize];
+        expected.push("circuit_open");
+        assert_eq!(kinds(unreachable).await, expected);
+        // An error the store answered with says it is up: never opens the breaker.
+        let answered = || StoreError::Other("bad data".into());
+        let kinds = kinds(answered).await;
+        assert!(kinds.iter().all(|&k| k == "other"), "{kinds:?}");
     }
 
     /// Collects what `tracing` writes.

@@ -35,8 +35,9 @@ pub type StoreCall<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Sen
 /// calls never both take the last unit of a bucket, and a request under several limits takes
 /// from all of them or from none. The [`Limiter`](crate::Limiter) bounds every call by its
 /// timeout and applies its fail mode when the call errs or times out, so an implementation
-/// need not. Return [`StoreError::Other`] for a failure that means the store cannot be
-/// reached; the breaker counts timeouts and Redis connection errors.
+/// need not. Return [`StoreError::Unavailable`] when the store cannot be reached (the breaker
+/// counts it, with timeouts and Redis connection errors), [`StoreError::Other`] when it
+/// answered with an error.
 pub trait Store: Send + Sync + 'static {
     /// The future of one decision. `Unpin` (a boxed future is), so that a decision whose
     /// request is cancelled can be left to finish on its own.

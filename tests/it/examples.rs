@@ -160,12 +160,20 @@ type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
 #[test]
 fn bad_settings_exit_non_zero_naming_them() {
     let cases: &[Case<'_>] = &[
-        (&[("FAIL_MODE", "sideways")], &["FAIL_MODE", "sideways"]),
+        (
+            &[("FAIL_MODE", "sideways")],
+            &["FAIL_MODE=sideways: must be \"open\", \"closed\" or \"local\""],
+        ),
         (
             &[("FAIL_MODE", "local"), ("LOCAL_SHARE", "2")],
-            &["local_share", "2"],
+            &["LOCAL_SHARE=2: must be more than 0 and at most 1"],
         ),
-        (&[("LOCAL_SHARE", "half")], &["LOCAL_SHARE", "half"]),
+        (&[("LOCAL_SHARE", "half")], &["LOCAL_SHARE=half: "]),
+        (
+            &[("STORE_TIMEOUT_MS", "0")],
+            &["STORE_TIMEOUT_MS=0: must be greater than zero"],
+        ),
+        (&[("MAX_IN_FLIGHT", "-1")], &["MAX_IN_FLIGHT=-1: "]),
         (
             &[
                 ("REDIS_URL", "redis://127.0.0.1:1/"),
@@ -192,6 +200,10 @@ fn bad_settings_exit_non_zero_naming_them() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         for word in *words {
             assert!(stderr.contains(word), "{env:?}: {stderr}");
+        }
+        // Each variable is named once.
+        for (name, _) in env.iter() {
+            assert!(stderr.matches(name).count() <= 1, "{env:?}: {stderr}");
         }
     }
 }
@@ -426,6 +438,22 @@ async fn hyper_behind_a_trusted_proxy_limits_each_forwarded_client() {
 
 #[tokio::test]
 async fn tonic_answers_the_grpc_way() {
+    // The .proto shipped for grpcurl describes the method the server serves.
+    let proto = std::fs::read_to_string(manifest("examples/helloworld.proto")).unwrap();
+    let (package, rest) = tollgate_examples_helloworld::SAY_HELLO[1..]
+        .split_once('.')
+        .unwrap();
+    let (service, method) = rest.split_once('/').unwrap();
+    for line in [
+        format!("package {package};"),
+        format!("service {service} {{"),
+        format!("rpc {method} (HelloRequest) returns (HelloReply);"),
+    ] {
+        assert!(
+            proto.contains(&line),
+            "{line:?} not in examples/helloworld.proto"
+        );
+    }
     use tollgate_examples_helloworld::say_hello;
     use tonic_types::StatusExt;
 
