@@ -115,8 +115,9 @@ mod testing;
 pub use algorithm::{Algorithm, BucketState, decide_all};
 pub use client::{ApiKey, ClientExtractor, ClientId, ClientIp, MissingClient};
 pub use engine::{
-    DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, DecidedBy,
-    Limiter, LimiterBuilder, Outcome, Subject, SubjectError, Target, Verdict,
+    DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
+    DEFAULT_TIMEOUT, DecidedBy, Limiter, LimiterBuilder, Outcome, Subject, SubjectError, Target,
+    Verdict,
 };
 pub use error::{ConfigError, StoreError};
 pub use key::UnmatchedPaths;

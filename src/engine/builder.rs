@@ -21,6 +21,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_KEY_PREFIX: &str = "tollgate";
 /// The default name of the single limit (in the `RateLimit` header fields and bucket keys).
 pub const DEFAULT_POLICY_NAME: &str = "default";
+/// The default longest a denial is remembered in process.
+pub const DEFAULT_DENY_CACHE_MAX: Duration = Duration::from_secs(1);
 /// The default most calls to a remote store under way at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
@@ -60,6 +62,7 @@ pub(crate) struct Options {
     shadow: bool,
     bypass: Bypass,
     deny_cache: bool,
+    deny_cache_max: Duration,
     local_share: f64,
     max_in_flight: usize,
 }
@@ -93,6 +96,7 @@ impl LimiterBuilder {
                 shadow: false,
                 bypass: Bypass::new(),
                 deny_cache: true,
+                deny_cache_max: DEFAULT_DENY_CACHE_MAX,
                 local_share: 1.0,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             },
@@ -204,12 +208,23 @@ impl<St> LimiterBuilder<St> {
     }
 
     /// The local deny cache (default on): after the store denies a subject, later decisions
-    /// of the same cost or more on it are denied in process until the wait is over, without
-    /// a store call. Exact while the store keeps its state, since other instances can only
-    /// take units; [`Limiter::reset`] clears it for a subject. Not used with a store that is
+    /// of the same cost or more on it are denied in process until the wait is over (at most
+    /// [`deny_cache_max`](Self::deny_cache_max)), without a store call. Exact while the store
+    /// keeps its state, since other instances can only take units; [`Limiter::refund`] and
+    /// [`Limiter::reset`] clear it for a subject. Not used with a store that is
     /// not [remote](Store::is_remote), which decides in process anyway.
     pub fn deny_cache(mut self, enabled: bool) -> Self {
         self.options.deny_cache = enabled;
+        self
+    }
+
+    /// The longest the deny cache remembers a denial (default 1 s), however long the store
+    /// said to wait: the bound on how long this instance can deny what the store would allow
+    /// after units came back other than by time (a key deleted, Redis restarted empty, a
+    /// refund or reset on another instance, a raised limit). Each cached subject costs the
+    /// store at most one call per this long.
+    pub fn deny_cache_max(mut self, max: Duration) -> Self {
+        self.options.deny_cache_max = max;
         self
     }
 
@@ -255,6 +270,11 @@ impl<St> LimiterBuilder<St> {
         if options.timeout.is_zero() {
             return Err(ConfigError::Zero { field: "timeout" });
         }
+        if options.deny_cache_max.is_zero() {
+            return Err(ConfigError::Zero {
+                field: "deny_cache_max",
+            });
+        }
         if options.max_in_flight == 0 {
             return Err(ConfigError::Zero {
                 field: "max_in_flight",
@@ -285,7 +305,8 @@ impl<St> LimiterBuilder<St> {
             shadow: options.shadow,
             bypass: options.bypass,
             outage: OutageLog::new(),
-            deny_cache: (options.deny_cache && remote).then(DenyCache::new),
+            deny_cache: (options.deny_cache && remote)
+                .then(|| DenyCache::new(options.deny_cache_max)),
             breaker: remote.then(|| Breaker::new(options.max_in_flight)),
         };
         Ok(Limiter {

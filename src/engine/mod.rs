@@ -62,7 +62,8 @@ mod subject;
 mod take;
 
 pub use builder::{
-    DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME, DEFAULT_TIMEOUT, LimiterBuilder,
+    DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
+    DEFAULT_TIMEOUT, LimiterBuilder,
 };
 pub use subject::{Subject, SubjectError, Target};
 pub(crate) use take::{Asked, Call, Deciding, Flags};

@@ -148,6 +148,8 @@ impl<St, C> Builder<St, C> {
         bypass(bypass: Bypass);
         /// The local deny cache (default on).
         deny_cache(enabled: bool);
+        /// The longest the deny cache remembers a denial (default 1 s).
+        deny_cache_max(max: Duration);
     }
 
     /// The single limit's name in the `RateLimit` header fields and the bucket keys (default

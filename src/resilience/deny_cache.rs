@@ -2,11 +2,16 @@
 //!
 //! When the store says a key needs `T` more time before a request of cost `c` can pass, every
 //! later request of cost `c` or more on that key is denied in this process until `T` has
-//! passed, without asking the store. This is exact while the store keeps its state: other
-//! instances can only take tokens from the bucket, never add them, so nothing could pass
-//! sooner; the same holds for every algorithm (windows and logs only count up until time
-//! takes units off). (If Redis restarts empty meanwhile, a cached denial may outlast the
-//! bucket it came from, by at most its `retry_after`.)
+//! passed, or [`deny_cache_max`](crate::LimiterBuilder::deny_cache_max) (1 s by default),
+//! whichever is sooner, without asking the store.
+//!
+//! While the store keeps its state this is exact: other instances can only take units from
+//! the bucket, never add them, so nothing could pass sooner; the same holds for every algorithm
+//! (windows and logs only count up until time takes units off). It can deny what the store
+//! would allow, for at most `deny_cache_max`, when units come back other than by time: an
+//! operator deletes the key; Redis restarts empty or fails over to a replica that lost writes;
+//! a refund or reset on another instance; a deploy that raises the limit. A refund or reset
+//! on this instance forgets its cached denial at once.
 //!
 //! A cached denial reports what the store said, aged: for a token bucket the exact tokens and
 //! waits as of now; for the other algorithms the units left as the store counted them and
@@ -16,6 +21,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::MutexGuard;
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -31,6 +38,8 @@ const MAX_KEYS: usize = 100_000;
 #[derive(Debug)]
 pub(crate) struct DenyCache {
     shards: Sharded<Shard>,
+    /// The longest a denial is remembered.
+    max: Duration,
     /// Entries held, so an empty cache costs a single load.
     len: AtomicUsize,
 }
@@ -48,6 +57,9 @@ struct Entry {
     cost: u64,
     /// When `cost` units fit again.
     until: Instant,
+    /// When the entry is forgotten: `until`, or sooner ([`DenyCache::max`] after the store
+    /// said so).
+    expires: Instant,
     /// When the limit is whole again.
     full_at: Instant,
     /// When one unit is available again.
@@ -61,9 +73,10 @@ struct Entry {
 }
 
 impl DenyCache {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max: Duration) -> Self {
         Self {
             shards: Sharded::new(SHARDS),
+            max,
             len: AtomicUsize::new(0),
         }
     }
@@ -81,7 +94,7 @@ impl DenyCache {
         let now = Instant::now();
         let mut shard = self.shard(key);
         let entry = *shard.entries.get(key)?;
-        if now >= entry.until {
+        if now >= entry.expires {
             shard.entries.remove(key);
             self.len.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -146,12 +159,14 @@ impl DenyCache {
             return;
         };
         let now = Instant::now();
-        if until <= now {
+        let expires = until.min(asked + self.max);
+        if expires <= now {
             return;
         }
         let entry = Entry {
             cost,
             until,
+            expires,
             full_at,
             available_at,
             remaining: decision.remaining,
@@ -168,7 +183,7 @@ impl DenyCache {
                 return;
             }
             let before = shard.entries.len();
-            shard.entries.retain(|_, e| e.until > now);
+            shard.entries.retain(|_, e| e.expires > now);
             shard.swept_len = shard.entries.len();
             self.len
                 .fetch_sub(before - shard.entries.len(), Ordering::Relaxed);
@@ -204,7 +219,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn holds_until_the_wait_is_over_for_costs_at_least_as_high() {
-        let (cache, l) = (DenyCache::new(), limit());
+        let (cache, l) = (DenyCache::new(Duration::from_secs(3600)), limit());
         assert_eq!(cache.check("k", 1, std::slice::from_ref(&l)), None);
         // An empty bucket, full in 10 s: cost 1 waits 1 s.
         cache.insert("k", 1, &l, &denial(1_000), Instant::now());

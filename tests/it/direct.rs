@@ -405,3 +405,40 @@ async fn cancelled_calls_are_not_store_failures() {
         "a new connection was opened"
     );
 }
+
+/// A denial is remembered at most `deny_cache_max`: after an operator deletes the key (which
+/// the cache cannot know), this instance denies for at most that long, then Redis decides.
+#[tokio::test]
+async fn the_deny_cache_forgets_within_its_bound() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let max = Duration::from_millis(300);
+    let limiter = Limiter::builder()
+        .store(store)
+        .policies(Policies::single(Limit::new("c", 1, 1, HOUR).unwrap()))
+        .timeout(Duration::from_secs(2))
+        .deny_cache_max(max)
+        .build()
+        .unwrap();
+    let alice = limiter
+        .subject("alice", Target::route(&Method::GET, "/"))
+        .unwrap();
+    let by = |o: &tollgate::Outcome| match o.verdict() {
+        Verdict::Decided { by, decision } => (*by, decision.allowed),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(by(&limiter.take(&alice, 1).await), (DecidedBy::Store, true));
+    let denied = limiter.take(&alice, 1).await;
+    // The cached denial was asked for before this: it expires before `denied_at + max`.
+    let denied_at = std::time::Instant::now();
+    assert_eq!(by(&denied), (DecidedBy::Store, false));
+    // The wait reported is the bucket's (an hour), not the cache's bound.
+    assert!(denied.retry_after().unwrap() > Duration::from_secs(3000));
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis.conn()).unwrap();
+    let cached = limiter.take(&alice, 1).await;
+    assert_eq!(by(&cached), (DecidedBy::DenyCache, false));
+    assert!(cached.retry_after().unwrap() > Duration::from_secs(3000));
+    // Past the bound, Redis decides again: whole after the flush.
+    tokio::time::sleep(max.saturating_sub(denied_at.elapsed())).await;
+    assert_eq!(by(&limiter.take(&alice, 1).await), (DecidedBy::Store, true));
+}
