@@ -23,7 +23,7 @@ port=$(free_port)
 start_redis "$port" --appendonly no
 cli() { redis-cli -p "$port" "$@"; }
 
-tb=$(cli SCRIPT LOAD "$(cat lua/token_bucket.lua lua/decide.lua)")
+tb=$(cli SCRIPT LOAD "$(echo "local read_only = false"; cat lua/token_bucket.lua lua/decide.lua)")
 floor=$(cli SCRIPT LOAD "$(cat benches/lua/floor.lua)")
 gcra=$(cli SCRIPT LOAD "$(cat benches/lua/gcra_float.lua)")
 

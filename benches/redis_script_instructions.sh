@@ -6,7 +6,8 @@
 #
 #   bash benches/redis_script_instructions.sh [calls]
 #
-# Scripts: each algorithm's as RedisStore sends it (lua/<algorithm>.lua then lua/decide.lua),
+# Scripts: each algorithm's as RedisStore sends it (`local read_only = false`, lua/<algorithm>.lua
+# then lua/decide.lua),
 # the mixed one, and two references: benches/lua/gcra_float.lua (in the style of
 # go-redis/redis_rate) and benches/lua/floor.lua (TIME, GET, SET PX only).
 set -euo pipefail
@@ -16,10 +17,10 @@ command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install valgri
 scripts=$(mktemp -d)
 trap 'rm -rf "$scripts"' EXIT
 for a in token_bucket fixed_window sliding_window sliding_log; do
-  cat "lua/$a.lua" lua/decide.lua >"$scripts/$a.lua"
+  { echo "local read_only = false"; cat "lua/$a.lua" lua/decide.lua; } >"$scripts/$a.lua"
 done
-cat lua/token_bucket.lua lua/fixed_window.lua lua/sliding_window.lua lua/sliding_log.lua \
-  lua/mixed.lua lua/decide.lua >"$scripts/mixed.lua"
+{ echo "local read_only = false"; cat lua/token_bucket.lua lua/fixed_window.lua \
+  lua/sliding_window.lua lua/sliding_log.lua lua/mixed.lua lua/decide.lua; } >"$scripts/mixed.lua"
 
 measure() { # name, script file, then the EVALSHA arguments after the SHA
   local name=$1 file=$2

@@ -45,12 +45,26 @@ impl CostExtractor for UnitCost {
 #[derive(Debug, Clone)]
 pub struct HeaderCost {
     header: HeaderName,
+    max: u64,
 }
 
 impl HeaderCost {
-    /// Reads the cost from `header`.
+    /// Reads the cost from `header`, any positive integer.
     pub fn new(header: HeaderName) -> Self {
-        Self { header }
+        Self {
+            header,
+            max: u64::MAX,
+        }
+    }
+
+    /// The most a request may say it costs (default: no bound but `u64`'s); a larger cost is
+    /// a bad request (`400`), not a denial. (A cost above a limit's capacity is refused with
+    /// `413` without a store call anyway; this says so sooner, and in words of your own
+    /// choosing of what a request may cost.)
+    #[must_use]
+    pub fn max(mut self, max: u64) -> Self {
+        self.max = max.max(1);
+        self
     }
 }
 
@@ -66,13 +80,19 @@ impl CostExtractor for HeaderCost {
         let Some(value) = parts.headers.get(&self.header) else {
             return Ok(1);
         };
-        std::str::from_utf8(value.as_bytes())
+        let cost = std::str::from_utf8(value.as_bytes())
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&cost| cost > 0)
             .ok_or_else(|| InvalidCost {
                 message: format!("invalid {} header: must be a positive integer", self.header),
-            })
+            })?;
+        if cost > self.max {
+            return Err(InvalidCost {
+                message: format!("invalid {} header: at most {}", self.header, self.max),
+            });
+        }
+        Ok(cost)
     }
 }
 
@@ -128,6 +148,21 @@ mod tests {
             let err = cost(Some(bad)).unwrap_err();
             assert!(err.message().contains("x-ratelimit-cost"), "{err}");
         }
+    }
+
+    #[test]
+    fn header_cost_has_a_maximum() {
+        let parts = |v: &'static str| {
+            let req = http::Request::get("/").header("x-ratelimit-cost", v);
+            req.body(()).unwrap().into_parts().0
+        };
+        let capped = HeaderCost::default().max(100);
+        assert_eq!(capped.cost(&parts("100")), Ok(100));
+        let err = capped.cost(&parts("101")).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "invalid x-ratelimit-cost header: at most 100"
+        );
     }
 
     /// Sends `request` through a layer of capacity 3 per minute that reads the cost header,

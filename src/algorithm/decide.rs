@@ -1,13 +1,15 @@
 //! Decisions over several limits at once, all or nothing.
 
 use super::{BucketState, Observation};
-use crate::{Decision, Limit, MAX_LIMITS, StoreError};
+use crate::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY, StoreError};
 
-/// Checks the limits of one call: 1 to [`MAX_LIMITS`] of them.
+/// Checks the limits of one call: 1 to [`MAX_LIMITS`] of them, and sliding logs of at most
+/// [`MAX_LOG_CAPACITY`] entries in all, so that no call costs the store more than one full
+/// sliding log.
 ///
 /// # Errors
 ///
-/// [`StoreError::Invalid`] when there are none or too many.
+/// [`StoreError::Invalid`] when there are none, too many, or too many log entries.
 pub fn check_limits(limits: &[Limit]) -> Result<(), StoreError> {
     if limits.is_empty() || limits.len() > MAX_LIMITS {
         return Err(StoreError::Invalid(format!(
@@ -15,7 +17,22 @@ pub fn check_limits(limits: &[Limit]) -> Result<(), StoreError> {
             limits.len()
         )));
     }
+    let entries = log_entries(limits);
+    if entries > MAX_LOG_CAPACITY {
+        return Err(StoreError::Invalid(format!(
+            "sliding logs of {entries} entries in all in one call: at most {MAX_LOG_CAPACITY}"
+        )));
+    }
     Ok(())
+}
+
+/// The entries the sliding logs among `limits` hold at most, together.
+pub(crate) fn log_entries(limits: &[Limit]) -> u64 {
+    limits
+        .iter()
+        .filter(|l| l.algorithm() == super::Algorithm::SlidingLog)
+        .map(Limit::capacity)
+        .sum()
 }
 
 /// Decides a request of `cost` units against several buckets at once, all or nothing: it

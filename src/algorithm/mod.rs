@@ -54,6 +54,7 @@ pub use crate::limit::Algorithm;
 pub(crate) use crate::limit::MAX_SUFFIX_LEN;
 #[cfg(feature = "redis")]
 pub(crate) use decide::decide_observed;
+pub(crate) use decide::log_entries;
 pub use decide::{check_limits, decide_all};
 pub(crate) use observation::Observation;
 pub use state::BucketState;

@@ -493,8 +493,8 @@ mod tests {
                 "rule \"login\": limit \"b\": `refill` = \"1\" is invalid: only a token_bucket refills gradually: a window's whole capacity comes back each period, so leave refill out or equal to capacity",
             ),
             (
-                limit(r#"name = "b", capacity = 100001, period = "1m", algorithm = "sliding_log""#),
-                "rule \"login\": limit \"b\": `capacity` = \"100001\" is invalid: a sliding_log keeps one entry per unit: at most 100000; use a sliding_window for larger limits",
+                limit(r#"name = "b", capacity = 251, period = "1m", algorithm = "sliding_log""#),
+                "rule \"login\": limit \"b\": `capacity` = \"251\" is invalid: a sliding_log keeps one entry per unit: at most 250, so that no request costs Redis more than about a millisecond; use a sliding_window for larger limits",
             ),
             (
                 limit(r#"name = "a:b", capacity = 5, period = "1m""#),
@@ -700,6 +700,13 @@ mod props {
             prop::sample::select(vec!["s", "m", "h"]),
         )
             .prop_map(move |(algorithm, capacity, refill, n, unit)| {
+                // The sliding logs of a policy hold at most MAX_LOG_CAPACITY in all.
+                let capacity = match algorithm {
+                    Some(Algorithm::SlidingLog) => {
+                        capacity.min(crate::MAX_LOG_CAPACITY / MAX_LIMITS as u64)
+                    }
+                    _ => capacity,
+                };
                 let mut fields = vec![
                     ("name".to_owned(), V::Str(format!("l{i}"))),
                     ("capacity".to_owned(), V::Int(capacity.into())),

@@ -140,6 +140,15 @@ impl Entry {
                 reason: "a policy has at most 8 limits",
             });
         }
+        let entries = crate::algorithm::log_entries(&limits);
+        if entries > crate::MAX_LOG_CAPACITY {
+            return Err(ConfigError::Invalid {
+                field: "limits",
+                value: format!("sliding logs of {entries} entries"),
+                reason: "the sliding logs of one policy hold at most 250 entries in all, so that \
+                         no request costs Redis more than about a millisecond",
+            });
+        }
         let mut names = HashSet::new();
         for limit in &limits {
             if !names.insert(limit.name()) {

@@ -403,9 +403,8 @@ async fn sliding_log_entries_stay_unique_when_the_clock_steps_back() {
     );
 }
 
-/// A request may cost up to the capacity, even the largest a sliding log allows: its entries
-/// are written in chunks (Lua cannot pass ~8,000 values to one call), so the script never fails
-/// halfway, and a request under a token bucket and a sliding log takes from both or neither.
+/// A request may cost up to the capacity, even the largest a sliding log allows, and a request
+/// under a token bucket and a sliding log takes from both or neither.
 #[tokio::test]
 async fn the_largest_costs_pass_whole_or_not_at_all() {
     let redis = RedisServer::start();
@@ -420,16 +419,17 @@ async fn the_largest_costs_pass_whole_or_not_at_all() {
         .query(&mut redis.conn())
         .unwrap();
     assert_eq!(count, max);
-    // Both limits allow 5,000: both take it.
+    // Both limits allow half: both take it.
     let both: Arc<[Limit]> = Arc::new([
-        Limit::new("tb", 10_000, 1, hour).unwrap(),
-        Limit::sliding_log("sl", 10_000, hour).unwrap(),
+        Limit::new("tb", max, 1, hour).unwrap(),
+        Limit::sliding_log("sl", max, hour).unwrap(),
     ]);
-    let d = store.decide("pair", &both, 5_000).await.unwrap();
+    let half = max / 2;
+    let d = store.decide("pair", &both, max - half).await.unwrap();
     assert!(d.allowed);
-    // 6,000 more fits neither (5,000 left in each): nothing is taken from either.
-    let d = store.decide("pair", &both, 6_000).await.unwrap();
+    // One more than what is left fits neither: nothing is taken from either.
+    let d = store.decide("pair", &both, half + 1).await.unwrap();
     assert!(!d.allowed);
-    let d = store.decide("pair", &both, 5_000).await.unwrap();
+    let d = store.decide("pair", &both, half).await.unwrap();
     assert_eq!((d.allowed, d.remaining), (true, 0));
 }

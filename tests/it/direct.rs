@@ -294,10 +294,22 @@ async fn calls_with_too_few_or_too_many_limits_are_refused_before_writing() {
         .map(|i| Limit::new(format!("l{i}"), 5, 5, HOUR).unwrap())
         .collect();
     let none: Arc<[Limit]> = Arc::new([]);
+    // Two sliding logs of 200: 400 entries in one call, above MAX_LOG_CAPACITY in all.
+    let logs: Arc<[Limit]> = Arc::new([
+        Limit::sliding_log("a", 200, HOUR).unwrap(),
+        Limit::sliding_log("b", 200, HOUR).unwrap(),
+    ]);
+    let policy = Policies::builder()
+        .default_limit(logs[0].clone())
+        .default_limit(logs[1].clone())
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(policy.contains("at most 250 entries in all"), "{policy}");
     fn invalid<T>(result: Result<T, StoreError>) -> bool {
         matches!(result, Err(StoreError::Invalid(_)))
     }
-    for limits in [&nine, &none] {
+    for limits in [&nine, &none, &logs] {
         assert!(invalid(redis_store.decide("k", limits, 1).await));
         assert!(invalid(redis_store.peek("k", limits, 1).await));
         assert!(invalid(redis_store.refund("k", limits, 1).await));
