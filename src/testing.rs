@@ -35,6 +35,49 @@ pub(crate) fn header_value_byte() -> impl proptest::strategy::Strategy<Value = u
     ]
 }
 
+/// What `tracing` wrote on this thread since [`ThreadLog::start`]: a process-wide subscriber
+/// that writes each thread's lines to that thread's buffer. (A subscriber set per test with
+/// `set_default` races: tracing caches per call site whether anyone listens, and a test on
+/// another thread, with no subscriber, may decide that for everyone.)
+pub(crate) struct ThreadLog(());
+
+thread_local! {
+    static LINES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LINES.with(|lines| lines.borrow_mut().extend_from_slice(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ThreadLog {
+    /// Installs the subscriber (once per process) and empties this thread's buffer.
+    pub(crate) fn start() -> Self {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(|| ThreadWriter)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        });
+        LINES.with(|lines| lines.borrow_mut().clear());
+        Self(())
+    }
+
+    /// What was written on this thread since the start.
+    pub(crate) fn text(&self) -> String {
+        LINES.with(|lines| String::from_utf8_lossy(&lines.borrow()).into_owned())
+    }
+}
+
 /// The header fields [`answer`] reads, in order.
 pub(crate) const ANSWER_FIELDS: [&str; 6] = [
     "content-type",

@@ -167,7 +167,7 @@ where
 mod tests {
     use std::convert::Infallible;
     use std::future::{Pending, Ready, pending, ready};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -295,10 +295,26 @@ mod tests {
     }
 
     /// A store that never answers, like a hung Redis.
-    struct Hanging;
+    #[derive(Default)]
+    struct Hanging {
+        /// Told of each call as it is made, for a test to await.
+        asked: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    }
+
+    impl Hanging {
+        /// A store that hangs, and the calls made to it, one message each.
+        fn told() -> (Self, tokio::sync::mpsc::UnboundedReceiver<()>) {
+            let (asked, calls) = tokio::sync::mpsc::unbounded_channel();
+            (Self { asked: Some(asked) }, calls)
+        }
+    }
+
     impl Store for Hanging {
         type Future = Pending<Result<Decision, StoreError>>;
         fn decide(&self, _: &str, _: &Arc<[Limit]>, _: u64) -> Self::Future {
+            if let Some(asked) = &self.asked {
+                let _ = asked.send(());
+            }
             pending()
         }
     }
@@ -334,11 +350,11 @@ mod tests {
         );
 
         let start = tokio::time::Instant::now();
-        let response = answer(Hanging, FailMode::Open).await;
+        let response = answer(Hanging::default(), FailMode::Open).await;
         assert_eq!(start.elapsed(), crate::DEFAULT_TIMEOUT);
         assert_eq!(body(response).await, "inner");
 
-        let response = answer(Hanging, FailMode::Closed).await;
+        let response = answer(Hanging::default(), FailMode::Closed).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
@@ -426,8 +442,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_store_that_keeps_failing_is_not_waited_for() {
+        let (store, mut asked) = Hanging::told();
         let svc = layer()
-            .store(Hanging)
+            .store(store)
             .fail_mode(FailMode::Closed)
             .build()
             .unwrap()
@@ -457,7 +474,9 @@ mod tests {
         ))
         .await;
         let probe = tokio::spawn(timed(svc.clone()));
-        tokio::task::yield_now().await;
+        // Drain the earlier calls' messages, then wait for the probe's.
+        while asked.try_recv().is_ok() {}
+        asked.recv().await.unwrap();
         let (_, took) = timed(svc.clone()).await;
         assert_eq!(took, Duration::ZERO);
         assert_eq!(probe.await.unwrap().1, crate::DEFAULT_TIMEOUT);
@@ -465,8 +484,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn calls_in_flight_are_bounded() {
+        let (store, mut asked) = Hanging::told();
         let svc = layer()
-            .store(Hanging)
+            .store(store)
             .max_in_flight(2)
             .build()
             .unwrap()
@@ -474,7 +494,9 @@ mod tests {
         let waiting: Vec<_> = (0..2)
             .map(|_| tokio::spawn(svc.clone().oneshot(request("/"))))
             .collect();
-        tokio::task::yield_now().await;
+        // Both are waiting for the store.
+        asked.recv().await.unwrap();
+        asked.recv().await.unwrap();
         // Two calls wait for the store; a third is not sent and fails open at once.
         let start = tokio::time::Instant::now();
         let response = svc.clone().oneshot(request("/")).await.unwrap();
@@ -560,36 +582,17 @@ mod tests {
         assert!(kinds.iter().all(|&k| k == "other"), "{kinds:?}");
     }
 
-    /// Collects what `tracing` writes.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Log {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// The clock is paused: it moves only when the test advances it.
     #[tokio::test(start_paused = true)]
     async fn a_lasting_outage_warns_once_a_second_not_once_a_request() {
-        let log = Log::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let log = crate::testing::ThreadLog::start();
         let svc = layer()
             .store(Failing)
             .build()
             .unwrap()
             .layer(MustBeReady::default());
         let warnings = || {
-            let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+            let text = log.text();
             text.lines()
                 .filter(|l| l.contains("WARN"))
                 .map(str::to_owned)
