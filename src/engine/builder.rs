@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::claims::Claims;
 use super::{Core, Limiter, Shared};
 use crate::client::Bypass;
 use crate::key::check_prefix;
@@ -63,6 +64,7 @@ pub(crate) struct Options {
     bypass: Bypass,
     deny_cache: bool,
     deny_cache_max: Duration,
+    share_buckets: bool,
     local_share: f64,
     max_in_flight: usize,
 }
@@ -97,6 +99,7 @@ impl LimiterBuilder {
                 bypass: Bypass::new(),
                 deny_cache: true,
                 deny_cache_max: DEFAULT_DENY_CACHE_MAX,
+                share_buckets: false,
                 local_share: 1.0,
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             },
@@ -228,11 +231,22 @@ impl<St> LimiterBuilder<St> {
         self
     }
 
+    /// Whether this limiter may share its buckets with another limiter (or layer) of this
+    /// process on the same store, with the same key prefix and limit names (default `false`:
+    /// [`build`](Self::build) refuses, since each would charge the same buckets, so a request
+    /// through both would count twice). Set it on both when that is what you mean.
+    pub fn share_buckets(mut self, share: bool) -> Self {
+        self.options.share_buckets = share;
+        self
+    }
+
     /// Checks the configuration and builds the limiter.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first field that is missing, zero or invalid.
+    /// A [`ConfigError`] naming the first field that is missing, zero or invalid, or
+    /// `key_prefix` when another live limiter on the same store uses the same prefix and
+    /// limit names (see [`share_buckets`](Self::share_buckets)).
     pub fn build(self) -> Result<Limiter<St>, ConfigError>
     where
         St: Store,
@@ -295,7 +309,12 @@ impl<St> LimiterBuilder<St> {
         let names: Vec<&str> = (0..policies.len())
             .map(|i| policies.entry(i).name())
             .collect();
+        let claims = match (options.share_buckets, self.store.identity()) {
+            (false, Some(store)) => Some(Claims::take(store, &options.key_prefix, &policies)?),
+            _ => None,
+        };
         let core = Core {
+            _claims: claims,
             telemetry: Telemetry::new(&names),
             local,
             policies,

@@ -58,6 +58,7 @@ use crate::telemetry::Telemetry;
 use crate::{Decision, StoreError};
 
 mod builder;
+mod claims;
 mod subject;
 mod take;
 
@@ -97,6 +98,8 @@ pub(crate) struct Core {
     pub(crate) breaker: Option<Arc<Breaker>>,
     /// Decides while the store fails, with [`FailMode::Local`] and a remote store.
     pub(crate) local: Option<LocalFallback>,
+    /// The buckets this limiter uses on its store, held while it lives.
+    pub(crate) _claims: Option<claims::Claims>,
 }
 
 impl std::fmt::Debug for Core {

@@ -150,6 +150,9 @@ impl<St, C> Builder<St, C> {
         deny_cache(enabled: bool);
         /// The longest the deny cache remembers a denial (default 1 s).
         deny_cache_max(max: Duration);
+        /// Whether this layer may share its buckets with another on the same store (default
+        /// `false`: refused at build).
+        share_buckets(share: bool);
     }
 
     /// The single limit's name in the `RateLimit` header fields and the bucket keys (default

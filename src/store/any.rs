@@ -87,6 +87,7 @@ impl From<super::RedisStore> for AnyStore {
 trait DynStore: Send + Sync + 'static {
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Decision>;
     fn is_remote(&self) -> bool;
+    fn identity(&self) -> Option<usize>;
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>>;
     fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
@@ -99,6 +100,9 @@ impl<S: Store> DynStore for S {
     }
     fn is_remote(&self) -> bool {
         Store::is_remote(self)
+    }
+    fn identity(&self) -> Option<usize> {
+        Store::identity(self)
     }
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
         Store::peek(self, key, limits, cost)
@@ -154,6 +158,13 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::is_remote(store),
             Inner::Other(store) => store.is_remote(),
+        }
+    }
+
+    fn identity(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::Memory(store) => Store::identity(store),
+            Inner::Other(store) => store.identity(),
         }
     }
 

@@ -58,6 +58,14 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
+    /// The same number for this store and its clones, different from any other store's
+    /// (an address), so that two limiters on one store cannot claim the same buckets without
+    /// saying so ([`LimiterBuilder::share_buckets`](crate::LimiterBuilder::share_buckets)).
+    /// `None` (the default) skips the check.
+    fn identity(&self) -> Option<usize> {
+        None
+    }
+
     /// What a request of `cost` would get from each limit, in order, without writing
     /// anything ([`Limit::peek`] of each bucket).
     ///

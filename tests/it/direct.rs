@@ -225,6 +225,7 @@ async fn direct_calls_while_redis_hangs_follow_the_fail_mode() {
         .map(|&mode| {
             let limiter = Limiter::builder()
                 .store(store.clone())
+                .key_prefix(mode.as_str())
                 .policies(Policies::single(limits[0].clone()))
                 .timeout(Duration::from_millis(100))
                 .fail_mode(mode)
@@ -453,4 +454,42 @@ async fn the_deny_cache_forgets_within_its_bound() {
     // Past the bound, Redis decides again: whole after the flush.
     tokio::time::sleep(max.saturating_sub(denied_at.elapsed())).await;
     assert_eq!(by(&limiter.take(&alice, 1).await), (DecidedBy::Store, true));
+}
+
+/// Two limiters (or layers) on one store with the same prefix and limit names would charge the
+/// same buckets: refused at build unless both say they share; a claim ends with its limiter.
+#[test]
+fn two_limiters_cannot_charge_the_same_buckets_unknowingly() {
+    let store = MemoryStore::new();
+    let build = |prefix: &str, share: bool| {
+        RateLimitLayer::builder()
+            .store(store.clone())
+            .key_prefix(prefix)
+            .capacity(5)
+            .period(HOUR)
+            .share_buckets(share)
+            .build()
+    };
+    let first = build("app", false).unwrap();
+    let error = build("app", false).unwrap_err().to_string();
+    assert!(
+        error.contains("key_prefix") && error.contains("app (limit default)"),
+        "{error}"
+    );
+    // Another prefix, or another store, is fine.
+    let other = build("other", false).unwrap();
+    let elsewhere = RateLimitLayer::builder()
+        .store(MemoryStore::new())
+        .key_prefix("app")
+        .capacity(5)
+        .period(HOUR)
+        .build();
+    assert!(elsewhere.is_ok());
+    // Once the first is gone, its buckets are free.
+    drop(first);
+    let again = build("app", false).unwrap();
+    // Sharing, when both ask for it.
+    let (a, b) = (build("shared", true), build("shared", true));
+    assert!(a.is_ok() && b.is_ok());
+    drop((other, again));
 }

@@ -342,6 +342,10 @@ impl Store for MemoryStore {
         false
     }
 
+    fn identity(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.inner) as usize)
+    }
+
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
         Box::pin(ready(self.peek_now(key, limits, cost)))
     }

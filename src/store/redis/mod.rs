@@ -340,6 +340,10 @@ impl Store for RedisStore {
         })
     }
 
+    fn identity(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.link) as usize)
+    }
+
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
         if let Err(error) = check_limits(limits) {
             return Box::pin(std::future::ready(Err(error)));
