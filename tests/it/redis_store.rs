@@ -258,3 +258,35 @@ fn opening_outside_a_runtime_is_an_error() {
         );
     }
 }
+
+/// A password in a Redis URL reaches no error message and no `Debug` output of a store.
+#[tokio::test]
+async fn passwords_stay_out_of_errors_and_debug_output() {
+    for url in [
+        "redis://:s3cret@127.0.0.1:notaport/",
+        "redis://user:s3cret@[::1/",
+        "rediss://:s3cret@",
+        "redis+unix:///no/such.sock?pass=s3cret&db=x",
+        "nonsense://:s3cret@127.0.0.1/",
+    ] {
+        match RedisStore::open(url) {
+            Err(error) => {
+                let shown = format!("{error} {error:?}");
+                assert!(!shown.contains("s3cret"), "{url}: {shown}");
+            }
+            Ok(store) => {
+                let shown = format!("{store:?}");
+                assert!(!shown.contains("s3cret"), "{url}: {shown}");
+                // A call that fails says why without the URL's secret either.
+                let limits: Arc<[Limit]> =
+                    Arc::new([Limit::new("p", 1, 1, Duration::from_secs(60)).unwrap()]);
+                if let Err(error) = store.decide("k", &limits, 1).await {
+                    let shown = format!("{error} {error:?}");
+                    assert!(!shown.contains("s3cret"), "{url}: {shown}");
+                }
+            }
+        }
+    }
+    let cluster = RedisStore::open_cluster(["redis://:s3cret@127.0.0.1:1/"]).unwrap();
+    assert!(!format!("{cluster:?}").contains("s3cret"));
+}
