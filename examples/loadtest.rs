@@ -29,6 +29,9 @@
 //! itself: requests started before the end of `--duration` may finish, within their 5 s. Bad
 //! arguments exit with status 2 before anything is sent.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -92,6 +95,7 @@ async fn main() -> ExitCode {
     };
     for url in &args.urls {
         if let Err(error) = check_loopback(url).await {
+            let url = common::redact(&url.to_string());
             eprintln!("loadtest: --url {url}: {error}; loadtest sends only to loopback");
             return ExitCode::from(2);
         }
@@ -126,7 +130,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
         let value = inline
             .or_else(|| args.next())
             .ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |why: &str| format!("{flag} {value:?}: {why}");
+        // A URL is shown without its user, password or query.
+        let shown = match flag.as_str() {
+            "--url" => common::redact(&value),
+            _ => value.clone(),
+        };
+        let bad = |why: &str| format!("{flag} {shown:?}: {why}");
         // A whole number from 1 to `max`.
         let count = |max: usize| {
             value

@@ -147,6 +147,12 @@ async fn bad_arguments_exit_2_before_sending_and_say_why() {
         ),
         (&["--clients", "4"], &["--url is required"]),
         (&["--url", "http://127.0.0.1:1/", "--bogus"], &["--bogus"]),
+        // A password in a URL is never shown.
+        (
+            &["--url", "http://u:s3cret@192.0.2.1/?key=s3cret"],
+            &["http://***@192.0.2.1/?***", "loopback"],
+        ),
+        (&["--url", "http://u:s3cret@[bad"], &["http://***@[bad"]),
     ];
     for (args, says) in cases {
         // Refused before any traffic: exit code 2 well within the bound (a run would take
@@ -158,5 +164,6 @@ async fn bad_arguments_exit_2_before_sending_and_say_why() {
         for word in *says {
             assert!(stderr.contains(word), "{args:?}: {word:?} not in {stderr}");
         }
+        assert!(!stderr.contains("s3cret"), "{args:?}: {stderr}");
     }
 }
