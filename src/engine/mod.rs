@@ -53,12 +53,13 @@ use crate::resilience::breaker::Breaker;
 use crate::resilience::deny_cache::DenyCache;
 use crate::resilience::outage::OutageLog;
 use crate::resilience::{FailMode, LocalFallback};
-use crate::store::{MemoryStore, Store, StoreCall};
+use crate::store::{MemoryStore, Store};
 use crate::telemetry::Telemetry;
-use crate::{Decision, StoreError};
 
 mod builder;
+mod calls;
 mod claims;
+mod outcome;
 mod subject;
 mod take;
 
@@ -66,9 +67,11 @@ pub use builder::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
     DEFAULT_TIMEOUT, LimiterBuilder,
 };
+pub(crate) use outcome::Flags;
+pub use outcome::{DecidedBy, Outcome, Verdict};
 pub use subject::{Subject, SubjectError, Target};
-pub(crate) use take::{Asked, Call, Deciding, Flags};
-pub use take::{DecidedBy, Outcome, Take, Verdict};
+pub use take::Take;
+pub(crate) use take::{Asked, Call, Deciding};
 
 /// The engine: decides, peeks, refunds and resets for subjects. Built once with
 /// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`).
@@ -268,18 +271,19 @@ impl<St: Store> Limiter<St> {
         // A remote store's call is timed from here; a cached denial counts from here too, so it
         // never outlasts the store's word. A remote store is asked only when the breaker lets
         // the call through.
-        let at = core.breaker.is_some().then(tokio::time::Instant::now);
         let keep_key = core.deny_cache.is_some() || core.local.is_some();
+        let at = core.breaker.is_some().then(tokio::time::Instant::now);
+        let asked = move |key: String| Asked {
+            at,
+            key: keep_key.then_some(key),
+            cost,
+        };
         let ticket = match core.breaker.as_ref().map(|b| b.admit()).transpose() {
             Ok(ticket) => ticket,
             Err(error) => {
                 return Deciding::NotAsked {
                     error: Some(error),
-                    asked: Asked {
-                        at,
-                        key: keep_key.then_some(key),
-                        cost,
-                    },
+                    asked: asked(key),
                     policy: index,
                     flags,
                 };
@@ -292,115 +296,9 @@ impl<St: Store> Limiter<St> {
         Deciding::Asking {
             call: Call::new(decision, ticket),
             deadline: None,
-            asked: Asked {
-                at,
-                key: keep_key.then_some(key),
-                cost,
-            },
+            asked: asked(key),
             policy: index,
             flags,
-        }
-    }
-
-    /// The state of every limit of `subject`'s policy, in order, for a request of `cost`
-    /// (0 counts as 1), without taking anything: `remaining`, `reset_after`, and `allowed`
-    /// and `retry_after` as they would be for `cost` now. Nothing is written (in Redis, one
-    /// read-only script call). Empty when no limit applies.
-    ///
-    /// # Errors
-    ///
-    /// When the store fails or does not answer within the timeout; the fail mode does not
-    /// apply.
-    pub async fn peek(&self, subject: &Subject, cost: u64) -> Result<Vec<Decision>, StoreError> {
-        let Some(index) = subject.policy() else {
-            return Ok(Vec::new());
-        };
-        let limits = &self.shared.core.policies.entry(index).limits;
-        let call = self.shared.store.peek(subject.key(), limits, cost.max(1));
-        self.bounded(call).await
-    }
-
-    /// Gives `units` back to every limit of `subject`'s policy, as if that many fewer had been
-    /// taken: never above capacity, never before now (a token bucket is at most full now; a
-    /// window's count never goes below zero; a sliding log drops its newest entries). Atomic,
-    /// in one store call, and this process's cached denial of the subject is dropped. Nothing
-    /// happens when no limit applies or `units` is 0.
-    ///
-    /// # Errors
-    ///
-    /// When the store fails or does not answer within the timeout (a refund that timed out
-    /// may still happen).
-    pub async fn refund(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
-        let Some(index) = subject.policy() else {
-            return Ok(());
-        };
-        if units == 0 {
-            return Ok(());
-        }
-        let core = &self.shared.core;
-        if let Some(cache) = &core.deny_cache {
-            // The units given back may let a request through sooner than the cached wait.
-            cache.forget(subject.key());
-        }
-        let limits = &core.policies.entry(index).limits;
-        let call = self.shared.store.refund(subject.key(), limits, units);
-        self.bounded(call).await
-    }
-
-    /// Forgets `subject`'s buckets (whole again) and this process's cached denials of it.
-    /// Other instances' cached denials run out on their own (at most their wait).
-    ///
-    /// # Errors
-    ///
-    /// When the store fails or does not answer within the timeout.
-    pub async fn reset(&self, subject: &Subject) -> Result<(), StoreError> {
-        let core = &self.shared.core;
-        if let Some(cache) = &core.deny_cache {
-            cache.forget(subject.key());
-        }
-        let Some(index) = subject.policy() else {
-            return Ok(());
-        };
-        let limits = &core.policies.entry(index).limits;
-        let call = self.shared.store.reset(subject.key(), limits);
-        self.bounded(call).await
-    }
-
-    /// A store call other than a decision, bounded as decisions are: through the breaker and
-    /// within the timeout.
-    async fn bounded<T: Send + 'static>(&self, call: StoreCall<T>) -> Result<T, StoreError> {
-        let core = &self.shared.core;
-        let ticket = core.breaker.as_ref().map(|b| b.admit()).transpose()?;
-        // Cancelled by its caller, the call is left to finish (as a decision is); given up on
-        // at the timeout, it is dropped and counted as failed.
-        let mut call = LeftToFinish(Some(call));
-        let pending = std::future::poll_fn(|cx| {
-            let call = call.0.as_mut().expect("polled until it ends");
-            std::pin::Pin::new(call).poll(cx)
-        });
-        let answer = match tokio::time::timeout(core.timeout, pending).await {
-            Ok(answer) => answer,
-            Err(_) => Err(StoreError::Timeout(core.timeout)),
-        };
-        call.0 = None;
-        if let Some(ticket) = ticket {
-            match &answer {
-                Err(error) if error.unavailable() => ticket.failed(),
-                _ => ticket.answered(),
-            }
-        }
-        answer
-    }
-}
-
-/// A store call that, dropped before it ends (its caller went away), runs to its end in the
-/// background: a cancelled caller says nothing about the store.
-struct LeftToFinish<T: Send + 'static>(Option<StoreCall<T>>);
-
-impl<T: Send + 'static> Drop for LeftToFinish<T> {
-    fn drop(&mut self) {
-        if let (Some(call), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(call);
         }
     }
 }

@@ -43,15 +43,14 @@ impl Decision {
             0 => reset_after,
             _ => Duration::ZERO,
         };
-        Self {
+        Self::reported(
             allowed,
             limit,
             remaining,
             retry_after,
             reset_after,
             available_after,
-            index: 0,
-        }
+        )
     }
 
     /// A decision with every wait given: what the algorithms report.

@@ -1,0 +1,135 @@
+//! What a decision comes to: the [`Verdict`], and the [`Outcome`] a caller reads, with shadow
+//! mode and the bypass list applied.
+
+use std::time::Duration;
+
+use crate::telemetry::Outcome as Counted;
+use crate::{Decision, StoreError};
+
+/// How a decided subject is treated.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Flags {
+    /// Shadow mode: report, never refuse.
+    pub(crate) shadow: bool,
+    /// A client on the bypass list: report, never refuse.
+    pub(crate) bypassed: bool,
+}
+
+impl Flags {
+    /// Whether a decision is refused: denied, and neither shadow mode nor bypass.
+    pub(crate) fn refuses(self, allowed: bool) -> bool {
+        !allowed && !self.shadow && !self.bypassed
+    }
+
+    /// The `outcome` a decision is counted as.
+    pub(crate) fn counted(self, allowed: bool) -> Counted {
+        match () {
+            _ if self.bypassed => Counted::Bypassed,
+            _ if allowed => Counted::Allowed,
+            _ if self.refuses(allowed) => Counted::Limited,
+            _ => Counted::ShadowLimited,
+        }
+    }
+}
+
+/// How a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecidedBy {
+    /// The store.
+    Store,
+    /// A denial the store gave earlier, remembered in this process until its wait is over
+    /// (the deny cache): the store was not asked.
+    DenyCache,
+    /// This process, against its share of each limit, while the store fails
+    /// ([`FailMode::Local`](crate::FailMode::Local)).
+    Local,
+}
+
+/// What a decision came to, before shadow mode and the bypass list are applied (see
+/// [`Outcome::is_allowed`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// No limit applies: the subject matches no rule and there is no default policy.
+    Unlimited,
+    /// The limits decided. The decision is the one of the limit that binds: when refused, the
+    /// refusing limit with the longest wait; when allowed, the one with the fewest units left
+    /// ([`Decision::index`] says which).
+    Decided {
+        /// The binding limit's decision; `allowed` says whether the units were taken.
+        decision: Decision,
+        /// Who decided.
+        by: DecidedBy,
+    },
+    /// The cost is more than the capacity of the limit at `limit`: it can never pass, and the
+    /// store was not asked.
+    TooCostly {
+        /// The cost asked for.
+        cost: u64,
+        /// The position of the limit among the policy's.
+        limit: usize,
+    },
+    /// The store failed, did not answer within the timeout, or was not asked (breaker open,
+    /// too many calls in flight), and [`FailMode::Open`](crate::FailMode::Open) lets the subject pass unlimited.
+    FailedOpen(StoreError),
+    /// The store failed as above, and [`FailMode::Closed`](crate::FailMode::Closed) refuses (or [`FailMode::Local`](crate::FailMode::Local)
+    /// cannot decide a cost above this instance's share).
+    FailedClosed(StoreError),
+}
+
+/// The outcome of [`Limiter::take`](crate::Limiter::take): whether to go ahead, and why.
+#[derive(Debug)]
+pub struct Outcome {
+    verdict: Verdict,
+    flags: Flags,
+}
+
+impl Outcome {
+    pub(crate) fn new(verdict: Verdict, flags: Flags) -> Self {
+        Self { verdict, flags }
+    }
+
+    /// Whether the caller may go ahead: the limits allowed it (and took its units), or it
+    /// passes anyway: shadow mode, a bypassed client, no limit, or a store failure under
+    /// [`FailMode::Open`](crate::FailMode::Open).
+    pub fn is_allowed(&self) -> bool {
+        match &self.verdict {
+            Verdict::Unlimited | Verdict::FailedOpen(_) => true,
+            Verdict::Decided { decision, .. } => !self.flags.refuses(decision.allowed),
+            Verdict::TooCostly { .. } => !self.flags.refuses(false),
+            Verdict::FailedClosed(_) => self.flags.shadow,
+        }
+    }
+
+    /// What was decided, before shadow mode and the bypass list.
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+
+    /// The binding limit's decision, when the limits decided.
+    pub fn decision(&self) -> Option<&Decision> {
+        match &self.verdict {
+            Verdict::Decided { decision, .. } => Some(decision),
+            _ => None,
+        }
+    }
+
+    /// How long to wait before asking again, when refused: the binding limit's wait
+    /// ([`Duration::MAX`] when the cost can never pass), or one second after a store failure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        if self.is_allowed() {
+            return None;
+        }
+        Some(match &self.verdict {
+            Verdict::Decided { decision, .. } => decision.retry_after,
+            Verdict::TooCostly { .. } => Duration::MAX,
+            _ => Duration::from_secs(1),
+        })
+    }
+
+    /// The verdict, by value.
+    pub fn into_verdict(self) -> Verdict {
+        self.verdict
+    }
+}
