@@ -3,7 +3,8 @@
 
 use std::future::Future;
 
-use super::{Limiter, Subject};
+use super::take::report;
+use super::{Call, Limiter, Subject};
 use crate::store::{Store, StoreCall};
 use crate::{Decision, StoreError};
 
@@ -54,7 +55,8 @@ impl<St: Store> Limiter<St> {
     }
 
     /// Forgets `subject`'s buckets (whole again) and this process's cached denials of it.
-    /// Other instances' cached denials run out on their own (at most their wait).
+    /// Other instances' cached denials run out on their own, within their
+    /// [`deny_cache_max`](crate::LimiterBuilder::deny_cache_max).
     ///
     /// # Errors
     ///
@@ -73,40 +75,24 @@ impl<St: Store> Limiter<St> {
     }
 
     /// A store call other than a decision, bounded as decisions are: through the breaker and
-    /// within the timeout.
+    /// within the timeout; cancelled by its caller, it is left to finish (a [`Call`]), given up
+    /// on at the timeout, dropped and counted as failed.
     async fn bounded<T: Send + 'static>(&self, call: StoreCall<T>) -> Result<T, StoreError> {
         let core = &self.shared.core;
         let ticket = core.breaker.as_ref().map(|b| b.admit()).transpose()?;
-        // Cancelled by its caller, the call is left to finish (as a decision is); given up on
-        // at the timeout, it is dropped and counted as failed.
-        let mut call = LeftToFinish(Some(call));
+        let mut call = Call::new(call, ticket);
         let pending = std::future::poll_fn(|cx| {
-            let call = call.0.as_mut().expect("polled until it ends");
-            std::pin::Pin::new(call).poll(cx)
+            let future = call.future.as_mut().expect("polled until it ends");
+            std::pin::Pin::new(future).poll(cx)
         });
         let answer = match tokio::time::timeout(core.timeout, pending).await {
             Ok(answer) => answer,
             Err(_) => Err(StoreError::Timeout(core.timeout)),
         };
-        call.0 = None;
-        if let Some(ticket) = ticket {
-            match &answer {
-                Err(error) if error.unavailable() => ticket.failed(),
-                _ => ticket.answered(),
-            }
+        call.future = None;
+        if let Some(ticket) = call.ticket.take() {
+            report(ticket, &answer);
         }
         answer
-    }
-}
-
-/// A store call that, dropped before it ends (its caller went away), runs to its end in the
-/// background: a cancelled caller says nothing about the store.
-struct LeftToFinish<T: Send + 'static>(Option<StoreCall<T>>);
-
-impl<T: Send + 'static> Drop for LeftToFinish<T> {
-    fn drop(&mut self) {
-        if let (Some(call), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(call);
-        }
     }
 }

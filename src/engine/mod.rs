@@ -43,6 +43,7 @@
 //! request names the subject `(client, Target::route(method, route or path))`, and under a
 //! rule `(client, Target::rule(name))`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +104,13 @@ pub(crate) struct Core {
     pub(crate) local: Option<LocalFallback>,
     /// The buckets this limiter uses on its store, held while it lives.
     pub(crate) _claims: Option<claims::Claims>,
+}
+
+impl Core {
+    /// Whether `client` is on the bypass list.
+    pub(crate) fn is_bypassed(&self, client: &ClientId<'_>) -> bool {
+        !self.bypass.is_empty() && self.bypass.contains(client)
+    }
 }
 
 impl std::fmt::Debug for Core {
@@ -196,7 +204,7 @@ impl<St> Limiter<St> {
             },
             (None, None) => unreachable!("a rule target found its rule"),
         };
-        let bypassed = !core.bypass.is_empty() && core.bypass.contains(&client);
+        let bypassed = core.is_bypassed(&client);
         Ok(Subject::new(
             subject_key(&core.key_prefix, client.as_bytes(), endpoint),
             policy,
@@ -212,8 +220,8 @@ impl<St: Store> Limiter<St> {
     pub fn take(&self, subject: &Subject, cost: u64) -> Take<St::Future> {
         let deciding = match subject.policy() {
             Some(index) => {
-                let flags = self.flags(index, subject.bypassed());
-                self.start(index, subject.key().to_owned(), cost, flags)
+                let flags = self.flags(index, subject.is_bypassed());
+                self.start(index, Cow::Borrowed(subject.key()), cost, flags)
             }
             None => Deciding::Ready {
                 outcome: Some(Outcome::new(Verdict::Unlimited, Flags::default())),
@@ -235,7 +243,7 @@ impl<St: Store> Limiter<St> {
     pub(crate) fn start(
         &self,
         index: usize,
-        key: String,
+        key: Cow<'_, str>,
         cost: u64,
         flags: Flags,
     ) -> Deciding<St::Future> {
@@ -273,9 +281,10 @@ impl<St: Store> Limiter<St> {
         // the call through.
         let keep_key = core.deny_cache.is_some() || core.local.is_some();
         let at = core.breaker.is_some().then(tokio::time::Instant::now);
-        let asked = move |key: String| Asked {
+        // The key is kept (moved, or copied once from a subject's) only when needed.
+        let asked = move |key: Cow<'_, str>| Asked {
             at,
-            key: keep_key.then_some(key),
+            key: keep_key.then(|| key.into_owned()),
             cost,
         };
         let ticket = match core.breaker.as_ref().map(|b| b.admit()).transpose() {

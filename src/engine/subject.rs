@@ -68,10 +68,6 @@ impl Subject {
     pub(crate) fn policy(&self) -> Option<usize> {
         self.policy
     }
-
-    pub(crate) fn bypassed(&self) -> bool {
-        self.bypassed
-    }
 }
 
 /// A subject that cannot be named.

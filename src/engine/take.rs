@@ -31,30 +31,33 @@ pub(crate) struct Asked {
 /// a store failure: the call is left to finish on its own (it was sent; Redis runs it anyway),
 /// holding its place in flight, and what it comes to is told to the breaker as usual. Only a
 /// call the engine gives up on (the timeout) is dropped and counted as failed.
-pub(crate) struct Call<D> {
+pub(crate) struct Call<D, T = Decision> {
     pub(crate) future: Option<D>,
     pub(crate) ticket: Option<Ticket>,
     /// Leaves a call to finish on its own (made where the future's type is known to allow it).
     orphan: fn(D, Option<Ticket>),
+    answer: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<D> Call<D>
+impl<D, T> Call<D, T>
 where
-    D: Future<Output = Result<Decision, StoreError>> + Send + 'static,
+    D: Future<Output = Result<T, StoreError>> + Send + 'static,
+    T: 'static,
 {
     pub(crate) fn new(future: D, ticket: Option<Ticket>) -> Self {
         Self {
             future: Some(future),
             ticket,
-            orphan: orphan::<D>,
+            orphan: orphan::<D, T>,
+            answer: std::marker::PhantomData,
         }
     }
 }
 
 /// Runs `future` to its end in the background, then tells the breaker what it came to.
-fn orphan<D>(future: D, ticket: Option<Ticket>)
+fn orphan<D, T>(future: D, ticket: Option<Ticket>)
 where
-    D: Future<Output = Result<Decision, StoreError>> + Send + 'static,
+    D: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -68,7 +71,7 @@ where
 }
 
 /// Tells the breaker what a call came to.
-fn report(ticket: Ticket, answer: &Result<Decision, StoreError>) {
+pub(crate) fn report<T>(ticket: Ticket, answer: &Result<T, StoreError>) {
     // Only a store that cannot be reached opens the breaker; one that answered with an error
     // (a script error, say) is up.
     match answer {
@@ -77,7 +80,7 @@ fn report(ticket: Ticket, answer: &Result<Decision, StoreError>) {
     }
 }
 
-impl<D> Drop for Call<D> {
+impl<D, T> Drop for Call<D, T> {
     fn drop(&mut self) {
         if let Some(future) = self.future.take() {
             (self.orphan)(future, self.ticket.take());

@@ -1,5 +1,6 @@
 //! [`RateLimit`]: the middleware service.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -111,7 +112,7 @@ where
             (Ok(client), Ok(cost)) => (client, cost),
             (client, cost) => {
                 // A bypassed client is never refused, not even for a cost we cannot read.
-                let bypassed = matches!(&client, Ok(id) if !core.bypass.is_empty() && core.bypass.contains(id));
+                let bypassed = client.as_ref().is_ok_and(|id| core.is_bypassed(id));
                 let flags = limiter.flags(index, false);
                 if flags.shadow || bypassed {
                     // In shadow mode nothing is refused, not even a request we cannot decide.
@@ -133,7 +134,7 @@ where
                 };
             }
         };
-        let bypassed = !core.bypass.is_empty() && core.bypass.contains(&client);
+        let bypassed = core.is_bypassed(&client);
         let flags = limiter.flags(index, bypassed);
         let unmatched;
         let endpoint = match (&policy.rule, route_template(&parts)) {
@@ -151,7 +152,7 @@ where
             }
         };
         let key = subject_key(&core.key_prefix, client.as_bytes(), endpoint);
-        let deciding = limiter.start(index, key, cost, flags);
+        let deciding = limiter.start(index, Cow::Owned(key), cost, flags);
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,
@@ -516,29 +517,22 @@ mod tests {
             .build()
             .unwrap()
             .layer(MustBeReady::default());
-        let costly = |key: &str| {
+        let costing = |key: &str, cost: &str| {
             Request::get("/")
                 .header("x-api-key", key)
-                .header("x-ratelimit-cost", "3")
+                .header("x-ratelimit-cost", cost)
                 .body(Body::default())
                 .unwrap()
         };
         // Capacity 2: a cost of 3 can never pass, but a bypassed client is not refused.
-        let response = svc.clone().oneshot(costly("batch")).await.unwrap();
+        let response = svc.clone().oneshot(costing("batch", "3")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        let response = svc.clone().oneshot(costly("k")).await.unwrap();
+        let response = svc.clone().oneshot(costing("k", "3")).await.unwrap();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         // Nor for a cost it cannot read, which others get a 400 for.
-        let unreadable = |key: &str| {
-            Request::get("/")
-                .header("x-api-key", key)
-                .header("x-ratelimit-cost", "lots")
-                .body(Body::default())
-                .unwrap()
-        };
-        let response = svc.clone().oneshot(unreadable("batch")).await.unwrap();
+        let response = svc.clone().oneshot(costing("batch", "lots")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        let response = svc.clone().oneshot(unreadable("k")).await.unwrap();
+        let response = svc.clone().oneshot(costing("k", "lots")).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
 
