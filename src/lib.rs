@@ -112,7 +112,7 @@ pub mod telemetry;
 #[cfg(test)]
 mod testing;
 
-pub use algorithm::{Algorithm, BucketState, decide_all};
+pub use algorithm::{Algorithm, BucketState, decide_all, decide_each};
 pub use client::{ApiKey, ClientExtractor, ClientId, ClientIp, MissingClient};
 pub use engine::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,

@@ -60,6 +60,44 @@ pub fn decide_all(
     now: u64,
     cost: u64,
 ) -> Result<Decision, StoreError> {
+    let (observed, allowed) = take_all(limits, states, now, cost)?;
+    Ok(decide_observed(
+        limits,
+        &observed[..limits.len()],
+        allowed,
+        cost,
+    ))
+}
+
+/// [`decide_all`], reporting every limit: in the order of `limits`, each one's decision (see
+/// [`each_observed`]).
+///
+/// # Errors
+///
+/// As [`decide_all`].
+pub fn decide_each(
+    limits: &[Limit],
+    states: &mut [BucketState],
+    now: u64,
+    cost: u64,
+) -> Result<Vec<Decision>, StoreError> {
+    let (observed, allowed) = take_all(limits, states, now, cost)?;
+    Ok(each_observed(
+        limits,
+        &observed[..limits.len()],
+        allowed,
+        cost,
+    ))
+}
+
+/// Observes every bucket and takes from all of them if every one allows: what was observed
+/// (the first `limits.len()`) and whether the units were taken.
+fn take_all(
+    limits: &[Limit],
+    states: &mut [BucketState],
+    now: u64,
+    cost: u64,
+) -> Result<([Observation; MAX_LIMITS], bool), StoreError> {
     check_limits(limits)?;
     if limits.len() != states.len() {
         return Err(StoreError::Invalid(format!(
@@ -70,7 +108,6 @@ pub fn decide_all(
     }
     let cost = cost.max(1);
     let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
-    let observed = &mut observed[..limits.len()];
     let mut allowed = true;
     for ((limit, state), seen) in limits
         .iter()
@@ -86,11 +123,59 @@ pub fn decide_all(
             limit.take(state, now, cost, seen);
         }
     }
-    Ok(decide_observed(limits, observed, allowed, cost))
+    Ok((observed, allowed))
+}
+
+/// Every limit's decision for a request of `cost` whose limits were observed as `observed`,
+/// in order, each with its position as [`Decision::index`]:
+/// - when the request passed (`allowed`), what each limit has left after taking its units;
+/// - when it was refused, what each limit said of it, nothing taken: `allowed` when that limit
+///   alone would have let it through (then `retry_after` is zero), else its own wait.
+pub(crate) fn each_observed(
+    limits: &[Limit],
+    observed: &[Observation],
+    allowed: bool,
+    cost: u64,
+) -> Vec<Decision> {
+    limits
+        .iter()
+        .zip(observed)
+        .enumerate()
+        .map(|(i, (limit, seen))| {
+            if allowed {
+                limit.report(seen, true, cost).with_index(i)
+            } else {
+                limit.peek_observed(seen, cost).with_index(i)
+            }
+        })
+        .collect()
+}
+
+/// The decision that binds among every limit's (as [`each_observed`] reports them): the rule
+/// of [`decide_observed`]. `None` when refused by none of them (a store that misreports).
+pub(crate) fn binding(each: &[Decision]) -> Option<Decision> {
+    let allowed = each.iter().all(|d| d.allowed);
+    each.iter().fold(None, |best, d| {
+        binds(d, best, allowed).then_some(*d).or(best)
+    })
+}
+
+/// Whether `d` binds rather than `best`: when the request was refused, a limit that refuses
+/// it with a longer wait; when it passed, one with fewer units left. The first on a tie.
+fn binds(d: &Decision, best: Option<Decision>, allowed: bool) -> bool {
+    if allowed {
+        best.is_none_or(|b| d.remaining < b.remaining)
+    } else {
+        !d.allowed && best.is_none_or(|b| d.retry_after > b.retry_after)
+    }
 }
 
 /// The decision for a request of `cost` whose limits were observed as `observed`; `allowed`
 /// when every one allowed (and took) it.
+///
+/// It reports one limit, [`Decision::index`]: when refused, the refusing limit with the
+/// longest wait (a cost above a capacity waits forever, so that limit is the one); when
+/// allowed, the one with the fewest units left; the first on a tie.
 pub(crate) fn decide_observed(
     limits: &[Limit],
     observed: &[Observation],
@@ -100,24 +185,22 @@ pub(crate) fn decide_observed(
     let cost = cost.max(1);
     let mut best: Option<Decision> = None;
     for (i, (limit, seen)) in limits.iter().zip(observed).enumerate() {
-        if allowed {
-            let d = limit.report(seen, true, cost).with_index(i);
-            if best.is_none_or(|b| d.remaining < b.remaining) {
-                best = Some(d);
-            }
-        } else if cost > limit.capacity() {
-            // Can never pass: say so, whatever the other limits say.
-            return limit.report(seen, false, cost).with_index(i);
-        } else if !limit.allows(seen, cost) {
-            let d = limit.report(seen, false, cost).with_index(i);
-            if best.is_none_or(|b| d.retry_after > b.retry_after) {
-                best = Some(d);
-            }
+        let d = if allowed {
+            limit.report(seen, true, cost)
+        } else {
+            limit.peek_observed(seen, cost)
+        };
+        if binds(&d, best, allowed) {
+            best = Some(d.with_index(i));
         }
     }
-    best.unwrap_or_else(|| {
-        // Refused, yet no limit refuses: only a store that misreports gets here. Report the
-        // first limit as refusing rather than letting the request through.
-        limits[0].report(&observed[0], false, cost).with_index(0)
-    })
+    match best {
+        // A refusal reports the request as refused, whatever the binding limit alone says.
+        Some(d) => Decision { allowed, ..d },
+        None => {
+            // Refused, yet no limit refuses: only a store that misreports gets here. Report
+            // the first limit as refusing rather than letting the request through.
+            limits[0].report(&observed[0], false, cost).with_index(0)
+        }
+    }
 }

@@ -52,10 +52,10 @@ mod window;
 
 pub use crate::limit::Algorithm;
 pub(crate) use crate::limit::MAX_SUFFIX_LEN;
-#[cfg(feature = "redis")]
-pub(crate) use decide::decide_observed;
 pub(crate) use decide::log_entries;
-pub use decide::{check_limits, decide_all};
+#[cfg(feature = "redis")]
+pub(crate) use decide::{binding, decide_observed, each_observed};
+pub use decide::{check_limits, decide_all, decide_each};
 pub(crate) use observation::Observation;
 pub use state::BucketState;
 pub(crate) use state::Shape;

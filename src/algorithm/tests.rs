@@ -412,5 +412,43 @@ mod props {
                 }
             }
         }
+
+        /// Every limit's decisions and the binding one agree: the same buckets afterwards,
+        /// the binding decision is the one `binding` picks among them, a passed request is
+        /// passed by each, and a refused one is refused by at least one.
+        #[test]
+        fn each_limit_agrees_with_the_binding_decision(
+            requests in prop::collection::vec((0u64..400, 0u64..14), 1..100),
+            capacities in prop::collection::vec(1u64..12, 4),
+            windows_ms in prop::collection::vec(50u64..2_000, 4),
+            start in 0u64..10_000_000_000,
+        ) {
+            let limits: Vec<Limit> = Algorithm::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let window = Duration::from_millis(windows_ms[i]);
+                    Limit::with_algorithm(a, format!("l{i}"), capacities[i], None, window)
+                        .unwrap()
+                })
+                .collect();
+            let mut states: Vec<BucketState> = vec![BucketState::default(); limits.len()];
+            let mut each_states = states.clone();
+            let mut now = start;
+            for &(gap, cost) in &requests {
+                now += gap * MS;
+                let d = decide_all(&limits, &mut states, now, cost).unwrap();
+                let each = decide_each(&limits, &mut each_states, now, cost).unwrap();
+                prop_assert_eq!(&states, &each_states);
+                prop_assert_eq!(Some(d), binding(&each));
+                prop_assert_eq!(each.len(), limits.len());
+                for (i, e) in each.iter().enumerate() {
+                    prop_assert_eq!(e.index, i);
+                    // Zero wait exactly for the limits that let it through.
+                    prop_assert_eq!(e.allowed, e.retry_after.is_zero(), "{:?}", e);
+                }
+                prop_assert_eq!(d.allowed, each.iter().all(|e| e.allowed));
+            }
+        }
     }
 }

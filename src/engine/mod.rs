@@ -72,7 +72,7 @@ pub(crate) use outcome::Flags;
 pub use outcome::{DecidedBy, Outcome, Verdict};
 pub use subject::{Subject, SubjectError, Target};
 pub use take::Take;
-pub(crate) use take::{Asked, Call, Deciding};
+pub(crate) use take::{Answer, Asked, Call, Deciding};
 
 /// The engine: decides, peeks, refunds and resets for subjects. Built once with
 /// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`).
@@ -217,11 +217,45 @@ impl<St: Store> Limiter<St> {
     /// Takes `cost` units (0 counts as 1) for `subject` from every limit of its policy, all
     /// or nothing, exactly as the HTTP layer does for a request: within the timeout, through
     /// the breaker and the deny cache, and by the fail mode when the store fails.
-    pub fn take(&self, subject: &Subject, cost: u64) -> Take<St::Future> {
+    ///
+    /// The [`Outcome`] says whether to go ahead, and what each limit made of it
+    /// ([`Outcome::decisions`]):
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Limit, Limiter, Policies, Rule, Target};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policies = Policies::builder()
+    ///     .rule(
+    ///         Rule::new("upload", "/upload")
+    ///             .limit(Limit::fixed_window("per_minute", 3, Duration::from_secs(60))?)
+    ///             .limit(Limit::fixed_window("per_day", 100, Duration::from_secs(86_400))?),
+    ///     )
+    ///     .build()?;
+    /// let limiter = Limiter::builder().policies(policies).build()?;
+    /// let job = limiter.subject("tenant-7", Target::rule("upload"))?;
+    ///
+    /// let outcome = limiter.take(&job, 3).await;
+    /// assert!(outcome.is_allowed());
+    /// let left: Vec<u64> = outcome.decisions().iter().map(|d| d.remaining).collect();
+    /// assert_eq!(left, [0, 97]);
+    ///
+    /// let refused = limiter.take(&job, 1).await;
+    /// assert!(!refused.is_allowed());
+    /// let per_minute = &refused.decisions()[0];
+    /// assert!(!per_minute.allowed && per_minute.retry_after > Duration::ZERO);
+    /// assert!(refused.decisions()[1].allowed); // the daily limit alone would have let it pass
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn take(&self, subject: &Subject, cost: u64) -> Take {
         let deciding = match subject.policy() {
             Some(index) => {
                 let flags = self.flags(index, subject.is_bypassed());
-                self.start(index, Cow::Borrowed(subject.key()), cost, flags)
+                let key = Cow::Borrowed(subject.key());
+                self.start(index, key, cost, flags, Store::decide_each)
             }
             None => Deciding::Ready {
                 outcome: Some(Outcome::new(Verdict::Unlimited, Flags::default())),
@@ -239,14 +273,20 @@ impl<St: Store> Limiter<St> {
     }
 
     /// Starts a decision of `cost` on `key` under the policy at `index`: too costly, denied
-    /// by the deny cache, not asked (breaker), or asked.
-    pub(crate) fn start(
+    /// by the deny cache, not asked (breaker), or asked with `ask` (the store's `decide`, or
+    /// `decide_each`).
+    pub(crate) fn start<D, A>(
         &self,
         index: usize,
         key: Cow<'_, str>,
         cost: u64,
         flags: Flags,
-    ) -> Deciding<St::Future> {
+        ask: impl FnOnce(&St, &str, &Arc<[crate::Limit]>, u64) -> D,
+    ) -> Deciding<D, A>
+    where
+        D: Future<Output = Result<A, crate::StoreError>> + Send + 'static,
+        A: Answer,
+    {
         let core = &self.shared.core;
         let policy = core.policies.entry(index);
         let cost = cost.max(1);
@@ -301,7 +341,7 @@ impl<St: Store> Limiter<St> {
         if let Some(ticket) = &ticket {
             core.telemetry.in_flight(ticket.in_flight());
         }
-        let decision = self.shared.store.decide(&key, &policy.limits, cost);
+        let decision = ask(&self.shared.store, &key, &policy.limits, cost);
         Deciding::Asking {
             call: Call::new(decision, ticket),
             deadline: None,

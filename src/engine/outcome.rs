@@ -83,11 +83,23 @@ pub enum Verdict {
 pub struct Outcome {
     verdict: Verdict,
     flags: Flags,
+    /// Every limit's decision, when the store reported them.
+    each: Vec<Decision>,
 }
 
 impl Outcome {
     pub(crate) fn new(verdict: Verdict, flags: Flags) -> Self {
-        Self { verdict, flags }
+        Self {
+            verdict,
+            flags,
+            each: Vec::new(),
+        }
+    }
+
+    /// The same outcome, with every limit's decision as the store reported them.
+    pub(crate) fn with_each(mut self, each: Vec<Decision>) -> Self {
+        self.each = each;
+        self
     }
 
     /// Whether the caller may go ahead: the limits allowed it (and took its units), or it
@@ -112,6 +124,24 @@ impl Outcome {
         match &self.verdict {
             Verdict::Decided { decision, .. } => Some(decision),
             _ => None,
+        }
+    }
+
+    /// The decision of each limit of the policy, in the policy's order, when the limits
+    /// decided ([`Verdict::Decided`]); empty otherwise. Each names its limit by
+    /// [`Decision::index`].
+    ///
+    /// When the request passed, each says what its limit has left. When it was refused,
+    /// nothing was taken from any, and each says what its limit made of the request:
+    /// `allowed` when that limit alone would have let it through (with a `retry_after` of
+    /// zero), else its own wait. A refusal remembered by the deny cache, a decision of the
+    /// local fallback, or a custom [`Store`](crate::Store) that does not implement
+    /// [`Store::decide_each`](crate::Store::decide_each) reports the binding limit alone.
+    pub fn decisions(&self) -> &[Decision] {
+        match &self.verdict {
+            Verdict::Decided { .. } if !self.each.is_empty() => &self.each,
+            Verdict::Decided { decision, .. } => std::slice::from_ref(decision),
+            _ => &[],
         }
     }
 

@@ -12,9 +12,29 @@ use tokio::time::{Instant, Sleep};
 
 use super::Core;
 use super::outcome::{DecidedBy, Flags, Outcome, Verdict};
+use crate::algorithm::binding;
 use crate::resilience::FailMode;
 use crate::resilience::breaker::Ticket;
 use crate::{Decision, StoreError};
+
+/// What the engine reads of a store's answer: the binding limit's decision, and every
+/// limit's when the call reports them.
+pub(crate) trait Answer: Send + 'static {
+    /// `None` when the answer names no binding limit (a store that misreports).
+    fn into_parts(self) -> Option<(Decision, Vec<Decision>)>;
+}
+
+impl Answer for Decision {
+    fn into_parts(self) -> Option<(Decision, Vec<Decision>)> {
+        Some((self, Vec::new()))
+    }
+}
+
+impl Answer for Vec<Decision> {
+    fn into_parts(self) -> Option<(Decision, Vec<Decision>)> {
+        Some((binding(&self)?, self))
+    }
+}
 
 /// What the engine knew when it asked the store.
 pub(crate) struct Asked {
@@ -91,10 +111,10 @@ impl<D, T> Drop for Call<D, T> {
 pin_project! {
     /// A decision under way, polled with the engine's [`Core`] (which its owner holds).
     #[project = DecidingProj]
-    pub(crate) enum Deciding<D> {
+    pub(crate) enum Deciding<D, A = Decision> {
         // Waiting for the store, at most the timeout.
         Asking {
-            call: Call<D>,
+            call: Call<D, A>,
             // Started when the decision is first pending, so a store that answers at once
             // (the memory store) never arms a timer.
             #[pin]
@@ -118,9 +138,10 @@ pin_project! {
     }
 }
 
-impl<D> Deciding<D>
+impl<D, A> Deciding<D, A>
 where
-    D: Future<Output = Result<Decision, StoreError>> + Unpin,
+    D: Future<Output = Result<A, StoreError>> + Unpin,
+    A: Answer,
 {
     pub(crate) fn poll_decide(
         self: Pin<&mut Self>,
@@ -170,23 +191,31 @@ where
 
 impl Core {
     /// What the store's answer (or failure) comes to.
-    fn answered(
+    fn answered<A: Answer>(
         &self,
         index: usize,
         flags: Flags,
-        answer: Result<Decision, StoreError>,
+        answer: Result<A, StoreError>,
         asked: &Asked,
         ticket: Option<Ticket>,
     ) -> Outcome {
         let policy = self.policies.entry(index);
         let elapsed = asked.at.map(|at| at.elapsed());
-        // A custom store could name a limit the policy does not have.
-        let answer = answer.and_then(|d| match policy.limits.get(d.index) {
-            Some(_) => Ok(d),
-            None => Err(StoreError::Reply(format!(
-                "limit index {} out of range",
-                d.index
-            ))),
+        // A custom store could name a limit the policy does not have, or none.
+        let answer = answer.and_then(|answer| {
+            let (decision, each) = answer
+                .into_parts()
+                .ok_or_else(|| StoreError::Reply("a refusal that no limit refuses".to_owned()))?;
+            match std::iter::once(&decision)
+                .chain(&each)
+                .find(|d| d.index >= policy.limits.len())
+            {
+                None => Ok((decision, each)),
+                Some(d) => Err(StoreError::Reply(format!(
+                    "limit index {} out of range",
+                    d.index
+                ))),
+            }
         });
         if let Some(ticket) = ticket {
             self.telemetry.store_duration(elapsed.unwrap_or_default());
@@ -196,7 +225,7 @@ impl Core {
             }
         }
         match answer {
-            Ok(decision) => {
+            Ok((decision, each)) => {
                 self.outage.answered();
                 if let (false, Some(cache), Some(key), Some(at)) =
                     (decision.allowed, &self.deny_cache, &asked.key, asked.at)
@@ -205,6 +234,7 @@ impl Core {
                     cache.insert(key, asked.cost, limit, &decision, at);
                 }
                 self.decided(index, flags, decision, DecidedBy::Store, elapsed)
+                    .with_each(each)
             }
             Err(error) => self.failed(index, flags, error, asked),
         }
@@ -261,32 +291,32 @@ impl Core {
     }
 }
 
+/// The store call of a direct take: every limit reported.
+type TakeCall = crate::store::StoreCall<Vec<Decision>>;
+
 pin_project! {
     /// The future of [`Limiter::take`](crate::Limiter::take).
     #[must_use = "futures do nothing unless polled"]
-    pub struct Take<D> {
+    pub struct Take {
         #[pin]
-        deciding: Deciding<D>,
+        deciding: Deciding<TakeCall, Vec<Decision>>,
         core: Arc<Core>,
     }
 }
 
-impl<D> Take<D> {
-    pub(crate) fn new(deciding: Deciding<D>, core: Arc<Core>) -> Self {
+impl Take {
+    pub(crate) fn new(deciding: Deciding<TakeCall, Vec<Decision>>, core: Arc<Core>) -> Self {
         Self { deciding, core }
     }
 }
 
-impl<D> std::fmt::Debug for Take<D> {
+impl std::fmt::Debug for Take {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Take").finish_non_exhaustive()
     }
 }
 
-impl<D> Future for Take<D>
-where
-    D: Future<Output = Result<Decision, StoreError>> + Unpin,
-{
+impl Future for Take {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {

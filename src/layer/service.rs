@@ -152,7 +152,7 @@ where
             }
         };
         let key = subject_key(&core.key_prefix, client.as_bytes(), endpoint);
-        let deciding = limiter.start(index, Cow::Owned(key), cost, flags);
+        let deciding = limiter.start(index, Cow::Owned(key), cost, flags, Store::decide);
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,

@@ -86,6 +86,7 @@ impl From<super::RedisStore> for AnyStore {
 /// [`Store`] with its decision boxed: what [`AnyStore`] keeps of a store.
 trait DynStore: Send + Sync + 'static {
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Decision>;
+    fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>>;
     fn is_remote(&self) -> bool;
     fn identity(&self) -> Option<usize>;
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>>;
@@ -97,6 +98,9 @@ trait DynStore: Send + Sync + 'static {
 impl<S: Store> DynStore for S {
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Decision> {
         Box::pin(Store::decide(self, key, limits, cost))
+    }
+    fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        Store::decide_each(self, key, limits, cost)
     }
     fn is_remote(&self) -> bool {
         Store::is_remote(self)
@@ -152,6 +156,13 @@ impl Store for AnyStore {
             Inner::Memory(store) => DecisionInner::Ready(Store::decide(store, key, limits, cost)),
             Inner::Other(store) => DecisionInner::Boxed(store.decide(key, limits, cost)),
         })
+    }
+
+    fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        match &self.inner {
+            Inner::Memory(store) => Store::decide_each(store, key, limits, cost),
+            Inner::Other(store) => store.decide_each(key, limits, cost),
+        }
     }
 
     fn is_remote(&self) -> bool {

@@ -51,6 +51,20 @@ pub trait Store: Send + Sync + 'static {
     /// ([`StoreError::Invalid`]) and write nothing.
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future;
 
+    /// [`Store::decide`], reporting every limit: in the order of `limits`, each one's decision
+    /// with its position as [`Decision::index`]. When the request passed, what each limit has
+    /// left; when it was refused, what each said of it with nothing taken (`allowed` when that
+    /// limit alone would have let it through). [`decide_each`](crate::decide_each) does this
+    /// arithmetic on bucket states.
+    ///
+    /// The default reports the binding limit alone (what [`Store::decide`] returns), so a
+    /// store that does not override it still works with
+    /// [`Limiter::take`](crate::Limiter::take).
+    fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        let decision = self.decide(key, limits, cost);
+        Box::pin(async move { decision.await.map(|d| vec![d]) })
+    }
+
     /// Whether a call costs a round trip to another process (the default), so that the
     /// limiter's deny cache, breaker and local fallback pay off. [`MemoryStore`] decides in
     /// process and says `false`.

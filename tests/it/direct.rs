@@ -92,12 +92,20 @@ pub async fn suite<St: Store + Clone>(run: &str, store: St, writes: impl Fn() ->
             );
         }
         assert_eq!(writes(), before, "{name}: peek wrote");
-        // Takes, with peeks between them that change nothing.
-        assert_eq!(
-            take(&limiter, &alice, 2).await,
-            (true, capacity - 2),
-            "{name}"
-        );
+        // Takes, with peeks between them that change nothing. Each limit reports what it
+        // has left.
+        let first = limiter.take(&alice, 2).await;
+        assert!(first.is_allowed(), "{name}: {first:?}");
+        assert_eq!(first.decision().unwrap().remaining, capacity - 2, "{name}");
+        let each: Vec<_> = first
+            .decisions()
+            .iter()
+            .map(|d| (d.allowed, d.index, d.limit, d.remaining))
+            .collect();
+        let expected: Vec<_> = (limits.iter().enumerate())
+            .map(|(i, l)| (true, i, l.capacity(), l.capacity() - 2))
+            .collect();
+        assert_eq!(each, expected, "{name}");
         assert_eq!(remaining(&limiter, &alice).await, capacity - 2, "{name}");
         assert_eq!(remaining(&limiter, &alice).await, capacity - 2, "{name}");
         assert_eq!(
@@ -118,6 +126,26 @@ pub async fn suite<St: Store + Clone>(run: &str, store: St, writes: impl Fn() ->
             "{name}: {denied:?}"
         );
         assert!(denied.retry_after().unwrap() > Duration::ZERO, "{name}");
+        // Refused: each limit says whether it alone would have let the request through, and
+        // the binding decision is a refusing limit's.
+        let each: Vec<_> = denied
+            .decisions()
+            .iter()
+            .map(|d| (d.allowed, d.index, d.remaining, d.retry_after.is_zero()))
+            .collect();
+        let expected: Vec<_> = (limits.iter().enumerate())
+            .map(|(i, l)| {
+                let left = l.capacity() - capacity;
+                (left > 0, i, left, left > 0)
+            })
+            .collect();
+        assert_eq!(each, expected, "{name}");
+        let binding = denied.decision().unwrap();
+        assert_eq!(
+            (binding.allowed, denied.decisions()[binding.index].allowed),
+            (false, false),
+            "{name}: {denied:?}"
+        );
         // A peek for one unit says it would not pass, and how long to wait.
         let peek = limiter.peek(&alice, 1).await.unwrap();
         assert!(

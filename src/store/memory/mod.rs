@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::algorithm::check_limits;
 use crate::algorithm::{BucketState, Shape};
 use crate::sync::Sharded;
-use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all};
+use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all, decide_each};
 
 use super::{Store, StoreCall};
 
@@ -147,22 +147,56 @@ impl MemoryStore {
         cost: u64,
     ) -> Result<Decision, StoreError> {
         check_limits(limits)?;
+        let [limit] = limits else {
+            // Several limits: all or nothing, under the shard's lock.
+            return self.decide_many(key, limits, cost, decide_all, |d| d.allowed);
+        };
+        // One limit: find the bucket once and update it in place.
         let now = self.inner.clock.now_us();
         let (mut shard, hash) = self.shard(key);
-        if let [limit] = limits {
-            // One limit: find the bucket once and update it in place.
-            let hash = hash(limit);
-            if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
-                return Ok(limit.decide(&mut bucket.state, now, cost));
-            }
-            let mut state = BucketState::default();
-            let decision = limit.decide(&mut state, now, cost);
-            if decision.allowed {
-                shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
-            }
-            return Ok(decision);
+        let hash = hash(limit);
+        if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
+            return Ok(limit.decide(&mut bucket.state, now, cost));
         }
-        // Several limits: all or nothing, under the shard's lock.
+        let mut state = BucketState::default();
+        let decision = limit.decide(&mut state, now, cost);
+        if decision.allowed {
+            shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
+        }
+        Ok(decision)
+    }
+
+    /// [`Store::decide_each`] without the future: [`MemoryStore::decide_now`], reporting every
+    /// limit.
+    ///
+    /// # Errors
+    ///
+    /// As [`MemoryStore::decide_now`].
+    pub fn decide_each_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: u64,
+    ) -> Result<Vec<Decision>, StoreError> {
+        check_limits(limits)?;
+        self.decide_many(key, limits, cost, decide_each, |each| {
+            each.iter().all(|d| d.allowed)
+        })
+    }
+
+    /// Decides with `decide` over the buckets of `limits` for `key`, copied out of their shard
+    /// and written back under its lock; a bucket not held yet is inserted only when the units
+    /// were taken (`took`).
+    fn decide_many<R>(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: u64,
+        decide: DecideFn<R>,
+        took: fn(&R) -> bool,
+    ) -> Result<R, StoreError> {
+        let now = self.inner.clock.now_us();
+        let (mut shard, hash) = self.shard(key);
         let mut hashes = [0; MAX_LIMITS];
         let mut states: [BucketState; MAX_LIMITS] = Default::default();
         let states = &mut states[..limits.len()];
@@ -172,18 +206,19 @@ impl MemoryStore {
                 *state = std::mem::take(&mut bucket.state);
             }
         }
-        let decision = decide_all(limits, states, now, cost)?;
+        let decided = decide(limits, states, now, cost)?;
+        let took = took(&decided);
         for ((limit, &hash), state) in limits.iter().zip(&hashes).zip(states.iter_mut()) {
             match shard.buckets.find_mut(hash, matches(key, limit)) {
                 Some(bucket) => bucket.state = std::mem::take(state),
-                None if decision.allowed => {
+                None if took => {
                     let state = std::mem::take(state);
                     shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
                 }
                 None => {}
             }
         }
-        Ok(decision)
+        Ok(decided)
     }
 
     /// The shard of `key`'s buckets, locked, and the hash of each of its limits' buckets.
@@ -259,6 +294,9 @@ impl MemoryStore {
         Ok(())
     }
 }
+
+/// [`decide_all`] or [`decide_each`].
+type DecideFn<R> = fn(&[Limit], &mut [BucketState], u64, u64) -> Result<R, StoreError>;
 
 impl Shard {
     fn insert(
@@ -344,6 +382,10 @@ impl Store for MemoryStore {
 
     fn identity(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.inner) as usize)
+    }
+
+    fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        Box::pin(ready(self.decide_each_now(key, limits, cost)))
     }
 
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {

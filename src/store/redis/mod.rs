@@ -340,6 +340,19 @@ impl Store for RedisStore {
         })
     }
 
+    fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        if let Err(error) = check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let cost = cost.max(1);
+        let script = script_for(limits);
+        let evalsha = scripts::evalsha(script, key, limits, cost);
+        let limits = Arc::clone(limits);
+        self.send(evalsha, Some(script), move |reply| {
+            scripts::parse_each(reply, &limits, cost)
+        })
+    }
+
     fn identity(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.link) as usize)
     }

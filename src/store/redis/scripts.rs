@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use crate::algorithm::{MAX_SUFFIX_LEN, Observation, decide_observed};
+use crate::algorithm::{MAX_SUFFIX_LEN, Observation, decide_observed, each_observed};
 use crate::limit::MAX_NAME_LEN;
 use crate::store::push_bucket_key;
 use crate::{Algorithm, Decision, Limit, MAX_LIMITS};
@@ -184,16 +184,45 @@ pub(super) fn parse_peek(
 
 /// Turns the script's reply into a decision (see `lua/decide.lua`).
 pub(super) fn parse_reply(reply: &redis::Value, limits: &[Limit], cost: u64) -> Option<Decision> {
+    let (observed, allowed) = parse_observed(reply, limits)?;
+    Some(decide_observed(
+        limits,
+        &observed[..limits.len()],
+        allowed,
+        cost,
+    ))
+}
+
+/// Turns the script's reply into every limit's decision.
+pub(super) fn parse_each(
+    reply: &redis::Value,
+    limits: &[Limit],
+    cost: u64,
+) -> Option<Vec<Decision>> {
+    let (observed, allowed) = parse_observed(reply, limits)?;
+    Some(each_observed(
+        limits,
+        &observed[..limits.len()],
+        allowed,
+        cost,
+    ))
+}
+
+/// What the script observed of each limit (the first `limits.len()`), and whether the request
+/// passed.
+fn parse_observed(
+    reply: &redis::Value,
+    limits: &[Limit],
+) -> Option<([Observation; MAX_LIMITS], bool)> {
     use redis::Value::{Array, Int};
     let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
-    let observed = observed.get_mut(..limits.len())?;
     let allowed = match (reply, limits) {
         (Int(packed), [limit]) => {
             let (allowed, seen) = Observation::from_packed(limit, *packed)?;
             observed[0] = seen;
             allowed
         }
-        (Array(values), _) => {
+        (Array(values), _) if limits.len() <= MAX_LIMITS => {
             let mut values = values.iter().map(|v| match v {
                 Int(i) => u64::try_from(*i).ok(),
                 _ => None,
@@ -213,7 +242,7 @@ pub(super) fn parse_reply(reply: &redis::Value, limits: &[Limit], cost: u64) -> 
         }
         _ => return None,
     };
-    Some(decide_observed(limits, observed, allowed, cost))
+    Some((observed, allowed))
 }
 
 /// Reading observations from a script's reply.
