@@ -10,6 +10,7 @@
 //! | `tollgate_store_duration_seconds` | histogram | calls to a remote store (Redis), answered or not |
 //! | `tollgate_deny_cache_hits_total` | counter | requests denied by the local deny cache, without a store call |
 //! | `tollgate_store_in_flight` | gauge | calls to a remote store under way |
+//! | `tollgate_settlements_total` | counter | `policy`, `outcome`: `refunded`, `charged`, `unchanged`, `failed`: reservations settled ([`Limiter::settle`](crate::Limiter::settle)) |
 //!
 //! Label values are bounded: policy names come from the configuration (a rule's name, or
 //! `default`) and the rest are fixed words; never a client, an address or a path. Install the
@@ -42,6 +43,8 @@ pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 pub const DENY_CACHE_HITS_TOTAL: &str = "tollgate_deny_cache_hits_total";
 /// `tollgate_store_in_flight`.
 pub const STORE_IN_FLIGHT: &str = "tollgate_store_in_flight";
+/// `tollgate_settlements_total{policy, outcome}`.
+pub const SETTLEMENTS_TOTAL: &str = "tollgate_settlements_total";
 
 /// Every metric name the crate exports.
 pub const METRIC_NAMES: &[&str] = &[
@@ -52,7 +55,33 @@ pub const METRIC_NAMES: &[&str] = &[
     STORE_DURATION_SECONDS,
     DENY_CACHE_HITS_TOTAL,
     STORE_IN_FLIGHT,
+    SETTLEMENTS_TOTAL,
 ];
+
+/// What a settlement came to, as the `outcome` label of `tollgate_settlements_total` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    // The discriminants index `Settled::ALL`.
+    Refunded = 0,
+    Charged = 1,
+    Unchanged = 2,
+    Failed = 3,
+}
+
+impl Settled {
+    #[cfg(feature = "metrics")]
+    const ALL: [Settled; 4] = [Self::Refunded, Self::Charged, Self::Unchanged, Self::Failed];
+
+    #[cfg(feature = "metrics")]
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Refunded => "refunded",
+            Self::Charged => "charged",
+            Self::Unchanged => "unchanged",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 /// The outcome of a request the layer saw, as the `outcome` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +132,7 @@ pub(crate) struct Telemetry {
 struct PolicyMetrics {
     decisions: [metrics::Counter; 5],
     near_limit: metrics::Counter,
+    settlements: [metrics::Counter; 4],
 }
 
 #[cfg(feature = "metrics")]
@@ -137,7 +167,10 @@ impl Telemetry {
                 decisions: Outcome::ALL.map(|outcome| {
                     metrics::counter!(DECISIONS_TOTAL, "policy" => policy.clone(), "outcome" => outcome.as_str())
                 }),
-                near_limit: metrics::counter!(NEAR_LIMIT_TOTAL, "policy" => policy),
+                near_limit: metrics::counter!(NEAR_LIMIT_TOTAL, "policy" => policy.clone()),
+                settlements: Settled::ALL.map(|outcome| {
+                    metrics::counter!(SETTLEMENTS_TOTAL, "policy" => policy.clone(), "outcome" => outcome.as_str())
+                }),
             }
         })
     }
@@ -166,6 +199,20 @@ impl Telemetry {
                 policy.near_limit.increment(1);
             }
         }
+    }
+
+    /// A settlement under the policy at `index`.
+    pub(crate) fn settled(&self, index: usize, outcome: Settled) {
+        let _ = (index, outcome);
+        #[cfg(feature = "metrics")]
+        self.policy(index).settlements[outcome as usize].increment(1);
+    }
+
+    /// A store call other than a decision failed (no fail mode applies).
+    pub(crate) fn store_error(&self, error: &StoreError) {
+        let _ = error;
+        #[cfg(feature = "metrics")]
+        self.store().errors[error.kind_index()].increment(1);
     }
 
     /// A store call's time, answered or not.

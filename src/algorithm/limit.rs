@@ -183,4 +183,37 @@ impl Limit {
             Algorithm::SlidingLog => sliding_log::refund(self, state, now, units),
         }
     }
+
+    /// Takes `units` from the bucket `state` at `now` whatever it holds, down to empty at
+    /// most: a request's cost settled above what it reserved. A token bucket's full-at time
+    /// moves ahead by their worth, at most one whole bucket from now; a window counts them,
+    /// up to its capacity; a sliding log adds an entry for each, up to its capacity. What
+    /// would go below empty is not kept, so a bucket's state stays within what a decision
+    /// can leave (a clock that steps back never holds it longer, and the scripts' arithmetic
+    /// stays exact). The arithmetic of `lua/charge.lua`.
+    pub fn charge(&self, state: &mut BucketState, now: u64, units: u64) {
+        if units == 0 {
+            return;
+        }
+        self.settle(state, now);
+        let seen = self.observe(state, now, units);
+        let room = match seen {
+            Observation::TokenBucket { full_after } => {
+                let after = full_after
+                    .saturating_add(units.saturating_mul(self.interval_us()))
+                    .min(self.window_us());
+                if after > full_after {
+                    *state = BucketState::FullAt(now.saturating_add(after));
+                }
+                return;
+            }
+            Observation::FixedWindow { current, .. }
+            | Observation::SlidingWindow { current, .. } => current,
+            Observation::SlidingLog { count, .. } => count,
+        };
+        let units = units.min(self.capacity().saturating_sub(room));
+        if units > 0 {
+            self.take(state, now, units, &seen);
+        }
+    }
 }

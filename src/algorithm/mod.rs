@@ -52,10 +52,10 @@ mod window;
 
 pub use crate::limit::Algorithm;
 pub(crate) use crate::limit::MAX_SUFFIX_LEN;
-pub(crate) use decide::log_entries;
-#[cfg(feature = "redis")]
-pub(crate) use decide::{binding, decide_observed, each_observed};
+pub(crate) use decide::{binding, log_entries};
 pub use decide::{check_limits, decide_all, decide_each};
+#[cfg(feature = "redis")]
+pub(crate) use decide::{decide_observed, each_observed};
 pub(crate) use observation::Observation;
 pub use state::BucketState;
 pub(crate) use state::Shape;

@@ -1,11 +1,12 @@
-//! The direct calls other than a decision: peek, refund and reset, each one store call
-//! bounded as decisions are.
+//! The direct calls other than a decision: peek, refund, charge, settle and reset, each one
+//! store call bounded as decisions are.
 
 use std::future::Future;
 
 use super::take::report;
 use super::{Call, Limiter, Subject};
 use crate::store::{Store, StoreCall};
+use crate::telemetry::Settled;
 use crate::{Decision, StoreError};
 
 impl<St: Store> Limiter<St> {
@@ -52,6 +53,92 @@ impl<St: Store> Limiter<St> {
         let limits = &core.policies.entry(index).limits;
         let call = self.shared.store.refund(subject.key(), limits, units);
         self.bounded(call).await
+    }
+
+    /// Takes `units` from every limit of `subject`'s policy whatever they hold, down to empty
+    /// at most (see [`Limit::charge`](crate::Limit::charge) for each algorithm): work that was
+    /// done anyway, or a cost found to be higher than what was taken. Atomic, in one store call.
+    /// Nothing happens when no limit applies or `units` is 0.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails or does not answer within the timeout (a charge that timed out
+    /// may still happen).
+    pub async fn charge(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
+        let Some(index) = subject.policy() else {
+            return Ok(());
+        };
+        if units == 0 {
+            return Ok(());
+        }
+        let limits = &self.shared.core.policies.entry(index).limits;
+        let call = self.shared.store.charge(subject.key(), limits, units);
+        self.bounded(call).await
+    }
+
+    /// Settles a reservation: `taken` units were taken up front (an estimate, usually
+    /// [`Outcome::taken`](crate::Outcome::taken) of the [`take`](Self::take)), and the work
+    /// turned out to cost `actual`. The difference is given back ([`refund`](Self::refund))
+    /// when `actual` is lower, or taken ([`charge`](Self::charge), down to empty at most) when
+    /// higher; one store call, none when they are equal. A take the store did not decide
+    /// (failed open, decided locally) took nothing, so its settlement charges the whole
+    /// `actual` once the store answers again. What it came to is counted in
+    /// `tollgate_settlements_total`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Limiter, Target};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limiter = Limiter::builder()
+    ///     .capacity(1_000)
+    ///     .period(Duration::from_secs(60))
+    ///     .build()?;
+    /// let job = limiter.subject("tenant-7", Target::route(&http::Method::POST, "/v1/completions"))?;
+    /// // Reserve the most the job may use...
+    /// let outcome = limiter.take(&job, 300).await;
+    /// assert!(outcome.is_allowed());
+    /// // ...and pay for what it used.
+    /// limiter.settle(&job, outcome.taken(), 120).await?;
+    /// assert_eq!(limiter.peek(&job, 1).await?[0].remaining, 880);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the store fails or does not answer within the timeout: the reservation stays as it
+    /// was taken (a refund lost is units held back until they refill, never an
+    /// over-admission; a charge lost is work that was not counted).
+    pub async fn settle(
+        &self,
+        subject: &Subject,
+        taken: u64,
+        actual: u64,
+    ) -> Result<(), StoreError> {
+        let Some(index) = subject.policy() else {
+            return Ok(());
+        };
+        let telemetry = &self.shared.core.telemetry;
+        let (result, settled) = match actual.cmp(&taken) {
+            std::cmp::Ordering::Equal => (Ok(()), Settled::Unchanged),
+            std::cmp::Ordering::Less => (
+                self.refund(subject, taken - actual).await,
+                Settled::Refunded,
+            ),
+            std::cmp::Ordering::Greater => {
+                (self.charge(subject, actual - taken).await, Settled::Charged)
+            }
+        };
+        match &result {
+            Ok(()) => telemetry.settled(index, settled),
+            Err(error) => {
+                telemetry.store_error(error);
+                telemetry.settled(index, Settled::Failed);
+            }
+        }
+        result
     }
 
     /// Forgets `subject`'s buckets (whole again) and this process's cached denials of it.

@@ -85,6 +85,8 @@ pub struct Outcome {
     flags: Flags,
     /// Every limit's decision, when the store reported them.
     each: Vec<Decision>,
+    /// The units the store took.
+    taken: u64,
 }
 
 impl Outcome {
@@ -93,7 +95,21 @@ impl Outcome {
             verdict,
             flags,
             each: Vec::new(),
+            taken: 0,
         }
+    }
+
+    /// The same outcome, for a decision with which the store took `cost` units.
+    pub(crate) fn with_taken(mut self, cost: u64) -> Self {
+        self.taken = cost;
+        self
+    }
+
+    /// The units the store took for this outcome: the cost (0 counted as 1) when the store
+    /// allowed it, else 0 (refused, decided by the deny cache or locally, failed open or
+    /// closed, no limit). What [`Limiter::settle`](crate::Limiter::settle) settles from.
+    pub fn taken(&self) -> u64 {
+        self.taken
     }
 
     /// The same outcome, with every limit's decision as the store reported them.

@@ -233,8 +233,10 @@ impl Core {
                     let limit = &policy.limits[decision.index];
                     cache.insert(key, asked.cost, limit, &decision, at);
                 }
+                let taken = if decision.allowed { asked.cost } else { 0 };
                 self.decided(index, flags, decision, DecidedBy::Store, elapsed)
                     .with_each(each)
+                    .with_taken(taken)
             }
             Err(error) => self.failed(index, flags, error, asked),
         }

@@ -91,6 +91,7 @@ trait DynStore: Send + Sync + 'static {
     fn identity(&self) -> Option<usize>;
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>>;
     fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
+    fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn name(&self) -> &'static str;
 }
@@ -113,6 +114,9 @@ impl<S: Store> DynStore for S {
     }
     fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
         Store::refund(self, key, limits, units)
+    }
+    fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        Store::charge(self, key, limits, units)
     }
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         Store::reset(self, key, limits)
@@ -190,6 +194,13 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::refund(store, key, limits, units),
             Inner::Other(store) => store.refund(key, limits, units),
+        }
+    }
+
+    fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        match &self.inner {
+            Inner::Memory(store) => Store::charge(store, key, limits, units),
+            Inner::Other(store) => store.charge(key, limits, units),
         }
     }
 

@@ -97,6 +97,15 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Err(StoreError::Unsupported("refund"))))
     }
 
+    /// Takes `units` from each limit's bucket whatever it holds, down to empty at most,
+    /// atomically ([`Limit::charge`] of each): a cost settled above what was reserved.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        let _ = (key, limits, units);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("charge"))))
+    }
+
     /// Forgets each limit's bucket: whole again.
     ///
     /// The default answers [`StoreError::Unsupported`].

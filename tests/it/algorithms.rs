@@ -225,6 +225,102 @@ async fn scripts_match_the_shared_arithmetic_step_for_step() {
     }
 }
 
+/// The charge and refund scripts leave every bucket as `Limit::charge` and `Limit::refund`
+/// (which the memory store runs) do at some microsecond between the Redis clock's readings
+/// around the call, between decisions that empty and refill the buckets; every key written
+/// keeps a TTL within the algorithm's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let mut tasks = Vec::new();
+    for (p, (name, limits)) in policies().into_iter().enumerate() {
+        let store = store.clone();
+        let url = redis.url();
+        tasks.push(tokio::spawn(async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let key = format!("settle{p}");
+            let buckets: Vec<String> = limits.iter().map(|l| bucket_key(&key, l)).collect();
+            let mut rng = Rng::new(0x51ED_2701 + p as u64);
+            let (mut charged, mut refunded, mut skipped) = (0, 0, 0);
+            for _ in 0..90 {
+                let units = 1 + rng.below(6);
+                let op = rng.below(3);
+                let mut before = Vec::new();
+                for (limit, bucket) in limits.iter().zip(&buckets) {
+                    before.push(read_state(&mut conn, limit, bucket).await);
+                }
+                let t0 = redis_time(&mut conn).await;
+                match op {
+                    0 => store.charge(&key, &limits, units).await.unwrap(),
+                    1 => store.refund(&key, &limits, units).await.unwrap(),
+                    _ => {
+                        store.decide(&key, &limits, 1).await.unwrap();
+                    }
+                }
+                let t1 = redis_time(&mut conn).await;
+                if op == 2 {
+                    continue;
+                }
+                let mut after = Vec::new();
+                for (limit, bucket) in limits.iter().zip(&buckets) {
+                    after.push(read_state(&mut conn, limit, bucket).await);
+                }
+                let t2 = redis_time(&mut conn).await;
+                let matches = (t0..=t1).any(|now| {
+                    limits
+                        .iter()
+                        .zip(&before)
+                        .zip(&after)
+                        .all(|((limit, b), a)| {
+                            let mut state = b.clone();
+                            match op {
+                                0 => limit.charge(&mut state, now, units),
+                                _ => limit.refund(&mut state, now, units),
+                            }
+                            // A key that expired before it was read back held nothing that
+                            // counts any more.
+                            state == *a || (*a == BucketState::New && state.is_idle(limit, t2))
+                        })
+                });
+                if after.contains(&BucketState::New) {
+                    skipped += 1;
+                }
+                assert!(
+                    matches,
+                    "{name}: {} {units} between {t0} and {t1}\nbefore {before:?}\nafter {after:?}",
+                    if op == 0 { "charge" } else { "refund" }
+                );
+                if op == 0 {
+                    charged += 1;
+                    for (limit, bucket) in limits.iter().zip(&buckets) {
+                        let pttl: i64 = redis::cmd("PTTL")
+                            .arg(bucket)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert!(
+                            pttl == -2 || (pttl >= 0 && pttl as u64 <= ttl_bound(limit)),
+                            "{name}: {bucket} PTTL {pttl}"
+                        );
+                    }
+                } else {
+                    refunded += 1;
+                }
+                tokio::time::sleep(ms(rng.below(25))).await;
+            }
+            assert!(
+                charged > 10 && refunded > 10 && skipped < 60,
+                "{name}: {charged} charges, {refunded} refunds, {skipped} with a key gone"
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// Waits, if needed, until the current `window` (aligned to the Unix epoch) has at least
 /// `margin` left, so that a short test does not cross its edge.
 pub async fn away_from_window_edges(window: Duration, margin: Duration) {

@@ -1,6 +1,7 @@
 //! The engine used directly (no HTTP): take, peek, refund and reset behave the same on the
 //! memory store and on a real Redis (single here, a cluster in `cluster.rs`), peeking never
-//! changes what follows, refunds give back exactly their units, reset clears this process's
+//! changes what follows, refunds give back exactly their units, settlements leave exactly what
+//! the work cost, reset clears this process's
 //! cached denials, a hung Redis is bounded by the timeout and the fail mode, bad calls write
 //! nothing, and an HTTP client's bucket is the same as its direct subject's.
 
@@ -188,7 +189,61 @@ pub async fn suite<St: Store + Clone>(run: &str, store: St, writes: impl Fn() ->
         );
         assert_eq!(costly.retry_after(), Some(Duration::MAX));
         assert_eq!(remaining(&limiter, &bob).await, capacity - 1, "{name}");
+        settlements(&limiter, name, &limits).await;
     }
+}
+
+/// Reservations settled lower, higher and to zero leave exactly the units the work cost; a
+/// charge takes every limit down to empty and no further.
+async fn settlements<St: Store>(limiter: &Limiter<St>, name: &str, limits: &[Limit]) {
+    let carol = limiter
+        .subject("carol", Target::route(&Method::GET, "/x"))
+        .unwrap();
+    let left = |used: u64| -> Vec<u64> { limits.iter().map(|l| l.capacity() - used).collect() };
+    let each =
+        |peek: Vec<tollgate::Decision>| -> Vec<u64> { peek.iter().map(|d| d.remaining).collect() };
+    // Reserve 3, use 1.
+    let reserved = limiter.take(&carol, 3).await;
+    assert_eq!(reserved.taken(), 3, "{name}");
+    limiter.settle(&carol, reserved.taken(), 1).await.unwrap();
+    assert_eq!(
+        each(limiter.peek(&carol, 1).await.unwrap()),
+        left(1),
+        "{name}"
+    );
+    // Reserve 1, use 3.
+    let reserved = limiter.take(&carol, 1).await;
+    limiter.settle(&carol, reserved.taken(), 3).await.unwrap();
+    assert_eq!(
+        each(limiter.peek(&carol, 1).await.unwrap()),
+        left(4),
+        "{name}"
+    );
+    // Reserve 1, use nothing; then exactly what was reserved.
+    let reserved = limiter.take(&carol, 1).await;
+    limiter.settle(&carol, reserved.taken(), 0).await.unwrap();
+    let reserved = limiter.take(&carol, 1).await;
+    limiter.settle(&carol, reserved.taken(), 1).await.unwrap();
+    assert_eq!(
+        each(limiter.peek(&carol, 1).await.unwrap()),
+        left(5),
+        "{name}"
+    );
+    // Far more than is left: every limit empty, not below (one unit back makes one available).
+    limiter.charge(&carol, 1_000).await.unwrap();
+    assert_eq!(
+        each(limiter.peek(&carol, 1).await.unwrap()),
+        vec![0; limits.len()],
+        "{name}"
+    );
+    assert!(!limiter.take(&carol, 1).await.is_allowed(), "{name}");
+    limiter.refund(&carol, 1).await.unwrap();
+    assert_eq!(
+        each(limiter.peek(&carol, 1).await.unwrap()),
+        vec![1; limits.len()],
+        "{name}"
+    );
+    assert_eq!(limiter.take(&carol, 1).await.taken(), 1, "{name}");
 }
 
 fn dbsize(redis: &RedisServer) -> u64 {
@@ -265,6 +320,7 @@ async fn direct_calls_while_redis_hangs_follow_the_fail_mode() {
     redis.hang();
     // A liveness bound, far above the timeout: a call that waited for Redis would hit it.
     let bounded = Duration::from_secs(10);
+    let mut reservations = Vec::new();
     for (mode, limiter) in &limiters {
         let alice = limiter
             .subject("alice", Target::route(&Method::GET, "/"))
@@ -309,8 +365,31 @@ async fn direct_calls_while_redis_hangs_follow_the_fail_mode() {
                 "{mode:?}: {error}"
             );
         }
+        // A reservation made while the store hangs took nothing from it.
+        let carol = limiter
+            .subject("carol", Target::route(&Method::GET, "/"))
+            .unwrap();
+        let reserved = tokio::time::timeout(bounded, limiter.take(&carol, 3))
+            .await
+            .unwrap();
+        assert_eq!(reserved.taken(), 0, "{mode:?}: {reserved:?}");
+        reservations.push((limiter, carol, reserved));
     }
     redis.resume();
+    // Once the store answers again, settling such a reservation charges all the work did.
+    for (limiter, carol, reserved) in reservations {
+        let mut tries = 0;
+        while limiter.peek(&carol, 1).await.is_err() {
+            tries += 1;
+            assert!(tries < 500, "Redis never answered again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        limiter.settle(&carol, reserved.taken(), 2).await.unwrap();
+        // The take abandoned at the timeout may still have run once Redis resumed (see
+        // "Abandoned calls" on RedisStore): 3 more units then.
+        let left = remaining(limiter, &carol).await;
+        assert!(left == 3 || left == 0, "{left}");
+    }
 }
 
 /// No call with no limits, or more than MAX_LIMITS, writes anything or panics.

@@ -277,6 +277,32 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// [`Store::charge`] without the future.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
+    /// [`MAX_LIMITS`].
+    pub fn charge_now(&self, key: &str, limits: &[Limit], units: u64) -> Result<(), StoreError> {
+        check_limits(limits)?;
+        if units == 0 {
+            return Ok(());
+        }
+        let now = self.inner.clock.now_us();
+        let (mut shard, hash) = self.shard(key);
+        for limit in limits {
+            let hash = hash(limit);
+            if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
+                limit.charge(&mut bucket.state, now, units);
+            } else {
+                let mut state = BucketState::default();
+                limit.charge(&mut state, now, units);
+                shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
+            }
+        }
+        Ok(())
+    }
+
     /// [`Store::reset`] without the future.
     ///
     /// # Errors
@@ -390,6 +416,10 @@ impl Store for MemoryStore {
 
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
         Box::pin(ready(self.peek_now(key, limits, cost)))
+    }
+
+    fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        Box::pin(ready(self.charge_now(key, limits, units)))
     }
 
     fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {

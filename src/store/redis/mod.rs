@@ -381,6 +381,17 @@ impl Store for RedisStore {
         })
     }
 
+    fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+        if let Err(error) = check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let script = scripts::charge_script();
+        let evalsha = scripts::evalsha(script, key, limits, units);
+        self.send(evalsha, Some(script), |reply| {
+            matches!(reply, redis::Value::Int(1)).then_some(())
+        })
+    }
+
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         if let Err(error) = check_limits(limits) {
             return Box::pin(std::future::ready(Err(error)));

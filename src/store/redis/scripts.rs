@@ -56,13 +56,24 @@ const PEEK_SCRIPT: &str = concat!(
 );
 /// [`Limiter::refund`](crate::Limiter::refund): `lua/refund.lua`.
 const REFUND_SCRIPT: &str = include_str!("../../../lua/refund.lua");
+/// [`Limiter::charge`](crate::Limiter::charge): every algorithm's observe and take functions,
+/// and `lua/charge.lua`.
+const CHARGE_SCRIPT: &str = concat!(
+    "local read_only = false\n",
+    include_str!("../../../lua/token_bucket.lua"),
+    include_str!("../../../lua/fixed_window.lua"),
+    include_str!("../../../lua/sliding_window.lua"),
+    include_str!("../../../lua/sliding_log.lua"),
+    include_str!("../../../lua/mixed.lua"),
+    include_str!("../../../lua/charge.lua")
+);
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
-/// order of [`Algorithm::ALL`], the mixed one, the peek one and the refund one.
-static SCRIPTS: LazyLock<[redis::Script; 7]> = LazyLock::new(|| all().map(redis::Script::new));
+/// order of [`Algorithm::ALL`], the mixed one, the peek one, the refund one and the charge one.
+static SCRIPTS: LazyLock<[redis::Script; 8]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 7] {
+pub(super) fn all() -> [&'static str; 8] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
@@ -71,6 +82,7 @@ pub(super) fn all() -> [&'static str; 7] {
         MIXED_SCRIPT,
         PEEK_SCRIPT,
         REFUND_SCRIPT,
+        CHARGE_SCRIPT,
     ]
 }
 
@@ -99,6 +111,11 @@ pub(super) fn peek_script() -> &'static redis::Script {
 /// The refund script.
 pub(super) fn refund_script() -> &'static redis::Script {
     &SCRIPTS[6]
+}
+
+/// The charge script.
+pub(super) fn charge_script() -> &'static redis::Script {
+    &SCRIPTS[7]
 }
 
 /// The call `evalsha` (made by `evalsha()`) with the script's text instead of its SHA1:
