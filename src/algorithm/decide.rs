@@ -114,13 +114,14 @@ fn take_all(
         .zip(states.iter_mut())
         .zip(observed.iter_mut())
     {
+        let cost = limit.cost_of(cost);
         limit.settle(state, now);
         *seen = limit.observe(state, now, cost);
         allowed &= limit.allows(seen, cost);
     }
     if allowed {
         for ((limit, state), seen) in limits.iter().zip(states.iter_mut()).zip(observed.iter()) {
-            limit.take(state, now, cost, seen);
+            limit.take(state, now, limit.cost_of(cost), seen);
         }
     }
     Ok((observed, allowed))
@@ -142,6 +143,7 @@ pub(crate) fn each_observed(
         .zip(observed)
         .enumerate()
         .map(|(i, (limit, seen))| {
+            let cost = limit.cost_of(cost);
             if allowed {
                 limit.report(seen, true, cost).with_index(i)
             } else {
@@ -185,6 +187,7 @@ pub(crate) fn decide_observed(
     let cost = cost.max(1);
     let mut best: Option<Decision> = None;
     for (i, (limit, seen)) in limits.iter().zip(observed).enumerate() {
+        let cost = limit.cost_of(cost);
         let d = if allowed {
             limit.report(seen, true, cost)
         } else {
@@ -200,7 +203,10 @@ pub(crate) fn decide_observed(
         None => {
             // Refused, yet no limit refuses: only a store that misreports gets here. Report
             // the first limit as refusing rather than letting the request through.
-            limits[0].report(&observed[0], false, cost).with_index(0)
+            let first = &limits[0];
+            first
+                .report(&observed[0], false, first.cost_of(cost))
+                .with_index(0)
         }
     }
 }

@@ -125,7 +125,7 @@ impl Limit {
     /// taking the units from `state` when it passes; [`decide_all`](crate::decide_all) with one limit.
     #[inline]
     pub fn decide(&self, state: &mut BucketState, now: u64, cost: u64) -> Decision {
-        let cost = cost.max(1);
+        let cost = self.cost_of(cost.max(1));
         self.settle(state, now);
         let seen = self.observe(state, now, cost);
         let allowed = self.allows(&seen, cost);
@@ -141,7 +141,7 @@ impl Limit {
     /// without taking anything: `allowed` and `retry_after` as they would be, `remaining` and
     /// `reset_after` as the bucket is. The arithmetic of `lua/peek.lua`.
     pub fn peek(&self, state: &BucketState, now: u64, cost: u64) -> Decision {
-        let cost = cost.max(1);
+        let cost = self.cost_of(cost.max(1));
         let seen = match self.observe(state, now, cost) {
             // As `settle` would see it, without writing: at most one whole bucket ahead.
             Observation::TokenBucket { full_after } => Observation::TokenBucket {

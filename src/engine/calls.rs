@@ -28,7 +28,8 @@ impl<St: Store> Limiter<St> {
         self.bounded(call).await
     }
 
-    /// Gives `units` back to every limit of `subject`'s policy, as if that many fewer had been
+    /// Gives `units` back to every limit of `subject`'s policy that counts the cost (not
+    /// [requests](crate::Limit::per_request)), as if that many fewer had been
     /// taken: never above capacity, never before now (a token bucket is at most full now; a
     /// window's count never goes below zero; a sliding log drops its newest entries). Atomic,
     /// in one store call, and this process's cached denial of the subject is dropped. Nothing
@@ -50,12 +51,16 @@ impl<St: Store> Limiter<St> {
             // The units given back may let a request through sooner than the cached wait.
             cache.forget(subject.key());
         }
-        let limits = &core.policies.entry(index).limits;
+        let limits = &core.policies.entry(index).costed;
+        if limits.is_empty() {
+            return Ok(());
+        }
         let call = self.shared.store.refund(subject.key(), limits, units);
         self.bounded(call).await
     }
 
-    /// Takes `units` from every limit of `subject`'s policy whatever they hold, down to empty
+    /// Takes `units` from every limit of `subject`'s policy that counts the cost (not
+    /// [requests](crate::Limit::per_request)) whatever they hold, down to empty
     /// at most (see [`Limit::charge`](crate::Limit::charge) for each algorithm): work that was
     /// done anyway, or a cost found to be higher than what was taken. Atomic, in one store call.
     /// Nothing happens when no limit applies or `units` is 0.
@@ -71,7 +76,10 @@ impl<St: Store> Limiter<St> {
         if units == 0 {
             return Ok(());
         }
-        let limits = &self.shared.core.policies.entry(index).limits;
+        let limits = &self.shared.core.policies.entry(index).costed;
+        if limits.is_empty() {
+            return Ok(());
+        }
         let call = self.shared.store.charge(subject.key(), limits, units);
         self.bounded(call).await
     }

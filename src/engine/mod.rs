@@ -294,7 +294,7 @@ impl<St: Store> Limiter<St> {
             let limit = policy
                 .limits
                 .iter()
-                .position(|l| l.capacity() < cost)
+                .position(|l| l.cost_of(cost) > l.capacity())
                 .unwrap_or(0);
             return Deciding::Ready {
                 outcome: Some(Outcome::new(Verdict::TooCostly { cost, limit }, flags)),

@@ -57,6 +57,8 @@ pub struct Limit {
     period: Duration,
     /// Token bucket: microseconds per token. Windows: the window in microseconds.
     interval_us: u64,
+    /// Counts requests (one each), not their cost.
+    per_request: bool,
 }
 
 impl Limit {
@@ -164,7 +166,40 @@ impl Limit {
             refill: refill.unwrap_or(capacity),
             period,
             interval_us,
+            per_request: false,
         })
+    }
+
+    /// The same limit counting requests, one each, rather than their cost: in a policy that
+    /// also limits a cost (say tokens per minute with `cost` = the tokens asked for), a limit
+    /// of requests per minute. Refunds, charges and settlements leave it alone: the request
+    /// was made, whatever its cost turns out to be. A cost above its capacity is no reason
+    /// to refuse.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::Limit;
+    ///
+    /// let requests = Limit::new("requests", 60, 60, Duration::from_secs(60))?.per_request();
+    /// assert!(requests.counts_requests());
+    /// # Ok::<(), tollgate::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn per_request(mut self) -> Self {
+        self.per_request = true;
+        self
+    }
+
+    /// Whether the limit counts requests ([`Limit::per_request`]), not their cost.
+    #[inline]
+    pub fn counts_requests(&self) -> bool {
+        self.per_request
+    }
+
+    /// What a request of `cost` takes from this limit: `cost`, or 1 when it counts requests.
+    #[inline]
+    pub(crate) fn cost_of(&self, cost: u64) -> u64 {
+        if self.per_request { 1 } else { cost }
     }
 
     /// The name of the limit, as sent in the `RateLimit` header fields.
@@ -234,11 +269,16 @@ impl Limit {
         let scale = |n: u64| ((n as f64 * share).ceil() as u64).clamp(1, n);
         let capacity = scale(self.capacity);
         let refill = (self.algorithm == Algorithm::TokenBucket).then(|| scale(self.refill));
-        Self::with_algorithm(self.algorithm, self.name(), capacity, refill, self.period)
-            .unwrap_or_else(|_| Self {
-                capacity,
-                ..self.clone()
-            })
+        let scaled =
+            Self::with_algorithm(self.algorithm, self.name(), capacity, refill, self.period)
+                .unwrap_or_else(|_| Self {
+                    capacity,
+                    ..self.clone()
+                });
+        Self {
+            per_request: self.per_request,
+            ..scaled
+        }
     }
 }
 

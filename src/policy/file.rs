@@ -56,6 +56,8 @@ struct LimitFile {
     period: String,
     #[serde(default, deserialize_with = "field::algorithm")]
     algorithm: Option<String>,
+    #[serde(default, deserialize_with = "field::per_request")]
+    per_request: bool,
 }
 
 /// Deserializers of each field that put the field's name in front of a type error.
@@ -88,6 +90,7 @@ mod field {
         refill: Option<u64>,
         period: String,
         algorithm: Option<String>,
+        per_request: bool,
     }
 }
 
@@ -118,8 +121,14 @@ impl LimitFile {
             Some(name) => name.parse().map_err(|e: ConfigError| e.at(&at))?,
             None => Algorithm::TokenBucket,
         };
-        Limit::with_algorithm(algorithm, &*self.name, self.capacity, self.refill, period)
-            .map_err(|e| e.at(&at))
+        let limit =
+            Limit::with_algorithm(algorithm, &*self.name, self.capacity, self.refill, period)
+                .map_err(|e| e.at(&at))?;
+        Ok(if self.per_request {
+            limit.per_request()
+        } else {
+            limit
+        })
     }
 }
 
@@ -169,8 +178,9 @@ impl Policies {
     ///
     /// `refill` defaults to `capacity`; periods take `ms`, `s`, `m`, `h` or `d`; `algorithm` is
     /// `"token_bucket"` (the default), `"sliding_log"`, `"sliding_window"` or `"fixed_window"`
-    /// (the window algorithms take no `refill`); `shadow = true` in a rule or in `[default]`
-    /// turns on shadow mode for it.
+    /// (the window algorithms take no `refill`); `per_request = true` makes a limit count
+    /// requests rather than their cost ([`Limit::per_request`]); `shadow = true` in a rule or
+    /// in `[default]` turns on shadow mode for it.
     ///
     /// # Errors
     ///
@@ -434,7 +444,7 @@ mod tests {
             ),
             (
                 limit(r#"name = "b", capasity = 5, period = "1m""#),
-                "rule \"login\": limit \"b\": invalid TOML: unknown field `capasity`, expected one of `name`, `capacity`, `refill`, `period`, `algorithm`",
+                "rule \"login\": limit \"b\": invalid TOML: unknown field `capasity`, expected one of `name`, `capacity`, `refill`, `period`, `algorithm`, `per_request`",
             ),
             (
                 limit(r#"name = "b", capacity = 5"#),

@@ -113,6 +113,9 @@ pub(crate) struct Entry {
     pattern: Option<RoutePattern>,
     methods: Option<Vec<Method>>,
     pub(crate) limits: Arc<[Limit]>,
+    /// The limits that count the cost (not [requests](Limit::per_request)): what refunds and
+    /// charges touch.
+    pub(crate) costed: Arc<[Limit]>,
     /// `RateLimit-Policy`: every limit.
     pub(crate) header: HeaderValue,
     pub(crate) shadow: bool,
@@ -158,14 +161,30 @@ impl Entry {
                 });
             }
         }
+        let limits: Arc<[Limit]> = limits.into();
+        let costed = if limits.iter().any(Limit::counts_requests) {
+            limits
+                .iter()
+                .filter(|l| !l.counts_requests())
+                .cloned()
+                .collect()
+        } else {
+            Arc::clone(&limits)
+        };
         Ok(Self {
             rule: rule.map(Into::into),
             pattern,
             methods,
             header: policy_list(&limits),
-            min_capacity: limits.iter().map(Limit::capacity).min().unwrap_or(0),
+            // A limit that counts requests takes 1 whatever the cost.
+            min_capacity: (limits.iter())
+                .filter(|l| !l.counts_requests())
+                .map(Limit::capacity)
+                .min()
+                .unwrap_or(u64::MAX),
             fields: limits.iter().map(FieldCache::new).collect(),
-            limits: limits.into(),
+            limits,
+            costed,
             shadow,
         })
     }

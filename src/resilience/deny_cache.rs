@@ -111,7 +111,7 @@ impl DenyCache {
             // least the cached one, since it costs at least as much).
             let full_after = u64::try_from(full_after.as_micros()).unwrap_or(u64::MAX);
             let observed = Observation::TokenBucket { full_after };
-            let d = limit.report(&observed, false, cost);
+            let d = limit.report(&observed, false, limit.cost_of(cost));
             Decision {
                 retry_after: d.retry_after.max(waited),
                 ..d

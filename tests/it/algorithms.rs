@@ -135,6 +135,15 @@ fn policies() -> Vec<(&'static str, Arc<[Limit]>)> {
                 Limit::sliding_window("sw", 4, ms(90)).unwrap(),
             ]),
         ),
+        (
+            "a cost and requests",
+            Arc::new([
+                Limit::new("units", 8, 8, ms(100)).unwrap(),
+                Limit::sliding_window("requests", 4, ms(100))
+                    .unwrap()
+                    .per_request(),
+            ]),
+        ),
     ]
 }
 

@@ -392,6 +392,84 @@ async fn direct_calls_while_redis_hangs_follow_the_fail_mode() {
     }
 }
 
+/// A limit of requests takes one per request whatever its cost, in memory and in Redis; a cost
+/// above it is no reason to refuse; settlements and refunds leave it alone.
+#[tokio::test]
+async fn a_limit_of_requests_takes_one_whatever_the_cost() {
+    let redis = RedisServer::start();
+    let limits = [
+        Limit::new("tokens", 10, 1, HOUR).unwrap(),
+        Limit::fixed_window("requests", 3, HOUR)
+            .unwrap()
+            .per_request(),
+    ];
+    let text = r#"
+        [[default.limits]]
+        name = "tokens"
+        capacity = 10
+        refill = 1
+        period = "1h"
+
+        [[default.limits]]
+        name = "requests"
+        capacity = 3
+        period = "1h"
+        algorithm = "fixed_window"
+        per_request = true
+    "#;
+    let from_file = Policies::from_toml(text).unwrap();
+    assert_eq!(
+        from_file.limits().cloned().collect::<Vec<_>>(),
+        limits.to_vec(),
+        "the file's limits are the code's"
+    );
+    away_from_window_edges(HOUR, Duration::from_secs(10)).await;
+    let memory = MemoryStore::new();
+    let redis_store = RedisStore::open(&redis.url()).unwrap();
+    for (run, store) in [
+        ("memory", AnyStore::from(memory)),
+        ("redis", AnyStore::from(redis_store)),
+    ] {
+        let limiter = Limiter::builder()
+            .store(store)
+            .policies(from_file.clone())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let s = limiter
+            .subject("alice", Target::route(&Method::POST, "/v1"))
+            .unwrap();
+        let left = |o: &tollgate::Outcome| -> Vec<u64> {
+            o.decisions().iter().map(|d| d.remaining).collect()
+        };
+        let first = limiter.take(&s, 4).await;
+        assert_eq!((first.taken(), left(&first)), (4, vec![6, 2]), "{run}");
+        // Settled lower: the tokens come back, the request still counts.
+        limiter.settle(&s, first.taken(), 1).await.unwrap();
+        let peek: Vec<u64> = (limiter.peek(&s, 1).await.unwrap())
+            .iter()
+            .map(|d| d.remaining)
+            .collect();
+        assert_eq!(peek, vec![9, 2], "{run}");
+        // A cost above the requests' capacity (3) but within the tokens' passes.
+        let second = limiter.take(&s, 5).await;
+        assert_eq!(left(&second), vec![4, 1], "{run}: {second:?}");
+        // Above the tokens' capacity: can never pass, and the limit named is the tokens'.
+        let costly = limiter.take(&s, 11).await;
+        assert!(
+            matches!(costly.verdict(), Verdict::TooCostly { cost: 11, limit: 0 }),
+            "{run}: {costly:?}"
+        );
+        assert_eq!(left(&limiter.take(&s, 1).await), vec![3, 0], "{run}");
+        // Out of requests, with tokens left: refused by the requests' limit.
+        let refused = limiter.take(&s, 1).await;
+        assert!(!refused.is_allowed(), "{run}");
+        assert_eq!(refused.decision().unwrap().index, 1, "{run}: {refused:?}");
+        limiter.refund(&s, 2).await.unwrap();
+        assert!(!limiter.take(&s, 1).await.is_allowed(), "{run}");
+    }
+}
+
 /// No call with no limits, or more than MAX_LIMITS, writes anything or panics.
 #[tokio::test]
 async fn calls_with_too_few_or_too_many_limits_are_refused_before_writing() {

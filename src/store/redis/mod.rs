@@ -333,7 +333,7 @@ impl Store for RedisStore {
         }
         let cost = cost.max(1);
         let script = script_for(limits);
-        let evalsha = scripts::evalsha(script, key, limits, cost);
+        let evalsha = scripts::evalsha(script, key, limits, cost, true);
         let limits = Arc::clone(limits);
         self.send(evalsha, Some(script), move |reply| {
             scripts::parse_reply(reply, &limits, cost)
@@ -346,7 +346,7 @@ impl Store for RedisStore {
         }
         let cost = cost.max(1);
         let script = script_for(limits);
-        let evalsha = scripts::evalsha(script, key, limits, cost);
+        let evalsha = scripts::evalsha(script, key, limits, cost, true);
         let limits = Arc::clone(limits);
         self.send(evalsha, Some(script), move |reply| {
             scripts::parse_each(reply, &limits, cost)
@@ -363,7 +363,7 @@ impl Store for RedisStore {
         }
         let cost = cost.max(1);
         let script = scripts::peek_script();
-        let evalsha = scripts::evalsha(script, key, limits, cost);
+        let evalsha = scripts::evalsha(script, key, limits, cost, true);
         let limits = Arc::clone(limits);
         self.send(evalsha, Some(script), move |reply| {
             scripts::parse_peek(reply, &limits, cost)
@@ -375,7 +375,7 @@ impl Store for RedisStore {
             return Box::pin(std::future::ready(Err(error)));
         }
         let script = scripts::refund_script();
-        let evalsha = scripts::evalsha(script, key, limits, units);
+        let evalsha = scripts::evalsha(script, key, limits, units, false);
         self.send(evalsha, Some(script), |reply| {
             matches!(reply, redis::Value::Int(1)).then_some(())
         })
@@ -386,7 +386,7 @@ impl Store for RedisStore {
             return Box::pin(std::future::ready(Err(error)));
         }
         let script = scripts::charge_script();
-        let evalsha = scripts::evalsha(script, key, limits, units);
+        let evalsha = scripts::evalsha(script, key, limits, units, false);
         self.send(evalsha, Some(script), |reply| {
             matches!(reply, redis::Value::Int(1)).then_some(())
         })

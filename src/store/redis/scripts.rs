@@ -138,12 +138,15 @@ pub(super) fn eval(evalsha: &redis::Cmd, script: &redis::Script) -> redis::Cmd {
 }
 
 /// `EVALSHA sha`, then the keys and arguments of `lua/decide.lua`, written once: each key
-/// straight from one reused buffer.
+/// straight from one reused buffer. `cost` is what each limit takes: the request's cost, or
+/// 1 for a limit that counts requests ([`Limit::per_request`]) when the call `decides` (a
+/// decision or a peek); the units as given for a refund or a charge.
 pub(super) fn evalsha(
     script: &redis::Script,
     key: &str,
     limits: &[Limit],
     cost: u64,
+    decides: bool,
 ) -> redis::Cmd {
     // Sized once: the verb, the SHA1, the key count, then per limit its key and four numbers.
     let per_limit = key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN + 4 * 20;
@@ -156,6 +159,7 @@ pub(super) fn evalsha(
         cmd.arg(bucket.as_str());
     }
     for limit in limits {
+        let cost = if decides { limit.cost_of(cost) } else { cost };
         cmd.arg(limit.algorithm().code());
         match limit.algorithm() {
             // The increment and the burst, in microseconds; the cost for the record.
@@ -190,7 +194,11 @@ pub(super) fn parse_peek(
         .enumerate()
         .map(|(i, limit)| {
             let seen = Observation::read(limit.algorithm(), &mut values)?;
-            Some(limit.peek_observed(&seen, cost).with_index(i))
+            Some(
+                limit
+                    .peek_observed(&seen, limit.cost_of(cost))
+                    .with_index(i),
+            )
         })
         .collect();
     if values.next().is_some() {
