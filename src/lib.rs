@@ -104,6 +104,7 @@ pub mod key;
 mod layer;
 mod limit;
 pub mod policy;
+pub mod reserve;
 pub mod resilience;
 pub mod response;
 pub mod store;

@@ -40,22 +40,23 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout (a refund that timed out
     /// may still happen).
     pub async fn refund(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
-        let Some(index) = subject.policy() else {
-            return Ok(());
-        };
-        if units == 0 {
+        match subject.policy() {
+            Some(index) => self.refund_at(index, subject.key(), units).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn refund_at(&self, index: usize, key: &str, units: u64) -> Result<(), StoreError> {
+        let core = &self.shared.core;
+        let limits = &core.policies.entry(index).costed;
+        if units == 0 || limits.is_empty() {
             return Ok(());
         }
-        let core = &self.shared.core;
         if let Some(cache) = &core.deny_cache {
             // The units given back may let a request through sooner than the cached wait.
-            cache.forget(subject.key());
+            cache.forget(key);
         }
-        let limits = &core.policies.entry(index).costed;
-        if limits.is_empty() {
-            return Ok(());
-        }
-        let call = self.shared.store.refund(subject.key(), limits, units);
+        let call = self.shared.store.refund(key, limits, units);
         self.bounded(call).await
     }
 
@@ -70,17 +71,18 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout (a charge that timed out
     /// may still happen).
     pub async fn charge(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
-        let Some(index) = subject.policy() else {
-            return Ok(());
-        };
-        if units == 0 {
-            return Ok(());
+        match subject.policy() {
+            Some(index) => self.charge_at(index, subject.key(), units).await,
+            None => Ok(()),
         }
+    }
+
+    async fn charge_at(&self, index: usize, key: &str, units: u64) -> Result<(), StoreError> {
         let limits = &self.shared.core.policies.entry(index).costed;
-        if limits.is_empty() {
+        if units == 0 || limits.is_empty() {
             return Ok(());
         }
-        let call = self.shared.store.charge(subject.key(), limits, units);
+        let call = self.shared.store.charge(key, limits, units);
         self.bounded(call).await
     }
 
@@ -125,19 +127,31 @@ impl<St: Store> Limiter<St> {
         taken: u64,
         actual: u64,
     ) -> Result<(), StoreError> {
-        let Some(index) = subject.policy() else {
-            return Ok(());
-        };
+        match subject.policy() {
+            Some(index) => self.settle_at(index, subject.key(), taken, actual).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`settle`](Self::settle) of the request named `key` under the policy at `index`.
+    pub(crate) async fn settle_at(
+        &self,
+        index: usize,
+        key: &str,
+        taken: u64,
+        actual: u64,
+    ) -> Result<(), StoreError> {
         let telemetry = &self.shared.core.telemetry;
         let (result, settled) = match actual.cmp(&taken) {
             std::cmp::Ordering::Equal => (Ok(()), Settled::Unchanged),
             std::cmp::Ordering::Less => (
-                self.refund(subject, taken - actual).await,
+                self.refund_at(index, key, taken - actual).await,
                 Settled::Refunded,
             ),
-            std::cmp::Ordering::Greater => {
-                (self.charge(subject, actual - taken).await, Settled::Charged)
-            }
+            std::cmp::Ordering::Greater => (
+                self.charge_at(index, key, actual - taken).await,
+                Settled::Charged,
+            ),
         };
         match &result {
             Ok(()) => telemetry.settled(index, settled),

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{RateLimitLayer, Settings, Shared};
+use super::{RateLimitLayer, Reserve, Settings, Shared};
 use crate::client::{ApiKey, Bypass, ClientExtractor};
 use crate::cost::{CostExtractor, UnitCost};
 use crate::engine::LimiterBuilder;
 use crate::key::UnmatchedPaths;
 use crate::policy::Policies;
+use crate::reserve::Settle;
 use crate::response::{Rejection, RejectionBody, RejectionHook};
 use crate::store::Store;
 use crate::{Algorithm, ConfigError, FailMode, Limiter, MemoryStore};
@@ -58,6 +59,7 @@ struct Options {
     hook: Option<Arc<RejectionHook>>,
     cost: Box<dyn CostExtractor>,
     unmatched: UnmatchedPaths,
+    settle: Option<Settle>,
 }
 
 impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
@@ -239,6 +241,16 @@ impl<St, C> Builder<St, C> {
         self
     }
 
+    /// Settles each request's reservation once its response is over (default: off): the cost
+    /// read up front is what the store takes, and the actual cost, stated as `settle` says,
+    /// is refunded or charged when the response body ends or is dropped. Each limited request
+    /// carries a [`Reservation`](crate::reserve::Reservation) in its extensions. See
+    /// [`reserve`](crate::reserve).
+    pub fn settle(mut self, settle: Settle) -> Self {
+        self.options.settle = Some(settle);
+        self
+    }
+
     /// How requests that match no route template are keyed under the default policy (default
     /// [`UnmatchedPaths::Shared`]: one bucket per client and method, so that a client cannot
     /// multiply its budget by varying the path). axum's matched route template
@@ -270,6 +282,10 @@ impl<St, C> Builder<St, C> {
             Engine::Built(limiter) => limiter,
         };
         let options = self.options;
+        let reserve = options.settle.map(|settle| Reserve {
+            settle: Arc::new(settle),
+            settler: Arc::new(limiter.clone()),
+        });
         let settings = Settings {
             core: Arc::clone(limiter.core()),
             headers_on_allowed: options.headers_on_allowed,
@@ -278,6 +294,7 @@ impl<St, C> Builder<St, C> {
             hook: options.hook,
             cost: options.cost,
             unmatched: options.unmatched,
+            reserve,
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -306,6 +323,7 @@ impl RateLimitLayer {
                 hook: None,
                 cost: Box::new(UnitCost),
                 unmatched: UnmatchedPaths::Shared,
+                settle: None,
             },
         }
     }

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use super::Settings;
 use crate::engine::{Deciding, Outcome, Verdict};
+use crate::reserve::Settling;
 use crate::response::{self, Answer, ResponseBody};
 use crate::{Decision, StoreError};
 
@@ -27,6 +28,8 @@ pin_project! {
         policy: usize,
         // Answer the gRPC way.
         grpc: bool,
+        // The reservation to settle when the response is over, when the layer settles them.
+        settling: Option<Box<Settling>>,
     }
 }
 
@@ -67,6 +70,7 @@ where
         deciding: Deciding<D>,
         inner: S,
         request: Request<ReqBody>,
+        settling: Option<Box<Settling>>,
     ) -> Self {
         Self {
             state: State::Deciding {
@@ -77,6 +81,7 @@ where
             settings,
             policy,
             grpc,
+            settling,
         }
     }
 
@@ -93,6 +98,7 @@ where
             settings,
             policy,
             grpc,
+            settling: None,
         }
     }
 
@@ -105,6 +111,7 @@ where
             settings,
             policy: usize::MAX,
             grpc: false,
+            settling: None,
         }
     }
 }
@@ -143,6 +150,15 @@ where
                     request,
                 } => {
                     let outcome = ready!(deciding.poll_decide(cx, &settings.core));
+                    if let Some(settling) = this.settling {
+                        // Settled only what the store took, or did not answer for (failing
+                        // open, it took nothing: the whole actual cost is charged).
+                        match (outcome.taken(), outcome.verdict()) {
+                            (0, Verdict::FailedOpen(_)) => {}
+                            (0, _) => settling.disarm(),
+                            (taken, _) => settling.taken(taken),
+                        }
+                    }
                     match respond(settings, outcome) {
                         Ok(decision) => {
                             let mut inner = inner.take().expect("the service is called once");
@@ -158,7 +174,12 @@ where
                     }
                 }
                 StateProj::Calling { future, decision } => {
-                    let mut response = ready!(future.poll(cx))?;
+                    let response = ready!(future.poll(cx))?;
+                    let (mut head, body) = response.into_parts();
+                    if let Some(settling) = this.settling.as_mut() {
+                        settling.response(&mut head);
+                    }
+                    let mut response = Response::from_parts(head, body);
                     if let Some(decision) = decision.take() {
                         let policy = settings.core.policies.entry(*this.policy);
                         response::insert_fields(
@@ -168,9 +189,15 @@ where
                             settings.legacy_headers,
                         );
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    let settling = this.settling.take();
+                    return Poll::Ready(Ok(
+                        response.map(|body| ResponseBody::settled(body, settling))
+                    ));
                 }
                 StateProj::Answered { answer } => {
+                    if let Some(mut settling) = this.settling.take() {
+                        settling.disarm();
+                    }
                     let answer = answer.take().expect("polled after completion");
                     let policy = settings.core.policies.entry(*this.policy);
                     let response = response::reject(&answer, policy, &settings.style(*this.grpc));

@@ -13,6 +13,7 @@ use crate::cost::CostExtractor;
 use crate::engine::Core;
 use crate::key::UnmatchedPaths;
 use crate::policy::Policies;
+use crate::reserve::{Settle, Settler};
 use crate::response::{RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
 
@@ -51,6 +52,14 @@ pub(crate) struct Settings {
     pub(crate) hook: Option<Arc<RejectionHook>>,
     pub(crate) cost: Box<dyn CostExtractor>,
     pub(crate) unmatched: UnmatchedPaths,
+    /// Reservations settled after the response, when on.
+    pub(crate) reserve: Option<Reserve>,
+}
+
+/// How the layer settles reservations.
+pub(crate) struct Reserve {
+    pub(crate) settle: Arc<Settle>,
+    pub(crate) settler: Arc<dyn Settler>,
 }
 
 impl Settings {
@@ -70,6 +79,7 @@ impl std::fmt::Debug for Settings {
             .field("limiter", &self.core)
             .field("headers_on_allowed", &self.headers_on_allowed)
             .field("legacy_headers", &self.legacy_headers)
+            .field("settle", &self.reserve.as_ref().map(|r| &r.settle))
             .finish_non_exhaustive()
     }
 }

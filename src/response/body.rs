@@ -1,11 +1,13 @@
 //! [`ResponseBody`]: the inner service's body, or the layer's own.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::reserve::Settling;
 
 pin_project! {
     /// The response body of [`RateLimit`](crate::RateLimit): the inner service's body, or the
@@ -13,6 +15,8 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        // The request's reservation, settled when the body ends or is dropped.
+        settling: Option<Box<Settling>>,
     }
 }
 
@@ -31,20 +35,28 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
+        Self::settled(body, None)
+    }
+
+    /// The inner service's body, with the reservation to settle when it is over.
+    pub(crate) fn settled(body: B, settling: Option<Box<Settling>>) -> Self {
         Self {
             kind: Kind::Inner { body },
+            settling,
         }
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full { data: Some(data) },
+            settling: None,
         }
     }
 
     pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Full { data: None },
+            settling: None,
         }
     }
 }
@@ -69,8 +81,23 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Inner { body } => {
+                let mut frame = ready!(body.poll_frame(cx));
+                if let Some(settling) = this.settling {
+                    match &mut frame {
+                        Some(Ok(frame)) => {
+                            if let Some(trailers) = frame.trailers_mut() {
+                                settling.trailers(trailers);
+                            }
+                        }
+                        // Ended (or failed, which ends it): settled now, with what was stated.
+                        Some(Err(_)) | None => settling.finish(),
+                    }
+                }
+                Poll::Ready(frame)
+            }
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }

@@ -328,7 +328,7 @@ pub(super) const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet =
     &percent_encoding::CONTROLS.add(b'%');
 
 /// Appends `text` as a JSON string.
-pub(super) fn push_json_str(body: &mut String, text: &str) {
+pub(crate) fn push_json_str(body: &mut String, text: &str) {
     body.push('"');
     for c in text.chars() {
         match c {

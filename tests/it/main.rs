@@ -12,4 +12,5 @@ mod loadtest;
 mod nodes;
 mod observability;
 mod redis_store;
+mod reserve;
 mod sentinel;

@@ -11,6 +11,10 @@
 use http::HeaderName;
 use http::request::Parts;
 
+mod body;
+
+pub use body::{BodyCost, BodyCostLayer, ExtensionCost, RequestCost};
+
 /// Finds the cost of a request, in tokens.
 pub trait CostExtractor: Send + Sync + 'static {
     /// The tokens the request takes, at least 1.
