@@ -22,8 +22,9 @@ for i = 1, #KEYS do
     if inc > 0 then
       take(code, key, now, inc, y, units, o1)
     end
-  else
-    -- y: the capacity, o1: what the window or the log counts now.
+  elseif code ~= 'c' then
+    -- y: the capacity, o1: what the window or the log counts now. (Slots are taken by
+    -- decisions only.)
     local k = math.min(units, y - o1)
     if k > 0 then
       take(code, key, now, x, y, k, o1, o2, o3, o4)

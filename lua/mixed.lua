@@ -1,5 +1,6 @@
 -- For a request whose limits use different algorithms, after token_bucket.lua,
--- fixed_window.lua, sliding_window.lua and sliding_log.lua: each limit runs its own algorithm
+-- fixed_window.lua, sliding_window.lua, sliding_log.lua and concurrency.lua: each limit runs
+-- its own algorithm
 -- (these two functions take the place of the ones the last script named).
 local function observe(code, ...)
   if code == 't' then
@@ -8,6 +9,8 @@ local function observe(code, ...)
     return fixed_window(code, ...)
   elseif code == 's' then
     return sliding_window(code, ...)
+  elseif code == 'c' then
+    return concurrency(code, ...)
   end
   return sliding_log(code, ...)
 end
@@ -19,6 +22,8 @@ local function take(code, ...)
     return fixed_window_take(code, ...)
   elseif code == 's' then
     return sliding_window_take(code, ...)
+  elseif code == 'c' then
+    return concurrency_take(code, ...)
   end
   return sliding_log_take(code, ...)
 end

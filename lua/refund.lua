@@ -11,7 +11,8 @@
 -- A bucket a clock step left ahead of now is first brought back as decide.lua does. Then:
 -- t: the full-at time moves back by the units' worth, at most to now (then the key goes);
 -- f: this window's count goes down, never below zero (an ended window gets nothing back);
--- s: this window's count, then the previous one's; l: the newest entries in the window go.
+-- s: this window's count, then the previous one's; l: the newest entries in the window go;
+-- c: nothing (slots are released, not refunded).
 -- src/algorithm (Limit::refund) does the same.
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
@@ -52,7 +53,7 @@ for i = 1, #KEYS do
         redis.call('HSET', key, 'c', format('%d', c - math.min(units, c)))
       end
     end
-  else
+  elseif code == 'l' then
     local count = redis.call('ZCOUNT', key, format('(%d', now - x), '+inf')
     local k = math.min(units, count)
     if k > 0 then

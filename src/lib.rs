@@ -123,7 +123,7 @@ pub use engine::{
 pub use error::{ConfigError, StoreError};
 pub use key::UnmatchedPaths;
 pub use layer::{Builder, RateLimit, RateLimitLayer, ResponseFuture};
-pub use limit::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY};
+pub use limit::{DEFAULT_LEASE, Decision, Limit, MAX_CONCURRENCY, MAX_LIMITS, MAX_LOG_CAPACITY};
 pub use policy::{Policies, Rule};
 /// The `redis` crate tollgate uses, for the types a [`RedisStore`] is built from
 /// (`ConnectionManagerConfig`, `cluster::ClusterClient`, `sentinel::SentinelClient`, ...).

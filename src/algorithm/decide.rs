@@ -69,8 +69,10 @@ pub fn decide_all(
     ))
 }
 
-/// [`decide_all`], reporting every limit: in the order of `limits`, each one's decision (see
-/// [`each_observed`]).
+/// [`decide_all`], reporting every limit: in the order of `limits`, each one's decision, with
+/// its position as [`Decision::index`]. When the request passed, what each limit has left;
+/// when it was refused, what each said of it with nothing taken (`allowed` when that limit
+/// alone would have let it through, with a `retry_after` of zero).
 ///
 /// # Errors
 ///

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::{Algorithm, BucketState, Observation, Shape, sliding_log, token_bucket, window};
+use super::{
+    Algorithm, BucketState, Observation, Shape, concurrency, sliding_log, token_bucket, window,
+};
 use crate::{Decision, Limit};
 
 impl Limit {
@@ -23,7 +25,7 @@ impl Limit {
         match self.algorithm() {
             Algorithm::TokenBucket => token_bucket::settle(self, state, now),
             Algorithm::FixedWindow | Algorithm::SlidingWindow => window::settle(self, state, now),
-            Algorithm::SlidingLog => {}
+            Algorithm::SlidingLog | Algorithm::Concurrency => {}
         }
     }
 
@@ -36,6 +38,7 @@ impl Limit {
             Algorithm::FixedWindow => window::observe_fixed(self, state, now),
             Algorithm::SlidingWindow => window::observe_sliding(self, state, now),
             Algorithm::SlidingLog => sliding_log::observe(self, state, now, cost),
+            Algorithm::Concurrency => concurrency::observe(state),
         }
     }
 
@@ -57,6 +60,8 @@ impl Limit {
             } => window::estimate(self, previous, current.saturating_add(cost), elapsed_ms)
                 .is_some_and(|used| used <= u128::from(self.capacity()) * window::wide(self)),
             Observation::SlidingLog { count, .. } => count.saturating_add(cost) <= self.capacity(),
+            // One slot, whatever the cost.
+            Observation::Concurrency { in_use } => in_use < self.capacity(),
         }
     }
 
@@ -83,6 +88,7 @@ impl Limit {
             Observation::SlidingLog { count, newest, .. } => {
                 sliding_log::take(self, state, now, cost, count, newest);
             }
+            Observation::Concurrency { in_use } => concurrency::take(state, in_use),
         }
     }
 
@@ -110,6 +116,7 @@ impl Limit {
                 newest,
                 needed,
             } => sliding_log::report(self, count, [oldest, newest, needed], took, cost),
+            Observation::Concurrency { in_use } => return concurrency::report(self, in_use, took),
         };
         if !took && cost > self.capacity() {
             // A cost above the capacity can never pass, whatever the bucket holds.
@@ -181,6 +188,16 @@ impl Limit {
                 window::refund(self, state, now, units);
             }
             Algorithm::SlidingLog => sliding_log::refund(self, state, now, units),
+            // Slots are released, not refunded.
+            Algorithm::Concurrency => {}
+        }
+    }
+
+    /// Frees one slot of a [concurrency](Algorithm::Concurrency) limit's bucket `state`: a
+    /// request that held it is over. Nothing for the other algorithms.
+    pub fn release(&self, state: &mut BucketState) {
+        if self.algorithm() == Algorithm::Concurrency {
+            concurrency::release(state);
         }
     }
 
@@ -210,6 +227,8 @@ impl Limit {
             Observation::FixedWindow { current, .. }
             | Observation::SlidingWindow { current, .. } => current,
             Observation::SlidingLog { count, .. } => count,
+            // Slots are taken by decisions only.
+            Observation::Concurrency { .. } => return,
         };
         let units = units.min(self.capacity().saturating_sub(room));
         if units > 0 {

@@ -1,4 +1,5 @@
-//! The four algorithms a [`Limit`](crate::Limit) can use, and the arithmetic every store shares.
+//! The algorithms a [`Limit`](crate::Limit) can use, and the arithmetic every store shares: four
+//! that limit a rate, and one that limits how many requests are in flight.
 //!
 //! | algorithm | a client may send | accuracy | state per bucket |
 //! |---|---|---|---|
@@ -6,6 +7,7 @@
 //! | [`SlidingLog`](Algorithm::SlidingLog) | `capacity` in any `period`-long span | exact | one entry per unit in the window (at most `capacity`) |
 //! | [`SlidingWindow`](Algorithm::SlidingWindow) | about `capacity` in any `period`-long span | estimate: assumes the previous window's units were spread evenly over it | two counters |
 //! | [`FixedWindow`](Algorithm::FixedWindow) | `capacity` per window (aligned to the Unix epoch) | exact per window, but up to 2 × `capacity` across a window edge | one counter |
+//! | [`Concurrency`](Algorithm::Concurrency) | `capacity` requests in flight at once, each holding a slot until it is over | exact | one entry per slot held (Redis: a sorted set scored by each slot's lease) |
 //!
 //! Each algorithm has one Lua script in `lua/` that [`RedisStore`](crate::RedisStore) runs, and
 //! the same arithmetic here, which [`MemoryStore`](crate::MemoryStore) runs: given the same
@@ -42,6 +44,7 @@
 
 use std::time::Duration;
 
+mod concurrency;
 mod decide;
 mod limit;
 mod observation;

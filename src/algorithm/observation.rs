@@ -23,4 +23,6 @@ pub(crate) enum Observation {
         newest: u64,
         needed: u64,
     },
+    /// Slots held now.
+    Concurrency { in_use: u64 },
 }

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Algorithm, sliding_log, token_bucket, window};
+use super::{Algorithm, concurrency, sliding_log, token_bucket, window};
 use crate::Limit;
 
 /// The state of one bucket, for a [`Store`](crate::Store) that keeps buckets itself and
@@ -34,6 +34,9 @@ pub enum BucketState {
     /// A sliding log: the time each unit in it was taken, oldest first. (Redis: a sorted set
     /// scored by these times.)
     Log(Box<VecDeque<u64>>),
+    /// A concurrency limit: the slots held. (Redis: a sorted set of slots scored by the end of
+    /// their lease.)
+    InFlight(u64),
 }
 
 /// What a bucket's state means without the rest of its limit: the algorithm and its time unit
@@ -68,6 +71,7 @@ impl BucketState {
             Algorithm::TokenBucket => token_bucket::is_idle(self, now),
             Algorithm::FixedWindow | Algorithm::SlidingWindow => window::is_idle(shape, self, now),
             Algorithm::SlidingLog => sliding_log::is_idle(shape, self, now),
+            Algorithm::Concurrency => concurrency::is_idle(self),
         }
     }
 
@@ -76,6 +80,7 @@ impl BucketState {
             Algorithm::TokenBucket => token_bucket::used(shape, self, now),
             Algorithm::FixedWindow | Algorithm::SlidingWindow => window::used(shape, self, now),
             Algorithm::SlidingLog => sliding_log::used(shape, self, now),
+            Algorithm::Concurrency => concurrency::used(self),
         }
     }
 }

@@ -60,6 +60,7 @@ use crate::telemetry::Telemetry;
 mod builder;
 mod calls;
 mod claims;
+mod in_flight;
 mod outcome;
 mod subject;
 mod take;
@@ -68,6 +69,8 @@ pub use builder::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
     DEFAULT_TIMEOUT, LimiterBuilder,
 };
+pub use in_flight::InFlight;
+pub(crate) use in_flight::Releaser;
 pub(crate) use outcome::Flags;
 pub use outcome::{DecidedBy, Outcome, Verdict};
 pub use subject::{Subject, SubjectError, Target};
@@ -321,18 +324,24 @@ impl<St: Store> Limiter<St> {
         // the call through.
         let keep_key = core.deny_cache.is_some() || core.local.is_some();
         let at = core.breaker.is_some().then(tokio::time::Instant::now);
+        // The slots a passing decision holds, under a concurrency limit.
+        let in_flight = policy.concurrent.then(|| {
+            let releaser: Arc<dyn Releaser> = Arc::clone(&self.shared) as _;
+            InFlight::new(releaser, key.clone().into_owned(), index)
+        });
         // The key is kept (moved, or copied once from a subject's) only when needed.
-        let asked = move |key: Cow<'_, str>| Asked {
+        let asked = move |key: Cow<'_, str>, in_flight| Asked {
             at,
             key: keep_key.then(|| key.into_owned()),
             cost,
+            in_flight,
         };
         let ticket = match core.breaker.as_ref().map(|b| b.admit()).transpose() {
             Ok(ticket) => ticket,
             Err(error) => {
                 return Deciding::NotAsked {
                     error: Some(error),
-                    asked: asked(key),
+                    asked: asked(key, in_flight),
                     policy: index,
                     flags,
                 };
@@ -343,9 +352,9 @@ impl<St: Store> Limiter<St> {
         }
         let decision = ask(&self.shared.store, &key, &policy.limits, cost);
         Deciding::Asking {
-            call: Call::new(decision, ticket),
+            call: Call::deciding(decision, ticket, in_flight),
             deadline: None,
-            asked: asked(key),
+            asked: asked(key, None),
             policy: index,
             flags,
         }

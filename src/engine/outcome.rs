@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::InFlight;
 use crate::telemetry::Outcome as Counted;
 use crate::{Decision, StoreError};
 
@@ -87,6 +88,8 @@ pub struct Outcome {
     each: Vec<Decision>,
     /// The units the store took.
     taken: u64,
+    /// The concurrency slots held, when allowed under a concurrency limit.
+    in_flight: Option<InFlight>,
 }
 
 impl Outcome {
@@ -96,7 +99,21 @@ impl Outcome {
             flags,
             each: Vec::new(),
             taken: 0,
+            in_flight: None,
         }
+    }
+
+    /// The same outcome, holding `in_flight`.
+    pub(crate) fn with_in_flight(mut self, in_flight: Option<InFlight>) -> Self {
+        self.in_flight = in_flight;
+        self
+    }
+
+    /// The concurrency slots this outcome holds (an allowed subject whose policy has a
+    /// [concurrency](crate::Algorithm::Concurrency) limit), taken out to be held as long as
+    /// the work runs. Otherwise they are freed when the outcome is dropped.
+    pub fn in_flight(&mut self) -> Option<InFlight> {
+        self.in_flight.take()
     }
 
     /// The same outcome, for a decision with which the store took `cost` units.

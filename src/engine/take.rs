@@ -10,8 +10,8 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::Core;
 use super::outcome::{DecidedBy, Flags, Outcome, Verdict};
+use super::{Core, InFlight};
 use crate::algorithm::binding;
 use crate::resilience::FailMode;
 use crate::resilience::breaker::Ticket;
@@ -22,17 +22,27 @@ use crate::{Decision, StoreError};
 pub(crate) trait Answer: Send + 'static {
     /// `None` when the answer names no binding limit (a store that misreports).
     fn into_parts(self) -> Option<(Decision, Vec<Decision>)>;
+    /// Whether the request passed (and took its units and slots).
+    fn took(&self) -> bool;
 }
 
 impl Answer for Decision {
     fn into_parts(self) -> Option<(Decision, Vec<Decision>)> {
         Some((self, Vec::new()))
     }
+
+    fn took(&self) -> bool {
+        self.allowed
+    }
 }
 
 impl Answer for Vec<Decision> {
     fn into_parts(self) -> Option<(Decision, Vec<Decision>)> {
         Some((binding(&self)?, self))
+    }
+
+    fn took(&self) -> bool {
+        self.iter().all(|d| d.allowed)
     }
 }
 
@@ -43,6 +53,9 @@ pub(crate) struct Asked {
     /// The subject's key, when the deny cache or the local fail mode needs it.
     pub(crate) key: Option<String>,
     pub(crate) cost: u64,
+    /// The slots the decision would hold, under a concurrency limit (until a store call takes
+    /// them over).
+    pub(crate) in_flight: Option<InFlight>,
 }
 
 /// A store call under way, with its place among those in flight (a remote store).
@@ -54,8 +67,10 @@ pub(crate) struct Asked {
 pub(crate) struct Call<D, T = Decision> {
     pub(crate) future: Option<D>,
     pub(crate) ticket: Option<Ticket>,
+    /// The slots a decision takes when it passes: freed by a call left to finish.
+    pub(crate) in_flight: Option<InFlight>,
     /// Leaves a call to finish on its own (made where the future's type is known to allow it).
-    orphan: fn(D, Option<Ticket>),
+    orphan: fn(D, Option<Ticket>, Option<InFlight>),
     answer: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -68,14 +83,32 @@ where
         Self {
             future: Some(future),
             ticket,
+            in_flight: None,
             orphan: orphan::<D, T>,
             answer: std::marker::PhantomData,
         }
     }
 }
 
+impl<D, T> Call<D, T>
+where
+    D: Future<Output = Result<T, StoreError>> + Send + 'static,
+    T: Answer,
+{
+    /// A decision, which takes `in_flight`'s slots when it passes.
+    pub(crate) fn deciding(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>) -> Self {
+        Self {
+            future: Some(future),
+            ticket,
+            in_flight,
+            orphan: orphan_deciding::<D, T>,
+            answer: std::marker::PhantomData,
+        }
+    }
+}
+
 /// Runs `future` to its end in the background, then tells the breaker what it came to.
-fn orphan<D, T>(future: D, ticket: Option<Ticket>)
+fn orphan<D, T>(future: D, ticket: Option<Ticket>, _: Option<InFlight>)
 where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
@@ -86,6 +119,30 @@ where
         let answer = future.await;
         if let Some(ticket) = ticket {
             report(ticket, &answer);
+        }
+    });
+}
+
+/// [`orphan`] for a decision: the slots it took, if it passed, are freed at once, since no
+/// request holds them.
+fn orphan_deciding<D, T>(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>)
+where
+    D: Future<Output = Result<T, StoreError>> + Send + 'static,
+    T: Answer,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let answer = future.await;
+        if let Some(ticket) = ticket {
+            report(ticket, &answer);
+        }
+        if let Some(in_flight) = in_flight {
+            match answer {
+                Ok(answer) if answer.took() => in_flight.release(),
+                _ => in_flight.disarm(),
+            }
         }
     });
 }
@@ -102,8 +159,14 @@ pub(crate) fn report<T>(ticket: Ticket, answer: &Result<T, StoreError>) {
 
 impl<D, T> Drop for Call<D, T> {
     fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
-            (self.orphan)(future, self.ticket.take());
+        match self.future.take() {
+            Some(future) => (self.orphan)(future, self.ticket.take(), self.in_flight.take()),
+            // Ended: the slots were handed on, or were never taken.
+            None => {
+                if let Some(in_flight) = self.in_flight.take() {
+                    in_flight.disarm();
+                }
+            }
         }
     }
 }
@@ -183,7 +246,8 @@ where
                 // Ended or given up on: dropped here, not left to finish.
                 call.future = None;
                 let ticket = call.ticket.take();
-                Poll::Ready(core.answered(*policy, *flags, answer, asked, ticket))
+                let in_flight = call.in_flight.take();
+                Poll::Ready(core.answered(*policy, *flags, answer, asked, ticket, in_flight))
             }
         }
     }
@@ -196,8 +260,9 @@ impl Core {
         index: usize,
         flags: Flags,
         answer: Result<A, StoreError>,
-        asked: &Asked,
+        asked: &mut Asked,
         ticket: Option<Ticket>,
+        in_flight: Option<InFlight>,
     ) -> Outcome {
         let policy = self.policies.entry(index);
         let elapsed = asked.at.map(|at| at.elapsed());
@@ -234,16 +299,32 @@ impl Core {
                     cache.insert(key, asked.cost, limit, &decision, at);
                 }
                 let taken = if decision.allowed { asked.cost } else { 0 };
+                let in_flight = in_flight.and_then(|held| match decision.allowed {
+                    true => Some(held),
+                    false => {
+                        held.disarm();
+                        None
+                    }
+                });
                 self.decided(index, flags, decision, DecidedBy::Store, elapsed)
                     .with_each(each)
                     .with_taken(taken)
+                    .with_in_flight(in_flight)
             }
-            Err(error) => self.failed(index, flags, error, asked),
+            Err(error) => {
+                // The call may have taken slots that no one holds now: their lease runs out.
+                if let Some(held) = in_flight {
+                    held.disarm();
+                }
+                self.failed(index, flags, error, asked)
+            }
         }
     }
 
     /// What the fail mode makes of a store failure.
-    fn failed(&self, index: usize, flags: Flags, error: StoreError, asked: &Asked) -> Outcome {
+    fn failed(&self, index: usize, flags: Flags, error: StoreError, asked: &mut Asked) -> Outcome {
+        // Slots are held only by a local decision that passes.
+        let in_flight = asked.in_flight.take();
         let mode = self.fail_mode;
         self.outage.failed(&error, mode);
         self.telemetry.store_failed(&error, mode);
@@ -255,7 +336,16 @@ impl Core {
                     Some(decision)
                         if decision.retry_after != Duration::MAX || !flags.refuses(false) =>
                     {
-                        return self.decided(index, flags, decision, DecidedBy::Local, None);
+                        let in_flight = in_flight.and_then(|held| match decision.allowed {
+                            true => Some(held.local()),
+                            false => {
+                                held.disarm();
+                                None
+                            }
+                        });
+                        return self
+                            .decided(index, flags, decision, DecidedBy::Local, None)
+                            .with_in_flight(in_flight);
                     }
                     _ => Verdict::FailedClosed(error),
                 }
@@ -263,6 +353,9 @@ impl Core {
             (FailMode::Closed, _, _) => Verdict::FailedClosed(error),
             _ => Verdict::FailedOpen(error),
         };
+        if let Some(held) = in_flight {
+            held.disarm();
+        }
         Outcome::new(verdict, flags)
     }
 

@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use super::Settings;
 use crate::engine::{Deciding, Outcome, Verdict};
-use crate::reserve::Settling;
+use crate::reserve::After;
 use crate::response::{self, Answer, ResponseBody};
 use crate::{Decision, StoreError};
 
@@ -28,8 +28,9 @@ pin_project! {
         policy: usize,
         // Answer the gRPC way.
         grpc: bool,
-        // The reservation to settle when the response is over, when the layer settles them.
-        settling: Option<Box<Settling>>,
+        // What to do when the response is over: settle the reservation (when the layer
+        // settles them), free the concurrency slots.
+        after: Option<Box<After>>,
     }
 }
 
@@ -70,7 +71,7 @@ where
         deciding: Deciding<D>,
         inner: S,
         request: Request<ReqBody>,
-        settling: Option<Box<Settling>>,
+        after: Option<Box<After>>,
     ) -> Self {
         Self {
             state: State::Deciding {
@@ -81,7 +82,7 @@ where
             settings,
             policy,
             grpc,
-            settling,
+            after,
         }
     }
 
@@ -98,7 +99,7 @@ where
             settings,
             policy,
             grpc,
-            settling: None,
+            after: None,
         }
     }
 
@@ -111,7 +112,7 @@ where
             settings,
             policy: usize::MAX,
             grpc: false,
-            settling: None,
+            after: None,
         }
     }
 }
@@ -149,15 +150,19 @@ where
                     inner,
                     request,
                 } => {
-                    let outcome = ready!(deciding.poll_decide(cx, &settings.core));
-                    if let Some(settling) = this.settling {
-                        // Settled only what the store took, or did not answer for (failing
-                        // open, it took nothing: the whole actual cost is charged).
-                        match (outcome.taken(), outcome.verdict()) {
-                            (0, Verdict::FailedOpen(_)) => {}
-                            (0, _) => settling.disarm(),
-                            (taken, _) => settling.taken(taken),
-                        }
+                    let mut outcome = ready!(deciding.poll_decide(cx, &settings.core));
+                    // Settled only what the store took, or did not answer for (failing open,
+                    // it took nothing: the whole actual cost is charged).
+                    let taken = outcome.taken();
+                    let settle = taken > 0 || matches!(outcome.verdict(), Verdict::FailedOpen(_));
+                    if let Some(in_flight) = outcome.in_flight() {
+                        this.after.get_or_insert_with(Box::default).decided(
+                            settle,
+                            taken,
+                            Some(in_flight),
+                        );
+                    } else if let Some(after) = this.after {
+                        after.decided(settle, taken, None);
                     }
                     match respond(settings, outcome) {
                         Ok(decision) => {
@@ -176,8 +181,8 @@ where
                 StateProj::Calling { future, decision } => {
                     let response = ready!(future.poll(cx))?;
                     let (mut head, body) = response.into_parts();
-                    if let Some(settling) = this.settling.as_mut() {
-                        settling.response(&mut head);
+                    if let Some(after) = this.after.as_mut() {
+                        after.response(&mut head);
                     }
                     let mut response = Response::from_parts(head, body);
                     if let Some(decision) = decision.take() {
@@ -189,14 +194,14 @@ where
                             settings.legacy_headers,
                         );
                     }
-                    let settling = this.settling.take();
-                    return Poll::Ready(Ok(
-                        response.map(|body| ResponseBody::settled(body, settling))
-                    ));
+                    let after = this.after.take();
+                    return Poll::Ready(
+                        Ok(response.map(|body| ResponseBody::settled(body, after))),
+                    );
                 }
                 StateProj::Answered { answer } => {
-                    if let Some(mut settling) = this.settling.take() {
-                        settling.disarm();
+                    if let Some(mut after) = this.after.take() {
+                        after.refused();
                     }
                     let answer = answer.take().expect("polled after completion");
                     let policy = settings.core.policies.entry(*this.policy);

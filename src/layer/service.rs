@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::{ResponseFuture, Shared};
 use crate::client::ClientExtractor;
 use crate::key::{Endpoint, request_path, route_template, subject_key};
-use crate::reserve::{Reservation, Settling};
+use crate::reserve::{After, Reservation, Settling};
 use crate::response::{Answer, ResponseBody, is_grpc};
 use crate::store::Store;
 use crate::telemetry::Outcome as Counted;
@@ -154,16 +154,19 @@ where
         };
         let key = subject_key(&core.key_prefix, client.as_bytes(), endpoint);
         let mut parts = parts;
-        let settling = settings.reserve.as_ref().map(|reserve| {
+        let after = settings.reserve.as_ref().map(|reserve| {
             let reservation = Reservation::new(cost);
             parts.extensions.insert(reservation.clone());
-            Box::new(Settling::new(
-                Arc::clone(&reserve.settler),
-                Arc::clone(&reserve.settle),
-                key.clone(),
-                index,
-                reservation,
-            ))
+            Box::new(After {
+                settling: Some(Settling::new(
+                    Arc::clone(&reserve.settler),
+                    Arc::clone(&reserve.settle),
+                    key.clone(),
+                    index,
+                    reservation,
+                )),
+                in_flight: None,
+            })
         });
         let deciding = limiter.start(index, Cow::Owned(key), cost, flags, Store::decide);
         ResponseFuture::deciding(
@@ -173,7 +176,7 @@ where
             deciding,
             inner,
             Request::from_parts(parts, body),
-            settling,
+            after,
         )
     }
 }

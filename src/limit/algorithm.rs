@@ -19,25 +19,39 @@ pub enum Algorithm {
     /// At most `capacity` units per period, the periods aligned to the Unix epoch: the
     /// cheapest, but up to 2 × `capacity` across a window edge.
     FixedWindow,
+    /// At most `capacity` requests in flight at once, each holding a slot until its response
+    /// ends; `period` is the slots' lease in Redis (renewed while a request runs, so only the
+    /// slots of an instance that died run out). Counts requests, not their cost.
+    Concurrency,
 }
 
 impl Algorithm {
     /// Every algorithm, in the order of the configuration names.
-    pub const ALL: [Algorithm; 4] = [
+    pub const ALL: [Algorithm; 5] = [
+        Self::TokenBucket,
+        Self::SlidingLog,
+        Self::SlidingWindow,
+        Self::FixedWindow,
+        Self::Concurrency,
+    ];
+
+    /// The algorithms that limit a rate (all but [`Concurrency`](Self::Concurrency)).
+    pub const RATES: [Algorithm; 4] = [
         Self::TokenBucket,
         Self::SlidingLog,
         Self::SlidingWindow,
         Self::FixedWindow,
     ];
 
-    /// The name in configuration files: `token_bucket`, `sliding_log`, `sliding_window` or
-    /// `fixed_window`.
+    /// The name in configuration files: `token_bucket`, `sliding_log`, `sliding_window`,
+    /// `fixed_window` or `concurrency`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TokenBucket => "token_bucket",
             Self::SlidingLog => "sliding_log",
             Self::SlidingWindow => "sliding_window",
             Self::FixedWindow => "fixed_window",
+            Self::Concurrency => "concurrency",
         }
     }
 
@@ -49,6 +63,7 @@ impl Algorithm {
             Self::SlidingLog => "l",
             Self::SlidingWindow => "s",
             Self::FixedWindow => "f",
+            Self::Concurrency => "c",
         }
     }
 
@@ -60,6 +75,7 @@ impl Algorithm {
             Self::SlidingLog => ":sl",
             Self::SlidingWindow => ":sw",
             Self::FixedWindow => ":fw",
+            Self::Concurrency => ":cc",
         }
     }
 }
@@ -83,7 +99,7 @@ impl std::str::FromStr for Algorithm {
             .ok_or_else(|| ConfigError::Invalid {
                 field: "algorithm",
                 value: s.to_owned(),
-                reason: "must be \"token_bucket\", \"sliding_log\", \"sliding_window\" or \"fixed_window\"",
+                reason: "must be \"token_bucket\", \"sliding_log\", \"sliding_window\", \"fixed_window\" or \"concurrency\"",
             })
     }
 }

@@ -29,6 +29,13 @@ const MAX_WINDOW_PRODUCT: u128 = 1 << 53;
 /// reference machine (`benches/redis_worst_case.sh`), and a bucket holds at most about 24 KB.
 pub const MAX_LOG_CAPACITY: u64 = 250;
 
+/// The most slots a [concurrency](Algorithm::Concurrency) limit may have: one sorted-set
+/// member each in Redis (about 60 bytes), so a bucket holds at most about 60 KB.
+pub const MAX_CONCURRENCY: u64 = 1_000;
+
+/// The lease of a concurrency limit's slots unless set ([`Limit::concurrency`]).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// The longest name a limit may have, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 64;
 
@@ -124,6 +131,55 @@ impl Limit {
         Self::with_algorithm(Algorithm::FixedWindow, name, capacity, None, window)
     }
 
+    /// A [concurrency](Algorithm::Concurrency) limit: at most `capacity` requests in flight at
+    /// once, each holding a slot until its response ends. In Redis each slot has a lease of
+    /// [`DEFAULT_LEASE`] (see [`Limit::with_lease`]), renewed while its request runs, so only
+    /// the slots of an instance that died run out on their own. It counts requests, one each,
+    /// whatever their cost.
+    ///
+    /// ```
+    /// use tollgate::{Algorithm, Limit};
+    ///
+    /// let streams = Limit::concurrency("streams", 2)?;
+    /// assert_eq!(streams.algorithm(), Algorithm::Concurrency);
+    /// # Ok::<(), tollgate::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Limit::with_algorithm`]; a capacity above [`MAX_CONCURRENCY`].
+    pub fn concurrency(name: impl Into<String>, capacity: u64) -> Result<Self, ConfigError> {
+        Self::with_algorithm(Algorithm::Concurrency, name, capacity, None, DEFAULT_LEASE)
+    }
+
+    /// The same concurrency limit with slots leased for `lease`: how long the slots of an
+    /// instance that died stay taken (a running request renews its slot every third of it).
+    ///
+    /// # Errors
+    ///
+    /// When the limit is not a concurrency limit, or as [`Limit::with_algorithm`] for the
+    /// `period`.
+    pub fn with_lease(self, lease: Duration) -> Result<Self, ConfigError> {
+        if self.algorithm != Algorithm::Concurrency {
+            return Err(ConfigError::Invalid {
+                field: "lease",
+                value: format!("{lease:?}"),
+                reason: "only a concurrency limit has a lease",
+            });
+        }
+        let limit = Self::with_algorithm(
+            Algorithm::Concurrency,
+            self.name(),
+            self.capacity,
+            None,
+            lease,
+        )?;
+        Ok(Self {
+            per_request: self.per_request,
+            ..limit
+        })
+    }
+
     /// A limit of any algorithm. `refill` is the token bucket's (default: `capacity`); the
     /// window algorithms take back their whole capacity each period, so for them it must be
     /// unset or equal to `capacity`.
@@ -190,16 +246,17 @@ impl Limit {
         self
     }
 
-    /// Whether the limit counts requests ([`Limit::per_request`]), not their cost.
+    /// Whether the limit counts requests ([`Limit::per_request`], and every
+    /// [concurrency](Algorithm::Concurrency) limit), not their cost.
     #[inline]
     pub fn counts_requests(&self) -> bool {
-        self.per_request
+        self.per_request || self.algorithm == Algorithm::Concurrency
     }
 
     /// What a request of `cost` takes from this limit: `cost`, or 1 when it counts requests.
     #[inline]
     pub(crate) fn cost_of(&self, cost: u64) -> u64 {
-        if self.per_request { 1 } else { cost }
+        if self.counts_requests() { 1 } else { cost }
     }
 
     /// The name of the limit, as sent in the `RateLimit` header fields.
@@ -341,6 +398,13 @@ fn window_us(
             value: capacity.to_string(),
             reason: "(capacity + 1) × the window in milliseconds must stay below 2^53; \
                      use a shorter window or a token_bucket",
+        });
+    }
+    if algorithm == Algorithm::Concurrency && capacity > MAX_CONCURRENCY {
+        return Err(ConfigError::Invalid {
+            field: "capacity",
+            value: capacity.to_string(),
+            reason: "a concurrency limit keeps one entry per slot: at most 1000",
         });
     }
     if algorithm == Algorithm::SlidingLog && capacity > MAX_LOG_CAPACITY {

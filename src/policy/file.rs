@@ -496,7 +496,7 @@ mod tests {
             ),
             (
                 limit(r#"name = "b", capacity = 5, period = "1m", algorithm = "leaky""#),
-                "rule \"login\": limit \"b\": `algorithm` = \"leaky\" is invalid: must be \"token_bucket\", \"sliding_log\", \"sliding_window\" or \"fixed_window\"",
+                "rule \"login\": limit \"b\": `algorithm` = \"leaky\" is invalid: must be \"token_bucket\", \"sliding_log\", \"sliding_window\", \"fixed_window\" or \"concurrency\"",
             ),
             (
                 limit(r#"name = "b", capacity = 5, refill = 1, period = "1m", algorithm = "fixed_window""#),

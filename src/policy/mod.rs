@@ -116,6 +116,8 @@ pub(crate) struct Entry {
     /// The limits that count the cost (not [requests](Limit::per_request)): what refunds and
     /// charges touch.
     pub(crate) costed: Arc<[Limit]>,
+    /// Whether a limit is a concurrency limit: an allowed request then holds slots.
+    pub(crate) concurrent: bool,
     /// `RateLimit-Policy`: every limit.
     pub(crate) header: HeaderValue,
     pub(crate) shadow: bool,
@@ -183,6 +185,9 @@ impl Entry {
                 .min()
                 .unwrap_or(u64::MAX),
             fields: limits.iter().map(FieldCache::new).collect(),
+            concurrent: limits
+                .iter()
+                .any(|l| l.algorithm() == crate::Algorithm::Concurrency),
             limits,
             costed,
             shadow,

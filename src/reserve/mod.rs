@@ -31,8 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::HeaderName;
 use http::response::Parts;
 
+mod after;
 mod settling;
 
+pub(crate) use after::After;
 pub(crate) use settling::{Settler, Settling};
 
 /// A request's reservation, in its extensions while it is handled: what was taken up front,

@@ -148,7 +148,11 @@ impl DenyCache {
         decision: &Decision,
         asked: Instant,
     ) {
-        if decision.allowed || decision.retry_after.is_zero() {
+        // A slot may free at any moment: a concurrency limit's refusal is not remembered.
+        if decision.allowed
+            || decision.retry_after.is_zero()
+            || limit.algorithm() == Algorithm::Concurrency
+        {
             return;
         }
         let (Some(until), Some(full_at), Some(available_at)) = (

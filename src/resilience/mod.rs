@@ -103,4 +103,9 @@ impl LocalFallback {
     pub(crate) fn decide(&self, index: usize, key: &str, cost: u64) -> Option<Decision> {
         self.store.decide_now(key, &self.limits[index], cost).ok()
     }
+
+    /// Frees the slots a local decision for `key` under the policy at `index` took.
+    pub(crate) fn release(&self, index: usize, key: &str) {
+        let _ = self.store.release_now(key, &self.limits[index]);
+    }
 }

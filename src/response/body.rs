@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::reserve::Settling;
+use crate::reserve::After;
 
 pin_project! {
     /// The response body of [`RateLimit`](crate::RateLimit): the inner service's body, or the
@@ -15,8 +15,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
-        // The request's reservation, settled when the body ends or is dropped.
-        settling: Option<Box<Settling>>,
+        // Settles the request's reservation and frees its slots when the body ends or is
+        // dropped.
+        after: Option<Box<After>>,
     }
 }
 
@@ -38,25 +39,25 @@ impl<B> ResponseBody<B> {
         Self::settled(body, None)
     }
 
-    /// The inner service's body, with the reservation to settle when it is over.
-    pub(crate) fn settled(body: B, settling: Option<Box<Settling>>) -> Self {
+    /// The inner service's body, with what to do when it is over.
+    pub(crate) fn settled(body: B, after: Option<Box<After>>) -> Self {
         Self {
             kind: Kind::Inner { body },
-            settling,
+            after,
         }
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full { data: Some(data) },
-            settling: None,
+            after: None,
         }
     }
 
     pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Full { data: None },
-            settling: None,
+            after: None,
         }
     }
 }
@@ -85,15 +86,15 @@ where
         match this.kind.project() {
             KindProj::Inner { body } => {
                 let mut frame = ready!(body.poll_frame(cx));
-                if let Some(settling) = this.settling {
+                if let Some(after) = this.after {
                     match &mut frame {
                         Some(Ok(frame)) => {
                             if let Some(trailers) = frame.trailers_mut() {
-                                settling.trailers(trailers);
+                                after.trailers(trailers);
                             }
                         }
-                        // Ended (or failed, which ends it): settled now, with what was stated.
-                        Some(Err(_)) | None => settling.finish(),
+                        // Ended (or failed, which ends it): settled and freed now.
+                        Some(Err(_)) | None => after.finish(),
                     }
                 }
                 Poll::Ready(frame)

@@ -55,6 +55,8 @@ pub struct Rejection<'a> {
     limit: Option<&'a Limit>,
     decision: Option<&'a Decision>,
     cost: u64,
+    /// The policy has more than one limit: the body names the one that refused.
+    several: bool,
 }
 
 impl Rejection<'_> {
@@ -94,8 +96,9 @@ impl Rejection<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RejectionBody {
-    /// `{"allowed":false,"remaining":0,"retry_after_ms":1234}` for a 429, `{"error":"…"}`
-    /// otherwise (the default).
+    /// `{"allowed":false,"remaining":0,"retry_after_ms":1234}` for a 429 (with
+    /// `"limit":"<name>"` after `allowed` when the policy has several limits: the one that
+    /// refused), `{"error":"…"}` otherwise (the default).
     #[default]
     Json,
     /// `application/problem+json` (RFC 9457); a 429 uses the quota-exceeded problem type of
@@ -183,6 +186,7 @@ pub(crate) fn reject<B>(
         limit,
         decision,
         cost,
+        several: policy.limits.len() > 1,
     };
     let mut response = if style.grpc {
         grpc(&rejection)
@@ -221,11 +225,22 @@ pub(crate) fn reject<B>(
 
 pub(super) fn json_body(rejection: &Rejection<'_>) -> String {
     match (rejection.kind, rejection.decision) {
-        (RejectionKind::Limited, Some(d)) => format!(
-            "{{\"allowed\":false,\"remaining\":{},\"retry_after_ms\":{}}}",
-            d.remaining,
-            ceil_millis(d.retry_after)
-        ),
+        (RejectionKind::Limited, Some(d)) => {
+            let mut body = String::from("{\"allowed\":false,");
+            if let (true, Some(limit)) = (rejection.several, rejection.limit) {
+                // Which of the policy's limits refused.
+                body.push_str("\"limit\":");
+                push_json_str(&mut body, limit.name());
+                body.push(',');
+            }
+            let _ = write!(
+                body,
+                "\"remaining\":{},\"retry_after_ms\":{}}}",
+                d.remaining,
+                ceil_millis(d.retry_after)
+            );
+            body
+        }
         (RejectionKind::TooCostly, _) => {
             let mut body = String::from("{\"allowed\":false,\"error\":");
             push_json_str(&mut body, rejection.message);

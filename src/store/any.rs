@@ -92,6 +92,7 @@ trait DynStore: Send + Sync + 'static {
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>>;
     fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
+    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn name(&self) -> &'static str;
 }
@@ -117,6 +118,9 @@ impl<S: Store> DynStore for S {
     }
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
         Store::charge(self, key, limits, units)
+    }
+    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        Store::release(self, key, limits)
     }
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         Store::reset(self, key, limits)
@@ -201,6 +205,13 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::charge(store, key, limits, units),
             Inner::Other(store) => store.charge(key, limits, units),
+        }
+    }
+
+    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        match &self.inner {
+            Inner::Memory(store) => Store::release(store, key, limits),
+            Inner::Other(store) => store.release(key, limits),
         }
     }
 

@@ -106,6 +106,16 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Err(StoreError::Unsupported("charge"))))
     }
 
+    /// Frees one slot of each [concurrency](crate::Algorithm::Concurrency) limit among
+    /// `limits` that a decision for `key` took ([`Limit::release`] of each): a request that
+    /// held them is over. Other limits are left alone.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        let _ = (key, limits);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("release"))))
+    }
+
     /// Forgets each limit's bucket: whole again.
     ///
     /// The default answers [`StoreError::Unsupported`].

@@ -3,6 +3,7 @@
 
 mod algorithms;
 mod cluster;
+mod concurrency;
 mod contract;
 mod direct;
 mod examples;

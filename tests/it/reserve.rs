@@ -32,9 +32,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// A store that tells the test each refund and charge it made, once Redis answered: the
 /// signal a test awaits, since settlements run off the response path.
 #[derive(Clone)]
-struct Signalling<S> {
-    inner: S,
-    done: mpsc::UnboundedSender<(&'static str, u64)>,
+pub struct Signalling<S> {
+    pub inner: S,
+    pub done: mpsc::UnboundedSender<(&'static str, u64)>,
 }
 
 impl<S: Store> Store for Signalling<S> {
@@ -62,6 +62,10 @@ impl<S: Store> Store for Signalling<S> {
 
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
         self.signal("charge", units, self.inner.charge(key, limits, units))
+    }
+
+    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        self.signal("release", 0, self.inner.release(key, limits))
     }
 }
 
@@ -102,7 +106,9 @@ fn limiter(
 }
 
 /// The next settlement, within a liveness bound far above a Redis call.
-async fn next(settled: &mut mpsc::UnboundedReceiver<(&'static str, u64)>) -> (&'static str, u64) {
+pub async fn next(
+    settled: &mut mpsc::UnboundedReceiver<(&'static str, u64)>,
+) -> (&'static str, u64) {
     tokio::time::timeout(Duration::from_secs(10), settled.recv())
         .await
         .expect("a settlement within 10 s")

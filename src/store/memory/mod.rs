@@ -303,6 +303,27 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// [`Store::release`] without the future.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
+    /// [`MAX_LIMITS`].
+    pub fn release_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
+        check_limits(limits)?;
+        let (mut shard, hash) = self.shard(key);
+        for limit in limits {
+            if let Ok(mut bucket) = shard.buckets.find_entry(hash(limit), matches(key, limit)) {
+                let state = &mut bucket.get_mut().state;
+                limit.release(state);
+                if *state == BucketState::New {
+                    bucket.remove();
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// [`Store::reset`] without the future.
     ///
     /// # Errors
@@ -420,6 +441,10 @@ impl Store for MemoryStore {
 
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
         Box::pin(ready(self.charge_now(key, limits, units)))
+    }
+
+    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        Box::pin(ready(self.release_now(key, limits)))
     }
 
     fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {

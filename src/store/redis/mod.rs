@@ -14,9 +14,10 @@ use super::{Store, StoreCall};
 
 mod connection;
 mod scripts;
+mod slots;
 
 use connection::{Conn, Link, Opener};
-pub(crate) use scripts::script_for;
+use slots::Slots;
 
 /// Buckets in Redis, shared by every instance that points at the same server, cluster or
 /// sentinel-managed primary.
@@ -79,6 +80,7 @@ pub(crate) use scripts::script_for;
 #[derive(Clone)]
 pub struct RedisStore {
     link: Arc<Link>,
+    slots: Arc<Slots>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -206,6 +208,7 @@ impl RedisStore {
     fn new(conn: Option<Conn>, opener: Opener) -> Self {
         Self {
             link: Link::new(conn, opener),
+            slots: Slots::new(),
         }
     }
 
@@ -328,29 +331,15 @@ impl Store for RedisStore {
     type Future = StoreCall<Decision>;
 
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
-        if let Err(error) = check_limits(limits) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        let cost = cost.max(1);
-        let script = script_for(limits);
-        let evalsha = scripts::evalsha(script, key, limits, cost, true);
-        let limits = Arc::clone(limits);
-        self.send(evalsha, Some(script), move |reply| {
-            scripts::parse_reply(reply, &limits, cost)
-        })
+        self.decide_with(key, limits, cost, scripts::parse_reply, |d| d.allowed)
     }
 
     fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
-        if let Err(error) = check_limits(limits) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        let cost = cost.max(1);
-        let script = script_for(limits);
-        let evalsha = scripts::evalsha(script, key, limits, cost, true);
-        let limits = Arc::clone(limits);
-        self.send(evalsha, Some(script), move |reply| {
-            scripts::parse_each(reply, &limits, cost)
-        })
+        self.decide_with(key, limits, cost, scripts::parse_each, slots::all_allowed)
+    }
+
+    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        self.release_slots(key, limits)
     }
 
     fn identity(&self) -> Option<usize> {
@@ -362,8 +351,8 @@ impl Store for RedisStore {
             return Box::pin(std::future::ready(Err(error)));
         }
         let cost = cost.max(1);
-        let script = scripts::peek_script();
-        let evalsha = scripts::evalsha(script, key, limits, cost, true);
+        let script = scripts::other(scripts::Other::Peek);
+        let evalsha = scripts::evalsha(script, key, limits, cost, true, "-");
         let limits = Arc::clone(limits);
         self.send(evalsha, Some(script), move |reply| {
             scripts::parse_peek(reply, &limits, cost)
@@ -374,8 +363,8 @@ impl Store for RedisStore {
         if let Err(error) = check_limits(limits) {
             return Box::pin(std::future::ready(Err(error)));
         }
-        let script = scripts::refund_script();
-        let evalsha = scripts::evalsha(script, key, limits, units, false);
+        let script = scripts::other(scripts::Other::Refund);
+        let evalsha = scripts::evalsha(script, key, limits, units, false, "-");
         self.send(evalsha, Some(script), |reply| {
             matches!(reply, redis::Value::Int(1)).then_some(())
         })
@@ -385,8 +374,8 @@ impl Store for RedisStore {
         if let Err(error) = check_limits(limits) {
             return Box::pin(std::future::ready(Err(error)));
         }
-        let script = scripts::charge_script();
-        let evalsha = scripts::evalsha(script, key, limits, units, false);
+        let script = scripts::other(scripts::Other::Charge);
+        let evalsha = scripts::evalsha(script, key, limits, units, false, "-");
         self.send(evalsha, Some(script), |reply| {
             matches!(reply, redis::Value::Int(1)).then_some(())
         })

@@ -15,6 +15,7 @@ pub(crate) fn script_source(algorithm: Algorithm) -> &'static str {
         Algorithm::FixedWindow => FIXED_WINDOW_SCRIPT,
         Algorithm::SlidingWindow => SLIDING_WINDOW_SCRIPT,
         Algorithm::SlidingLog => SLIDING_LOG_SCRIPT,
+        Algorithm::Concurrency => CONCURRENCY_SCRIPT,
     }
 }
 
@@ -34,55 +35,76 @@ const TOKEN_BUCKET_SCRIPT: &str = decide!("token_bucket.lua");
 const FIXED_WINDOW_SCRIPT: &str = decide!("fixed_window.lua");
 const SLIDING_WINDOW_SCRIPT: &str = decide!("sliding_window.lua");
 const SLIDING_LOG_SCRIPT: &str = decide!("sliding_log.lua");
-/// The script of limits of different algorithms: all four, `lua/mixed.lua` and
+const CONCURRENCY_SCRIPT: &str = decide!("concurrency.lua");
+/// The script of limits of different algorithms: every algorithm's, `lua/mixed.lua` and
 /// `lua/decide.lua`.
 pub(crate) const MIXED_SCRIPT: &str = decide!(
     "token_bucket.lua",
     "fixed_window.lua",
     "sliding_window.lua",
     "sliding_log.lua",
+    "concurrency.lua",
     "mixed.lua"
 );
+
+/// Every algorithm's functions and `lua/mixed.lua`, after `local read_only = ...`, then `$end`.
+macro_rules! every_algorithm {
+    ($read_only:literal, $end:literal) => {
+        concat!(
+            $read_only,
+            include_str!("../../../lua/token_bucket.lua"),
+            include_str!("../../../lua/fixed_window.lua"),
+            include_str!("../../../lua/sliding_window.lua"),
+            include_str!("../../../lua/sliding_log.lua"),
+            include_str!("../../../lua/concurrency.lua"),
+            include_str!("../../../lua/mixed.lua"),
+            include_str!(concat!("../../../lua/", $end))
+        )
+    };
+}
+
 /// [`Limiter::peek`](crate::Limiter::peek): read-only (so it may run on a replica), every
 /// algorithm's observe function, and `lua/peek.lua`.
-const PEEK_SCRIPT: &str = concat!(
+const PEEK_SCRIPT: &str = every_algorithm!(
     "#!lua flags=no-writes\nlocal read_only = true\n",
-    include_str!("../../../lua/token_bucket.lua"),
-    include_str!("../../../lua/fixed_window.lua"),
-    include_str!("../../../lua/sliding_window.lua"),
-    include_str!("../../../lua/sliding_log.lua"),
-    include_str!("../../../lua/mixed.lua"),
-    include_str!("../../../lua/peek.lua")
+    "peek.lua"
 );
 /// [`Limiter::refund`](crate::Limiter::refund): `lua/refund.lua`.
 const REFUND_SCRIPT: &str = include_str!("../../../lua/refund.lua");
 /// [`Limiter::charge`](crate::Limiter::charge): every algorithm's observe and take functions,
 /// and `lua/charge.lua`.
-const CHARGE_SCRIPT: &str = concat!(
-    "local read_only = false\n",
-    include_str!("../../../lua/token_bucket.lua"),
-    include_str!("../../../lua/fixed_window.lua"),
-    include_str!("../../../lua/sliding_window.lua"),
-    include_str!("../../../lua/sliding_log.lua"),
-    include_str!("../../../lua/mixed.lua"),
-    include_str!("../../../lua/charge.lua")
-);
+const CHARGE_SCRIPT: &str = every_algorithm!("local read_only = false\n", "charge.lua");
+
+/// The scripts other than the deciding ones, by their place in [`SCRIPTS`].
+#[derive(Clone, Copy)]
+pub(super) enum Other {
+    Peek = 6,
+    Refund = 7,
+    Charge = 8,
+    /// Frees a request's slots: `lua/release.lua`.
+    Release = 9,
+    /// Renews this instance's slots in one bucket: `lua/renew.lua`.
+    Renew = 10,
+}
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
-/// order of [`Algorithm::ALL`], the mixed one, the peek one, the refund one and the charge one.
-static SCRIPTS: LazyLock<[redis::Script; 8]> = LazyLock::new(|| all().map(redis::Script::new));
+/// order of [`Algorithm::ALL`], the mixed one, then the [`Other`] ones.
+static SCRIPTS: LazyLock<[redis::Script; 11]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 8] {
+pub(super) fn all() -> [&'static str; 11] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
         script_source(Algorithm::ALL[2]),
         script_source(Algorithm::ALL[3]),
+        script_source(Algorithm::ALL[4]),
         MIXED_SCRIPT,
         PEEK_SCRIPT,
         REFUND_SCRIPT,
         CHARGE_SCRIPT,
+        include_str!("../../../lua/release.lua"),
+        include_str!("../../../lua/renew.lua"),
     ]
 }
 
@@ -99,23 +121,13 @@ pub(crate) fn script_for(limits: &[Limit]) -> &'static redis::Script {
             .expect("every algorithm is in ALL");
         &SCRIPTS[i]
     } else {
-        &SCRIPTS[4]
+        &SCRIPTS[Algorithm::ALL.len()]
     }
 }
 
-/// The peek script.
-pub(super) fn peek_script() -> &'static redis::Script {
-    &SCRIPTS[5]
-}
-
-/// The refund script.
-pub(super) fn refund_script() -> &'static redis::Script {
-    &SCRIPTS[6]
-}
-
-/// The charge script.
-pub(super) fn charge_script() -> &'static redis::Script {
-    &SCRIPTS[7]
+/// One of the other scripts.
+pub(super) fn other(script: Other) -> &'static redis::Script {
+    &SCRIPTS[script as usize]
 }
 
 /// The call `evalsha` (made by `evalsha()`) with the script's text instead of its SHA1:
@@ -140,13 +152,15 @@ pub(super) fn eval(evalsha: &redis::Cmd, script: &redis::Script) -> redis::Cmd {
 /// `EVALSHA sha`, then the keys and arguments of `lua/decide.lua`, written once: each key
 /// straight from one reused buffer. `cost` is what each limit takes: the request's cost, or
 /// 1 for a limit that counts requests ([`Limit::per_request`]) when the call `decides` (a
-/// decision or a peek); the units as given for a refund or a charge.
+/// decision or a peek); the units as given for a refund or a charge. A concurrency limit
+/// gets the name of the slot a decision would take, `slot`, in place of the cost.
 pub(super) fn evalsha(
     script: &redis::Script,
     key: &str,
     limits: &[Limit],
     cost: u64,
     decides: bool,
+    slot: &str,
 ) -> redis::Cmd {
     // Sized once: the verb, the SHA1, the key count, then per limit its key and four numbers.
     let per_limit = key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN + 4 * 20;
@@ -171,6 +185,8 @@ pub(super) fn evalsha(
                 cmd.arg(limit.window_ms()).arg(limit.capacity()).arg(cost)
             }
             Algorithm::SlidingLog => cmd.arg(limit.window_us()).arg(limit.capacity()).arg(cost),
+            // The lease in microseconds, the capacity, the slot.
+            Algorithm::Concurrency => cmd.arg(limit.window_us()).arg(limit.capacity()).arg(slot),
         };
     }
     cmd
@@ -300,6 +316,7 @@ impl ReadObservation for Observation {
                 newest: next()?,
                 needed: next()?,
             },
+            Algorithm::Concurrency => Self::Concurrency { in_use: next()? },
         })
     }
 
