@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use super::take::report;
+use super::call::report;
 use super::{Call, Limiter, Subject};
 use crate::store::{Store, StoreCall};
 use crate::telemetry::Settled;

@@ -58,6 +58,7 @@ use crate::store::{MemoryStore, Store};
 use crate::telemetry::Telemetry;
 
 mod builder;
+mod call;
 mod calls;
 mod claims;
 mod in_flight;
@@ -69,13 +70,14 @@ pub use builder::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
     DEFAULT_TIMEOUT, LimiterBuilder,
 };
+pub(crate) use call::{Answer, Call};
 pub use in_flight::InFlight;
 pub(crate) use in_flight::Releaser;
 pub(crate) use outcome::Flags;
 pub use outcome::{DecidedBy, Outcome, Verdict};
 pub use subject::{Subject, SubjectError, Target};
 pub use take::Take;
-pub(crate) use take::{Answer, Asked, Call, Deciding};
+pub(crate) use take::{Asked, Deciding};
 
 /// The engine: decides, peeks, refunds and resets for subjects. Built once with
 /// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`).

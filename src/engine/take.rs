@@ -10,41 +10,12 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::call::{Answer, Call, report};
 use super::outcome::{DecidedBy, Flags, Outcome, Verdict};
 use super::{Core, InFlight};
-use crate::algorithm::binding;
 use crate::resilience::FailMode;
 use crate::resilience::breaker::Ticket;
 use crate::{Decision, StoreError};
-
-/// What the engine reads of a store's answer: the binding limit's decision, and every
-/// limit's when the call reports them.
-pub(crate) trait Answer: Send + 'static {
-    /// `None` when the answer names no binding limit (a store that misreports).
-    fn into_parts(self) -> Option<(Decision, Vec<Decision>)>;
-    /// Whether the request passed (and took its units and slots).
-    fn took(&self) -> bool;
-}
-
-impl Answer for Decision {
-    fn into_parts(self) -> Option<(Decision, Vec<Decision>)> {
-        Some((self, Vec::new()))
-    }
-
-    fn took(&self) -> bool {
-        self.allowed
-    }
-}
-
-impl Answer for Vec<Decision> {
-    fn into_parts(self) -> Option<(Decision, Vec<Decision>)> {
-        Some((binding(&self)?, self))
-    }
-
-    fn took(&self) -> bool {
-        self.iter().all(|d| d.allowed)
-    }
-}
 
 /// What the engine knew when it asked the store.
 pub(crate) struct Asked {
@@ -56,119 +27,6 @@ pub(crate) struct Asked {
     /// The slots the decision would hold, under a concurrency limit (until a store call takes
     /// them over).
     pub(crate) in_flight: Option<InFlight>,
-}
-
-/// A store call under way, with its place among those in flight (a remote store).
-///
-/// A decision dropped before the call ends is a cancelled request (its client went away), not
-/// a store failure: the call is left to finish on its own (it was sent; Redis runs it anyway),
-/// holding its place in flight, and what it comes to is told to the breaker as usual. Only a
-/// call the engine gives up on (the timeout) is dropped and counted as failed.
-pub(crate) struct Call<D, T = Decision> {
-    pub(crate) future: Option<D>,
-    pub(crate) ticket: Option<Ticket>,
-    /// The slots a decision takes when it passes: freed by a call left to finish.
-    pub(crate) in_flight: Option<InFlight>,
-    /// Leaves a call to finish on its own (made where the future's type is known to allow it).
-    orphan: fn(D, Option<Ticket>, Option<InFlight>),
-    answer: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<D, T> Call<D, T>
-where
-    D: Future<Output = Result<T, StoreError>> + Send + 'static,
-    T: 'static,
-{
-    pub(crate) fn new(future: D, ticket: Option<Ticket>) -> Self {
-        Self {
-            future: Some(future),
-            ticket,
-            in_flight: None,
-            orphan: orphan::<D, T>,
-            answer: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<D, T> Call<D, T>
-where
-    D: Future<Output = Result<T, StoreError>> + Send + 'static,
-    T: Answer,
-{
-    /// A decision, which takes `in_flight`'s slots when it passes.
-    pub(crate) fn deciding(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>) -> Self {
-        Self {
-            future: Some(future),
-            ticket,
-            in_flight,
-            orphan: orphan_deciding::<D, T>,
-            answer: std::marker::PhantomData,
-        }
-    }
-}
-
-/// Runs `future` to its end in the background, then tells the breaker what it came to.
-fn orphan<D, T>(future: D, ticket: Option<Ticket>, _: Option<InFlight>)
-where
-    D: Future<Output = Result<T, StoreError>> + Send + 'static,
-{
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let answer = future.await;
-        if let Some(ticket) = ticket {
-            report(ticket, &answer);
-        }
-    });
-}
-
-/// [`orphan`] for a decision: the slots it took, if it passed, are freed at once, since no
-/// request holds them.
-fn orphan_deciding<D, T>(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>)
-where
-    D: Future<Output = Result<T, StoreError>> + Send + 'static,
-    T: Answer,
-{
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let answer = future.await;
-        if let Some(ticket) = ticket {
-            report(ticket, &answer);
-        }
-        if let Some(in_flight) = in_flight {
-            match answer {
-                Ok(answer) if answer.took() => in_flight.release(),
-                _ => in_flight.disarm(),
-            }
-        }
-    });
-}
-
-/// Tells the breaker what a call came to.
-pub(crate) fn report<T>(ticket: Ticket, answer: &Result<T, StoreError>) {
-    // Only a store that cannot be reached opens the breaker; one that answered with an error
-    // (a script error, say) is up.
-    match answer {
-        Err(error) if error.unavailable() => ticket.failed(),
-        _ => ticket.answered(),
-    }
-}
-
-impl<D, T> Drop for Call<D, T> {
-    fn drop(&mut self) {
-        match self.future.take() {
-            Some(future) => (self.orphan)(future, self.ticket.take(), self.in_flight.take()),
-            // Ended: the slots were handed on, or were never taken.
-            None => {
-                if let Some(in_flight) = self.in_flight.take() {
-                    in_flight.disarm();
-                }
-            }
-        }
-    }
 }
 
 pin_project! {

@@ -130,7 +130,7 @@ where
                             .decision(index, Counted::MissingIdentity, false);
                         answer(Answer::MissingClient(missing))
                     }
-                    (_, Err(invalid)) => answer(Answer::InvalidCost(invalid)),
+                    (_, Err(invalid)) => answer(Answer::InvalidCost(invalid.to_string())),
                     (Ok(_), Ok(_)) => unreachable!("both were found above"),
                 };
             }

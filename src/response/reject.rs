@@ -114,9 +114,13 @@ pub type RejectionHook = dyn Fn(&Rejection<'_>) -> Response<Bytes> + Send + Sync
 #[derive(Debug)]
 pub(crate) enum Answer {
     Limited(Decision),
-    TooCostly { cost: u64, limit: usize },
+    TooCostly {
+        cost: u64,
+        limit: usize,
+    },
     MissingClient(crate::MissingClient),
-    InvalidCost(crate::cost::InvalidCost),
+    /// A cost the request states that is not one: the message for the client.
+    InvalidCost(String),
     Unavailable,
 }
 
@@ -176,7 +180,7 @@ pub(crate) fn reject<B>(
             ))
         }
         Answer::MissingClient(m) => Cow::Borrowed(m.message()),
-        Answer::InvalidCost(c) => Cow::Borrowed(c.message()),
+        Answer::InvalidCost(message) => Cow::Borrowed(message.as_str()),
         Answer::Unavailable => Cow::Borrowed(UNAVAILABLE),
     };
     let rejection = Rejection {

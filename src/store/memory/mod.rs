@@ -13,6 +13,7 @@ use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all, decide_each};
 
 use super::{Store, StoreCall};
 
+mod calls;
 mod clock;
 
 use clock::Clock;
@@ -229,116 +230,6 @@ impl MemoryStore {
         let hash =
             move |limit: &Limit| (key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         (shard, hash)
-    }
-
-    /// [`Store::peek`] without the future.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Invalid`] when `limits` is empty or longer than [`MAX_LIMITS`].
-    pub fn peek_now(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: u64,
-    ) -> Result<Vec<Decision>, StoreError> {
-        check_limits(limits)?;
-        let now = self.inner.clock.now_us();
-        let (shard, hash) = self.shard(key);
-        let new = BucketState::default();
-        Ok(limits
-            .iter()
-            .enumerate()
-            .map(|(i, limit)| {
-                let state = shard
-                    .buckets
-                    .find(hash(limit), matches(key, limit))
-                    .map_or(&new, |b| &b.state);
-                limit.peek(state, now, cost).with_index(i)
-            })
-            .collect())
-    }
-
-    /// [`Store::refund`] without the future.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn refund_now(&self, key: &str, limits: &[Limit], units: u64) -> Result<(), StoreError> {
-        check_limits(limits)?;
-        let now = self.inner.clock.now_us();
-        let (mut shard, hash) = self.shard(key);
-        for limit in limits {
-            if let Some(bucket) = shard.buckets.find_mut(hash(limit), matches(key, limit)) {
-                limit.refund(&mut bucket.state, now, units);
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Store::charge`] without the future.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn charge_now(&self, key: &str, limits: &[Limit], units: u64) -> Result<(), StoreError> {
-        check_limits(limits)?;
-        if units == 0 {
-            return Ok(());
-        }
-        let now = self.inner.clock.now_us();
-        let (mut shard, hash) = self.shard(key);
-        for limit in limits {
-            let hash = hash(limit);
-            if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
-                limit.charge(&mut bucket.state, now, units);
-            } else {
-                let mut state = BucketState::default();
-                limit.charge(&mut state, now, units);
-                shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Store::release`] without the future.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn release_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
-        check_limits(limits)?;
-        let (mut shard, hash) = self.shard(key);
-        for limit in limits {
-            if let Ok(mut bucket) = shard.buckets.find_entry(hash(limit), matches(key, limit)) {
-                let state = &mut bucket.get_mut().state;
-                limit.release(state);
-                if *state == BucketState::New {
-                    bucket.remove();
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Store::reset`] without the future.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn reset_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
-        check_limits(limits)?;
-        let (mut shard, hash) = self.shard(key);
-        for limit in limits {
-            if let Ok(bucket) = shard.buckets.find_entry(hash(limit), matches(key, limit)) {
-                bucket.remove();
-            }
-        }
-        Ok(())
     }
 }
 
