@@ -317,6 +317,12 @@ impl<St> LimiterBuilder<St> {
             _claims: claims,
             telemetry: Telemetry::new(&names),
             local,
+            prefixes: (0..policies.len())
+                .map(|i| match &policies.entry(i).tier {
+                    Some(tier) => format!("{}.{tier}", options.key_prefix).into(),
+                    None => options.key_prefix.as_str().into(),
+                })
+                .collect(),
             policies,
             key_prefix: options.key_prefix.into_boxed_str(),
             timeout: options.timeout,

@@ -34,6 +34,11 @@ impl Claims {
         let names: Vec<String> = (0..policies.len())
             .flat_map(|i| {
                 let entry = policies.entry(i);
+                // A tier's buckets have keys of their own.
+                let prefix = match &entry.tier {
+                    Some(tier) => format!("{prefix}.{tier}"),
+                    None => prefix.to_owned(),
+                };
                 let endpoint = entry
                     .rule
                     .as_deref()

@@ -48,7 +48,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::{Bypass, ClientId};
-use crate::key::{Endpoint, normalize_path, subject_key};
 use crate::policy::Policies;
 use crate::resilience::breaker::Breaker;
 use crate::resilience::deny_cache::DenyCache;
@@ -96,6 +95,8 @@ pub(crate) struct Shared<St> {
 pub(crate) struct Core {
     pub(crate) policies: Policies,
     pub(crate) key_prefix: Box<str>,
+    /// The key prefix of each policy's buckets: `key_prefix`, and `.tier` in a tier.
+    pub(crate) prefixes: Box<[Box<str>]>,
     pub(crate) timeout: Duration,
     pub(crate) fail_mode: FailMode,
     pub(crate) shadow: bool,
@@ -169,52 +170,6 @@ impl<St> Limiter<St> {
 
     pub(crate) fn core(&self) -> &Arc<Core> {
         &self.shared.core
-    }
-
-    /// The subject `client` on `target`: its policy and its bucket key, built once and
-    /// reusable for every call about it. The key is the one the HTTP layer uses for the same
-    /// client and endpoint (see [`key`](crate::key)), so both charge the same buckets.
-    ///
-    /// # Errors
-    ///
-    /// When `client` is empty, or `target` names a rule the policies do not have.
-    pub fn subject<'c>(
-        &self,
-        client: impl Into<ClientId<'c>>,
-        target: Target<'_>,
-    ) -> Result<Subject, SubjectError> {
-        let client = client.into();
-        if client.as_bytes().is_empty() {
-            return Err(SubjectError::EmptyClient);
-        }
-        let core = &self.shared.core;
-        let (policy, path) = match target {
-            Target::Route { method, path } => {
-                let path = normalize_path(path);
-                (core.policies.find(method, &path), Some((method, path)))
-            }
-            Target::Rule(name) => match core.policies.find_rule(name) {
-                Some(index) => (Some(index), None),
-                None => return Err(SubjectError::UnknownRule(name.to_owned())),
-            },
-        };
-        let endpoint = match (
-            policy.and_then(|i| core.policies.entry(i).rule.as_deref()),
-            &path,
-        ) {
-            (Some(rule), _) => Endpoint::Rule(rule),
-            (None, Some((method, path))) => Endpoint::Route {
-                method: method.as_str(),
-                path,
-            },
-            (None, None) => unreachable!("a rule target found its rule"),
-        };
-        let bypassed = core.is_bypassed(&client);
-        Ok(Subject::new(
-            subject_key(&core.key_prefix, client.as_bytes(), endpoint),
-            policy,
-            bypassed,
-        ))
     }
 }
 

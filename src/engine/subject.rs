@@ -2,6 +2,10 @@
 
 use http::Method;
 
+use super::Limiter;
+use crate::client::ClientId;
+use crate::key::{Endpoint, normalize_path, subject_key};
+
 /// What a subject is limited on, beside its client.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -80,4 +84,96 @@ pub enum SubjectError {
     /// No rule has this name.
     #[error("no rule is named {0:?}")]
     UnknownRule(String),
+    /// The policies are tiered: name the subject's tier ([`Limiter::tiered_subject`](crate::Limiter::tiered_subject)).
+    #[error("the policies are tiered: the subject needs a tier")]
+    TierRequired,
+    /// No tier has this name.
+    #[error("no tier is named {0:?}")]
+    UnknownTier(String),
+    /// A tier was given, but the policies have none.
+    #[error("the policies have no tiers")]
+    NotTiered,
+}
+
+impl<St> Limiter<St> {
+    /// The subject `client` on `target`: its policy and its bucket key, built once and
+    /// reusable for every call about it. The key is the one the HTTP layer uses for the same
+    /// client and endpoint (see [`key`](crate::key)), so both charge the same buckets.
+    ///
+    /// # Errors
+    ///
+    /// When `client` is empty, `target` names a rule the policies do not have, or the
+    /// policies are [tiered](crate::Policies::tiered) (see [`Limiter::tiered_subject`]).
+    pub fn subject<'c>(
+        &self,
+        client: impl Into<ClientId<'c>>,
+        target: Target<'_>,
+    ) -> Result<Subject, SubjectError> {
+        self.subject_in(None, client.into(), target)
+    }
+
+    /// [`Limiter::subject`] under [tiered](crate::Policies::tiered) policies: `client` of `tier`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Limiter::subject`]; a tier the policies do not have, or untiered policies.
+    pub fn tiered_subject<'c>(
+        &self,
+        tier: &str,
+        client: impl Into<ClientId<'c>>,
+        target: Target<'_>,
+    ) -> Result<Subject, SubjectError> {
+        self.subject_in(Some(tier), client.into(), target)
+    }
+
+    fn subject_in(
+        &self,
+        tier: Option<&str>,
+        client: ClientId<'_>,
+        target: Target<'_>,
+    ) -> Result<Subject, SubjectError> {
+        if client.as_bytes().is_empty() {
+            return Err(SubjectError::EmptyClient);
+        }
+        let core = &self.shared.core;
+        let policies = &core.policies;
+        let Some(group) = policies.group(tier) else {
+            return Err(match tier {
+                Some(tier) if policies.is_tiered() => SubjectError::UnknownTier(tier.to_owned()),
+                Some(_) => SubjectError::NotTiered,
+                None => SubjectError::TierRequired,
+            });
+        };
+        let (policy, path) = match target {
+            Target::Route { method, path } => {
+                let path = normalize_path(path);
+                (policies.find_in(group, method, &path), Some((method, path)))
+            }
+            Target::Rule(name) => match policies.find_rule_in(group, name) {
+                Some(index) => (Some(index), None),
+                None => return Err(SubjectError::UnknownRule(name.to_owned())),
+            },
+        };
+        let endpoint = match (
+            policy.and_then(|i| core.policies.entry(i).rule.as_deref()),
+            &path,
+        ) {
+            (Some(rule), _) => Endpoint::Rule(rule),
+            (None, Some((method, path))) => Endpoint::Route {
+                method: method.as_str(),
+                path,
+            },
+            (None, None) => unreachable!("a rule target found its rule"),
+        };
+        let bypassed = core.is_bypassed(&client);
+        Ok(Subject::new(
+            subject_key(
+                policy.map_or(&core.key_prefix, |i| &core.prefixes[i]),
+                client.as_bytes(),
+                endpoint,
+            ),
+            policy,
+            bypassed,
+        ))
+    }
 }

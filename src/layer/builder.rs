@@ -10,7 +10,7 @@ use crate::client::{ApiKey, Bypass, ClientExtractor};
 use crate::cost::{CostExtractor, UnitCost};
 use crate::engine::LimiterBuilder;
 use crate::key::UnmatchedPaths;
-use crate::policy::Policies;
+use crate::policy::{Policies, TierExtractor};
 use crate::reserve::Settle;
 use crate::response::{Rejection, RejectionBody, RejectionHook};
 use crate::store::Store;
@@ -60,6 +60,7 @@ struct Options {
     cost: Box<dyn CostExtractor>,
     unmatched: UnmatchedPaths,
     settle: Option<Settle>,
+    tier: Option<Box<dyn TierExtractor>>,
 }
 
 impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
@@ -251,6 +252,17 @@ impl<St, C> Builder<St, C> {
         self
     }
 
+    /// How a request's tier is found, for [tiered](Policies::tiered) policies (required with
+    /// them, refused without): a closure ([`tier_fn`](crate::policy::tier_fn)) or the
+    /// [`Tier`](crate::policy::Tier) an earlier layer put in the request
+    /// ([`TierExtension`](crate::policy::TierExtension)). A request without a tier gets the
+    /// extractor's answer (`400`, `401`, `403`, as it says), one with a tier the policies do
+    /// not have `403`; never a store call, never unlimited.
+    pub fn tier_extractor<T: TierExtractor>(mut self, tier: T) -> Self {
+        self.options.tier = Some(Box::new(tier));
+        self
+    }
+
     /// How requests that match no route template are keyed under the default policy (default
     /// [`UnmatchedPaths::Shared`]: one bucket per client and method, so that a client cannot
     /// multiply its budget by varying the path). axum's matched route template
@@ -282,6 +294,22 @@ impl<St, C> Builder<St, C> {
             Engine::Built(limiter) => limiter,
         };
         let options = self.options;
+        match (limiter.policies().is_tiered(), options.tier.is_some()) {
+            (true, false) => {
+                return Err(ConfigError::Missing {
+                    field: "tier_extractor",
+                });
+            }
+            (false, true) => {
+                return Err(ConfigError::Invalid {
+                    field: "tier_extractor",
+                    value: "set".into(),
+                    reason: "the policies have no tiers: build them with Policies::tiered or \
+                             [tiers.<name>] in the file",
+                });
+            }
+            _ => {}
+        }
         let reserve = options.settle.map(|settle| Reserve {
             settle: Arc::new(settle),
             settler: Arc::new(limiter.clone()),
@@ -295,6 +323,7 @@ impl<St, C> Builder<St, C> {
             cost: options.cost,
             unmatched: options.unmatched,
             reserve,
+            tier: options.tier,
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -324,6 +353,7 @@ impl RateLimitLayer {
                 cost: Box::new(UnitCost),
                 unmatched: UnmatchedPaths::Shared,
                 settle: None,
+                tier: None,
             },
         }
     }

@@ -204,7 +204,9 @@ where
                         after.refused();
                     }
                     let answer = answer.take().expect("polled after completion");
-                    let policy = settings.core.policies.entry(*this.policy);
+                    let policies = &settings.core.policies;
+                    let policy =
+                        (*this.policy < policies.len()).then(|| policies.entry(*this.policy));
                     let response = response::reject(&answer, policy, &settings.style(*this.grpc));
                     return Poll::Ready(Ok(response));
                 }

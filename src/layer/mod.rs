@@ -12,7 +12,7 @@ use crate::client::ApiKey;
 use crate::cost::CostExtractor;
 use crate::engine::Core;
 use crate::key::UnmatchedPaths;
-use crate::policy::Policies;
+use crate::policy::{Policies, TierExtractor};
 use crate::reserve::{Settle, Settler};
 use crate::response::{RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
@@ -54,6 +54,8 @@ pub(crate) struct Settings {
     pub(crate) unmatched: UnmatchedPaths,
     /// Reservations settled after the response, when on.
     pub(crate) reserve: Option<Reserve>,
+    /// Finds a request's tier, for tiered policies.
+    pub(crate) tier: Option<Box<dyn TierExtractor>>,
 }
 
 /// How the layer settles reservations.

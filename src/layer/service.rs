@@ -4,12 +4,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::{ResponseFuture, Shared};
 use crate::client::ClientExtractor;
 use crate::key::{Endpoint, request_path, route_template, subject_key};
+use crate::policy::TierRejection;
 use crate::reserve::{After, Reservation, Settling};
 use crate::response::{Answer, ResponseBody, is_grpc};
 use crate::store::Store;
@@ -99,7 +100,36 @@ where
         let (parts, body) = request.into_parts();
         let grpc = is_grpc(&parts.headers);
         let path = request_path(&parts);
-        let Some(index) = core.policies.find(&parts.method, &path) else {
+        // The request's group of policies: the only one, or its tier's.
+        let group = match &settings.tier {
+            None => core.policies.group(None),
+            Some(extractor) => match extractor.tier(&parts) {
+                Ok(tier) => match core.policies.group(Some(tier)) {
+                    Some(group) => Some(group),
+                    None => {
+                        let unknown = TierRejection::new(StatusCode::FORBIDDEN, "unknown tier");
+                        let answer = Answer::NoTier(unknown);
+                        return ResponseFuture::answered(
+                            Arc::clone(settings),
+                            usize::MAX,
+                            grpc,
+                            answer,
+                        );
+                    }
+                },
+                Err(rejection) => {
+                    let answer = Answer::NoTier(rejection);
+                    return ResponseFuture::answered(
+                        Arc::clone(settings),
+                        usize::MAX,
+                        grpc,
+                        answer,
+                    );
+                }
+            },
+        };
+        let found = group.and_then(|g| core.policies.find_in(g, &parts.method, &path));
+        let Some(index) = found else {
             // No rule matches and there is no default: not limited.
             let future = inner.call(Request::from_parts(parts, body));
             return ResponseFuture::unlimited(Arc::clone(settings), future);
@@ -152,7 +182,7 @@ where
                 }
             }
         };
-        let key = subject_key(&core.key_prefix, client.as_bytes(), endpoint);
+        let key = subject_key(&core.prefixes[index], client.as_bytes(), endpoint);
         let mut parts = parts;
         let after = settings.reserve.as_ref().map(|reserve| {
             let reservation = Reservation::new(cost);

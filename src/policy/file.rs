@@ -188,59 +188,38 @@ impl Policies {
     /// or missing field, a zero capacity, an unparsable period, a duplicate rule name, or a file
     /// with neither a default nor a rule (it would limit nothing).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                message: e.to_string().trim().to_owned(),
-            })?;
-        let mut builder = Policies::builder();
-        for (key, value) in table {
-            match key.as_str() {
-                "default" => {
-                    let default = DefaultFile::deserialize(value)
-                        .map_err(|e| serde_error(e).at("default"))?;
-                    if default.limits.is_empty() {
-                        // `limits = []` would silently leave every unmatched request unlimited.
-                        return Err(ConfigError::Missing { field: "limits" }.at("default"));
-                    }
-                    for limit in limits(default.limits).map_err(|e| e.at("default"))? {
-                        builder = builder.default_limit(limit);
-                    }
-                    builder = builder.default_shadow(default.shadow);
-                }
-                "rules" => {
-                    let toml::Value::Array(rules) = value else {
-                        return Err(ConfigError::Parse {
-                            message: "`rules` must be an array of tables: [[rules]]".into(),
-                        });
-                    };
-                    for (i, value) in rules.into_iter().enumerate() {
-                        let at = match value.get("name").and_then(toml::Value::as_str) {
-                            Some(name) => format!("rule {name:?}"),
-                            None => format!("rules[{i}]"),
-                        };
-                        let rule =
-                            RuleFile::deserialize(value).map_err(|e| serde_error(e).at(&at))?;
-                        builder = builder.rule(rule.into_rule().map_err(|e| e.at(&at))?);
-                    }
-                }
-                other => {
-                    return Err(ConfigError::Parse {
-                        message: format!(
-                            "unknown top-level key `{other}`, expected `default` or `rules`"
-                        ),
-                    });
-                }
-            }
-        }
-        let policies = builder.build()?;
-        if policies.len() == 0 {
-            // Nothing would be limited: surely not what the file meant.
-            return Err(ConfigError::Missing {
-                field: "[[default.limits]] or [[rules]]",
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    message: e.to_string().trim().to_owned(),
+                })?;
+        let Some(tiers) = table.remove("tiers") else {
+            return from_table(table);
+        };
+        if let Some(other) = table.keys().next() {
+            return Err(ConfigError::Parse {
+                message: format!(
+                    "`{other}` beside `tiers`: with tiers, each tier has its own [tiers.<name>.default] and [[tiers.<name>.rules]]"
+                ),
             });
         }
-        Ok(policies)
+        let toml::Value::Table(tiers) = tiers else {
+            return Err(ConfigError::Parse {
+                message: "`tiers` must be a table of tiers: [tiers.<name>]".into(),
+            });
+        };
+        let mut each = Vec::with_capacity(tiers.len());
+        for (name, value) in tiers {
+            let at = format!("tier {name:?}");
+            let toml::Value::Table(table) = value else {
+                return Err(ConfigError::Parse {
+                    message: "a tier must be a table: [tiers.<name>]".into(),
+                }
+                .at(&at));
+            };
+            each.push((name, from_table(table).map_err(|e| e.at(&at))?));
+        }
+        Policies::tiered(each)
     }
 
     /// Loads policies from a TOML file (see [`Policies::from_toml`]).
@@ -259,6 +238,57 @@ impl Policies {
         })?;
         Self::from_toml(&text).map_err(|e| e.at(&at))
     }
+}
+
+/// The policies of a whole file, or of one tier: `[default]` and `[[rules]]`.
+fn from_table(table: toml::Table) -> Result<Policies, ConfigError> {
+    let mut builder = Policies::builder();
+    for (key, value) in table {
+        match key.as_str() {
+            "default" => {
+                let default =
+                    DefaultFile::deserialize(value).map_err(|e| serde_error(e).at("default"))?;
+                if default.limits.is_empty() {
+                    // `limits = []` would silently leave every unmatched request unlimited.
+                    return Err(ConfigError::Missing { field: "limits" }.at("default"));
+                }
+                for limit in limits(default.limits).map_err(|e| e.at("default"))? {
+                    builder = builder.default_limit(limit);
+                }
+                builder = builder.default_shadow(default.shadow);
+            }
+            "rules" => {
+                let toml::Value::Array(rules) = value else {
+                    return Err(ConfigError::Parse {
+                        message: "`rules` must be an array of tables: [[rules]]".into(),
+                    });
+                };
+                for (i, value) in rules.into_iter().enumerate() {
+                    let at = match value.get("name").and_then(toml::Value::as_str) {
+                        Some(name) => format!("rule {name:?}"),
+                        None => format!("rules[{i}]"),
+                    };
+                    let rule = RuleFile::deserialize(value).map_err(|e| serde_error(e).at(&at))?;
+                    builder = builder.rule(rule.into_rule().map_err(|e| e.at(&at))?);
+                }
+            }
+            other => {
+                return Err(ConfigError::Parse {
+                    message: format!(
+                        "unknown top-level key `{other}`, expected `default`, `rules` or `tiers`"
+                    ),
+                });
+            }
+        }
+    }
+    let policies = builder.build()?;
+    if policies.len() == 0 {
+        // Nothing would be limited: surely not what the file meant.
+        return Err(ConfigError::Missing {
+            field: "[[default.limits]] or [[rules]]",
+        });
+    }
+    Ok(policies)
 }
 
 impl RuleFile {
@@ -436,7 +466,7 @@ mod tests {
         };
         let cases: Vec<(String, &str)> = vec![
             ("this is not toml".into(), "invalid TOML: TOML parse error at line 1, column 6"),
-            ("x = 1".into(), "invalid TOML: unknown top-level key `x`, expected `default` or `rules`"),
+            ("x = 1".into(), "invalid TOML: unknown top-level key `x`, expected `default`, `rules` or `tiers`"),
             ("rules = 1".into(), "invalid TOML: `rules` must be an array of tables: [[rules]]"),
             (
                 limit(r#"name = "b", capacity = 5, capacity = 6, period = "1m""#),

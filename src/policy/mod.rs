@@ -46,10 +46,12 @@ pub(crate) mod fields;
 #[cfg(feature = "config")]
 mod file;
 mod pattern;
+mod tier;
 
 pub(crate) use fields::{FieldCache, policy_list};
 
 pub use pattern::RoutePattern;
+pub use tier::{Tier, TierExtension, TierExtractor, TierFn, TierRejection, tier_fn};
 
 /// A rule: requests matching a route pattern (and, if given, one of the methods) fall under
 /// its limits.
@@ -100,8 +102,19 @@ impl Rule {
 /// TOML ([`Policies::from_toml`]).
 #[derive(Debug, Clone)]
 pub struct Policies {
-    /// The default at 0 when there is one, then the rules in order.
+    /// By group, in order: the group's default when there is one, then its rules in order.
     entries: Vec<Entry>,
+    /// One group without a tier, or one per tier ([`Policies::tiered`]).
+    groups: Vec<Group>,
+}
+
+/// The policies of one tier (or of every request, untiered): `entries[start..end]`, the
+/// default first when there is one.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) tier: Option<Box<str>>,
+    start: usize,
+    end: usize,
     has_default: bool,
 }
 
@@ -125,6 +138,10 @@ pub(crate) struct Entry {
     pub(crate) min_capacity: u64,
     /// `RateLimit` values of each limit, shared.
     pub(crate) fields: Box<[FieldCache]>,
+    /// The name in logs and metrics: the rule's or `default`, after `tier.` in a tier.
+    label: Box<str>,
+    /// The tier the policy belongs to, when the policies are tiered.
+    pub(crate) tier: Option<Box<str>>,
 }
 
 impl Entry {
@@ -188,15 +205,18 @@ impl Entry {
             concurrent: limits
                 .iter()
                 .any(|l| l.algorithm() == crate::Algorithm::Concurrency),
+            label: rule.unwrap_or("default").into(),
+            tier: None,
             limits,
             costed,
             shadow,
         })
     }
 
-    /// The policy's name in logs and metrics: the rule's, or `default`.
+    /// The policy's name in logs and metrics: the rule's, or `default`; in a tier, after the
+    /// tier's name and a dot (`pro.default`).
     pub(crate) fn name(&self) -> &str {
-        self.rule.as_deref().unwrap_or("default")
+        &self.label
     }
 
     fn matches(&self, method: &Method, path: &str) -> bool {
@@ -219,22 +239,46 @@ impl Policies {
             .expect("one limit is a valid policy")
     }
 
-    /// The policy of a request: its index, or `None` when no rule matches and there is no
-    /// default.
-    pub(crate) fn find(&self, method: &Method, path: &str) -> Option<usize> {
-        let first_rule = usize::from(self.has_default);
-        self.entries[first_rule..]
+    /// The group of a request in `tier`: the only one of untiered policies (`tier` is then
+    /// `None`), or the tier's; `None` for a tier the policies do not have, or a missing one.
+    pub(crate) fn group(&self, tier: Option<&str>) -> Option<&Group> {
+        match (self.is_tiered(), tier) {
+            (false, None) => self.groups.first(),
+            (true, Some(tier)) => self.groups.iter().find(|g| g.tier.as_deref() == Some(tier)),
+            _ => None,
+        }
+    }
+
+    /// The policy of a request in `group`: its index, or `None` when no rule matches and
+    /// there is no default.
+    pub(crate) fn find_in(&self, group: &Group, method: &Method, path: &str) -> Option<usize> {
+        let first_rule = group.start + usize::from(group.has_default);
+        self.entries[first_rule..group.end]
             .iter()
             .position(|entry| entry.matches(method, path))
             .map(|i| i + first_rule)
-            .or(self.has_default.then_some(0))
+            .or(group.has_default.then_some(group.start))
     }
 
-    /// The index of the rule named `name`.
-    pub(crate) fn find_rule(&self, name: &str) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|entry| entry.rule.as_deref() == Some(name))
+    /// The policy of a request, for untiered policies.
+    #[cfg(test)]
+    pub(crate) fn find(&self, method: &Method, path: &str) -> Option<usize> {
+        self.find_in(self.group(None)?, method, path)
+    }
+
+    /// The index of the rule named `name` in `group`.
+    pub(crate) fn find_rule_in(&self, group: &Group, name: &str) -> Option<usize> {
+        (group.start..group.end).find(|&i| self.entries[i].rule.as_deref() == Some(name))
+    }
+
+    /// Whether each request's tier chooses its policies ([`Policies::tiered`]).
+    pub fn is_tiered(&self) -> bool {
+        self.groups.iter().any(|g| g.tier.is_some())
+    }
+
+    /// The tiers, in order; none for untiered policies.
+    pub fn tiers(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().filter_map(|g| g.tier.as_deref())
     }
 
     pub(crate) fn entry(&self, index: usize) -> &Entry {
@@ -325,9 +369,15 @@ impl PoliciesBuilder {
             .map_err(|e| e.at(&at))?;
             entries.push(entry);
         }
+        let end = entries.len();
         Ok(Policies {
             entries,
-            has_default,
+            groups: vec![Group {
+                tier: None,
+                start: 0,
+                end,
+                has_default,
+            }],
         })
     }
 }

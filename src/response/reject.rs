@@ -31,6 +31,10 @@ pub enum RejectionKind {
     InvalidCost,
     /// The store failed and the fail mode is closed: `503`.
     Unavailable,
+    /// The policies are tiered and the request has no tier, or one they do not have: the
+    /// status of its [`TierRejection`](crate::policy::TierRejection) (`403` for an unknown
+    /// tier).
+    NoTier,
 }
 
 impl RejectionKind {
@@ -41,6 +45,7 @@ impl RejectionKind {
             Self::TooCostly => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingClient | Self::InvalidCost => StatusCode::BAD_REQUEST,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoTier => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -57,12 +62,19 @@ pub struct Rejection<'a> {
     cost: u64,
     /// The policy has more than one limit: the body names the one that refused.
     several: bool,
+    status: StatusCode,
 }
 
 impl Rejection<'_> {
     /// Why.
     pub fn kind(&self) -> RejectionKind {
         self.kind
+    }
+
+    /// The HTTP status of the default answer ([`RejectionKind::status`], or a
+    /// [`TierRejection`](crate::policy::TierRejection)'s).
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// A sentence for the client, as the default body says it.
@@ -122,6 +134,7 @@ pub(crate) enum Answer {
     /// A cost the request states that is not one: the message for the client.
     InvalidCost(String),
     Unavailable,
+    NoTier(crate::policy::TierRejection),
 }
 
 /// How to render answers; from the layer's settings.
@@ -136,28 +149,26 @@ pub(super) const QUOTA_EXCEEDED: &str =
     "https://iana.org/assignments/http-problem-types#quota-exceeded";
 pub(super) const UNAVAILABLE: &str = "rate limiter unavailable";
 
-/// Renders an answer to a request under `policy`.
+/// Renders an answer to a request under `policy` (`None` until the request's tier is known).
 pub(crate) fn reject<B>(
     answer: &Answer,
-    policy: &Entry,
+    policy: Option<&Entry>,
     style: &Style<'_>,
 ) -> Response<ResponseBody<B>> {
+    let limits: &[crate::Limit] = policy.map_or(&[], |p| &p.limits);
     let (kind, limit, decision, cost) = match answer {
-        Answer::Limited(d) => (
-            RejectionKind::Limited,
-            Some(&policy.limits[d.index]),
-            Some(d),
-            1,
-        ),
-        Answer::TooCostly { cost, limit } => (
-            RejectionKind::TooCostly,
-            Some(&policy.limits[*limit]),
-            None,
-            *cost,
-        ),
+        Answer::Limited(d) => (RejectionKind::Limited, limits.get(d.index), Some(d), 1),
+        Answer::TooCostly { cost, limit } => {
+            (RejectionKind::TooCostly, limits.get(*limit), None, *cost)
+        }
         Answer::MissingClient(_) => (RejectionKind::MissingClient, None, None, 1),
         Answer::InvalidCost(_) => (RejectionKind::InvalidCost, None, None, 1),
         Answer::Unavailable => (RejectionKind::Unavailable, None, None, 1),
+        Answer::NoTier(_) => (RejectionKind::NoTier, None, None, 1),
+    };
+    let status = match answer {
+        Answer::NoTier(rejection) => rejection.status(),
+        _ => kind.status(),
     };
     // The default 429 body says everything with numbers: no sentence to format for it.
     let plain_429 = kind == RejectionKind::Limited
@@ -168,17 +179,15 @@ pub(crate) fn reject<B>(
         _ if plain_429 => Cow::Borrowed(""),
         Answer::Limited(d) => Cow::Owned(format!(
             "rate limited by {:?}: retry in {} ms",
-            policy.limits[d.index].name(),
+            limit.map_or("", |l| l.name()),
             ceil_millis(d.retry_after)
         )),
-        Answer::TooCostly { cost, limit } => {
-            let limit = &policy.limits[*limit];
-            Cow::Owned(format!(
-                "this request costs {cost} tokens but limit {:?} holds at most {}: it can never pass",
-                limit.name(),
-                limit.capacity()
-            ))
-        }
+        Answer::TooCostly { cost, .. } => Cow::Owned(format!(
+            "this request costs {cost} tokens but limit {:?} holds at most {}: it can never pass",
+            limit.map_or("", |l| l.name()),
+            limit.map_or(0, |l| l.capacity())
+        )),
+        Answer::NoTier(rejection) => Cow::Borrowed(rejection.message()),
         Answer::MissingClient(m) => Cow::Borrowed(m.message()),
         Answer::InvalidCost(message) => Cow::Borrowed(message.as_str()),
         Answer::Unavailable => Cow::Borrowed(UNAVAILABLE),
@@ -186,11 +195,12 @@ pub(crate) fn reject<B>(
     let rejection = Rejection {
         kind,
         message: &message,
-        rule: policy.rule.as_deref(),
+        rule: policy.and_then(|p| p.rule.as_deref()),
         limit,
         decision,
         cost,
-        several: policy.limits.len() > 1,
+        several: limits.len() > 1,
+        status,
     };
     let mut response = if style.grpc {
         grpc(&rejection)
@@ -202,7 +212,7 @@ pub(crate) fn reject<B>(
             RejectionBody::Problem => (problem_body(&rejection), APPLICATION_PROBLEM_JSON),
         };
         let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
-        *response.status_mut() = kind.status();
+        *response.status_mut() = status;
         response.headers_mut().insert(CONTENT_TYPE, content_type);
         response
     };
@@ -218,11 +228,12 @@ pub(crate) fn reject<B>(
     if let Some(retry_after) = retry_after {
         headers.insert(RETRY_AFTER, retry_after);
     }
-    match decision {
-        Some(d) => insert_fields(headers, policy, d, style.legacy),
-        None => {
+    match (decision, policy) {
+        (Some(d), Some(policy)) => insert_fields(headers, policy, d, style.legacy),
+        (_, Some(policy)) => {
             headers.append(RATELIMIT_POLICY, policy.header.clone());
         }
+        (_, None) => {}
     }
     response
 }
@@ -261,7 +272,7 @@ pub(super) fn json_body(rejection: &Rejection<'_>) -> String {
 }
 
 pub(super) fn problem_body(rejection: &Rejection<'_>) -> String {
-    let status = rejection.kind.status();
+    let status = rejection.status;
     let mut body = String::from("{\"type\":");
     match rejection.kind {
         RejectionKind::Limited | RejectionKind::TooCostly => {
@@ -297,6 +308,11 @@ pub(super) fn grpc<B>(rejection: &Rejection<'_>) -> Response<ResponseBody<B>> {
         RejectionKind::Limited | RejectionKind::TooCostly => 8, // RESOURCE_EXHAUSTED
         RejectionKind::MissingClient | RejectionKind::InvalidCost => 3, // INVALID_ARGUMENT
         RejectionKind::Unavailable => 14,                       // UNAVAILABLE
+        RejectionKind::NoTier => match rejection.status {
+            StatusCode::BAD_REQUEST => 3,   // INVALID_ARGUMENT
+            StatusCode::UNAUTHORIZED => 16, // UNAUTHENTICATED
+            _ => 7,                         // PERMISSION_DENIED
+        },
     };
     let mut response = Response::new(ResponseBody::empty());
     let headers = response.headers_mut();

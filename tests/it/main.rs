@@ -15,3 +15,4 @@ mod observability;
 mod redis_store;
 mod reserve;
 mod sentinel;
+mod tiers;
