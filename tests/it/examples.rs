@@ -43,7 +43,7 @@ impl Instance {
         Self::example("server", env)
     }
 
-    fn example(name: &str, env: &[(&str, &str)]) -> Self {
+    pub fn example(name: &str, env: &[(&str, &str)]) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "tollgate-{name}-{}-{}.log",

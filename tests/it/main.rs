@@ -8,6 +8,7 @@ mod contract;
 mod direct;
 mod examples;
 mod faults;
+mod gateway;
 mod harness;
 mod loadtest;
 mod nodes;
