@@ -5,6 +5,7 @@
 # the same from run to run whatever else the machine does, unlike a timing on a shared machine.
 #
 #   bash benches/redis_script_instructions.sh [calls]
+#   ONLY='token_bucket|floor' bash benches/redis_script_instructions.sh   # the lines matching
 #
 # Scripts: each algorithm's as RedisStore sends it (`local read_only = false`, lua/<algorithm>.lua
 # then lua/decide.lua),
@@ -20,11 +21,12 @@ for a in token_bucket fixed_window sliding_window sliding_log; do
   { echo "local read_only = false"; cat "lua/$a.lua" lua/decide.lua; } >"$scripts/$a.lua"
 done
 { echo "local read_only = false"; cat lua/token_bucket.lua lua/fixed_window.lua \
-  lua/sliding_window.lua lua/sliding_log.lua lua/mixed.lua lua/decide.lua; } >"$scripts/mixed.lua"
+  lua/sliding_window.lua lua/sliding_log.lua lua/concurrency.lua lua/mixed.lua lua/decide.lua; } >"$scripts/mixed.lua"
 
 measure() { # name, script file, then the EVALSHA arguments after the SHA
   local name=$1 file=$2
   shift 2
+  if [[ -n ${ONLY:-} && ! $name =~ $ONLY ]]; then return; fi
   local dir port pid sha
   dir=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -51,6 +53,10 @@ s=$scripts
 # the first denied.
 measure "token_bucket allowed" "$s/token_bucket.lua" 1 'k:__rand_int__' t 1 1000000000 1
 measure "token_bucket hot denied" "$s/token_bucket.lua" 1 hot t 3600000000 3600000000 1
+# One token-bucket limit alone, as RedisStore sends it since issue 15: its own script.
+measure "token_bucket_one allowed" lua/token_bucket_one.lua 1 'k:__rand_int__' 1 1000000000
+measure "token_bucket_one hot denied" lua/token_bucket_one.lua 1 hot 3600000000 3600000000
+measure "token_bucket_one one key allowed" lua/token_bucket_one.lua 1 one 1 1000000000
 measure "token_bucket 2 limits allowed" "$s/token_bucket.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' t 1 1000000000 1 t 1 1000000000 1
 measure "fixed_window allowed" "$s/fixed_window.lua" 1 'k:__rand_int__' f 1000000 1000000000 1
 measure "fixed_window hot denied" "$s/fixed_window.lua" 1 hot f 3600000 1 1

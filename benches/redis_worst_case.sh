@@ -41,7 +41,7 @@ fw=$(load lua/fixed_window.lua)
 sw=$(load lua/sliding_window.lua)
 sl=$(load lua/sliding_log.lua)
 mixed=$(load lua/token_bucket.lua lua/fixed_window.lua lua/sliding_window.lua \
-  lua/sliding_log.lua lua/mixed.lua)
+  lua/sliding_log.lua lua/concurrency.lua lua/mixed.lua)
 big=$((1 << 40))
 worst_tb() { cli EVALSHA "$tb" 1 "$key:tb$1" t "$big" "$big" "$big" >/dev/null; }
 worst_fw() { cli EVALSHA "$fw" 1 "$key:fw$1" f 3600000 "$big" "$big" >/dev/null; }

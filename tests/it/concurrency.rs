@@ -165,7 +165,8 @@ async fn never_more_than_n_in_flight_across_two_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slots_of_a_lost_instance_run_out_with_their_lease() {
     let redis = RedisServer::start();
-    let lease = Duration::from_millis(300);
+    // Renewed every 200 ms: a live instance keeps its slots unless stalled for 400 ms.
+    let lease = Duration::from_millis(600);
     let streams = Limit::concurrency("streams", 2)
         .unwrap()
         .with_lease(lease)
