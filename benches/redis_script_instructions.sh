@@ -57,6 +57,8 @@ measure "token_bucket hot denied" "$s/token_bucket.lua" 1 hot t 3600000000 36000
 measure "token_bucket_one allowed" lua/token_bucket_one.lua 1 'k:__rand_int__' 1 1000000000
 measure "token_bucket_one hot denied" lua/token_bucket_one.lua 1 hot 3600000000 3600000000
 measure "token_bucket_one one key allowed" lua/token_bucket_one.lua 1 one 1 1000000000
+measure "token_bucket_many 2 limits allowed" lua/token_bucket_many.lua 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' 1 1000000000 1 1000000000
+measure "token_bucket_many 2 limits hot denied" lua/token_bucket_many.lua 2 '{hot}:a' '{hot}:b' 3600000000 3600000000 3600000000 3600000000
 measure "token_bucket 2 limits allowed" "$s/token_bucket.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' t 1 1000000000 1 t 1 1000000000 1
 measure "fixed_window allowed" "$s/fixed_window.lua" 1 'k:__rand_int__' f 1000000 1000000000 1
 measure "fixed_window hot denied" "$s/fixed_window.lua" 1 hot f 3600000 1 1

@@ -41,8 +41,10 @@ for t in $(seq 1 "$seconds"); do
   echo "$t $(rss_kib "$(cat "$dir/a.pid")") $(rss_kib "$(cat "$dir/b.pid")")" >>"$dir/rss"
   if ((t == seconds / 2)); then
     echo "soak: t=${t}s restarting Redis"
+    # Read before the shutdown: Redis removes its pid file as it exits.
+    redis_pid=$(cat "$dir/redis.pid")
     redis-cli -p "$port" SHUTDOWN >/dev/null 2>&1 || true
-    while kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null; do sleep 0.05; done
+    while kill -0 "$redis_pid" 2>/dev/null; do sleep 0.05; done
     sleep 2
     start_redis "$port" "${persistent[@]}"
     echo "soak: Redis is back"

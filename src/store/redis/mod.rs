@@ -24,7 +24,9 @@ use slots::Slots;
 ///
 /// Each decision is one `EVALSHA` of a Lua script over the buckets of the request's limits
 /// (one key per limit, all in one Redis Cluster slot): the script of their
-/// [algorithm](crate::algorithm), or, when they use different ones, a script with all four. It reads the buckets, decides with the Redis clock (`TIME`, so instances
+/// [algorithm](crate::algorithm) (token buckets alone have two of their own, for one limit and
+/// for several, the cheapest), or, when they use different ones, a script with every
+/// algorithm. It reads the buckets, decides with the Redis clock (`TIME`, so instances
 /// with skewed clocks agree), and writes only when every limit allows, each key with a TTL
 /// that ends when nothing in it counts any more, so idle buckets vanish. The scripts' SHA1s
 /// are computed once per process; when Redis answers `NOSCRIPT` (restarted, `SCRIPT FLUSH`,

@@ -87,14 +87,16 @@ pub(super) enum Other {
     Renew = 10,
     /// One token-bucket limit alone: `lua/token_bucket_one.lua`.
     TokenBucketOne = 11,
+    /// Several token-bucket limits: `lua/token_bucket_many.lua`.
+    TokenBucketMany = 12,
 }
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
 /// order of [`Algorithm::ALL`], the mixed one, then the [`Other`] ones.
-static SCRIPTS: LazyLock<[redis::Script; 12]> = LazyLock::new(|| all().map(redis::Script::new));
+static SCRIPTS: LazyLock<[redis::Script; 13]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 12] {
+pub(super) fn all() -> [&'static str; 13] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
@@ -108,16 +110,21 @@ pub(super) fn all() -> [&'static str; 12] {
         include_str!("../../../lua/release.lua"),
         include_str!("../../../lua/renew.lua"),
         include_str!("../../../lua/token_bucket_one.lua"),
+        include_str!("../../../lua/token_bucket_many.lua"),
     ]
 }
 
-/// The script that decides a request under `limits`: one token-bucket limit's own; else their
-/// algorithm's if they share one; else the mixed one.
+/// The script that decides a request under `limits`: token buckets' own (one, or several);
+/// else their algorithm's if they share one; else the mixed one.
 pub(crate) fn script_for(limits: &[Limit]) -> &'static redis::Script {
-    if let [limit] = limits
-        && limit.algorithm() == Algorithm::TokenBucket
+    if limits
+        .iter()
+        .all(|l| l.algorithm() == Algorithm::TokenBucket)
     {
-        return other(Other::TokenBucketOne);
+        return match limits.len() {
+            1 => other(Other::TokenBucketOne),
+            _ => other(Other::TokenBucketMany),
+        };
     }
     let first = limits
         .first()
@@ -174,16 +181,21 @@ pub(super) fn evalsha(
     let per_limit = key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN + 4 * 20;
     let mut cmd = redis::Cmd::with_capacity(3 + 5 * limits.len(), 64 + per_limit * limits.len());
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(limits.len());
-    if let [limit] = limits
-        && std::ptr::eq(script, other(Other::TokenBucketOne))
+    if std::ptr::eq(script, other(Other::TokenBucketOne))
+        || std::ptr::eq(script, other(Other::TokenBucketMany))
     {
-        // `lua/token_bucket_one.lua`: the key, the increment and the burst.
+        // The token buckets' own scripts: the keys, then each limit's increment and burst.
         let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN);
-        push_bucket_key(&mut bucket, key, limit);
-        let cost = if decides { limit.cost_of(cost) } else { cost };
-        cmd.arg(bucket.as_str())
-            .arg(cost.saturating_mul(limit.interval_us()))
-            .arg(limit.window_us());
+        for limit in limits {
+            bucket.clear();
+            push_bucket_key(&mut bucket, key, limit);
+            cmd.arg(bucket.as_str());
+        }
+        for limit in limits {
+            let cost = if decides { limit.cost_of(cost) } else { cost };
+            cmd.arg(cost.saturating_mul(limit.interval_us()))
+                .arg(limit.window_us());
+        }
         return cmd;
     }
     let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN);
