@@ -71,6 +71,9 @@ struct Bucket {
     key: Box<str>,
     name: Arc<str>,
     shape: Shape,
+    /// Decided on since the last sweep: kept by it even when idle, so a key in use is not
+    /// dropped and made again over and over (a second chance, as a CLOCK cache gives).
+    touched: bool,
     state: BucketState,
 }
 
@@ -157,6 +160,7 @@ impl MemoryStore {
         let (mut shard, hash) = self.shard(key);
         let hash = hash(limit);
         if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
+            bucket.touched = true;
             return Ok(limit.decide(&mut bucket.state, now, cost));
         }
         let mut state = BucketState::default();
@@ -211,7 +215,10 @@ impl MemoryStore {
         let took = took(&decided);
         for ((limit, &hash), state) in limits.iter().zip(&hashes).zip(states.iter_mut()) {
             match shard.buckets.find_mut(hash, matches(key, limit)) {
-                Some(bucket) => bucket.state = std::mem::take(state),
+                Some(bucket) => {
+                    bucket.touched = true;
+                    bucket.state = std::mem::take(state);
+                }
                 None if took => {
                     let state = std::mem::take(state);
                     shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
@@ -252,18 +259,24 @@ impl Shard {
             key: key.into(),
             name: limit.shared_name(),
             shape: limit.shape(),
+            touched: true,
             state,
         };
         self.buckets.insert_unique(hash, bucket, |b| b.hash);
         let len = self.buckets.len();
         if len >= self.swept_len + self.swept_len.max(MIN_SWEEP_GROWTH) {
-            self.sweep(now);
+            self.sweep(now, false);
         }
     }
 
-    /// Drops the idle buckets and gives back memory a past peak left behind.
-    fn sweep(&mut self, now: u64) {
-        self.buckets.retain(|b| !b.idle(now));
+    /// Drops the idle buckets and gives back memory a past peak left behind. Unless `all`
+    /// (the shard is full), an idle bucket decided on since the last sweep gets one more round.
+    fn sweep(&mut self, now: u64, all: bool) {
+        self.buckets.retain(|b| {
+            let keep = (b.touched && !all) || !b.idle(now);
+            b.touched = false;
+            keep
+        });
         self.swept_len = self.buckets.len();
         if self.buckets.capacity() > 4 * self.buckets.len().max(MIN_SWEEP_GROWTH) {
             self.buckets.shrink_to(2 * self.buckets.len(), |b| b.hash);
@@ -276,7 +289,7 @@ impl Shard {
         if self.buckets.len() < cap {
             return;
         }
-        self.sweep(now);
+        self.sweep(now, true);
         if self.buckets.len() < cap {
             return;
         }
