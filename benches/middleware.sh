@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Middleware overhead: requests per second of one axum route without a limiter, with this
 # crate's layer (in-memory store; with and without its RateLimit fields) and with
-# tower_governor's (without and with its x-ratelimit fields), under wrk on loopback, in turn,
-# ROUNDS times; prints every round and the medians.
+# tower_governor's (without and with its x-ratelimit fields), under wrk (HTTP/1.1) or h2load
+# (HTTP/2, cleartext) on loopback, in turn, ROUNDS times; prints every round and the medians.
 #
-#   bash benches/middleware.sh [rounds] [seconds]
+#   bash benches/middleware.sh [rounds] [seconds]            # wrk -t1 -c64
+#   CLIENT=h2load bash benches/middleware.sh [rounds] [seconds]  # h2load -c64 -m10
 #
-# Needs wrk (apt-get install wrk). Servers: examples/bench_server.rs, built with --release.
+# Needs wrk or h2load (apt-get install wrk nghttp2-client). Servers: examples/bench_server.rs,
+# built with --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 seconds=${2:-5}
-command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
+client=${CLIENT:-wrk}
+case $client in
+  wrk) command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; } ;;
+  h2load) command -v h2load >/dev/null || { echo "needs h2load: apt-get install nghttp2-client" >&2; exit 1; } ;;
+  *) echo "CLIENT must be wrk or h2load" >&2; exit 2 ;;
+esac
 cargo build --release --example bench_server -q
 target=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
@@ -22,7 +29,12 @@ for round in $(seq "$rounds"); do
     MODE=$mode LISTEN_ADDR=127.0.0.1:$port "$target/release/examples/bench_server" >/dev/null &
     pid=$!
     until (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done
-    rps=$(wrk -t1 -c64 -d"${seconds}s" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
+    if [[ $client == wrk ]]; then
+      rps=$(wrk -t1 -c64 -d"${seconds}s" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
+    else
+      rps=$(h2load -t1 -c64 -m10 -D"$seconds" "http://127.0.0.1:$port/" |
+        awk '/^finished in/ {print $4}')
+    fi
     kill "$pid"; wait "$pid" 2>/dev/null || true
     echo "round $round $mode $rps"
     results[$mode]+="$rps "

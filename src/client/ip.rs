@@ -110,7 +110,7 @@ impl ClientIp {
 
     fn id(&self, ip: IpAddr) -> ClientId<'static> {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => ClientId::from_ip_display(IpAddr::V4(v4), v4),
+            IpAddr::V4(v4) => ClientId::from_ipv4(v4),
             IpAddr::V6(v6) => {
                 let net = Ipv6Net::new(v6, self.ipv6_prefix)
                     .expect("prefix checked")

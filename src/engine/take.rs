@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::call::{Answer, Call, report};
@@ -29,34 +28,31 @@ pub(crate) struct Asked {
     pub(crate) in_flight: Option<InFlight>,
 }
 
-pin_project! {
-    /// A decision under way, polled with the engine's [`Core`] (which its owner holds).
-    #[project = DecidingProj]
-    pub(crate) enum Deciding<D, A = Decision> {
-        // Waiting for the store, at most the timeout.
-        Asking {
-            call: Call<D, A>,
-            // Started when the decision is first pending, so a store that answers at once
-            // (the memory store) never arms a timer.
-            #[pin]
-            deadline: Option<Sleep>,
-            asked: Asked,
-            policy: usize,
-            flags: Flags,
-        },
-        // The store was not asked (breaker open, too many calls in flight): the fail mode
-        // decides.
-        NotAsked {
-            error: Option<StoreError>,
-            asked: Asked,
-            policy: usize,
-            flags: Flags,
-        },
-        // Decided without the store.
-        Ready {
-            outcome: Option<Outcome>,
-        },
-    }
+/// A decision under way, polled with the engine's [`Core`] (which its owner holds). `Unpin`
+/// (the store's future is, and the timer is boxed), so its owner may poll it once where it
+/// is made and move it afterwards.
+pub(crate) enum Deciding<D, A = Decision> {
+    // Waiting for the store, at most the timeout.
+    Asking {
+        call: Call<D, A>,
+        // Started when the decision is first pending, so a store that answers at once (the
+        // memory store) never arms a timer.
+        deadline: Option<Pin<Box<Sleep>>>,
+        asked: Asked,
+        policy: usize,
+        flags: Flags,
+    },
+    // The store was not asked (breaker open, too many calls in flight): the fail mode decides.
+    NotAsked {
+        error: Option<StoreError>,
+        asked: Asked,
+        policy: usize,
+        flags: Flags,
+    },
+    // Decided without the store.
+    Ready {
+        outcome: Option<Outcome>,
+    },
 }
 
 impl<D, A> Deciding<D, A>
@@ -64,16 +60,12 @@ where
     D: Future<Output = Result<A, StoreError>> + Unpin,
     A: Answer,
 {
-    pub(crate) fn poll_decide(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        core: &Core,
-    ) -> Poll<Outcome> {
-        match self.project() {
-            DecidingProj::Ready { outcome } => {
+    pub(crate) fn poll_decide(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Outcome> {
+        match self {
+            Deciding::Ready { outcome } => {
                 Poll::Ready(outcome.take().expect("polled after completion"))
             }
-            DecidingProj::NotAsked {
+            Deciding::NotAsked {
                 error,
                 asked,
                 policy,
@@ -82,9 +74,9 @@ where
                 let error = error.take().expect("polled after completion");
                 Poll::Ready(core.failed(*policy, *flags, error, asked))
             }
-            DecidingProj::Asking {
+            Deciding::Asking {
                 call,
-                mut deadline,
+                deadline,
                 asked,
                 policy,
                 flags,
@@ -93,11 +85,9 @@ where
                 let answer = match Pin::new(future).poll(cx) {
                     Poll::Ready(answer) => answer,
                     Poll::Pending => {
-                        if deadline.is_none() {
-                            deadline.set(Some(tokio::time::sleep(core.timeout)));
-                        }
-                        let sleep = deadline.as_pin_mut().expect("deadline was just set");
-                        ready!(sleep.poll(cx));
+                        let sleep = deadline
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(core.timeout)));
+                        ready!(sleep.as_mut().poll(cx));
                         Err(StoreError::Timeout(core.timeout))
                     }
                 };
@@ -247,14 +237,11 @@ impl Core {
 /// The store call of a direct take: every limit reported.
 type TakeCall = crate::store::StoreCall<Vec<Decision>>;
 
-pin_project! {
-    /// The future of [`Limiter::take`](crate::Limiter::take).
-    #[must_use = "futures do nothing unless polled"]
-    pub struct Take {
-        #[pin]
-        deciding: Deciding<TakeCall, Vec<Decision>>,
-        core: Arc<Core>,
-    }
+/// The future of [`Limiter::take`](crate::Limiter::take).
+#[must_use = "futures do nothing unless polled"]
+pub struct Take {
+    deciding: Deciding<TakeCall, Vec<Decision>>,
+    core: Arc<Core>,
 }
 
 impl Take {
@@ -272,8 +259,8 @@ impl std::fmt::Debug for Take {
 impl Future for Take {
     type Output = Outcome;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let this = self.project();
-        this.deciding.poll_decide(cx, this.core)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = &mut *self;
+        this.deciding.poll_decide(cx, &this.core)
     }
 }

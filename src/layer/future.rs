@@ -42,7 +42,6 @@ pin_project! {
     {
         // Waiting for the limiter.
         Deciding {
-            #[pin]
             deciding: Deciding<D>,
             inner: Option<S>,
             request: Option<Request<ReqBody>>,
@@ -117,6 +116,65 @@ where
     }
 }
 
+impl<S, ReqBody, D> ResponseFuture<S, ReqBody, D>
+where
+    S: Service<Request<ReqBody>>,
+{
+    /// The limiter decided at once (an in-process store): the request is forwarded (or
+    /// answered) now, without waiting in the future.
+    pub(crate) fn decided(
+        settings: Arc<Settings>,
+        policy: usize,
+        grpc: bool,
+        outcome: Outcome,
+        inner: S,
+        request: Request<ReqBody>,
+        mut after: Option<Box<After>>,
+    ) -> Self {
+        let state = next(&settings, &mut after, outcome, inner, request);
+        Self {
+            state,
+            settings,
+            policy,
+            grpc,
+            after,
+        }
+    }
+}
+
+/// The state after the limiter's `outcome`: the inner service called, or the layer's answer.
+fn next<S, ReqBody, D>(
+    settings: &Settings,
+    after: &mut Option<Box<After>>,
+    mut outcome: Outcome,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> State<S, ReqBody, D>
+where
+    S: Service<Request<ReqBody>>,
+{
+    // Settled only what the store took, or did not answer for (failing open, it took
+    // nothing: the whole actual cost is charged).
+    let taken = outcome.taken();
+    let settle = taken > 0 || matches!(outcome.verdict(), Verdict::FailedOpen(_));
+    if let Some(in_flight) = outcome.in_flight() {
+        after
+            .get_or_insert_with(Box::default)
+            .decided(settle, taken, Some(in_flight));
+    } else if let Some(after) = after {
+        after.decided(settle, taken, None);
+    }
+    match respond(settings, outcome) {
+        Ok(decision) => State::Calling {
+            future: inner.call(request),
+            decision,
+        },
+        Err(answer) => State::Answered {
+            answer: Some(answer),
+        },
+    }
+}
+
 /// What the layer does with an outcome: forward, with the decision to report in the
 /// response's fields when there is one to report, or answer.
 fn respond(settings: &Settings, outcome: Outcome) -> Result<Option<Decision>, Answer> {
@@ -150,33 +208,10 @@ where
                     inner,
                     request,
                 } => {
-                    let mut outcome = ready!(deciding.poll_decide(cx, &settings.core));
-                    // Settled only what the store took, or did not answer for (failing open,
-                    // it took nothing: the whole actual cost is charged).
-                    let taken = outcome.taken();
-                    let settle = taken > 0 || matches!(outcome.verdict(), Verdict::FailedOpen(_));
-                    if let Some(in_flight) = outcome.in_flight() {
-                        this.after.get_or_insert_with(Box::default).decided(
-                            settle,
-                            taken,
-                            Some(in_flight),
-                        );
-                    } else if let Some(after) = this.after {
-                        after.decided(settle, taken, None);
-                    }
-                    match respond(settings, outcome) {
-                        Ok(decision) => {
-                            let mut inner = inner.take().expect("the service is called once");
-                            let request = request.take().expect("the request is sent once");
-                            State::Calling {
-                                future: inner.call(request),
-                                decision,
-                            }
-                        }
-                        Err(answer) => State::Answered {
-                            answer: Some(answer),
-                        },
-                    }
+                    let outcome = ready!(deciding.poll_decide(cx, &settings.core));
+                    let inner = inner.take().expect("the service is called once");
+                    let request = request.take().expect("the request is sent once");
+                    next(settings, this.after, outcome, inner, request)
                 }
                 StateProj::Calling { future, decision } => {
                     let response = ready!(future.poll(cx))?;

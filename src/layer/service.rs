@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
@@ -198,7 +198,23 @@ where
                 in_flight: None,
             })
         });
-        let deciding = limiter.start(index, Cow::Owned(key), cost, flags, Store::decide);
+        let mut deciding = limiter.start(index, Cow::Owned(key), cost, flags, Store::decide);
+        // An in-process store answers at once: then the request goes on now, not through the
+        // future's states. (Polling without the task's waker is sound: a future registers the
+        // waker of every poll, and this one's first poll by the task comes next.)
+        let mut noop = Context::from_waker(Waker::noop());
+        if let Poll::Ready(outcome) = deciding.poll_decide(&mut noop, core) {
+            let request = Request::from_parts(parts, body);
+            return ResponseFuture::decided(
+                Arc::clone(settings),
+                index,
+                grpc,
+                outcome,
+                inner,
+                request,
+                after,
+            );
+        }
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,

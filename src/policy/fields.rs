@@ -46,12 +46,32 @@ pub(crate) fn ratelimit_numbers(decision: &Decision) -> (u64, u64) {
 
 /// `"name";r=remaining`, with `;t=wait` when none is left.
 pub(crate) fn format_ratelimit(limit: &Limit, remaining: u64, wait: u64) -> HeaderValue {
-    let mut value = String::with_capacity(limit.name().len() + 24);
-    let _ = write!(value, "\"{}\";r={}", limit.name(), remaining);
+    let mut value = String::with_capacity(limit.name().len() + 30);
+    value.push('"');
+    value.push_str(limit.name());
+    value.push_str("\";r=");
+    push_u64(&mut value, remaining);
     if remaining == 0 {
-        let _ = write!(value, ";t={wait}");
+        value.push_str(";t=");
+        push_u64(&mut value, wait);
     }
     HeaderValue::try_from(value).expect("limit names are checked to be header-safe")
+}
+
+/// Appends `n` in decimal, without the formatting machinery (this runs for every response
+/// whose numbers are past the cache).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 /// `RateLimit` values of one limit, made once and shared (a clone of a `HeaderValue` is a
@@ -93,6 +113,31 @@ impl FieldCache {
                 .get_or_init(|| format_ratelimit(limit, remaining, wait))
                 .clone(),
             None => format_ratelimit(limit, remaining, wait),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_are_written_as_their_display() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            1023,
+            1024,
+            65_535,
+            1 << 40,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = String::from("r=");
+            super::push_u64(&mut out, n);
+            assert_eq!(out, format!("r={n}"));
         }
     }
 }
