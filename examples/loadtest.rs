@@ -95,8 +95,9 @@ async fn main() -> ExitCode {
     };
     for url in &args.urls {
         if let Err(error) = check_loopback(url).await {
-            let url = common::redact(&url.to_string());
-            eprintln!("loadtest: --url {url}: {error}; loadtest sends only to loopback");
+            // Without its user, password or query.
+            let shown = common::redact(&url.to_string());
+            eprintln!("loadtest: --url {shown}: {error}; loadtest sends only to loopback");
             return ExitCode::from(2);
         }
     }

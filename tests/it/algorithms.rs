@@ -168,17 +168,11 @@ async fn scripts_match_the_shared_arithmetic_step_for_step() {
             let (mut allowed, mut denied, mut expired) = (0, 0, 0);
             for _ in 0..120 {
                 let cost = 1 + rng.below(3);
-                let mut before = Vec::new();
-                for (limit, bucket) in limits.iter().zip(&buckets) {
-                    before.push(read_state(&mut conn, limit, bucket).await);
-                }
+                let before = read_states(&mut conn, &limits, &buckets).await;
                 let t0 = redis_time(&mut conn).await;
                 let decision = store.decide(&key, &limits, cost).await.unwrap();
                 let t1 = redis_time(&mut conn).await;
-                let mut after = Vec::new();
-                for (limit, bucket) in limits.iter().zip(&buckets) {
-                    after.push(read_state(&mut conn, limit, bucket).await);
-                }
+                let after = read_states(&mut conn, &limits, &buckets).await;
                 if decision.allowed && after.contains(&BucketState::New) {
                     // A key expired (nothing in it counted any more) before it was read back: a
                     // busy machine took longer than its TTL. Nothing to compare this step with.
@@ -256,10 +250,7 @@ async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
             for _ in 0..90 {
                 let units = 1 + rng.below(6);
                 let op = rng.below(3);
-                let mut before = Vec::new();
-                for (limit, bucket) in limits.iter().zip(&buckets) {
-                    before.push(read_state(&mut conn, limit, bucket).await);
-                }
+                let before = read_states(&mut conn, &limits, &buckets).await;
                 let t0 = redis_time(&mut conn).await;
                 match op {
                     0 => store.charge(&key, &limits, units).await.unwrap(),
@@ -272,10 +263,7 @@ async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
                 if op == 2 {
                     continue;
                 }
-                let mut after = Vec::new();
-                for (limit, bucket) in limits.iter().zip(&buckets) {
-                    after.push(read_state(&mut conn, limit, bucket).await);
-                }
+                let after = read_states(&mut conn, &limits, &buckets).await;
                 let t2 = redis_time(&mut conn).await;
                 let matches = (t0..=t1).any(|now| {
                     limits
@@ -328,6 +316,19 @@ async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+/// The state of each of `limits`' `buckets`, as Redis holds it.
+async fn read_states(
+    conn: &mut redis::aio::MultiplexedConnection,
+    limits: &[Limit],
+    buckets: &[String],
+) -> Vec<BucketState> {
+    let mut states = Vec::with_capacity(limits.len());
+    for (limit, bucket) in limits.iter().zip(buckets) {
+        states.push(read_state(conn, limit, bucket).await);
+    }
+    states
 }
 
 /// Waits, if needed, until the current `window` (aligned to the Unix epoch) has at least

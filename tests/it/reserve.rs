@@ -119,6 +119,19 @@ async fn remaining<St: Store>(limiter: &Limiter<St>, subject: &Subject) -> u64 {
     limiter.peek(subject, 1).await.unwrap()[0].remaining
 }
 
+/// A layer over `limiter` that reserves `X-RateLimit-Cost` and settles what the handler, an
+/// extension or the `x-actual-cost` header (or trailer) says.
+fn settling_by_header(
+    limiter: &Limiter<Signalling<RedisStore>>,
+) -> RateLimitLayer<Signalling<RedisStore>> {
+    RateLimitLayer::builder()
+        .limiter(limiter.clone())
+        .cost_extractor(HeaderCost::default())
+        .settle(Settle::new().header(HeaderName::from_static("x-actual-cost")))
+        .build()
+        .unwrap()
+}
+
 /// The `used` query parameter.
 type Used = std::collections::HashMap<String, u64>;
 
@@ -130,12 +143,7 @@ fn used(q: &Used) -> u64 {
 async fn each_way_of_stating_the_cost_is_settled_after_the_response() {
     let redis = RedisServer::start();
     let (limiter, mut settled) = limiter(&redis, 100);
-    let layer = RateLimitLayer::builder()
-        .limiter(limiter.clone())
-        .cost_extractor(HeaderCost::default())
-        .settle(Settle::new().header(HeaderName::from_static("x-actual-cost")))
-        .build()
-        .unwrap();
+    let layer = settling_by_header(&limiter);
     let app = Router::new()
         .route(
             "/handle",
@@ -424,12 +432,7 @@ impl http_body::Body for WithTrailers {
 async fn the_cost_in_the_trailers_is_settled_and_removed() {
     let redis = RedisServer::start();
     let (limiter, mut settled) = limiter(&redis, 100);
-    let layer = RateLimitLayer::builder()
-        .limiter(limiter.clone())
-        .cost_extractor(HeaderCost::default())
-        .settle(Settle::new().header(HeaderName::from_static("x-actual-cost")))
-        .build()
-        .unwrap();
+    let layer = settling_by_header(&limiter);
     let app = Router::new()
         .route(
             "/rpc",

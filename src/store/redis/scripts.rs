@@ -181,28 +181,22 @@ pub(super) fn evalsha(
     let per_limit = key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN + 4 * 20;
     let mut cmd = redis::Cmd::with_capacity(3 + 5 * limits.len(), 64 + per_limit * limits.len());
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(limits.len());
+    let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN);
+    for limit in limits {
+        bucket.clear();
+        push_bucket_key(&mut bucket, key, limit);
+        cmd.arg(bucket.as_str());
+    }
     if std::ptr::eq(script, other(Other::TokenBucketOne))
         || std::ptr::eq(script, other(Other::TokenBucketMany))
     {
-        // The token buckets' own scripts: the keys, then each limit's increment and burst.
-        let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN);
-        for limit in limits {
-            bucket.clear();
-            push_bucket_key(&mut bucket, key, limit);
-            cmd.arg(bucket.as_str());
-        }
+        // The token buckets' own scripts: each limit's increment and burst only.
         for limit in limits {
             let cost = if decides { limit.cost_of(cost) } else { cost };
             cmd.arg(cost.saturating_mul(limit.interval_us()))
                 .arg(limit.window_us());
         }
         return cmd;
-    }
-    let mut bucket = String::with_capacity(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN);
-    for limit in limits {
-        bucket.clear();
-        push_bucket_key(&mut bucket, key, limit);
-        cmd.arg(bucket.as_str());
     }
     for limit in limits {
         let cost = if decides { limit.cost_of(cost) } else { cost };

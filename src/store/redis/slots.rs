@@ -91,19 +91,18 @@ impl Slots {
         out
     }
 
-    /// Every bucket with slots held, with its lease and the slots' names; and how often to
-    /// renew them (a third of the shortest lease).
-    fn due(&self) -> (Vec<Due>, Duration) {
+    /// How often to renew the slots held (a third of the shortest lease); `None` when none is.
+    fn every(&self) -> Option<Duration> {
+        let shortest = self.held.lock().values().map(|h| h.lease_us).min()?;
+        Some(Duration::from_micros(shortest / 3).max(Duration::from_millis(10)))
+    }
+
+    /// Every bucket with slots held, with its lease and the slots' names.
+    fn due(&self) -> Vec<Due> {
         let held = self.held.lock();
-        let shortest = held.values().map(|h| h.lease_us).min().unwrap_or(0);
-        let due = held
-            .iter()
+        held.iter()
             .map(|(bucket, h)| (bucket.clone(), h.lease_us, h.names.clone()))
-            .collect();
-        (
-            due,
-            Duration::from_micros(shortest / 3).max(Duration::from_millis(10)),
-        )
+            .collect()
     }
 }
 
@@ -182,15 +181,14 @@ impl RedisStore {
         let slots = Arc::clone(&self.slots);
         runtime.spawn(async move {
             loop {
-                let (due, every) = slots.due();
-                if due.is_empty() {
+                let Some(every) = slots.every() else {
                     slots.renewing.store(false, Ordering::Release);
                     // A slot held meanwhile may have seen the task still running.
                     if slots.held.lock().is_empty() || slots.renewing.swap(true, Ordering::AcqRel) {
                         return;
                     }
                     continue;
-                }
+                };
                 tokio::time::sleep(every).await;
                 let Some(link) = link.upgrade() else {
                     return;
@@ -199,7 +197,7 @@ impl RedisStore {
                     link,
                     slots: Arc::clone(&slots),
                 };
-                for (bucket, lease_us, names) in slots.due().0 {
+                for (bucket, lease_us, names) in slots.due() {
                     let script = scripts::other(Other::Renew);
                     let mut cmd = redis::cmd("EVALSHA");
                     cmd.arg(script.get_hash()).arg(1).arg(&bucket).arg(lease_us);
