@@ -309,20 +309,22 @@ impl<St> LimiterBuilder<St> {
         let names: Vec<&str> = (0..policies.len())
             .map(|i| policies.entry(i).name())
             .collect();
+        // Each policy's key prefix: a tier's buckets have keys of their own.
+        let prefixes: Box<[Box<str>]> = (0..policies.len())
+            .map(|i| match &policies.entry(i).tier {
+                Some(tier) => format!("{}.{tier}", options.key_prefix).into(),
+                None => options.key_prefix.as_str().into(),
+            })
+            .collect();
         let claims = match (options.share_buckets, self.store.identity()) {
-            (false, Some(store)) => Some(Claims::take(store, &options.key_prefix, &policies)?),
+            (false, Some(store)) => Some(Claims::take(store, &prefixes, &policies)?),
             _ => None,
         };
         let core = Core {
             _claims: claims,
             telemetry: Telemetry::new(&names),
             local,
-            prefixes: (0..policies.len())
-                .map(|i| match &policies.entry(i).tier {
-                    Some(tier) => format!("{}.{tier}", options.key_prefix).into(),
-                    None => options.key_prefix.as_str().into(),
-                })
-                .collect(),
+            prefixes,
             policies,
             key_prefix: options.key_prefix.into_boxed_str(),
             timeout: options.timeout,

@@ -26,7 +26,7 @@ impl Claims {
     /// When another live limiter on the same store claimed one of them.
     pub(crate) fn take(
         store: usize,
-        prefix: &str,
+        prefixes: &[Box<str>],
         policies: &Policies,
     ) -> Result<Self, ConfigError> {
         // What a bucket key is made of, besides the client: under the default policy any
@@ -34,11 +34,7 @@ impl Claims {
         let names: Vec<String> = (0..policies.len())
             .flat_map(|i| {
                 let entry = policies.entry(i);
-                // A tier's buckets have keys of their own.
-                let prefix = match &entry.tier {
-                    Some(tier) => format!("{prefix}.{tier}"),
-                    None => prefix.to_owned(),
-                };
+                let prefix = &prefixes[i];
                 let endpoint = entry
                     .rule
                     .as_deref()
@@ -57,6 +53,7 @@ impl Claims {
             .iter()
             .find(|n| claims.contains(&(store, (*n).clone())))
         {
+            let prefix = taken.split('\0').next().unwrap_or_default();
             let limit = taken.rsplit('\0').next().unwrap_or_default();
             return Err(ConfigError::Invalid {
                 field: "key_prefix",
