@@ -23,7 +23,8 @@
 //! - `MAX_IN_FLIGHT`: the most Redis calls under way at once (default 1024); beyond, the fail
 //!   mode answers at once.
 //! - `RATE_LIMIT_CONFIG`: a TOML policy file (see `examples/rate_limits.toml`); the server
-//!   exits non-zero, naming the rule and field, when it is bad.
+//!   exits non-zero, naming the rule and field, when it is bad. On shutdown (Ctrl-C, SIGTERM)
+//!   the units it holds on lease (limits with `lease = true`) go back to Redis.
 //! - `RUST_LOG`: log filter (default `info`).
 //!
 //! Also, not limited: `GET /metrics` (Prometheus text) and `GET /dashboard` (a live page that
@@ -85,6 +86,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .period(Duration::from_secs(10)),
     };
     let limit = builder.build()?;
+    let limiter = limit.limiter().clone();
     let app = Router::new()
         .fallback(any_path)
         .layer(limit)
@@ -109,6 +111,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(common::shutdown())
         .await?;
+    // Units this instance holds on lease (a leased limit's hot keys) go back to Redis now,
+    // for the other instances.
+    match limiter.return_leases().await {
+        Ok(0) => {}
+        Ok(units) => println!("gave back {units} leased units"),
+        Err(error) => tracing::warn!(%error, "could not give back leased units"),
+    }
     Ok(())
 }
 

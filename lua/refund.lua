@@ -7,6 +7,11 @@
 --                           the burst in microseconds; f, s: the window in milliseconds and
 --                           the capacity; l: the window in microseconds and the capacity
 -- ARGV[4i]                  the units to give back
+-- ARGV[4n+1]                (optional) the Redis time in microseconds at which the units were
+--                           taken: a lease given back. A window then gets them back only
+--                           from the window that counted them (f: if it is still the
+--                           bucket's; s: the bucket's current or previous count), never from
+--                           a later one, which did not count them.
 --
 -- A bucket a clock step left ahead of now is first brought back as decide.lua does. Then:
 -- t: the full-at time moves back by the units' worth, at most to now (then the key goes);
@@ -17,6 +22,7 @@
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
 local format = string.format
+local lent_at = ARGV[4 * #KEYS + 1]
 for i = 1, #KEYS do
   local a = 4 * i - 3
   local code, key, x, y, units = ARGV[a], KEYS[i], ARGV[a + 1] + 0, ARGV[a + 2] + 0, ARGV[a + 3] + 0
@@ -28,6 +34,17 @@ for i = 1, #KEYS do
         redis.call('SET', key, format('%d', back), 'PX', format('%d', (back - now + 999) / 1000))
       else
         redis.call('DEL', key)
+      end
+    end
+  elseif lent_at and (code == 'f' or code == 's') then
+    local lent = math.floor(math.floor(lent_at / 1000) / x)
+    local state = redis.call('HMGET', key, 'i', 'c', 'p')
+    if state[1] then
+      local w = state[1] + 0
+      if w == lent then
+        redis.call('HINCRBY', key, 'c', -math.min(units, state[2] + 0))
+      elseif code == 's' and w == lent + 1 then
+        redis.call('HINCRBY', key, 'p', -math.min(units, (state[3] or 0) + 0))
       end
     end
   elseif code == 'f' or code == 's' then

@@ -102,6 +102,7 @@ pub mod engine;
 mod error;
 pub mod key;
 mod layer;
+pub mod lease;
 mod limit;
 pub mod policy;
 pub mod reserve;
@@ -123,7 +124,10 @@ pub use engine::{
 pub use error::{ConfigError, StoreError};
 pub use key::UnmatchedPaths;
 pub use layer::{Builder, RateLimit, RateLimitLayer, ResponseFuture};
-pub use limit::{DEFAULT_LEASE, Decision, Limit, MAX_CONCURRENCY, MAX_LIMITS, MAX_LOG_CAPACITY};
+pub use limit::{
+    DEFAULT_LEASE, DEFAULT_LEASE_TIME, Decision, Limit, MAX_CONCURRENCY, MAX_LEASE_TIME,
+    MAX_LIMITS, MAX_LOG_CAPACITY,
+};
 pub use policy::{Policies, Rule};
 /// The `redis` crate tollgate uses, for the types a [`RedisStore`] is built from
 /// (`ConnectionManagerConfig`, `cluster::ClusterClient`, `sentinel::SentinelClient`, ...).

@@ -10,6 +10,10 @@
 //! | `tollgate_store_duration_seconds` | histogram | calls to a remote store (Redis), answered or not |
 //! | `tollgate_deny_cache_hits_total` | counter | requests denied by the local deny cache, without a store call |
 //! | `tollgate_store_in_flight` | gauge | calls to a remote store under way |
+//! | `tollgate_leases_total` | counter | `policy`: leases taken (store calls that lent units) |
+//! | `tollgate_leased_units_total` | counter | `policy`: units lent to this instance |
+//! | `tollgate_lease_returned_units_total` | counter | `policy`: units given back unspent |
+//! | `tollgate_lease_decisions_total` | counter | `policy`: decisions served from a lease, with no store call (also counted in `tollgate_decisions_total`) |
 //! | `tollgate_settlements_total` | counter | `policy`, `outcome`: `refunded`, `charged`, `unchanged`, `failed`: reservations settled ([`Limiter::settle`](crate::Limiter::settle)) |
 //!
 //! Label values are bounded: policy names come from the configuration (a rule's name, or
@@ -46,6 +50,15 @@ pub const STORE_IN_FLIGHT: &str = "tollgate_store_in_flight";
 /// `tollgate_settlements_total{policy, outcome}`.
 pub const SETTLEMENTS_TOTAL: &str = "tollgate_settlements_total";
 
+/// `tollgate_leases_total{policy}`.
+pub const LEASES_TOTAL: &str = "tollgate_leases_total";
+/// `tollgate_leased_units_total{policy}`.
+pub const LEASED_UNITS_TOTAL: &str = "tollgate_leased_units_total";
+/// `tollgate_lease_returned_units_total{policy}`.
+pub const LEASE_RETURNED_UNITS_TOTAL: &str = "tollgate_lease_returned_units_total";
+/// `tollgate_lease_decisions_total{policy}`.
+pub const LEASE_DECISIONS_TOTAL: &str = "tollgate_lease_decisions_total";
+
 /// Every metric name the crate exports.
 pub const METRIC_NAMES: &[&str] = &[
     DECISIONS_TOTAL,
@@ -56,6 +69,10 @@ pub const METRIC_NAMES: &[&str] = &[
     DENY_CACHE_HITS_TOTAL,
     STORE_IN_FLIGHT,
     SETTLEMENTS_TOTAL,
+    LEASES_TOTAL,
+    LEASED_UNITS_TOTAL,
+    LEASE_RETURNED_UNITS_TOTAL,
+    LEASE_DECISIONS_TOTAL,
 ];
 
 /// What a settlement came to, as the `outcome` label of `tollgate_settlements_total` says it.
@@ -133,6 +150,8 @@ struct PolicyMetrics {
     decisions: [metrics::Counter; 5],
     near_limit: metrics::Counter,
     settlements: [metrics::Counter; 4],
+    /// Leases taken, units leased, units returned, decisions served from a lease.
+    leases: [metrics::Counter; 4],
 }
 
 #[cfg(feature = "metrics")]
@@ -171,6 +190,13 @@ impl Telemetry {
                 settlements: Settled::ALL.map(|outcome| {
                     metrics::counter!(SETTLEMENTS_TOTAL, "policy" => policy.clone(), "outcome" => outcome.as_str())
                 }),
+                leases: [
+                    LEASES_TOTAL,
+                    LEASED_UNITS_TOTAL,
+                    LEASE_RETURNED_UNITS_TOTAL,
+                    LEASE_DECISIONS_TOTAL,
+                ]
+                .map(|name| metrics::counter!(name, "policy" => policy.clone())),
             }
         })
     }
@@ -206,6 +232,31 @@ impl Telemetry {
         let _ = (index, outcome);
         #[cfg(feature = "metrics")]
         self.policy(index).settlements[outcome as usize].increment(1);
+    }
+
+    /// A lease of `units` taken under the policy at `index`.
+    pub(crate) fn leased(&self, index: usize, units: u64) {
+        let _ = (index, units);
+        #[cfg(feature = "metrics")]
+        {
+            let leases = &self.policy(index).leases;
+            leases[0].increment(1);
+            leases[1].increment(units);
+        }
+    }
+
+    /// `units` of a lease under the policy at `index` given back unspent.
+    pub(crate) fn lease_returned(&self, index: usize, units: u64) {
+        let _ = (index, units);
+        #[cfg(feature = "metrics")]
+        self.policy(index).leases[2].increment(units);
+    }
+
+    /// A decision under the policy at `index` served from a lease.
+    pub(crate) fn lease_decision(&self, index: usize) {
+        let _ = index;
+        #[cfg(feature = "metrics")]
+        self.policy(index).leases[3].increment(1);
     }
 
     /// A store call other than a decision failed (no fail mode applies).

@@ -320,6 +320,8 @@ impl<St> LimiterBuilder<St> {
             (false, Some(store)) => Some(Claims::take(store, &prefixes, &policies)?),
             _ => None,
         };
+        // Leases save calls to a remote store; an in-process one decides in process anyway.
+        let leased = remote && (0..policies.len()).any(|i| policies.entry(i).lease.is_some());
         let core = Core {
             _claims: claims,
             telemetry: Telemetry::new(&names),
@@ -335,6 +337,7 @@ impl<St> LimiterBuilder<St> {
             deny_cache: (options.deny_cache && remote)
                 .then(|| DenyCache::new(options.deny_cache_max)),
             breaker: remote.then(|| Breaker::new(options.max_in_flight)),
+            leases: leased.then(|| Arc::new(crate::lease::Leases::new())),
         };
         Ok(Limiter {
             shared: Arc::new(Shared {

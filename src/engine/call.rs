@@ -15,6 +15,10 @@ pub(crate) trait Answer: Send + 'static {
     fn into_parts(self) -> Option<(Decision, Vec<Decision>)>;
     /// Whether the request passed (and took its units and slots).
     fn took(&self) -> bool;
+    /// The same answer from every limit's decision; `None` when they name no binding limit.
+    fn from_each(each: Vec<Decision>) -> Option<Self>
+    where
+        Self: Sized;
 }
 
 impl Answer for Decision {
@@ -25,6 +29,10 @@ impl Answer for Decision {
     fn took(&self) -> bool {
         self.allowed
     }
+
+    fn from_each(each: Vec<Decision>) -> Option<Self> {
+        binding(&each)
+    }
 }
 
 impl Answer for Vec<Decision> {
@@ -34,6 +42,41 @@ impl Answer for Vec<Decision> {
 
     fn took(&self) -> bool {
         self.iter().all(|d| d.allowed)
+    }
+
+    fn from_each(each: Vec<Decision>) -> Option<Self> {
+        Some(each)
+    }
+}
+
+/// A decision's store call: the store's own (`D`), or one that also takes a lease, which
+/// reports every limit.
+pub(crate) enum Asking<D> {
+    Store(D),
+    Lease(crate::store::StoreCall<Vec<Decision>>),
+}
+
+impl<D, A> Future for Asking<D>
+where
+    D: Future<Output = Result<A, StoreError>> + Unpin,
+    A: Answer,
+{
+    type Output = Result<A, StoreError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Asking::Store(call) => std::pin::Pin::new(call).poll(cx),
+            Asking::Lease(call) => call.as_mut().poll(cx).map(|answer| {
+                answer.and_then(|each| {
+                    A::from_each(each).ok_or_else(|| {
+                        StoreError::Reply("a refusal that no limit refuses".to_owned())
+                    })
+                })
+            }),
+        }
     }
 }
 

@@ -163,7 +163,8 @@ impl<St: Store> Limiter<St> {
         result
     }
 
-    /// Forgets `subject`'s buckets (whole again) and this process's cached denials of it.
+    /// Forgets `subject`'s buckets (whole again), and this process's cached denials of it and
+    /// lease on it.
     /// Other instances' cached denials run out on their own, within their
     /// [`deny_cache_max`](crate::LimiterBuilder::deny_cache_max).
     ///
@@ -174,6 +175,10 @@ impl<St: Store> Limiter<St> {
         let core = &self.shared.core;
         if let Some(cache) = &core.deny_cache {
             cache.forget(subject.key());
+        }
+        if let Some(leases) = &core.leases {
+            // Units leased from the bucket before it was reset are not owed to it.
+            leases.forget(subject.key());
         }
         let Some(index) = subject.policy() else {
             return Ok(());

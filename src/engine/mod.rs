@@ -48,6 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::{Bypass, ClientId};
+use crate::lease::Serve;
 use crate::policy::Policies;
 use crate::resilience::breaker::Breaker;
 use crate::resilience::deny_cache::DenyCache;
@@ -61,6 +62,7 @@ mod call;
 mod calls;
 mod claims;
 mod in_flight;
+mod leasing;
 mod outcome;
 mod subject;
 mod take;
@@ -69,7 +71,7 @@ pub use builder::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
     DEFAULT_TIMEOUT, LimiterBuilder,
 };
-pub(crate) use call::{Answer, Call};
+pub(crate) use call::{Answer, Asking, Call};
 pub use in_flight::InFlight;
 pub(crate) use in_flight::Releaser;
 pub(crate) use outcome::Flags;
@@ -110,6 +112,8 @@ pub(crate) struct Core {
     pub(crate) local: Option<LocalFallback>,
     /// The buckets this limiter uses on its store, held while it lives.
     pub(crate) _claims: Option<claims::Claims>,
+    /// The leases of leased policies, with a remote store.
+    pub(crate) leases: Option<Arc<crate::lease::Leases>>,
 }
 
 impl Core {
@@ -244,7 +248,7 @@ impl<St: Store> Limiter<St> {
         ask: impl FnOnce(&St, &str, &Arc<[crate::Limit]>, u64) -> D,
     ) -> Deciding<D, A>
     where
-        D: Future<Output = Result<A, crate::StoreError>> + Send + 'static,
+        D: Future<Output = Result<A, crate::StoreError>> + Send + Unpin + 'static,
         A: Answer,
     {
         let core = &self.shared.core;
@@ -259,6 +263,24 @@ impl<St: Store> Limiter<St> {
             return Deciding::Ready {
                 outcome: Some(Outcome::new(Verdict::TooCostly { cost, limit }, flags)),
             };
+        }
+        // A leased policy's hot key: from this instance's lease, or asked with one.
+        let mut lend = None;
+        if let (Some(leases), Some(lease_time)) = (&core.leases, policy.lease) {
+            match leases.serve(index, &key, cost, lease_time, tokio::time::Instant::now()) {
+                Serve::Lease { decision, refill } => {
+                    if let Some(want) = refill {
+                        leasing::refill(&self.shared, &key, index, want);
+                    }
+                    core.telemetry.lease_decision(index);
+                    let outcome = core.decided(index, flags, decision, DecidedBy::Lease, None);
+                    return Deciding::Ready {
+                        outcome: Some(outcome.with_taken(cost)),
+                    };
+                }
+                Serve::Lend { want } => lend = Some(want),
+                Serve::Plain => {}
+            }
         }
         if let Some(cache) = &core.deny_cache
             && let Some(decision) = cache.check(&key, cost, &policy.limits)
@@ -307,7 +329,10 @@ impl<St: Store> Limiter<St> {
         if let Some(ticket) = &ticket {
             core.telemetry.in_flight(ticket.in_flight());
         }
-        let decision = ask(&self.shared.store, &key, &policy.limits, cost);
+        let decision = match lend {
+            Some(want) => Asking::Lease(leasing::lend(&self.shared, &key, index, cost, want)),
+            None => Asking::Store(ask(&self.shared.store, &key, &policy.limits, cost)),
+        };
         Deciding::Asking {
             call: Call::deciding(decision, ticket, in_flight),
             deadline: None,

@@ -45,6 +45,9 @@ pub enum DecidedBy {
     /// This process, against its share of each limit, while the store fails
     /// ([`FailMode::Local`](crate::FailMode::Local)).
     Local,
+    /// This process, from units it leased from the store ahead of the request (see
+    /// [`lease`](crate::lease)).
+    Lease,
 }
 
 /// What a decision came to, before shadow mode and the bypass list are applied (see

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use super::call::{Answer, Call, report};
+use super::call::{Answer, Asking, Call, report};
 use super::outcome::{DecidedBy, Flags, Outcome, Verdict};
 use super::{Core, InFlight};
 use crate::resilience::FailMode;
@@ -34,7 +34,7 @@ pub(crate) struct Asked {
 pub(crate) enum Deciding<D, A = Decision> {
     // Waiting for the store, at most the timeout.
     Asking {
-        call: Call<D, A>,
+        call: Call<Asking<D>, A>,
         // Started when the decision is first pending, so a store that answers at once (the
         // memory store) never arms a timer.
         deadline: Option<Pin<Box<Sleep>>>,

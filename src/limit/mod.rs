@@ -8,11 +8,14 @@ use crate::error::ConfigError;
 mod algorithm;
 mod check;
 mod decision;
+mod lease;
 
 pub use algorithm::Algorithm;
 pub(crate) use algorithm::MAX_SUFFIX_LEN;
 pub(crate) use check::check_name;
 use check::{fnv1a, token_bucket_interval, window_us};
+pub(crate) use lease::policy_lease;
+pub use lease::{DEFAULT_LEASE_TIME, MAX_LEASE_TIME};
 
 /// The largest capacity of a sliding log, whose memory and worst request grow with it (one
 /// entry per unit): the dearest request (its whole capacity at once, just after as many
@@ -57,6 +60,8 @@ pub struct Limit {
     interval_us: u64,
     /// Counts requests (one each), not their cost.
     per_request: bool,
+    /// Leased ([`Limit::leased`]): the lease time.
+    lease: Option<Duration>,
 }
 
 impl Limit {
@@ -167,6 +172,7 @@ impl Limit {
         )?;
         Ok(Self {
             per_request: self.per_request,
+            lease: self.lease,
             ..limit
         })
     }
@@ -214,6 +220,7 @@ impl Limit {
             period,
             interval_us,
             per_request: false,
+            lease: None,
         })
     }
 
@@ -325,6 +332,7 @@ impl Limit {
                 });
         Self {
             per_request: self.per_request,
+            lease: self.lease,
             ..scaled
         }
     }

@@ -58,6 +58,10 @@ struct LimitFile {
     algorithm: Option<String>,
     #[serde(default, deserialize_with = "field::per_request")]
     per_request: bool,
+    #[serde(default, deserialize_with = "field::lease")]
+    lease: bool,
+    #[serde(default, deserialize_with = "field::lease_time")]
+    lease_time: Option<String>,
 }
 
 /// Deserializers of each field that put the field's name in front of a type error.
@@ -91,6 +95,8 @@ mod field {
         period: String,
         algorithm: Option<String>,
         per_request: bool,
+        lease: bool,
+        lease_time: Option<String>,
     }
 }
 
@@ -124,18 +130,37 @@ impl LimitFile {
         let limit =
             Limit::with_algorithm(algorithm, &*self.name, self.capacity, self.refill, period)
                 .map_err(|e| e.at(&at))?;
-        Ok(if self.per_request {
+        let limit = if self.per_request {
             limit.per_request()
         } else {
             limit
-        })
+        };
+        match (self.lease, &self.lease_time) {
+            (false, None) => Ok(limit),
+            (false, Some(time)) => Err(ConfigError::Invalid {
+                field: "lease_time",
+                value: time.clone(),
+                reason: "set `lease = true` as well to lease the limit",
+            }
+            .at(&at)),
+            (true, None) => limit.leased().map_err(|e| e.at(&at)),
+            (true, Some(time)) => {
+                let time = parse_duration(time, "lease_time").map_err(|e| e.at(&at))?;
+                limit.leased_for(time).map_err(|e| e.at(&at))
+            }
+        }
     }
 }
 
 /// `500ms`, `10s`, `1m`, `2h`, `1d`: a whole number and a unit.
 pub(crate) fn parse_period(text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text, "period")
+}
+
+/// A duration written as [`parse_period`] reads it, for `field`.
+fn parse_duration(text: &str, field: &'static str) -> Result<Duration, ConfigError> {
     let invalid = || ConfigError::Invalid {
-        field: "period",
+        field,
         value: text.to_owned(),
         reason: "must be a whole number with a unit: ms, s, m, h or d (like \"10s\")",
     };
@@ -179,8 +204,9 @@ impl Policies {
     /// `refill` defaults to `capacity`; periods take `ms`, `s`, `m`, `h` or `d`; `algorithm` is
     /// `"token_bucket"` (the default), `"sliding_log"`, `"sliding_window"` or `"fixed_window"`
     /// (the window algorithms take no `refill`); `per_request = true` makes a limit count
-    /// requests rather than their cost ([`Limit::per_request`]); `shadow = true` in a rule or
-    /// in `[default]` turns on shadow mode for it.
+    /// requests rather than their cost ([`Limit::per_request`]); `lease = true`, with an
+    /// optional `lease_time` (default `"200ms"`), leases it ([`Limit::leased_for`]);
+    /// `shadow = true` in a rule or in `[default]` turns on shadow mode for it.
     ///
     /// # Errors
     ///
@@ -474,7 +500,7 @@ mod tests {
             ),
             (
                 limit(r#"name = "b", capasity = 5, period = "1m""#),
-                "rule \"login\": limit \"b\": invalid TOML: unknown field `capasity`, expected one of `name`, `capacity`, `refill`, `period`, `algorithm`, `per_request`",
+                "rule \"login\": limit \"b\": invalid TOML: unknown field `capasity`, expected one of `name`, `capacity`, `refill`, `period`, `algorithm`, `per_request`, `lease`, `lease_time`",
             ),
             (
                 limit(r#"name = "b", capacity = 5"#),
@@ -531,6 +557,22 @@ mod tests {
             (
                 limit(r#"name = "b", capacity = 5, refill = 1, period = "1m", algorithm = "fixed_window""#),
                 "rule \"login\": limit \"b\": `refill` = \"1\" is invalid: only a token_bucket refills gradually: a window's whole capacity comes back each period, so leave refill out or equal to capacity",
+            ),
+            (
+                limit(r#"name = "b", capacity = 5, period = "1m", algorithm = "sliding_log", lease = true"#),
+                "rule \"login\": limit \"b\": `lease` = \"sliding_log\" is invalid: a sliding_log cannot be leased: it records when each unit was taken, and a lease takes them before the requests that spend them; use a sliding_window",
+            ),
+            (
+                limit(r#"name = "b", capacity = 5, period = "1m", lease_time = "100ms""#),
+                "rule \"login\": limit \"b\": `lease_time` = \"100ms\" is invalid: set `lease = true` as well to lease the limit",
+            ),
+            (
+                limit(r#"name = "b", capacity = 5, period = "1m", lease = true, lease_time = "soon""#),
+                "rule \"login\": limit \"b\": `lease_time` = \"soon\" is invalid: must be a whole number with a unit: ms, s, m, h or d (like \"10s\")",
+            ),
+            (
+                limit(r#"name = "b", capacity = 5, period = "1m", lease = true }, { name = "c", capacity = 9, period = "1h""#),
+                "rule \"login\": `lease` = \"1 of 2 limits\" is invalid: every limit of a policy is leased, or none: a lease takes units from all of them at once",
             ),
             (
                 limit(r#"name = "b", capacity = 251, period = "1m", algorithm = "sliding_log""#),

@@ -131,6 +131,8 @@ pub(crate) struct Entry {
     pub(crate) costed: Arc<[Limit]>,
     /// Whether a limit is a concurrency limit: an allowed request then holds slots.
     pub(crate) concurrent: bool,
+    /// The lease time, when every limit is [leased](Limit::leased): the shortest of theirs.
+    pub(crate) lease: Option<std::time::Duration>,
     /// `RateLimit-Policy`: every limit.
     pub(crate) header: HeaderValue,
     pub(crate) shadow: bool,
@@ -180,6 +182,7 @@ impl Entry {
                 });
             }
         }
+        let lease = crate::limit::policy_lease(&limits)?;
         let limits: Arc<[Limit]> = limits.into();
         let costed = if limits.iter().any(Limit::counts_requests) {
             limits
@@ -207,6 +210,7 @@ impl Entry {
                 .any(|l| l.algorithm() == crate::Algorithm::Concurrency),
             label: rule.unwrap_or("default").into(),
             tier: None,
+            lease,
             limits,
             costed,
             shadow,

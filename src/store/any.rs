@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::{MemoryStore, Store, StoreCall};
+use super::{Lent, MemoryStore, Store, StoreCall};
 use crate::{Decision, Limit, StoreError};
 
 /// A store chosen at run time: in memory, in Redis (one server, a cluster or behind
@@ -94,6 +94,8 @@ trait DynStore: Send + Sync + 'static {
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
     fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
+    fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent>;
+    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()>;
     fn name(&self) -> &'static str;
 }
 
@@ -124,6 +126,12 @@ impl<S: Store> DynStore for S {
     }
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         Store::reset(self, key, limits)
+    }
+    fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent> {
+        Store::lease(self, key, limits, cost, want)
+    }
+    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()> {
+        Store::give_back(self, key, limits, units, at)
     }
     fn name(&self) -> &'static str {
         std::any::type_name::<S>()
@@ -219,6 +227,20 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::reset(store, key, limits),
             Inner::Other(store) => store.reset(key, limits),
+        }
+    }
+
+    fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent> {
+        match &self.inner {
+            Inner::Memory(store) => Store::lease(store, key, limits, cost, want),
+            Inner::Other(store) => store.lease(key, limits, cost, want),
+        }
+    }
+
+    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()> {
+        match &self.inner {
+            Inner::Memory(store) => Store::give_back(store, key, limits, units, at),
+            Inner::Other(store) => store.give_back(key, limits, units, at),
         }
     }
 }

@@ -116,12 +116,70 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Err(StoreError::Unsupported("release"))))
     }
 
+    /// [`Store::decide_each`] for a [leased](Limit::leased) policy's hot key: decides a
+    /// request of `cost` against every limit, and when it passes also takes up to `want` more
+    /// units from each, all or nothing, for the caller to spend in process. At most half of
+    /// what a limit holds once the request is taken is lent (nothing from a nearly empty
+    /// bucket). The [`Lent`] says what each limit made of the request (as `decide_each`
+    /// does), how many more units were taken, and when by the store's clock.
+    ///
+    /// The default lends nothing: it is [`Store::decide_each`], so a store that does not
+    /// override it decides every request itself.
+    fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent> {
+        let _ = want;
+        let each = self.decide_each(key, limits, cost);
+        Box::pin(async move {
+            each.await.map(|decisions| Lent {
+                decisions,
+                units: 0,
+                at_us: 0,
+            })
+        })
+    }
+
+    /// Gives back `units` that [`Store::lease`] lent at `at_us` (its [`Lent::at_us`]) and no
+    /// request spent: a token bucket gets them back as a refund; a window only when it is
+    /// the one that counted them (a later window never counted them, so giving them back
+    /// there would let more through than the limit).
+    ///
+    /// The default does nothing (the default [`Store::lease`] lends nothing).
+    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at_us: u64) -> StoreCall<()> {
+        let _ = (key, limits, units, at_us);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Forgets each limit's bucket: whole again.
     ///
     /// The default answers [`StoreError::Unsupported`].
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         let _ = (key, limits);
         Box::pin(std::future::ready(Err(StoreError::Unsupported("reset"))))
+    }
+}
+
+/// What [`Store::lease`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lent {
+    /// Each limit's decision of the request alone, as [`Store::decide_each`] reports it
+    /// (what a limit has left counts the lent units as still there).
+    pub decisions: Vec<Decision>,
+    /// The units taken beyond the request's cost, for the caller to spend: 0 when the
+    /// request was refused or nothing could be lent.
+    pub units: u64,
+    /// The store's clock when it lent them, in microseconds since the Unix epoch (the window
+    /// they were counted in); 0 when nothing was lent.
+    pub at_us: u64,
+}
+
+impl Lent {
+    /// A lease of `units` beyond a request decided as `decisions`, at `at_us`.
+    pub fn new(decisions: Vec<Decision>, units: u64, at_us: u64) -> Self {
+        Self {
+            decisions,
+            units,
+            at_us,
+        }
     }
 }
 

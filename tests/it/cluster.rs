@@ -95,6 +95,9 @@ async fn two_instances_on_a_cluster_admit_exactly_the_capacity() {
     let keys = || cluster.keys_per_primary().iter().map(|&(_, k)| k).sum();
     crate::direct::suite("cluster", store(&cluster), keys).await;
 
+    // Leases: two instances on the cluster never admit more than the limit.
+    crate::lease::never_over_admits("cluster", [store(&cluster), store(&cluster)]).await;
+
     // The example server, as a user runs it: REDIS_MODE=cluster, REDIS_URL listing the nodes.
     // Two instances share its limit of 10.
     let urls = cluster.urls().join(",");

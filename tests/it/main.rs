@@ -10,6 +10,7 @@ mod examples;
 mod faults;
 mod gateway;
 mod harness;
+mod lease;
 mod loadtest;
 mod nodes;
 mod observability;

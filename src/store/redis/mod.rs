@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, ServerErrorKind};
 
 use crate::algorithm::check_limits;
 use crate::{Decision, Limit, StoreError};
@@ -13,10 +12,13 @@ use crate::{Decision, Limit, StoreError};
 use super::{Store, StoreCall};
 
 mod connection;
+mod lease;
 mod scripts;
+mod send;
 mod slots;
 
 use connection::{Conn, Link, Opener};
+use send::no_primary;
 use slots::Slots;
 
 /// Buckets in Redis, shared by every instance that points at the same server, cluster or
@@ -259,76 +261,6 @@ fn in_runtime(what: &'static str) -> Result<(), StoreError> {
     }
 }
 
-/// The error of a call made before the sentinels named a primary.
-fn no_primary() -> redis::RedisError {
-    redis::RedisError::from((
-        ErrorKind::Io,
-        "no Redis primary known yet: asking the sentinels",
-    ))
-}
-
-/// Reports a call that was sent and dropped before it finished (the layer's timeout) as a
-/// failure. A call dropped before it was sent (its request was cancelled) says nothing of Redis.
-struct Call {
-    link: Arc<Link>,
-    sent: bool,
-    finished: bool,
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        if self.sent && !self.finished {
-            self.link.failed();
-        }
-    }
-}
-
-impl RedisStore {
-    /// Sends `cmd` (an `EVALSHA` of `script`, or any command when `script` is `None`) and
-    /// reads its reply with `parse`: on the shared connection, again as `EVAL` when Redis lacks
-    /// the script, and telling the connection whether Redis answered.
-    fn send<T: Send + 'static>(
-        &self,
-        cmd: redis::Cmd,
-        script: Option<&'static redis::Script>,
-        parse: impl FnOnce(&redis::Value) -> Option<T> + Send + 'static,
-    ) -> StoreCall<T> {
-        let conn = self.link.connection();
-        let mut call = Call {
-            link: Arc::clone(&self.link),
-            sent: false,
-            finished: false,
-        };
-        Box::pin(async move {
-            call.sent = true;
-            let reply = match conn {
-                Some(mut conn) => match (conn.query(&cmd).await, script) {
-                    // Redis forgot the script (restart, SCRIPT FLUSH, failover): send it.
-                    (Err(error), Some(script))
-                        if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
-                    {
-                        conn.query(&scripts::eval(&cmd, script)).await
-                    }
-                    (reply, _) => reply,
-                },
-                None => Err(no_primary()),
-            };
-            call.finished = true;
-            let reply = match reply {
-                Ok(reply) => {
-                    call.link.succeeded();
-                    reply
-                }
-                Err(error) => {
-                    call.link.failed();
-                    return Err(error.into());
-                }
-            };
-            parse(&reply).ok_or_else(|| StoreError::Reply(format!("{reply:?}")))
-        })
-    }
-}
-
 impl Store for RedisStore {
     type Future = StoreCall<Decision>;
 
@@ -381,6 +313,20 @@ impl Store for RedisStore {
         self.send(evalsha, Some(script), |reply| {
             matches!(reply, redis::Value::Int(1)).then_some(())
         })
+    }
+
+    fn lease(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        cost: u64,
+        want: u64,
+    ) -> StoreCall<super::Lent> {
+        self.lend(key, limits, cost, want)
+    }
+
+    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at_us: u64) -> StoreCall<()> {
+        self.give_lease_back(key, limits, units, at_us)
     }
 
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {

@@ -74,6 +74,9 @@ const REFUND_SCRIPT: &str = include_str!("../../../lua/refund.lua");
 /// [`Limiter::charge`](crate::Limiter::charge): every algorithm's observe and take functions,
 /// and `lua/charge.lua`.
 const CHARGE_SCRIPT: &str = every_algorithm!("local read_only = false\n", "charge.lua");
+/// A leased policy's decision that lends ([`Store::lease`](crate::Store::lease)): every
+/// algorithm's observe and take functions, and `lua/lease.lua`.
+const LEASE_SCRIPT: &str = every_algorithm!("local read_only = false\n", "lease.lua");
 
 /// The scripts other than the deciding ones, by their place in [`SCRIPTS`].
 #[derive(Clone, Copy)]
@@ -89,14 +92,16 @@ pub(super) enum Other {
     TokenBucketOne = 11,
     /// Several token-bucket limits: `lua/token_bucket_many.lua`.
     TokenBucketMany = 12,
+    /// A decision that lends: `lua/lease.lua`.
+    Lease = 13,
 }
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
 /// order of [`Algorithm::ALL`], the mixed one, then the [`Other`] ones.
-static SCRIPTS: LazyLock<[redis::Script; 13]> = LazyLock::new(|| all().map(redis::Script::new));
+static SCRIPTS: LazyLock<[redis::Script; 14]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 13] {
+pub(super) fn all() -> [&'static str; 14] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
@@ -111,6 +116,7 @@ pub(super) fn all() -> [&'static str; 13] {
         include_str!("../../../lua/renew.lua"),
         include_str!("../../../lua/token_bucket_one.lua"),
         include_str!("../../../lua/token_bucket_many.lua"),
+        LEASE_SCRIPT,
     ]
 }
 
@@ -289,26 +295,41 @@ fn parse_observed(
             observed[0] = seen;
             allowed
         }
-        (Array(values), _) if limits.len() <= MAX_LIMITS => {
-            let mut values = values.iter().map(|v| match v {
-                Int(i) => u64::try_from(*i).ok(),
-                _ => None,
-            });
-            let allowed = match values.next()?? {
-                0 => false,
-                1 => true,
-                _ => return None,
-            };
-            for (limit, seen) in limits.iter().zip(observed.iter_mut()) {
-                *seen = Observation::read(limit.algorithm(), &mut values)?;
-            }
-            if values.next().is_some() {
-                return None;
-            }
-            allowed
-        }
+        (Array(values), _) => return read_observed(numbers(values), limits),
         _ => return None,
     };
+    Some((observed, allowed))
+}
+
+/// A reply's numbers, `None` for what is not a non-negative integer.
+pub(super) fn numbers(values: &[redis::Value]) -> impl Iterator<Item = Option<u64>> + '_ {
+    values.iter().map(|v| match v {
+        redis::Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    })
+}
+
+/// Whether the request passed (1 or 0), then what was observed of each limit: the whole of
+/// `values`, or `None`.
+pub(super) fn read_observed(
+    mut values: impl Iterator<Item = Option<u64>>,
+    limits: &[Limit],
+) -> Option<([Observation; MAX_LIMITS], bool)> {
+    let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
+    if limits.len() > MAX_LIMITS {
+        return None;
+    }
+    let allowed = match values.next()?? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    for (limit, seen) in limits.iter().zip(observed.iter_mut()) {
+        *seen = Observation::read(limit.algorithm(), &mut values)?;
+    }
+    if values.next().is_some() {
+        return None;
+    }
     Some((observed, allowed))
 }
 

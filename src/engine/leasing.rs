@@ -1,0 +1,255 @@
+//! Leases in the engine (see [`lease`](crate::lease)): a hot key's decisions served in
+//! process, the lease calls that lend the units, and giving back what leases left.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::call::report;
+use super::{Limiter, Shared, Subject};
+use crate::algorithm::binding;
+use crate::lease::{Grant, Leases, Unspent};
+use crate::store::{Lent, Store, StoreCall};
+use crate::{Algorithm, Decision, Limit, StoreError};
+
+/// A lease call under way on one key: when dropped before it is [granted](Self::grant), the
+/// key may ask for a lease again.
+pub(crate) struct Lending<St: Store> {
+    shared: Arc<Shared<St>>,
+    key: Box<str>,
+    policy: usize,
+    /// When the call was sent: a lease is timed from here, so it never outlasts the window
+    /// that lent it by the store's clock.
+    sent: Instant,
+    done: bool,
+}
+
+impl<St: Store> Lending<St> {
+    pub(crate) fn new(shared: Arc<Shared<St>>, key: &str, policy: usize) -> Self {
+        Self {
+            shared,
+            key: key.into(),
+            policy,
+            sent: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn leases(&self) -> &Leases {
+        self.shared
+            .core
+            .leases
+            .as_ref()
+            .expect("a lease call has leases")
+    }
+
+    /// Installs what `lent` lent (and `extra`, units the call took for no request), gives
+    /// back a lease that ended meanwhile, and starts the task that gives back ended leases.
+    pub(crate) fn grant(mut self, lent: &Lent, extra: u64) {
+        self.done = true;
+        let core = &self.shared.core;
+        let policy = core.policies.entry(self.policy);
+        let lease_time = policy.lease.unwrap_or_default();
+        let passed = lent.decisions.iter().all(|d| d.allowed);
+        let grant = binding(&lent.decisions).map(|decision| Grant {
+            units: if passed { lent.units + extra } else { 0 },
+            at_us: lent.at_us,
+            expires: self.sent + lease_ends(&policy.limits, lent.at_us, lease_time),
+            base: Decision {
+                remaining: decision.remaining.saturating_sub(lent.units),
+                ..decision
+            },
+        });
+        if let Some(grant) = grant.filter(|g| g.units > 0) {
+            core.telemetry.leased(self.policy, grant.units);
+        }
+        let now = Instant::now();
+        let ended = self
+            .leases()
+            .granted(&self.key, self.policy, lease_time, grant, now);
+        if let Some(unspent) = ended {
+            spawn_give_back(&self.shared, unspent);
+        }
+        if self.leases().start_sweeping() {
+            spawn_sweeper(&self.shared);
+        }
+    }
+}
+
+impl<St: Store> Drop for Lending<St> {
+    fn drop(&mut self) {
+        if !self.done {
+            let lease_time = self.shared.core.policies.entry(self.policy).lease;
+            let now = Instant::now();
+            self.leases().granted(
+                &self.key,
+                self.policy,
+                lease_time.unwrap_or_default(),
+                None,
+                now,
+            );
+        }
+    }
+}
+
+/// How long a lease lent at `at_us` by the store's clock may be spent: the lease time, and
+/// never past the end of the window that counted it.
+pub(crate) fn lease_ends(limits: &[Limit], at_us: u64, lease_time: Duration) -> Duration {
+    limits
+        .iter()
+        .filter(|l| l.algorithm() != Algorithm::TokenBucket)
+        .map(|l| {
+            let window_us = l.window_ms() * 1000;
+            let end_us = (at_us / 1000 / l.window_ms() + 1) * window_us;
+            Duration::from_micros(end_us.saturating_sub(at_us))
+        })
+        .fold(lease_time, Duration::min)
+}
+
+/// The decision's store call that also lends up to `want` units.
+pub(crate) fn lend<St: Store>(
+    shared: &Arc<Shared<St>>,
+    key: &str,
+    policy: usize,
+    cost: u64,
+    want: u64,
+) -> StoreCall<Vec<Decision>> {
+    let lending = Lending::new(Arc::clone(shared), key, policy);
+    let limits = &shared.core.policies.entry(policy).limits;
+    let call = shared.store.lease(key, limits, cost, want);
+    Box::pin(async move {
+        let lent = call.await?;
+        lending.grant(&lent, 0);
+        Ok(lent.decisions)
+    })
+}
+
+/// Takes the next lease of up to `want` units on `key` in the background (one unit for no
+/// request, and up to `want - 1` more), through the breaker and within the timeout.
+pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usize, want: u64) {
+    let lending = Lending::new(Arc::clone(shared), key, policy);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let core = &shared.core;
+    let Ok(ticket) = core.breaker.as_ref().map(|b| b.admit()).transpose() else {
+        return;
+    };
+    let limits = &core.policies.entry(policy).limits;
+    let call = shared.store.lease(key, limits, 1, want.saturating_sub(1));
+    let timeout = core.timeout;
+    runtime.spawn(async move {
+        let answer = match tokio::time::timeout(timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        };
+        let core = &lending.shared.core;
+        core.telemetry.store_duration(lending.sent.elapsed());
+        if let Some(ticket) = ticket {
+            report(ticket, &answer);
+        }
+        match answer {
+            Ok(lent) => lending.grant(&lent, 1),
+            Err(error) => core.telemetry.store_error(&error),
+        }
+    });
+}
+
+impl<St: Store> Shared<St> {
+    /// Gives back what a lease did not spend, within the timeout.
+    async fn give_back(&self, unspent: Unspent) -> Result<u64, StoreError> {
+        let limits = &self.core.policies.entry(unspent.policy).limits;
+        let call = self
+            .store
+            .give_back(&unspent.key, limits, unspent.units, unspent.at_us);
+        let answer = match tokio::time::timeout(self.core.timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Timeout(self.core.timeout)),
+        };
+        match answer {
+            Ok(()) => {
+                self.core
+                    .telemetry
+                    .lease_returned(unspent.policy, unspent.units);
+                Ok(unspent.units)
+            }
+            Err(error) => {
+                self.core.telemetry.store_error(&error);
+                Err(error)
+            }
+        }
+    }
+}
+
+fn spawn_give_back<St: Store>(shared: &Arc<Shared<St>>, unspent: Unspent) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let shared = Arc::clone(shared);
+        runtime.spawn(async move { shared.give_back(unspent).await });
+    }
+}
+
+/// Every shortest lease time, gives back what ended leases left, while the limiter lives.
+fn spawn_sweeper<St: Store>(shared: &Arc<Shared<St>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let policies = &shared.core.policies;
+    let every = (0..policies.len())
+        .filter_map(|i| policies.entry(i).lease)
+        .min()
+        .unwrap_or(crate::DEFAULT_LEASE_TIME);
+    let weak: Weak<Shared<St>> = Arc::downgrade(shared);
+    runtime.spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            let Some(leases) = &shared.core.leases else {
+                return;
+            };
+            for unspent in leases.expired(Instant::now()) {
+                let _ = shared.give_back(unspent).await;
+            }
+        }
+    });
+}
+
+impl<St: Store> Limiter<St> {
+    /// Gives back to the store every unit this limiter holds on lease (see
+    /// [`lease`](crate::lease)), and returns how many: call it when the process shuts down, so
+    /// that other instances can use them at once. Later requests may take new leases.
+    ///
+    /// # Errors
+    ///
+    /// The first store failure; the other leases are given back still.
+    pub async fn return_leases(&self) -> Result<u64, StoreError> {
+        let Some(leases) = &self.shared.core.leases else {
+            return Ok(0);
+        };
+        let mut returned = 0;
+        let mut failed = None;
+        for unspent in leases.drain() {
+            match self.shared.give_back(unspent).await {
+                Ok(units) => returned += units,
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
+            }
+        }
+        failed.map_or(Ok(returned), Err)
+    }
+
+    /// The units of `subject` this instance holds on lease and may still spend: 0 unless its
+    /// policy is [leased](crate::Limit::leased) and the key is hot. They are already taken in
+    /// the store ([`Limiter::peek`] counts them as spent).
+    pub fn leased(&self, subject: &Subject) -> u64 {
+        match &self.shared.core.leases {
+            Some(leases) => leases.held(subject.key(), Instant::now()),
+            None => 0,
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Leases against a real Redis: a hot key's units taken ahead and spent in process, never more
+//! admitted than the limit with two instances, what a lease did not spend given back when it
+//! ends, an outage spending what was leased before the fail mode, and cold keys decided as
+//! without leasing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::Method;
+use tokio::sync::watch;
+use tollgate::store::{Lent, StoreCall};
+use tollgate::{
+    DecidedBy, Decision, FailMode, Limit, Limiter, Policies, RedisStore, Store, Subject, Target,
+    Verdict,
+};
+
+use crate::harness::RedisServer;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A store that counts its decisions and lease calls, and says when none is under way.
+pub struct Tracked<S> {
+    inner: S,
+    pub plain: Arc<AtomicU64>,
+    pub lends: Arc<AtomicU64>,
+    pub given_back: Arc<AtomicU64>,
+    busy: Arc<watch::Sender<i64>>,
+}
+
+impl<S: Store> Tracked<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            plain: Arc::default(),
+            lends: Arc::default(),
+            given_back: Arc::default(),
+            busy: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Waits until no lease call or give-back is under way.
+    pub async fn idle(&self) {
+        let mut busy = self.busy.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), busy.wait_for(|n| *n == 0))
+            .await
+            .expect("lease calls end within 10 s")
+            .unwrap();
+    }
+
+    /// Waits until `units` were given back in all.
+    async fn given_back(&self, units: u64) {
+        let mut busy = self.busy.subscribe();
+        let given = Arc::clone(&self.given_back);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            busy.wait_for(|_| given.load(Ordering::SeqCst) >= units),
+        )
+        .await
+        .expect("the lease is given back within 10 s")
+        .unwrap();
+    }
+
+    fn track<T: Send + 'static>(
+        &self,
+        call: StoreCall<T>,
+        done: Arc<AtomicU64>,
+        n: u64,
+    ) -> StoreCall<T> {
+        self.busy.send_modify(|b| *b += 1);
+        let busy = Arc::clone(&self.busy);
+        Box::pin(async move {
+            let answer = call.await;
+            if answer.is_ok() {
+                done.fetch_add(n, Ordering::SeqCst);
+            }
+            busy.send_modify(|b| *b -= 1);
+            answer
+        })
+    }
+}
+
+impl<S: Store> Store for Tracked<S> {
+    type Future = S::Future;
+
+    fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> S::Future {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.decide(key, limits, cost)
+    }
+
+    fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.decide_each(key, limits, cost)
+    }
+
+    fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
+        self.inner.peek(key, limits, cost)
+    }
+
+    fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent> {
+        let call = self.inner.lease(key, limits, cost, want);
+        self.track(call, Arc::clone(&self.lends), 1)
+    }
+
+    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()> {
+        let call = self.inner.give_back(key, limits, units, at);
+        self.track(call, Arc::clone(&self.given_back), units)
+    }
+
+    fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
+        self.inner.reset(key, limits)
+    }
+}
+
+/// A leased limit of 1,000 per day of each algorithm a lease may hold.
+fn leased_limits(lease_time: Duration) -> [Limit; 3] {
+    [
+        Limit::new("bucket", 1_000, 1, DAY).unwrap(),
+        Limit::fixed_window("fixed", 1_000, DAY).unwrap(),
+        Limit::sliding_window("sliding", 1_000, DAY).unwrap(),
+    ]
+    .map(|l| l.leased_for(lease_time).unwrap())
+}
+
+fn limiter<St: Store>(store: St, limit: Limit, fail_mode: FailMode) -> Limiter<St> {
+    Limiter::builder()
+        .store(store)
+        .policies(Policies::single(limit))
+        .timeout(Duration::from_secs(2))
+        .fail_mode(fail_mode)
+        .share_buckets(true)
+        .build()
+        .unwrap()
+}
+
+fn subject<St>(limiter: &Limiter<St>, who: &str) -> Subject {
+    limiter
+        .subject(who, Target::route(&Method::GET, "/hot"))
+        .unwrap()
+}
+
+fn day() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400
+}
+
+async fn remaining<St: Store>(limiter: &Limiter<St>, s: &Subject) -> u64 {
+    limiter.peek(s, 1).await.unwrap()[0].remaining
+}
+
+/// Two instances, 32 callers each, 3,000 requests on one key of 1,000: never more than 1,000
+/// pass; every unit is accounted for (passed, held on lease, or left in the bucket); most
+/// decisions are served from leases; and once both give their leases back, the bucket has
+/// exactly what did not pass.
+pub async fn never_over_admits<S: Store + Clone>(run: &str, stores: [S; 2]) {
+    for limit in leased_limits(Duration::from_millis(200)) {
+        // Windows are aligned to days: a run that crosses midnight (UTC) is run again.
+        for attempt in 0.. {
+            let started = day();
+            let who = format!("{run}-{}-{attempt}", limit.name());
+            let instances = stores
+                .clone()
+                .map(|s| Arc::new(limiter(Tracked::new(s), limit.clone(), FailMode::Closed)));
+            let passed = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for task in 0..64 {
+                let limiter = Arc::clone(&instances[task % 2]);
+                let passed = Arc::clone(&passed);
+                let s = subject(&limiter, &who);
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..47 {
+                        let outcome = limiter.take(&s, 1).await;
+                        match outcome.verdict() {
+                            Verdict::Decided { decision, .. } if decision.allowed => {
+                                passed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Verdict::Decided { .. } => {}
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            for limiter in &instances {
+                limiter.store().idle().await;
+            }
+            let s = subject(&instances[0], &who);
+            let passed = passed.load(Ordering::SeqCst);
+            let held: u64 = instances.iter().map(|l| l.leased(&s)).sum();
+            let left = remaining(&instances[0], &s).await;
+            if day() != started {
+                continue;
+            }
+            let name = limit.name();
+            assert!(passed <= 1_000, "{run} {name}: {passed} passed");
+            assert_eq!(
+                passed + held + left,
+                1_000,
+                "{run} {name}: {passed} + {held} + {left}"
+            );
+            let store_calls: u64 = instances
+                .iter()
+                .map(|l| {
+                    l.store().plain.load(Ordering::SeqCst) + l.store().lends.load(Ordering::SeqCst)
+                })
+                .sum();
+            assert!(
+                store_calls * 2 < passed,
+                "{run} {name}: {store_calls} store calls for {passed} decisions that passed"
+            );
+            let returned = instances[0].return_leases().await.unwrap()
+                + instances[1].return_leases().await.unwrap();
+            let left_after = remaining(&instances[0], &s).await;
+            if day() != started {
+                continue;
+            }
+            assert_eq!(returned, held, "{run} {name}");
+            assert_eq!(
+                left_after,
+                1_000 - passed,
+                "{run} {name}: after giving back"
+            );
+            assert_eq!(instances.iter().map(|l| l.leased(&s)).sum::<u64>(), 0);
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_never_admit_more_than_the_limit() {
+    let redis = RedisServer::start();
+    let store = || RedisStore::open(&redis.url()).unwrap();
+    never_over_admits("redis", [store(), store()]).await;
+}
+
+/// A burst of requests on one key, one after another, until this instance holds a lease.
+async fn until_leased<St: Store>(limiter: &Limiter<St>, s: &Subject) -> u64 {
+    let mut passed = 0;
+    for _ in 0..200 {
+        let outcome = limiter.take(s, 1).await;
+        assert!(outcome.is_allowed());
+        passed += 1;
+        if limiter.leased(s) > 0 {
+            return passed;
+        }
+    }
+    panic!("no lease after 200 requests in a row");
+}
+
+#[tokio::test]
+async fn what_a_lease_did_not_spend_goes_back_when_it_ends() {
+    let redis = RedisServer::start();
+    for limit in leased_limits(Duration::from_millis(100)) {
+        let name = limit.name().to_owned();
+        let store = Tracked::new(RedisStore::open(&redis.url()).unwrap());
+        let limiter = limiter(store, limit, FailMode::Closed);
+        let s = subject(&limiter, "alice");
+        let passed = until_leased(&limiter, &s).await;
+        limiter.store().idle().await;
+        let held = limiter.leased(&s);
+        assert!(held > 0, "{name}");
+        // Taken from the bucket: peek counts the lease as spent.
+        assert_eq!(
+            remaining(&limiter, &s).await,
+            1_000 - passed - held,
+            "{name}"
+        );
+        // Nothing more is asked: the lease ends, and the task that watches leases gives its
+        // units back.
+        limiter.store().given_back(held).await;
+        assert_eq!(limiter.leased(&s), 0, "{name}");
+        assert_eq!(remaining(&limiter, &s).await, 1_000 - passed, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_outage_spends_what_was_leased_then_the_fail_mode_decides() {
+    let mut redis = RedisServer::start();
+    let limit = Limit::new("bucket", 1_000, 1, DAY)
+        .unwrap()
+        .leased_for(Duration::from_secs(10))
+        .unwrap();
+    let limiter = limiter(
+        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
+        limit,
+        FailMode::Closed,
+    );
+    let s = subject(&limiter, "alice");
+    until_leased(&limiter, &s).await;
+    limiter.store().idle().await;
+    let held = limiter.leased(&s);
+    redis.kill();
+    for i in 0..held {
+        let outcome = limiter.take(&s, 1).await;
+        match outcome.verdict() {
+            Verdict::Decided { decision, by } => {
+                assert!(decision.allowed, "request {i} of {held}");
+                assert_eq!(*by, DecidedBy::Lease, "request {i} of {held}");
+            }
+            other => panic!("request {i} of {held}: {other:?}"),
+        }
+    }
+    assert_eq!(limiter.leased(&s), 0);
+    let after = limiter.take(&s, 1).await;
+    assert!(
+        matches!(after.verdict(), Verdict::FailedClosed(_)),
+        "{:?}",
+        after.verdict()
+    );
+}
+
+#[tokio::test]
+async fn cold_keys_are_decided_as_without_leases() {
+    let redis = RedisServer::start();
+    let plain = Limit::new("bucket", 10, 1, DAY).unwrap();
+    let leased = limiter(
+        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
+        plain.clone().leased().unwrap(),
+        FailMode::Closed,
+    );
+    let unleased = Limiter::builder()
+        .store(RedisStore::open(&redis.url()).unwrap())
+        .policies(Policies::single(plain))
+        .key_prefix("other")
+        .build()
+        .unwrap();
+    // A few requests per key within a lease time (fewer than MIN_LEASE units).
+    for who in ["a", "b", "c"] {
+        for _ in 0..tollgate::lease::MIN_LEASE - 1 {
+            let a = leased.take(&subject(&leased, who), 1).await;
+            let b = unleased.take(&subject(&unleased, who), 1).await;
+            let (a, b) = (a.decision().unwrap(), b.decision().unwrap());
+            assert_eq!((a.allowed, a.remaining), (b.allowed, b.remaining), "{who}");
+        }
+        assert_eq!(leased.leased(&subject(&leased, who)), 0);
+    }
+    assert_eq!(leased.store().lends.load(Ordering::SeqCst), 0);
+    assert_eq!(leased.store().plain.load(Ordering::SeqCst), 9);
+}
+
+#[test]
+fn a_policy_file_leases_limits() {
+    let policies = Policies::from_toml(
+        r#"
+        [[default.limits]]
+        name = "per_second"
+        capacity = 100
+        period = "1s"
+        lease = true
+        lease_time = "50ms"
+        "#,
+    )
+    .unwrap();
+    let lease = policies.limits().next().unwrap().lease_time();
+    assert_eq!(lease, Some(Duration::from_millis(50)));
+}
+
+/// Through HTTP: two layers on one Redis, 64 clients × 12 requests on a key of 300. Never
+/// more than 300 pass, every unit is accounted for, and a decision served from a lease
+/// carries the `RateLimit` fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_layer_two_instances_never_admit_more_than_the_limit() {
+    use axum::{Router, routing::get};
+
+    use crate::harness::TestServer;
+    use crate::redis_store::hammer;
+
+    let redis = RedisServer::start();
+    let limit = Limit::new("bucket", 300, 1, DAY).unwrap().leased().unwrap();
+    let instances: [_; 2] = [(); 2].map(|_| {
+        let store = Tracked::new(RedisStore::open(&redis.url()).unwrap());
+        limiter(store, limit.clone(), FailMode::Closed)
+    });
+    let mut servers = Vec::new();
+    for limiter in &instances {
+        let app = Router::new()
+            .route("/hot", get(|| async { "ok" }))
+            .layer(tollgate::RateLimitLayer::new(limiter.clone()));
+        servers.push(TestServer::start(app).await);
+    }
+    let servers: [TestServer; 2] = servers.try_into().ok().unwrap();
+    let (allowed, limited) = hammer(&servers, b"hot-key", 64, 12, None).await;
+    assert_eq!(allowed + limited, 768);
+    for limiter in &instances {
+        limiter.store().idle().await;
+    }
+    let s = subject(&instances[0], "hot-key");
+    let held: u64 = instances.iter().map(|l| l.leased(&s)).sum();
+    let left = remaining(&instances[0], &s).await;
+    assert!(allowed <= 300, "{allowed}");
+    assert_eq!(allowed + held + left, 300, "{allowed} + {held} + {left}");
+    let served = instances[0].store().lends.load(Ordering::SeqCst)
+        + instances[1].store().lends.load(Ordering::SeqCst);
+    assert!(served > 0, "no lease was taken");
+    let returned =
+        instances[0].return_leases().await.unwrap() + instances[1].return_leases().await.unwrap();
+    assert_eq!(returned, held);
+    assert_eq!(remaining(&instances[0], &s).await, 300 - allowed);
+    // One client's requests in a row through one instance, decided by the store or served
+    // from a lease: the `RateLimit` field counts down one by one all the same.
+    let client = crate::harness::HttpClient::new();
+    for i in 0..40u64 {
+        let reply = client.get(servers[0].addr, "/hot", Some(b"in-a-row")).await;
+        assert_eq!(reply.status, 200);
+        let field = reply.header("ratelimit").expect("a RateLimit field");
+        assert_eq!(field, format!("\"bucket\";r={}", 299 - i), "request {i}");
+    }
+    assert!(instances[0].leased(&subject(&instances[0], "in-a-row")) > 0);
+}
