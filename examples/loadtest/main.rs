@@ -10,6 +10,13 @@
 //! - `unavailable`: a 503, what a service that failed closed sends;
 //! - `errors`: any other status, a connection or I/O error, or no full answer within 5 s.
 //!
+//! With `--redis-url URL` (a loopback Redis; repeat it for each node of a cluster) it reads
+//! `INFO commandstats` before and after the run and adds `"redis_calls"`: the `EVALSHA` and
+//! `EVAL` calls the servers ran meanwhile (the decisions, lease calls and give-backs of every
+//! instance on them), so calls per decision are `redis_calls / (allowed + limited)`. A Redis
+//! that cannot be read before the run exits with status 2; after it, with status 1 after the
+//! JSON line (without `redis_calls`).
+//!
 //! Each second it prints a progress line to stderr, and at the end one JSON line to stdout:
 //!
 //! ```text
@@ -29,8 +36,9 @@
 //! itself: requests started before the end of `--duration` may finish, within their 5 s. Bad
 //! arguments exit with status 2 before anything is sent.
 
-#[path = "common/mod.rs"]
+#[path = "../common/mod.rs"]
 mod common;
+mod redis_calls;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -49,12 +57,15 @@ use tokio::time::Instant;
 
 const USAGE: &str = "\
 usage: loadtest --url URL [--url URL …] [--clients N] [--duration D] [--keys K] [--check-limit C/S]
+                [--redis-url URL …]
 
   --url URL          a loopback http:// target; repeat for several, used round-robin
   --clients N        concurrent clients, 1 to 4096 (default 16)
   --duration D       how long to send: 500ms, 10s, 2m; at most 10m (default 10s)
   --keys K           API keys key-0 … key-(K-1), 1 to 1000000 (default 100)
   --check-limit C/S  exit 1 if a key was allowed more than C + C·elapsed/S
+  --redis-url URL    a loopback Redis (each node of a cluster: repeat) whose script calls
+                     (EVALSHA + EVAL, from INFO commandstats) are counted into redis_calls
   --help             this text
 ";
 
@@ -78,6 +89,8 @@ struct Args {
     keys: usize,
     /// `--check-limit C/S`: C at once, C more per S seconds.
     check: Option<(u64, u64)>,
+    /// `--redis-url`: the servers whose script calls are counted.
+    redis_urls: Vec<String>,
 }
 
 #[tokio::main]
@@ -101,7 +114,25 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    run(args).await
+    let redis = match redis_calls::RedisCalls::new(&args.redis_urls) {
+        Ok(redis) => redis,
+        Err(error) => {
+            eprintln!("loadtest: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // Read before anything is sent, so a Redis that cannot be read stops the run at once.
+    let before = match args.redis_urls.is_empty() {
+        true => None,
+        false => match redis.count().await {
+            Ok(calls) => Some(calls),
+            Err(error) => {
+                eprintln!("loadtest: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    run(args, before.map(|calls| (redis, calls))).await
 }
 
 /// `Ok(None)` for `--help`.
@@ -112,6 +143,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
         duration: Duration::from_secs(10),
         keys: 100,
         check: None,
+        redis_urls: Vec::new(),
     };
     while let Some(arg) = args.next() {
         if arg == "--help" || arg == "-h" {
@@ -124,7 +156,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
         };
         if !matches!(
             flag.as_str(),
-            "--url" | "--clients" | "--duration" | "--keys" | "--check-limit"
+            "--url" | "--clients" | "--duration" | "--keys" | "--check-limit" | "--redis-url"
         ) {
             return Err(format!("unknown argument {flag:?}"));
         }
@@ -133,7 +165,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             .ok_or_else(|| format!("{flag} needs a value"))?;
         // A URL is shown without its user, password or query.
         let shown = match flag.as_str() {
-            "--url" => common::redact(&value),
+            "--url" | "--redis-url" => common::redact(&value),
             _ => value.clone(),
         };
         let bad = |why: &str| format!("{flag} {shown:?}: {why}");
@@ -149,6 +181,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--url" => parsed
                 .urls
                 .push(value.parse().map_err(|e| bad(&format!("{e}")))?),
+            "--redis-url" => parsed.redis_urls.push(value),
             "--clients" => parsed.clients = count(MAX_CLIENTS)?,
             "--keys" => parsed.keys = count(MAX_KEYS)?,
             "--duration" => {
@@ -231,6 +264,9 @@ struct Report {
     unavailable: u64,
     elapsed_s: f64,
     keys_over_limit: usize,
+    /// Script calls (`EVALSHA` + `EVAL`) on the `--redis-url` servers during the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_calls: Option<u64>,
 }
 
 /// What one response (or its absence) counts as.
@@ -267,7 +303,8 @@ impl Tally {
     }
 }
 
-async fn run(args: Args) -> ExitCode {
+/// `redis`: the servers whose script calls are counted, and their count before the run.
+async fn run(args: Args, redis: Option<(redis_calls::RedisCalls, u64)>) -> ExitCode {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let http: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
@@ -318,6 +355,18 @@ async fn run(args: Args) -> ExitCode {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let mut failed = false;
+    let redis_calls = match &redis {
+        None => None,
+        Some((redis, before)) => match redis.count().await {
+            Ok(after) => Some(after.saturating_sub(*before)),
+            Err(error) => {
+                eprintln!("loadtest: {error}");
+                failed = true;
+                None
+            }
+        },
+    };
 
     let [allowed, unlimited, limited, unavailable, errors] = tally.snapshot();
     let requests = allowed + unlimited + limited + unavailable + errors;
@@ -347,13 +396,18 @@ async fn run(args: Args) -> ExitCode {
         unavailable,
         elapsed_s: round3(elapsed),
         keys_over_limit: over.len(),
+        redis_calls,
     };
     println!(
         "{}",
         serde_json::to_string(&report).expect("numbers serialize")
     );
     if over.is_empty() {
-        return ExitCode::SUCCESS;
+        return if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     for (key, n, bound) in over.iter().take(MAX_NAMED) {
         eprintln!("loadtest: key-{key} was allowed {n} requests, over the limit of {bound:.2}");

@@ -167,3 +167,87 @@ async fn bad_arguments_exit_2_before_sending_and_say_why() {
         assert!(!stderr.contains("s3cret"), "{args:?}: {stderr}");
     }
 }
+
+/// `--redis-url`: with two example servers on one Redis, `redis_calls` counts every script
+/// call. Without leases, one per request; with the limit leased, far fewer, and no key over
+/// its limit either way. A `--redis-url` off loopback stops the run, its password hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_calls_counts_script_calls_and_leases_cut_them() {
+    let redis = crate::harness::RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("tollgate-lease-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = redis.url();
+    for leased in [false, true] {
+        // Far above what the test offers: nothing is limited.
+        let file = dir.join(format!("leased-{leased}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[[default.limits]]\nname = \"hot\"\ncapacity = 1000000\nperiod = \"1s\"\nlease = {leased}\n"
+            ),
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let env = [("REDIS_URL", url.as_str()), ("RATE_LIMIT_CONFIG", file)];
+        let servers = [Instance::start(&env), Instance::start(&env)];
+        let urls = servers.each_ref().map(|s| format!("http://{}/hot", s.addr));
+        let args = [
+            "--url",
+            &urls[0],
+            "--url",
+            &urls[1],
+            "--clients",
+            "8",
+            "--duration",
+            "2s",
+            "--keys",
+            "1",
+            "--check-limit",
+            "1000000/1",
+            "--redis-url",
+            &url,
+        ];
+        let output = loadtest(&args, Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let r = report(&output);
+        let (allowed, calls) = (count(&r, "allowed"), count(&r, "redis_calls"));
+        assert_eq!(count(&r, "requests"), allowed, "{r}");
+        assert!(allowed > 100, "{r}");
+        if leased {
+            assert!(calls * 4 < allowed, "leased: {r}");
+        } else {
+            assert_eq!(calls, allowed, "one script call per decision: {r}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Without --redis-url, no count.
+    let server = Instance::start(&[]);
+    let target = format!("http://{}/hello", server.addr);
+    let output = loadtest(
+        &["--url", &target, "--duration", "500ms"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0));
+    assert!(report(&output).get("redis_calls").is_none());
+
+    for (bad, why) in [
+        (
+            "redis://user:s3cret@10.1.2.3:6379/",
+            "only a loopback address",
+        ),
+        ("http://127.0.0.1:6379/", "not a Redis URL"),
+    ] {
+        let args = ["--url", &target, "--duration", "500ms", "--redis-url", bad];
+        let output = loadtest(&args, Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(why) && !stderr.contains("s3cret"),
+            "{stderr}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+}
