@@ -4,7 +4,9 @@
 //! callers on one multiplexed connection, beside `redis-benchmark` running the same script with
 //! the same number of clients and no pipelining (`-P 1`), in the same run, against a
 //! `redis-server` this bench starts on a loopback port. Then denied requests per second on one
-//! hot key through the layer, with the local deny cache on and off.
+//! hot key through the layer, with the local deny cache on and off; and allowed decisions per
+//! second on one hot key through a `Limiter` on one `RedisStore`, with its limit leased and not
+//! (issue 13's target: at least 5x), with the Redis calls each decision cost.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tollgate::{Limit, RateLimitLayer, RedisStore, Store};
+use tollgate::{Limit, Limiter, Policies, RateLimitLayer, RedisStore, Store, Target};
 use tower::{Layer, ServiceExt};
 
 const RUN: Duration = Duration::from_secs(3);
@@ -184,6 +186,49 @@ async fn hot_key(store: RedisStore, cache: bool, callers: usize) -> f64 {
     denied.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Allowed decisions per second on one hot key through a limiter, from `callers` tasks: its
+/// one limit (far above the rate) leased or not.
+async fn hot_allowed(store: RedisStore, leased: bool, callers: usize) -> (f64, u64) {
+    let limit = Limit::new("hot", 1 << 40, 1_000_000, Duration::from_secs(1)).unwrap();
+    let limit = if leased {
+        limit.leased().unwrap()
+    } else {
+        limit
+    };
+    let limiter = Limiter::builder()
+        .store(store)
+        .policies(Policies::single(limit))
+        .key_prefix(format!("allowed-{leased}-{callers}"))
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let subject = limiter
+        .subject("hot", Target::route(&http::Method::GET, "/hot"))
+        .unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + RUN;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (limiter, subject, done) = (limiter.clone(), subject.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    assert!(limiter.take(&subject, 1).await.is_allowed());
+                    n += 1;
+                }
+                done.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let decisions = done.load(Ordering::Relaxed);
+    limiter.return_leases().await.unwrap();
+    (decisions as f64 / start.elapsed().as_secs_f64(), decisions)
+}
+
 fn evalsha_calls(server: &Server) -> u64 {
     server
         .cli(&["INFO", "commandstats"])
@@ -235,5 +280,21 @@ fn main() {
             rates.push(rate);
         }
         println!("  ratio on/off: {:.1}", rates[1] / rates[0]);
+        println!("allowed decisions per second on one hot key through a Limiter, leased and not:");
+        for callers in [1, 64] {
+            let mut rates = Vec::new();
+            for leased in [false, true] {
+                let before = evalsha_calls(&server);
+                let (rate, decisions) = hot_allowed(store.clone(), leased, callers).await;
+                let calls = evalsha_calls(&server) - before;
+                println!(
+                    "  {callers:>2} callers, leases {}: {rate:>10.0} allowed/s, {:.4} Redis calls per decision",
+                    if leased { "on " } else { "off" },
+                    calls as f64 / decisions as f64
+                );
+                rates.push(rate);
+            }
+            println!("  {callers:>2} callers, ratio on/off: {:.1}", rates[1] / rates[0]);
+        }
     });
 }
