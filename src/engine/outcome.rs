@@ -171,7 +171,7 @@ impl Outcome {
     /// nothing was taken from any, and each says what its limit made of the request:
     /// `allowed` when that limit alone would have let it through (with a `retry_after` of
     /// zero), else its own wait. A refusal remembered by the deny cache, a decision of the
-    /// local fallback, or a custom [`Store`](crate::Store) that does not implement
+    /// local fallback or served from a [lease](crate::lease), or a custom [`Store`](crate::Store) that does not implement
     /// [`Store::decide_each`](crate::Store::decide_each) reports the binding limit alone.
     pub fn decisions(&self) -> &[Decision] {
         match &self.verdict {
