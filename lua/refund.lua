@@ -8,8 +8,9 @@
 --                           the capacity; l: the window in microseconds and the capacity
 -- ARGV[4i]                  the units to give back
 -- ARGV[4n+1]                (optional) the Redis time in microseconds at which the units were
---                           taken: a lease given back. A window then gets them back only
---                           from the window that counted them (f: if it is still the
+--                           taken: a lease given back. A token bucket then gets back their
+--                           worth less the time since (see below); a window gets them back
+--                           only from the window that counted them (f: if it is still the
 --                           bucket's; s: the bucket's current or previous count), never from
 --                           a later one, which did not count them.
 --
@@ -26,7 +27,14 @@ local lent_at = ARGV[4 * #KEYS + 1]
 for i = 1, #KEYS do
   local a = 4 * i - 3
   local code, key, x, y, units = ARGV[a], KEYS[i], ARGV[a + 1] + 0, ARGV[a + 2] + 0, ARGV[a + 3] + 0
-  if code == 't' then
+  if code == 't' and lent_at then
+    -- Units lent at lent_at and not spent: while they were out the bucket went on filling,
+    -- and the part of that filling its capacity cut off would have gone to them. At most
+    -- the time since is lost so, so what is owed is at least their worth less that time:
+    -- only that much comes back (never more than if they had not been taken).
+    x = math.max(0, x - math.max(0, now - lent_at))
+  end
+  if code == 't' and x > 0 then
     local full_at = redis.call('GET', key)
     if full_at then
       local back = math.min(full_at + 0, now + y) - x

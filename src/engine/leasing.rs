@@ -26,9 +26,9 @@ pub(crate) struct Lending<St: Store> {
 }
 
 impl<St: Store> Lending<St> {
-    pub(crate) fn new(shared: Arc<Shared<St>>, key: &str, policy: usize) -> Self {
+    pub(crate) fn new(shared: &Arc<Shared<St>>, key: &str, policy: usize) -> Self {
         Self {
-            shared,
+            shared: Arc::clone(shared),
             key: key.into(),
             policy,
             sent: Instant::now(),
@@ -71,9 +71,6 @@ impl<St: Store> Lending<St> {
         if let Some(unspent) = ended {
             spawn_give_back(&self.shared, unspent);
         }
-        if self.leases().start_sweeping() {
-            spawn_sweeper(&self.shared);
-        }
     }
 }
 
@@ -110,13 +107,12 @@ pub(crate) fn lease_ends(limits: &[Limit], at_us: u64, lease_time: Duration) -> 
 /// The decision's store call that also lends up to `want` units.
 pub(crate) fn lend<St: Store>(
     shared: &Arc<Shared<St>>,
+    lending: Lending<St>,
     key: &str,
-    policy: usize,
     cost: u64,
     want: u64,
 ) -> StoreCall<Vec<Decision>> {
-    let lending = Lending::new(Arc::clone(shared), key, policy);
-    let limits = &shared.core.policies.entry(policy).limits;
+    let limits = &shared.core.policies.entry(lending.policy).limits;
     let call = shared.store.lease(key, limits, cost, want);
     Box::pin(async move {
         let lent = call.await?;
@@ -128,7 +124,7 @@ pub(crate) fn lend<St: Store>(
 /// Takes the next lease of up to `want` units on `key` in the background (one unit for no
 /// request, and up to `want - 1` more), through the breaker and within the timeout.
 pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usize, want: u64) {
-    let lending = Lending::new(Arc::clone(shared), key, policy);
+    let lending = Lending::new(shared, key, policy);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -189,11 +185,19 @@ fn spawn_give_back<St: Store>(shared: &Arc<Shared<St>>, unspent: Unspent) {
     }
 }
 
-/// Every shortest lease time, gives back what ended leases left, while the limiter lives.
-fn spawn_sweeper<St: Store>(shared: &Arc<Shared<St>>) {
+/// Starts, once, the task that every shortest lease time gives back what ended leases left
+/// and forgets idle keys, while the limiter lives (on the first leased request made in a
+/// runtime).
+pub(crate) fn sweep<St: Store>(shared: &Arc<Shared<St>>, leases: &Leases) {
+    if leases.sweeping() {
+        return;
+    }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    if !leases.start_sweeping() {
+        return;
+    }
     let policies = &shared.core.policies;
     let every = (0..policies.len())
         .filter_map(|i| policies.entry(i).lease)

@@ -267,6 +267,7 @@ impl<St: Store> Limiter<St> {
         // A leased policy's hot key: from this instance's lease, or asked with one.
         let mut lend = None;
         if let (Some(leases), Some(lease_time)) = (&core.leases, policy.lease) {
+            leasing::sweep(&self.shared, leases);
             match leases.serve(index, &key, cost, lease_time, tokio::time::Instant::now()) {
                 Serve::Lease { decision, refill } => {
                     if let Some(want) = refill {
@@ -278,7 +279,11 @@ impl<St: Store> Limiter<St> {
                         outcome: Some(outcome.with_taken(cost)),
                     };
                 }
-                Serve::Lend { want } => lend = Some(want),
+                // From here the key's lease call is under way, until `Lending` is granted or
+                // dropped (a cached denial, the breaker, a failed or abandoned call).
+                Serve::Lend { want } => {
+                    lend = Some((want, leasing::Lending::new(&self.shared, &key, index)));
+                }
                 Serve::Plain => {}
             }
         }
@@ -330,7 +335,9 @@ impl<St: Store> Limiter<St> {
             core.telemetry.in_flight(ticket.in_flight());
         }
         let decision = match lend {
-            Some(want) => Asking::Lease(leasing::lend(&self.shared, &key, index, cost, want)),
+            Some((want, lending)) => {
+                Asking::Lease(leasing::lend(&self.shared, lending, &key, cost, want))
+            }
             None => Asking::Store(ask(&self.shared.store, &key, &policy.limits, cost)),
         };
         Deciding::Asking {

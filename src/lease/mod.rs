@@ -24,7 +24,7 @@
 //!
 //! | algorithm | over-admission | a lease lasts | what is left goes back |
 //! |---|---|---|---|
-//! | token bucket | none: at most the capacity plus the refill, counted at the times units were taken; a burst measured at the times requests are admitted may be later by up to one lease time | the lease time | always, exactly (as a refund) |
+//! | token bucket | none: at most the capacity plus the refill, counted at the times units were taken; a burst measured at the times requests are admitted may be later by up to one lease time | the lease time | what is still owed: their worth less the time since they were lent (the bucket went on filling meanwhile, and what its capacity cut off would have gone to them), never more than if they had not been taken |
 //! | fixed window | none: at most the capacity per window | the lease time, and never past the end of the window that lent it | to the window that lent it, while it lasts (after it, nothing is owed) |
 //! | sliding window | none beyond the algorithm's own estimate: lent units count in the window that lent them, and are spent within it | as the fixed window | to the window that lent them, in its count or, once the next window began, in the previous count |
 //! | sliding log | refused at build time: it records when each unit was taken | | |
@@ -32,10 +32,17 @@
 //!
 //! Under-admission: at most the unspent units of unexpired leases, per key at most the
 //! number of instances × the largest lease one holds (the key's units over a lease time, at
-//! most half of the bucket), and given back when the lease ends. Units a lease holds when the
-//! process dies without [`return_leases`](crate::Limiter::return_leases) come back as the
-//! bucket refills or its window ends. A [`reset`](crate::Limiter::reset) drops this
-//! instance's lease on the subject without giving it back (the bucket is whole again).
+//! most half of the bucket), and given back when the lease ends (a token bucket's less what
+//! refilled meanwhile). Units that are taken and never given back come back as the bucket
+//! refills or its window ends: those a process holds when it dies without
+//! [`return_leases`](crate::Limiter::return_leases), those of a lease call whose answer is
+//! lost (the timeout), and those of a give-back that fails (it is not retried).
+//!
+//! A [`reset`](crate::Limiter::reset) drops this instance's lease on the subject without
+//! giving it back (the bucket is whole again). Other instances' leases were taken from the
+//! old bucket: they may still spend them and give back what is left into the new one, so
+//! within one lease time after a reset up to instances × their leases more may pass than the
+//! fresh bucket allows.
 //!
 //! During a store outage an instance spends what it has leased (exactly: the units are
 //! already taken), then the [fail mode](crate::FailMode) applies. The deny cache, peek and

@@ -100,8 +100,12 @@ impl Leases {
         }
     }
 
-    /// Whether the caller is the first to ask (and so starts the task that gives back what
-    /// ended leases left).
+    /// Whether the task that gives back what ended leases left runs.
+    pub(crate) fn sweeping(&self) -> bool {
+        self.sweeping.load(Ordering::Relaxed)
+    }
+
+    /// Whether the caller is the first to ask (and so starts that task).
     pub(crate) fn start_sweeping(&self) -> bool {
         !self.sweeping.swap(true, Ordering::Relaxed)
     }

@@ -454,3 +454,89 @@ async fn through_the_layer_two_instances_never_admit_more_than_the_limit() {
     }
     assert!(instances[0].leased(&subject(&instances[0], "in-a-row")) > 0);
 }
+
+/// A token bucket keeps filling while a lease is out, up to its capacity: what a lease gives
+/// back late is only what is still owed, so the refill its capacity cut off is not handed out
+/// a second time. (Capacity 100, 100 per second: a lease of 30 taken from a full bucket, given
+/// back after 600 ms, when the bucket without it would have been full again for 300 ms.)
+#[tokio::test]
+async fn a_token_bucket_lease_given_back_late_gives_only_what_is_owed() {
+    let redis = RedisServer::start();
+    let limit = Limit::new("bucket", 100, 100, Duration::from_secs(1)).unwrap();
+    let leasing = limiter(
+        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
+        limit.clone().leased_for(Duration::from_secs(10)).unwrap(),
+        FailMode::Closed,
+    );
+    // No deny cache here: its remembered refusal would hide what the give-back returned.
+    let plain = Limiter::builder()
+        .store(RedisStore::open(&redis.url()).unwrap())
+        .policies(Policies::single(limit))
+        .timeout(Duration::from_secs(2))
+        .deny_cache(false)
+        .share_buckets(true)
+        .build()
+        .unwrap();
+    let (a, b) = (subject(&leasing, "alice"), subject(&plain, "alice"));
+    // 40 units at once: hot enough to lease with the request, half of what is left.
+    assert!(leasing.take(&a, 40).await.is_allowed());
+    leasing.store().idle().await;
+    assert_eq!(leasing.leased(&a), 30);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let start = std::time::Instant::now();
+    let mut passed = 0;
+    while plain.take(&b, 1).await.is_allowed() {
+        passed += 1;
+    }
+    assert_eq!(leasing.return_leases().await.unwrap(), 30);
+    while plain.take(&b, 1).await.is_allowed() {
+        passed += 1;
+    }
+    // In any span of time, at most the capacity and what refills in it.
+    let bound = 100 + start.elapsed().as_millis() as u64 / 10 + 1;
+    assert!(passed <= bound, "{passed} passed in {:?}", start.elapsed());
+}
+
+/// A key whose lease call a cached denial answers asks to lease again later.
+#[tokio::test]
+async fn a_key_refused_from_the_deny_cache_leases_again_in_the_next_window() {
+    let redis = RedisServer::start();
+    let limit = Limit::fixed_window("fixed", 40, Duration::from_secs(1))
+        .unwrap()
+        .leased_for(Duration::from_millis(50))
+        .unwrap();
+    let limiter = limiter(
+        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
+        limit,
+        FailMode::Closed,
+    );
+    let s = subject(&limiter, "alice");
+    // From the start of a window (they are aligned to whole seconds), so that it has time
+    // left for several refusals.
+    let into = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    tokio::time::sleep(
+        Duration::from_nanos(1_000_000_000 - u64::from(into)) + Duration::from_millis(5),
+    )
+    .await;
+    // This window spent (with a lease on the way), then refused: by the store once, then by
+    // the deny cache. Each request a lease time apart asks to lease again, and the deny cache
+    // answers it, until the next window begins.
+    let mut refused = 0;
+    for _ in 0..2_000 {
+        let outcome = limiter.take(&s, 1).await;
+        match outcome.is_allowed() {
+            true if refused > 0 => break,
+            true => {}
+            false => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        }
+    }
+    assert!(refused > 1, "{refused}");
+    limiter.store().idle().await;
+    until_leased(&limiter, &s).await;
+}
