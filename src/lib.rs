@@ -76,6 +76,13 @@
 //! [`Limiter::refund`] and [`Limiter::reset`], with the same buckets, timeout, breaker, fail
 //! mode and deny cache; see [`engine`].
 //!
+//! # Leases
+//!
+//! A limit marked [leased](Limit::leased) lets an instance take a hot key's units from Redis
+//! ahead of its requests, in the call that decides one of them, and admit the next ones in
+//! process: about one Redis call per key per lease time instead of one per request, never
+//! more admitted than the limit. See [`lease`].
+//!
 //! # Fail-open
 //!
 //! Every store call is bounded by the [timeout](Builder::timeout) (50 ms by default), which

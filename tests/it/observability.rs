@@ -145,6 +145,81 @@ async fn every_counter_moves_with_traffic_and_failures() {
     );
 }
 
+/// A leased limit's counters: leases taken and their units, decisions served from them (also
+/// counted as decisions), and the units given back when the lease runs out.
+#[tokio::test]
+async fn lease_counters_move_with_a_hot_key() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = std::env::temp_dir().join(format!("tollgate-lease-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("leased.toml");
+    std::fs::write(
+        &file,
+        "[[default.limits]]\nname = \"hot\"\ncapacity = 100000\nperiod = \"1h\"\nlease = true\nlease_time = \"100ms\"\n",
+    )
+    .unwrap();
+    let server = Instance::start(&[
+        ("REDIS_URL", &url),
+        ("RATE_LIMIT_CONFIG", file.to_str().unwrap()),
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let client = HttpClient::new();
+    for _ in 0..50 {
+        assert_eq!(
+            client.get(server.addr, "/hot", Some(b"alice")).await.status,
+            200
+        );
+    }
+    let (_, s) = scrape(&client, &server).await;
+    let policy = |name: &str| value(&s, &format!("{name}{{policy=\"default\"}}"));
+    assert_eq!(decisions(&s, "allowed"), 50.0);
+    let (leases, units) = (
+        policy("tollgate_leases_total"),
+        policy("tollgate_leased_units_total"),
+    );
+    let served = policy("tollgate_lease_decisions_total");
+    assert!(
+        leases >= 1.0 && units >= leases,
+        "{leases} leases of {units} units"
+    );
+    assert!(
+        served > 0.0 && served <= units,
+        "{served} served of {units}"
+    );
+    // Store calls: the decisions not served from a lease, and the leases taken in the
+    // background (each lease is one call, with a decision or on its own).
+    let calls = value(&s, "tollgate_store_duration_seconds_count");
+    assert!(
+        calls >= 50.0 - served && calls <= 50.0 - served + leases,
+        "{calls} store calls, {served} served from {leases} leases"
+    );
+    // Nothing more is asked: the lease runs out and what is left goes back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, s) = scrape(&client, &server).await;
+        let returned = value(
+            &s,
+            "tollgate_lease_returned_units_total{policy=\"default\"}",
+        );
+        let units = value(&s, "tollgate_leased_units_total{policy=\"default\"}");
+        let served = value(&s, "tollgate_lease_decisions_total{policy=\"default\"}");
+        if returned > 0.0 {
+            assert_eq!(
+                returned,
+                units - served,
+                "every unit leased is spent or given back"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing given back in 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// `chromium` on PATH, or fail saying how to install it.
 fn chromium() -> PathBuf {
     for name in ["chromium", "chromium-browser", "google-chrome"] {
