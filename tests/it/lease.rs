@@ -133,6 +133,12 @@ fn limiter<St: Store>(store: St, limit: Limit, fail_mode: FailMode) -> Limiter<S
         .unwrap()
 }
 
+/// A limiter of `limit` on `redis`, failing closed, whose store is [`Tracked`].
+fn tracked(redis: &RedisServer, limit: Limit) -> Limiter<Tracked<RedisStore>> {
+    let store = Tracked::new(RedisStore::open(&redis.url()).unwrap());
+    limiter(store, limit, FailMode::Closed)
+}
+
 fn subject<St>(limiter: &Limiter<St>, who: &str) -> Subject {
     limiter
         .subject(who, Target::route(&Method::GET, "/hot"))
@@ -299,8 +305,7 @@ async fn what_a_lease_did_not_spend_goes_back_when_it_ends() {
     let redis = RedisServer::start();
     for limit in leased_limits(Duration::from_millis(100)) {
         let name = limit.name().to_owned();
-        let store = Tracked::new(RedisStore::open(&redis.url()).unwrap());
-        let limiter = limiter(store, limit, FailMode::Closed);
+        let limiter = tracked(&redis, limit);
         let s = subject(&limiter, "alice");
         let passed = until_leased(&limiter, &s).await;
         limiter.store().idle().await;
@@ -327,11 +332,7 @@ async fn an_outage_spends_what_was_leased_then_the_fail_mode_decides() {
         .unwrap()
         .leased_for(Duration::from_secs(10))
         .unwrap();
-    let limiter = limiter(
-        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
-        limit,
-        FailMode::Closed,
-    );
+    let limiter = tracked(&redis, limit);
     let s = subject(&limiter, "alice");
     until_leased(&limiter, &s).await;
     limiter.store().idle().await;
@@ -360,11 +361,7 @@ async fn an_outage_spends_what_was_leased_then_the_fail_mode_decides() {
 async fn cold_keys_are_decided_as_without_leases() {
     let redis = RedisServer::start();
     let plain = Limit::new("bucket", 10, 1, DAY).unwrap();
-    let leased = limiter(
-        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
-        plain.clone().leased().unwrap(),
-        FailMode::Closed,
-    );
+    let leased = tracked(&redis, plain.clone().leased().unwrap());
     let unleased = Limiter::builder()
         .store(RedisStore::open(&redis.url()).unwrap())
         .policies(Policies::single(plain))
@@ -414,10 +411,7 @@ async fn through_the_layer_two_instances_never_admit_more_than_the_limit() {
 
     let redis = RedisServer::start();
     let limit = Limit::new("bucket", 300, 1, DAY).unwrap().leased().unwrap();
-    let instances: [_; 2] = [(); 2].map(|_| {
-        let store = Tracked::new(RedisStore::open(&redis.url()).unwrap());
-        limiter(store, limit.clone(), FailMode::Closed)
-    });
+    let instances: [_; 2] = [(); 2].map(|_| tracked(&redis, limit.clone()));
     let mut servers = Vec::new();
     for limiter in &instances {
         let app = Router::new()
@@ -463,10 +457,9 @@ async fn through_the_layer_two_instances_never_admit_more_than_the_limit() {
 async fn a_token_bucket_lease_given_back_late_gives_only_what_is_owed() {
     let redis = RedisServer::start();
     let limit = Limit::new("bucket", 100, 100, Duration::from_secs(1)).unwrap();
-    let leasing = limiter(
-        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
+    let leasing = tracked(
+        &redis,
         limit.clone().leased_for(Duration::from_secs(10)).unwrap(),
-        FailMode::Closed,
     );
     // No deny cache here: its remembered refusal would hide what the give-back returned.
     let plain = Limiter::builder()
@@ -505,11 +498,7 @@ async fn a_key_refused_from_the_deny_cache_leases_again_in_the_next_window() {
         .unwrap()
         .leased_for(Duration::from_millis(50))
         .unwrap();
-    let limiter = limiter(
-        Tracked::new(RedisStore::open(&redis.url()).unwrap()),
-        limit,
-        FailMode::Closed,
-    );
+    let limiter = tracked(&redis, limit);
     let s = subject(&limiter, "alice");
     // From the start of a window (they are aligned to whole seconds), so that it has time
     // left for several refusals.
