@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use super::call::report;
-use super::{Call, Limiter, Subject};
+use super::{Call, Limiter, Shared, Subject};
 use crate::store::{Store, StoreCall};
 use crate::telemetry::Settled;
 use crate::{Decision, StoreError};
@@ -25,7 +25,7 @@ impl<St: Store> Limiter<St> {
         };
         let limits = &self.shared.core.policies.entry(index).limits;
         let call = self.shared.store.peek(subject.key(), limits, cost.max(1));
-        self.bounded(call).await
+        self.shared.bounded(call).await
     }
 
     /// Gives `units` back to every limit of `subject`'s policy that counts the cost (not
@@ -57,7 +57,7 @@ impl<St: Store> Limiter<St> {
             cache.forget(key);
         }
         let call = self.shared.store.refund(key, limits, units);
-        self.bounded(call).await
+        self.shared.bounded(call).await
     }
 
     /// Takes `units` from every limit of `subject`'s policy that counts the cost (not
@@ -83,7 +83,7 @@ impl<St: Store> Limiter<St> {
             return Ok(());
         }
         let call = self.shared.store.charge(key, limits, units);
-        self.bounded(call).await
+        self.shared.bounded(call).await
     }
 
     /// Settles a reservation: `taken` units were taken up front (an estimate, usually
@@ -185,15 +185,22 @@ impl<St: Store> Limiter<St> {
         };
         let limits = &core.policies.entry(index).limits;
         let call = self.shared.store.reset(subject.key(), limits);
-        self.bounded(call).await
+        self.shared.bounded(call).await
     }
+}
 
-    /// A store call other than a decision, bounded as decisions are: through the breaker and
-    /// within the timeout; cancelled by its caller, it is left to finish (a [`Call`]), given up
-    /// on at the timeout, dropped and counted as failed.
-    async fn bounded<T: Send + 'static>(&self, call: StoreCall<T>) -> Result<T, StoreError> {
-        let core = &self.shared.core;
+impl<St: Store> Shared<St> {
+    /// A store call other than a decision (a direct call, a lease taken in the background, a
+    /// lease given back), bounded as decisions are: through the breaker and within the
+    /// timeout, its time in `tollgate_store_duration_seconds`; cancelled by its caller, it is
+    /// left to finish (a [`Call`]), given up on at the timeout, dropped and counted as failed.
+    pub(crate) async fn bounded<T: Send + 'static>(
+        &self,
+        call: StoreCall<T>,
+    ) -> Result<T, StoreError> {
+        let core = &self.core;
         let ticket = core.breaker.as_ref().map(|b| b.admit()).transpose()?;
+        let started = tokio::time::Instant::now();
         let mut call = Call::new(call, ticket);
         let pending = std::future::poll_fn(|cx| {
             let future = call.future.as_mut().expect("polled until it ends");
@@ -205,6 +212,7 @@ impl<St: Store> Limiter<St> {
         };
         call.future = None;
         if let Some(ticket) = call.ticket.take() {
+            core.telemetry.store_duration(started.elapsed());
             report(ticket, &answer);
         }
         answer

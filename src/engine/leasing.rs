@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::call::report;
 use super::{Limiter, Shared, Subject};
 use crate::algorithm::binding;
 use crate::lease::{Grant, Leases, Unspent};
@@ -122,48 +121,33 @@ pub(crate) fn lend<St: Store>(
 }
 
 /// Takes the next lease of up to `want` units on `key` in the background (one unit for no
-/// request, and up to `want - 1` more), through the breaker and within the timeout.
+/// request, and up to `want - 1` more), bounded as every store call is. A call the breaker
+/// does not let through is not counted as a store error: no request waited for it.
 pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usize, want: u64) {
     let lending = Lending::new(shared, key, policy);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let core = &shared.core;
-    let Ok(ticket) = core.breaker.as_ref().map(|b| b.admit()).transpose() else {
-        return;
-    };
-    let limits = &core.policies.entry(policy).limits;
+    let limits = &shared.core.policies.entry(policy).limits;
     let call = shared.store.lease(key, limits, 1, want.saturating_sub(1));
-    let timeout = core.timeout;
+    let shared = Arc::clone(shared);
     runtime.spawn(async move {
-        let answer = match tokio::time::timeout(timeout, call).await {
-            Ok(answer) => answer,
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        };
-        let core = &lending.shared.core;
-        core.telemetry.store_duration(lending.sent.elapsed());
-        if let Some(ticket) = ticket {
-            report(ticket, &answer);
-        }
-        match answer {
+        match shared.bounded(call).await {
             Ok(lent) => lending.grant(&lent, 1),
-            Err(error) => core.telemetry.store_error(&error),
+            Err(StoreError::CircuitOpen | StoreError::Overloaded(_)) => {}
+            Err(error) => shared.core.telemetry.store_error(&error),
         }
     });
 }
 
 impl<St: Store> Shared<St> {
-    /// Gives back what a lease did not spend, within the timeout.
+    /// Gives back what a lease did not spend, bounded as every store call is.
     async fn give_back(&self, unspent: Unspent) -> Result<u64, StoreError> {
         let limits = &self.core.policies.entry(unspent.policy).limits;
         let call = self
             .store
             .give_back(&unspent.key, limits, unspent.units, unspent.at_us);
-        let answer = match tokio::time::timeout(self.core.timeout, call).await {
-            Ok(answer) => answer,
-            Err(_) => Err(StoreError::Timeout(self.core.timeout)),
-        };
-        match answer {
+        match self.bounded(call).await {
             Ok(()) => {
                 self.core
                     .telemetry
