@@ -129,9 +129,13 @@ where
     }
 }
 
-/// Runs `future` to its end in the background, then tells the breaker what it came to.
-fn orphan<D, T>(future: D, ticket: Option<Ticket>, _: Option<InFlight>)
-where
+/// Runs `future` to its end in the background, tells the breaker what it came to, then hands
+/// the answer to `then`.
+fn finish<D, T>(
+    future: D,
+    ticket: Option<Ticket>,
+    then: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+) where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -142,24 +146,27 @@ where
         if let Some(ticket) = ticket {
             report(ticket, &answer);
         }
+        then(answer);
     });
 }
 
-/// [`orphan`] for a decision: the slots it took, if it passed, are freed at once, since no
+/// [`finish`] for a call other than a decision.
+fn orphan<D, T>(future: D, ticket: Option<Ticket>, _: Option<InFlight>)
+where
+    D: Future<Output = Result<T, StoreError>> + Send + 'static,
+    T: 'static,
+{
+    finish(future, ticket, drop);
+}
+
+/// [`finish`] for a decision: the slots it took, if it passed, are freed at once, since no
 /// request holds them.
 fn orphan_deciding<D, T>(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>)
 where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
     T: Answer,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let answer = future.await;
-        if let Some(ticket) = ticket {
-            report(ticket, &answer);
-        }
+    finish(future, ticket, move |answer| {
         if let Some(in_flight) = in_flight {
             match answer {
                 Ok(answer) if answer.took() => in_flight.release(),
