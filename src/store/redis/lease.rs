@@ -41,12 +41,7 @@ impl RedisStore {
         if let Err(error) = check_leasable(limits) {
             return Box::pin(std::future::ready(Err(error)));
         }
-        let script = scripts::other(Other::Refund);
-        let mut evalsha = scripts::evalsha(script, key, limits, units, false, "-");
-        evalsha.arg(at_us);
-        self.send(evalsha, Some(script), |reply| {
-            matches!(reply, redis::Value::Int(1)).then_some(())
-        })
+        self.write_units(Other::Refund, key, limits, units, Some(at_us))
     }
 }
 

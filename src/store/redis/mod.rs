@@ -294,25 +294,11 @@ impl Store for RedisStore {
     }
 
     fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        if let Err(error) = check_limits(limits) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        let script = scripts::other(scripts::Other::Refund);
-        let evalsha = scripts::evalsha(script, key, limits, units, false, "-");
-        self.send(evalsha, Some(script), |reply| {
-            matches!(reply, redis::Value::Int(1)).then_some(())
-        })
+        self.write_units(scripts::Other::Refund, key, limits, units, None)
     }
 
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        if let Err(error) = check_limits(limits) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        let script = scripts::other(scripts::Other::Charge);
-        let evalsha = scripts::evalsha(script, key, limits, units, false, "-");
-        self.send(evalsha, Some(script), |reply| {
-            matches!(reply, redis::Value::Int(1)).then_some(())
-        })
+        self.write_units(scripts::Other::Charge, key, limits, units, None)
     }
 
     fn lease(

@@ -79,3 +79,28 @@ impl RedisStore {
         })
     }
 }
+
+impl RedisStore {
+    /// A script that writes `units` to each limit's bucket and replies 1: a refund, a charge,
+    /// or (a refund with the time they were lent, `lent_at`) a lease given back.
+    pub(super) fn write_units(
+        &self,
+        script: scripts::Other,
+        key: &str,
+        limits: &[crate::Limit],
+        units: u64,
+        lent_at: Option<u64>,
+    ) -> StoreCall<()> {
+        if let Err(error) = crate::algorithm::check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        let script = scripts::other(script);
+        let mut evalsha = scripts::evalsha(script, key, limits, units, false, "-");
+        if let Some(at) = lent_at {
+            evalsha.arg(at);
+        }
+        self.send(evalsha, Some(script), |reply| {
+            matches!(reply, redis::Value::Int(1)).then_some(())
+        })
+    }
+}
