@@ -103,12 +103,17 @@ where
         // The request's group of policies: the only one, or its tier's.
         let group = match &settings.tier {
             None => core.policies.group(None),
-            Some(extractor) => match extractor.tier(&parts) {
-                Ok(tier) => match core.policies.group(Some(tier)) {
-                    Some(group) => Some(group),
-                    None => {
-                        let unknown = TierRejection::new(StatusCode::FORBIDDEN, "unknown tier");
-                        let answer = Answer::NoTier(unknown);
+            Some(extractor) => {
+                let group = extractor.tier(&parts).and_then(|tier| {
+                    core.policies
+                        .group(Some(tier))
+                        .map(Some)
+                        .ok_or_else(|| TierRejection::new(StatusCode::FORBIDDEN, "unknown tier"))
+                });
+                match group {
+                    Ok(group) => group,
+                    Err(rejection) => {
+                        let answer = Answer::NoTier(rejection);
                         return ResponseFuture::answered(
                             Arc::clone(settings),
                             usize::MAX,
@@ -116,17 +121,8 @@ where
                             answer,
                         );
                     }
-                },
-                Err(rejection) => {
-                    let answer = Answer::NoTier(rejection);
-                    return ResponseFuture::answered(
-                        Arc::clone(settings),
-                        usize::MAX,
-                        grpc,
-                        answer,
-                    );
                 }
-            },
+            }
         };
         let found = group.and_then(|g| core.policies.find_in(g, &parts.method, &path));
         let Some(index) = found else {
