@@ -155,10 +155,16 @@ pub(crate) fn each_observed(
         .collect()
 }
 
+/// Whether a request passed, from every limit's decision of it: all let it through (and so
+/// took its units).
+pub(crate) fn passed(each: &[Decision]) -> bool {
+    each.iter().all(|d| d.allowed)
+}
+
 /// The decision that binds among every limit's (as [`each_observed`] reports them): the rule
 /// of [`decide_observed`]. `None` when refused by none of them (a store that misreports).
 pub(crate) fn binding(each: &[Decision]) -> Option<Decision> {
-    let allowed = each.iter().all(|d| d.allowed);
+    let allowed = passed(each);
     each.iter().fold(None, |best, d| {
         binds(d, best, allowed).then_some(*d).or(best)
     })

@@ -55,7 +55,7 @@ mod window;
 
 pub use crate::limit::Algorithm;
 pub(crate) use crate::limit::MAX_SUFFIX_LEN;
-pub(crate) use decide::{binding, log_entries};
+pub(crate) use decide::{binding, log_entries, passed};
 pub use decide::{check_limits, decide_all, decide_each};
 #[cfg(feature = "redis")]
 pub(crate) use decide::{decide_observed, each_observed};

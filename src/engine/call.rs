@@ -41,7 +41,7 @@ impl Answer for Vec<Decision> {
     }
 
     fn took(&self) -> bool {
-        self.iter().all(|d| d.allowed)
+        crate::algorithm::passed(self)
     }
 
     fn from_each(each: Vec<Decision>) -> Option<Self> {

@@ -50,7 +50,7 @@ impl<St: Store> Lending<St> {
         let core = &self.shared.core;
         let policy = core.policies.entry(self.policy);
         let lease_time = policy.lease.unwrap_or_default();
-        let passed = lent.decisions.iter().all(|d| d.allowed);
+        let passed = crate::algorithm::passed(&lent.decisions);
         let grant = binding(&lent.decisions).map(|decision| Grant {
             units: if passed { lent.units + extra } else { 0 },
             at_us: lent.at_us,

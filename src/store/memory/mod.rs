@@ -185,7 +185,7 @@ impl MemoryStore {
     ) -> Result<Vec<Decision>, StoreError> {
         check_limits(limits)?;
         self.decide_many(key, limits, cost, decide_each, |each| {
-            each.iter().all(|d| d.allowed)
+            crate::algorithm::passed(each)
         })
     }
 

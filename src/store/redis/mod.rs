@@ -269,7 +269,9 @@ impl Store for RedisStore {
     }
 
     fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
-        self.decide_with(key, limits, cost, scripts::parse_each, slots::all_allowed)
+        self.decide_with(key, limits, cost, scripts::parse_each, |each| {
+            crate::algorithm::passed(each)
+        })
     }
 
     fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {

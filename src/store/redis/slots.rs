@@ -13,7 +13,7 @@ use super::RedisStore;
 use super::connection::Link;
 use super::scripts::{self, Other};
 use crate::store::{StoreCall, bucket_key};
-use crate::{Algorithm, Decision, Limit};
+use crate::{Algorithm, Limit};
 
 /// The slots held, by bucket.
 pub(super) struct Slots {
@@ -211,10 +211,4 @@ impl RedisStore {
             }
         });
     }
-}
-
-/// Whether every limit of a decision let it through.
-#[allow(clippy::ptr_arg)] // The type of `decide_with`'s `allowed`.
-pub(super) fn all_allowed(each: &Vec<Decision>) -> bool {
-    each.iter().all(|d| d.allowed)
 }
