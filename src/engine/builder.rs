@@ -337,7 +337,7 @@ impl<St> LimiterBuilder<St> {
             deny_cache: (options.deny_cache && remote)
                 .then(|| DenyCache::new(options.deny_cache_max)),
             breaker: remote.then(|| Breaker::new(options.max_in_flight)),
-            leases: leased.then(|| Arc::new(crate::lease::Leases::new())),
+            leases: leased.then(crate::lease::Leases::new),
         };
         Ok(Limiter {
             shared: Arc::new(Shared {

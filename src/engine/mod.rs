@@ -113,7 +113,7 @@ pub(crate) struct Core {
     /// The buckets this limiter uses on its store, held while it lives.
     pub(crate) _claims: Option<claims::Claims>,
     /// The leases of leased policies, with a remote store.
-    pub(crate) leases: Option<Arc<crate::lease::Leases>>,
+    pub(crate) leases: Option<crate::lease::Leases>,
 }
 
 impl Core {
