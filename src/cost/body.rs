@@ -16,7 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{CostExtractor, InvalidCost};
-use crate::response::{ResponseBody, push_json_str};
+use crate::response::{ResponseBody, error_json};
 
 /// The cost of a request as a layer before the rate limit found it, in the request's
 /// extensions: what [`BodyCostLayer`] puts there and [`ExtensionCost`] reads.
@@ -193,9 +193,7 @@ where
 
 /// `status` with `{"error": message}`.
 fn answer<B>(status: StatusCode, message: &str) -> Response<ResponseBody<B>> {
-    let mut body = String::from("{\"error\":");
-    push_json_str(&mut body, message);
-    body.push('}');
+    let body = error_json("{", message);
     let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
     *response.status_mut() = status;
     response

@@ -10,7 +10,7 @@ pub(crate) use fields::insert_fields;
 pub use fields::{
     RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
-pub(crate) use reject::{Answer, Style, is_grpc, push_json_str, reject};
+pub(crate) use reject::{Answer, Style, error_json, is_grpc, reject};
 pub use reject::{Rejection, RejectionBody, RejectionHook, RejectionKind};
 
 #[cfg(test)]

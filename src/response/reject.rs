@@ -256,19 +256,19 @@ pub(super) fn json_body(rejection: &Rejection<'_>) -> String {
             );
             body
         }
-        (RejectionKind::TooCostly, _) => {
-            let mut body = String::from("{\"allowed\":false,\"error\":");
-            push_json_str(&mut body, rejection.message);
-            body.push('}');
-            body
-        }
-        _ => {
-            let mut body = String::from("{\"error\":");
-            push_json_str(&mut body, rejection.message);
-            body.push('}');
-            body
-        }
+        (RejectionKind::TooCostly, _) => error_json("{\"allowed\":false,", rejection.message),
+        _ => error_json("{", rejection.message),
     }
+}
+
+/// `{"error":message}` after `start` (`{`, or `{` and fields before the error).
+pub(crate) fn error_json(start: &str, message: &str) -> String {
+    let mut body = String::with_capacity(start.len() + 12 + message.len());
+    body.push_str(start);
+    body.push_str("\"error\":");
+    push_json_str(&mut body, message);
+    body.push('}');
+    body
 }
 
 pub(super) fn problem_body(rejection: &Rejection<'_>) -> String {
