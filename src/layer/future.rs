@@ -214,12 +214,14 @@ where
                     next(settings, this.after, outcome, inner, request)
                 }
                 StateProj::Calling { future, decision } => {
-                    let response = ready!(future.poll(cx))?;
-                    let (mut head, body) = response.into_parts();
+                    let mut response = ready!(future.poll(cx))?;
                     if let Some(after) = this.after.as_mut() {
+                        // What the head states of the cost (read from the parts, which only
+                        // a whole response lends).
+                        let (mut head, body) = response.into_parts();
                         after.response(&mut head);
+                        response = Response::from_parts(head, body);
                     }
-                    let mut response = Response::from_parts(head, body);
                     if let Some(decision) = decision.take() {
                         let policy = settings.core.policies.entry(*this.policy);
                         response::insert_fields(
