@@ -23,6 +23,7 @@
 //! (`%41` for `A`) are decoded, and a `%` that starts no escape is written `%25`.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -272,20 +273,52 @@ pub enum Endpoint<'a> {
 /// from: the HTTP layer's and [`Limiter::subject`](crate::Limiter::subject)'s. Any bytes are
 /// safe; the key is at most [`MAX_KEY_LEN`] bytes with the limit's name.
 pub fn subject_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -> String {
+    let mut key = String::new();
+    write_subject_key(&mut key, prefix, client, endpoint);
+    key
+}
+
+/// Runs `f` with the subject key, built in a buffer this thread keeps, so that a request whose
+/// key the engine does not keep allocates none. (A nested call, which never happens, would
+/// only allocate a buffer of its own.)
+pub(crate) fn with_subject_key<R>(
+    prefix: &str,
+    client: &[u8],
+    endpoint: Endpoint<'_>,
+    f: impl FnOnce(&str) -> R,
+) -> R {
+    thread_local! {
+        static BUFFER: Cell<String> = const { Cell::new(String::new()) };
+    }
+    /// Puts the buffer back when `f` returns (or panics).
+    struct Buffer(String);
+    impl Drop for Buffer {
+        fn drop(&mut self) {
+            BUFFER.set(std::mem::take(&mut self.0));
+        }
+    }
+    let mut key = Buffer(BUFFER.take());
+    write_subject_key(&mut key.0, prefix, client, endpoint);
+    f(&key.0)
+}
+
+/// Writes the subject key into `key`, replacing what it held.
+fn write_subject_key(key: &mut String, prefix: &str, client: &[u8], endpoint: Endpoint<'_>) {
     let extra = match endpoint {
         Endpoint::Route { method, path } => method.len() + path.len(),
         Endpoint::Rule(rule) => rule.len(),
     };
-    let mut key = String::with_capacity(prefix.len() + client.len() + extra + 6 + MAX_NAME_LEN);
+    key.clear();
+    key.reserve(prefix.len() + client.len() + extra + 6 + MAX_NAME_LEN);
     key.push_str(prefix);
     key.push_str(":{");
-    push_component(&mut key, client, MAX_CLIENT_LEN);
+    push_component(key, client, MAX_CLIENT_LEN);
     key.push(':');
     match endpoint {
         Endpoint::Route { method, path } => {
-            push_component(&mut key, method.as_bytes(), MAX_METHOD_LEN);
+            push_component(key, method.as_bytes(), MAX_METHOD_LEN);
             key.push(':');
-            push_component(&mut key, path.as_bytes(), MAX_PATH_LEN);
+            push_component(key, path.as_bytes(), MAX_PATH_LEN);
         }
         Endpoint::Rule(rule) => {
             // No method contains '@' (it is not a token character), so this never meets a
@@ -296,7 +329,6 @@ pub fn subject_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -> Strin
     }
     key.push('}');
     debug_assert!(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN <= MAX_KEY_LEN);
-    key
 }
 
 /// Appends `raw` percent-encoded, or `#` and its SHA-256 when the encoding exceeds `max` bytes.

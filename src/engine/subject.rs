@@ -147,7 +147,10 @@ impl<St> Limiter<St> {
         let (policy, path) = match target {
             Target::Route { method, path } => {
                 let path = normalize_path(path);
-                (policies.find_in(group, method, &path), Some((method, path)))
+                (
+                    policies.find_in(group, method, || &path),
+                    Some((method, path)),
+                )
             }
             Target::Rule(name) => match policies.find_rule_in(group, name) {
                 Some(index) => (Some(index), None),

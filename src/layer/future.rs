@@ -12,7 +12,7 @@ use tower_service::Service;
 use super::Settings;
 use crate::engine::{Deciding, Outcome, Verdict};
 use crate::reserve::After;
-use crate::response::{self, Answer, ResponseBody};
+use crate::response::{self, Answer, ResponseBody, is_grpc};
 use crate::{Decision, StoreError};
 
 pin_project! {
@@ -26,8 +26,6 @@ pin_project! {
         settings: Arc<Settings>,
         // The request's policy, when it has one.
         policy: usize,
-        // Answer the gRPC way.
-        grpc: bool,
         // What to do when the response is over: settle the reservation (when the layer
         // settles them), free the concurrency slots.
         after: Option<Box<After>>,
@@ -52,9 +50,10 @@ pin_project! {
             future: S::Future,
             decision: Option<Decision>,
         },
-        // Answered by the layer.
+        // Answered by the layer (the gRPC way, for a gRPC request).
         Answered {
             answer: Option<Answer>,
+            grpc: bool,
         },
     }
 }
@@ -66,7 +65,6 @@ where
     pub(crate) fn deciding(
         settings: Arc<Settings>,
         policy: usize,
-        grpc: bool,
         deciding: Deciding<D>,
         inner: S,
         request: Request<ReqBody>,
@@ -80,7 +78,6 @@ where
             },
             settings,
             policy,
-            grpc,
             after,
         }
     }
@@ -94,10 +91,10 @@ where
         Self {
             state: State::Answered {
                 answer: Some(answer),
+                grpc,
             },
             settings,
             policy,
-            grpc,
             after: None,
         }
     }
@@ -110,7 +107,6 @@ where
             },
             settings,
             policy: usize::MAX,
-            grpc: false,
             after: None,
         }
     }
@@ -125,7 +121,6 @@ where
     pub(crate) fn decided(
         settings: Arc<Settings>,
         policy: usize,
-        grpc: bool,
         outcome: Outcome,
         inner: S,
         request: Request<ReqBody>,
@@ -136,7 +131,6 @@ where
             state,
             settings,
             policy,
-            grpc,
             after,
         }
     }
@@ -169,8 +163,10 @@ where
             future: inner.call(request),
             decision,
         },
+        // Only a refused request is asked whether it speaks gRPC.
         Err(answer) => State::Answered {
             answer: Some(answer),
+            grpc: is_grpc(request.headers()),
         },
     }
 }
@@ -236,7 +232,7 @@ where
                         Ok(response.map(|body| ResponseBody::settled(body, after))),
                     );
                 }
-                StateProj::Answered { answer } => {
+                StateProj::Answered { answer, grpc } => {
                     if let Some(mut after) = this.after.take() {
                         after.refused();
                     }
@@ -244,7 +240,7 @@ where
                     let policies = &settings.core.policies;
                     let policy =
                         (*this.policy < policies.len()).then(|| policies.entry(*this.policy));
-                    let response = response::reject(&answer, policy, &settings.style(*this.grpc));
+                    let response = response::reject(&answer, policy, &settings.style(*grpc));
                     return Poll::Ready(Ok(response));
                 }
             };

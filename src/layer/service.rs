@@ -1,6 +1,7 @@
 //! [`RateLimit`]: the middleware service.
 
 use std::borrow::Cow;
+use std::cell::LazyCell;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -9,7 +10,7 @@ use tower_service::Service;
 
 use super::{ResponseFuture, Shared};
 use crate::client::ClientExtractor;
-use crate::key::{Endpoint, request_path, route_template, subject_key};
+use crate::key::{Endpoint, request_path, route_template, with_subject_key};
 use crate::policy::TierRejection;
 use crate::reserve::{After, Reservation, Settling};
 use crate::response::{Answer, ResponseBody, is_grpc};
@@ -97,9 +98,9 @@ where
         let settings = &self.shared.settings;
         let limiter = &self.shared.limiter;
         let core = &settings.core;
-        let (parts, body) = request.into_parts();
-        let grpc = is_grpc(&parts.headers);
-        let path = request_path(&parts);
+        let (mut parts, body) = request.into_parts();
+        // Normalized only when a rule or the key needs it.
+        let path = LazyCell::new(|| request_path(&parts));
         // The request's group of policies: the only one, or its tier's.
         let group = match &settings.tier {
             None => core.policies.group(None),
@@ -117,21 +118,25 @@ where
                         return ResponseFuture::answered(
                             Arc::clone(settings),
                             usize::MAX,
-                            grpc,
+                            is_grpc(&parts.headers),
                             answer,
                         );
                     }
                 }
             }
         };
-        let found = group.and_then(|g| core.policies.find_in(g, &parts.method, &path));
+        let normalized = &path;
+        let found = group.and_then(|g| core.policies.find_in(g, &parts.method, move || normalized));
         let Some(index) = found else {
             // No rule matches and there is no default: not limited.
             let future = inner.call(Request::from_parts(parts, body));
             return ResponseFuture::unlimited(Arc::clone(settings), future);
         };
         let policy = core.policies.entry(index);
-        let answer = |answer| ResponseFuture::answered(Arc::clone(settings), index, grpc, answer);
+        let answer = |answer| {
+            let grpc = is_grpc(&parts.headers);
+            ResponseFuture::answered(Arc::clone(settings), index, grpc, answer)
+        };
         let (client, cost) = match (
             self.shared.client.extract(&parts),
             settings.cost.cost(&parts),
@@ -178,23 +183,28 @@ where
                 }
             }
         };
-        let key = subject_key(&core.prefixes[index], client.as_bytes(), endpoint);
-        let mut parts = parts;
-        let after = settings.reserve.as_ref().map(|reserve| {
+        // The key is copied out of the thread's buffer only where it is kept.
+        let client = client.as_bytes();
+        let (kept, mut deciding) =
+            with_subject_key(&core.prefixes[index], client, endpoint, |key| {
+                let kept = settings.reserve.is_some().then(|| key.to_owned());
+                let deciding = limiter.start(index, Cow::Borrowed(key), cost, flags, Store::decide);
+                (kept, deciding)
+            });
+        let after = settings.reserve.as_ref().zip(kept).map(|(reserve, key)| {
             let reservation = Reservation::new(cost);
             parts.extensions.insert(reservation.clone());
             Box::new(After {
                 settling: Some(Settling::new(
                     Arc::clone(&reserve.settler),
                     Arc::clone(&reserve.settle),
-                    key.clone(),
+                    key,
                     index,
                     reservation,
                 )),
                 in_flight: None,
             })
         });
-        let mut deciding = limiter.start(index, Cow::Owned(key), cost, flags, Store::decide);
         // An in-process store answers at once: then the request goes on now, not through the
         // future's states. (Polling without the task's waker is sound: a future registers the
         // waker of every poll, and this one's first poll by the task comes next.)
@@ -204,7 +214,6 @@ where
             return ResponseFuture::decided(
                 Arc::clone(settings),
                 index,
-                grpc,
                 outcome,
                 inner,
                 request,
@@ -214,7 +223,6 @@ where
         ResponseFuture::deciding(
             Arc::clone(settings),
             index,
-            grpc,
             deciding,
             inner,
             Request::from_parts(parts, body),

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::limit::ceil_secs;
@@ -44,34 +45,29 @@ pub(crate) fn ratelimit_numbers(decision: &Decision) -> (u64, u64) {
     (0, ceil_secs(decision.available_after).max(1))
 }
 
-/// `"name";r=remaining`, with `;t=wait` when none is left.
-pub(crate) fn format_ratelimit(limit: &Limit, remaining: u64, wait: u64) -> HeaderValue {
-    let mut value = String::with_capacity(limit.name().len() + 30);
-    value.push('"');
-    value.push_str(limit.name());
-    value.push_str("\";r=");
-    push_u64(&mut value, remaining);
-    if remaining == 0 {
-        value.push_str(";t=");
-        push_u64(&mut value, wait);
-    }
-    HeaderValue::try_from(value).expect("limit names are checked to be header-safe")
-}
-
-/// Appends `n` in decimal, without the formatting machinery (this runs for every response
+/// `"name";r=remaining`, with `;t=wait` when none is left. Written into a vector of exactly
+/// its length, which the header value then owns: one allocation (this runs for every response
 /// whose numbers are past the cache).
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+pub(crate) fn format_ratelimit(limit: &Limit, remaining: u64, wait: u64) -> HeaderValue {
+    let mut r = itoa::Buffer::new();
+    let r = r.format(remaining).as_bytes();
+    let mut t = itoa::Buffer::new();
+    let t = (remaining == 0).then(|| t.format(wait).as_bytes());
+    let name = limit.name().as_bytes();
+    let len = name.len() + 5 + r.len() + t.map_or(0, |t| 3 + t.len());
+    let mut value = Vec::with_capacity(len);
+    value.push(b'"');
+    value.extend_from_slice(name);
+    value.extend_from_slice(b"\";r=");
+    value.extend_from_slice(r);
+    if let Some(t) = t {
+        value.extend_from_slice(b";t=");
+        value.extend_from_slice(t);
     }
-    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+    debug_assert_eq!(value.len(), value.capacity());
+    // A vector whose length is its capacity becomes `Bytes` without another allocation.
+    HeaderValue::from_maybe_shared(Bytes::from(value))
+        .expect("limit names are checked to be header-safe")
 }
 
 /// `RateLimit` values of one limit, made once and shared (a clone of a `HeaderValue` is a
@@ -119,25 +115,18 @@ impl FieldCache {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use crate::Limit;
+
     #[test]
-    fn numbers_are_written_as_their_display() {
-        for n in [
-            0,
-            1,
-            9,
-            10,
-            99,
-            100,
-            1023,
-            1024,
-            65_535,
-            1 << 40,
-            u64::MAX - 1,
-            u64::MAX,
-        ] {
-            let mut out = String::from("r=");
-            super::push_u64(&mut out, n);
-            assert_eq!(out, format!("r={n}"));
+    fn values_past_the_cache_are_written_as_their_display() {
+        let limit = Limit::new("per-ip", 10, 10, Duration::from_secs(10)).unwrap();
+        for n in [1, 9, 10, 99, 1023, 1024, 65_535, 1 << 40, u64::MAX] {
+            let value = super::format_ratelimit(&limit, n, 0);
+            assert_eq!(value.to_str().unwrap(), format!("\"per-ip\";r={n}"));
+            let value = super::format_ratelimit(&limit, 0, n);
+            assert_eq!(value.to_str().unwrap(), format!("\"per-ip\";r=0;t={n}"));
         }
     }
 }

@@ -254,12 +254,24 @@ impl Policies {
     }
 
     /// The policy of a request in `group`: its index, or `None` when no rule matches and
-    /// there is no default.
-    pub(crate) fn find_in(&self, group: &Group, method: &Method, path: &str) -> Option<usize> {
+    /// there is no default. The request's (normalized) path is asked for only when the group
+    /// has rules to match it against.
+    pub(crate) fn find_in<'p>(
+        &self,
+        group: &Group,
+        method: &Method,
+        path: impl FnOnce() -> &'p str,
+    ) -> Option<usize> {
         let first_rule = group.start + usize::from(group.has_default);
-        self.entries[first_rule..group.end]
-            .iter()
-            .position(|entry| entry.matches(method, path))
+        let rules = &self.entries[first_rule..group.end];
+        let matched = match rules.is_empty() {
+            true => None,
+            false => {
+                let path = path();
+                rules.iter().position(|entry| entry.matches(method, path))
+            }
+        };
+        matched
             .map(|i| i + first_rule)
             .or(group.has_default.then_some(group.start))
     }
@@ -267,7 +279,7 @@ impl Policies {
     /// The policy of a request, for untiered policies.
     #[cfg(test)]
     pub(crate) fn find(&self, method: &Method, path: &str) -> Option<usize> {
-        self.find_in(self.group(None)?, method, path)
+        self.find_in(self.group(None)?, method, || path)
     }
 
     /// The index of the rule named `name` in `group`.
