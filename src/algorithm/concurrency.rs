@@ -37,6 +37,7 @@ pub(super) fn release(state: &mut BucketState) {
     };
 }
 
+#[inline(always)]
 pub(super) fn report(limit: &Limit, in_use: u64, took: bool) -> Decision {
     let capacity = limit.capacity();
     let held = in_use.saturating_add(u64::from(took));

@@ -94,10 +94,10 @@ impl Limit {
 
     /// The decision this limit reports for a request of `cost`, observed as `observed`:
     /// `took` when the request passed (and took its units), else refused.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn report(&self, observed: &Observation, took: bool, cost: u64) -> Decision {
         let cost = cost.max(1);
-        let decision = match *observed {
+        let mut decision = match *observed {
             Observation::TokenBucket { full_after } => {
                 token_bucket::report(self, full_after, took, cost)
             }
@@ -120,17 +120,14 @@ impl Limit {
         };
         if !took && cost > self.capacity() {
             // A cost above the capacity can never pass, whatever the bucket holds.
-            return Decision {
-                retry_after: Duration::MAX,
-                ..decision
-            };
+            decision.retry_after = Duration::MAX;
         }
         decision
     }
 
     /// Decides a request of `cost` against one bucket at `now` (µs since the Unix epoch),
     /// taking the units from `state` when it passes; [`decide_all`](crate::decide_all) with one limit.
-    #[inline]
+    #[inline(always)]
     pub fn decide(&self, state: &mut BucketState, now: u64, cost: u64) -> Decision {
         let cost = self.cost_of(cost.max(1));
         self.settle(state, now);

@@ -102,6 +102,7 @@ fn shrink(log: &mut VecDeque<u64>) {
     }
 }
 
+#[inline(always)]
 pub(super) fn report(
     limit: &Limit,
     count: u64,

@@ -34,7 +34,7 @@ pub(super) fn take(limit: &Limit, state: &mut BucketState, now: u64, cost: u64, 
 }
 
 /// The decision, from the bucket's wait until full before the request.
-#[inline]
+#[inline(always)]
 pub(super) fn report(limit: &Limit, full_after: u64, took: bool, cost: u64) -> Decision {
     let fill = limit.window_us();
     let interval = limit.interval_us();

@@ -124,6 +124,7 @@ pub(super) fn estimate(
     Some(u128::from(previous) * left + u128::from(current) * w)
 }
 
+#[inline(always)]
 pub(super) fn report_fixed(
     limit: &Limit,
     current: u64,
@@ -180,6 +181,7 @@ fn wait_ms(limit: &Limit, previous: u64, current: u64, elapsed_ms: u64, cost: u6
     u64::try_from(wait).unwrap_or(u64::MAX)
 }
 
+#[inline(always)]
 pub(super) fn report_sliding(
     limit: &Limit,
     current: u64,
