@@ -263,10 +263,6 @@ impl Limit {
         &self.name
     }
 
-    pub(crate) fn shared_name(&self) -> Arc<str> {
-        Arc::clone(&self.name)
-    }
-
     pub(crate) fn name_hash(&self) -> u64 {
         self.name_hash
     }

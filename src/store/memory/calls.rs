@@ -1,7 +1,7 @@
 //! The memory store's calls other than decisions: peek, refund, charge, release and reset,
 //! each under its shard's lock.
 
-use super::{MemoryStore, matches};
+use super::{MemoryStore, matches, spread};
 use crate::algorithm::{BucketState, check_limits};
 use crate::{Decision, Limit, StoreError};
 #[cfg(doc)]
@@ -27,9 +27,10 @@ impl MemoryStore {
             .iter()
             .enumerate()
             .map(|(i, limit)| {
+                let hash = hash(limit);
                 let state = shard
                     .buckets
-                    .find(hash(limit), matches(key, limit))
+                    .find(spread(hash), matches(key, limit, hash))
                     .map_or(&new, |b| &b.state);
                 limit.peek(state, now, cost).with_index(i)
             })
@@ -47,7 +48,8 @@ impl MemoryStore {
         let now = self.inner.clock.now_us();
         let (mut shard, hash) = self.shard(key);
         for limit in limits {
-            if let Some(bucket) = shard.buckets.find_mut(hash(limit), matches(key, limit)) {
+            let hash = hash(limit);
+            if let Some(bucket) = shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
                 limit.refund(&mut bucket.state, now, units);
             }
         }
@@ -69,7 +71,7 @@ impl MemoryStore {
         let (mut shard, hash) = self.shard(key);
         for limit in limits {
             let hash = hash(limit);
-            if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
+            if let Some(bucket) = shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
                 limit.charge(&mut bucket.state, now, units);
             } else {
                 let mut state = BucketState::default();
@@ -90,7 +92,11 @@ impl MemoryStore {
         check_limits(limits)?;
         let (mut shard, hash) = self.shard(key);
         for limit in limits {
-            if let Ok(mut bucket) = shard.buckets.find_entry(hash(limit), matches(key, limit)) {
+            let hash = hash(limit);
+            let found = shard
+                .buckets
+                .find_entry(spread(hash), matches(key, limit, hash));
+            if let Ok(mut bucket) = found {
                 let state = &mut bucket.get_mut().state;
                 limit.release(state);
                 if *state == BucketState::New {
@@ -111,7 +117,11 @@ impl MemoryStore {
         check_limits(limits)?;
         let (mut shard, hash) = self.shard(key);
         for limit in limits {
-            if let Ok(bucket) = shard.buckets.find_entry(hash(limit), matches(key, limit)) {
+            let hash = hash(limit);
+            if let Ok(bucket) = shard
+                .buckets
+                .find_entry(spread(hash), matches(key, limit, hash))
+            {
                 bucket.remove();
             }
         }

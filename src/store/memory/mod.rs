@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::algorithm::check_limits;
 use crate::algorithm::{BucketState, Shape};
+use crate::Algorithm;
 use crate::sync::Sharded;
 use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all, decide_each};
 
@@ -64,27 +65,53 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// One bucket: the limit `name` (of algorithm and unit `shape`) of the requests named `key`.
-/// `hash` is kept so the table never rehashes a key.
+/// One bucket: the limit named `name` (of algorithm and unit `shape`) of the requests named
+/// `key`. One cache line: the key and the name share one allocation, and the table's hash of
+/// the bucket is spread from the 32 bits kept here, so the table never rehashes a key.
+#[repr(align(64))]
 struct Bucket {
-    hash: u64,
-    key: Box<str>,
-    name: Arc<str>,
-    shape: Shape,
+    /// The key, then the limit's name.
+    text: Box<str>,
+    /// The name's length, at the end of `text` (names are at most 64 bytes).
+    name_len: u8,
+    algorithm: Algorithm,
     /// Decided on since the last sweep: kept by it even when idle, so a key in use is not
     /// dropped and made again over and over (a second chance, as a CLOCK cache gives).
     touched: bool,
+    hash: u32,
+    unit_us: u64,
     state: BucketState,
 }
 
 impl Bucket {
+    fn shape(&self) -> Shape {
+        Shape {
+            algorithm: self.algorithm,
+            unit_us: self.unit_us,
+        }
+    }
+
     fn idle(&self, now: u64) -> bool {
-        self.state.idle(self.shape, now)
+        self.state.idle(self.shape(), now)
     }
 
     fn used(&self, now: u64) -> u64 {
-        self.state.used_by(self.shape, now)
+        self.state.used_by(self.shape(), now)
     }
+
+    /// The table's hash of the bucket.
+    fn table_hash(&self) -> u64 {
+        spread(self.hash)
+    }
+}
+
+// A bucket is one cache line.
+const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+
+/// The table's hash of a bucket from its 32 bits: a multiply spreads them over the 64 bits
+/// the table reads (the low ones for the slot, the top seven for the tag).
+fn spread(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 #[derive(Default)]
@@ -159,7 +186,7 @@ impl MemoryStore {
         let now = self.inner.clock.now_us();
         let (mut shard, hash) = self.shard(key);
         let hash = hash(limit);
-        if let Some(bucket) = shard.buckets.find_mut(hash, matches(key, limit)) {
+        if let Some(bucket) = shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
             bucket.touched = true;
             return Ok(limit.decide(&mut bucket.state, now, cost));
         }
@@ -202,19 +229,22 @@ impl MemoryStore {
     ) -> Result<R, StoreError> {
         let now = self.inner.clock.now_us();
         let (mut shard, hash) = self.shard(key);
-        let mut hashes = [0; MAX_LIMITS];
+        let mut hashes = [0u32; MAX_LIMITS];
         let mut states: [BucketState; MAX_LIMITS] = Default::default();
         let states = &mut states[..limits.len()];
         for ((limit, hash_slot), state) in limits.iter().zip(&mut hashes).zip(states.iter_mut()) {
             *hash_slot = hash(limit);
-            if let Some(bucket) = shard.buckets.find_mut(*hash_slot, matches(key, limit)) {
+            let found = shard
+                .buckets
+                .find_mut(spread(*hash_slot), matches(key, limit, *hash_slot));
+            if let Some(bucket) = found {
                 *state = std::mem::take(&mut bucket.state);
             }
         }
         let decided = decide(limits, states, now, cost)?;
         let took = took(&decided);
         for ((limit, &hash), state) in limits.iter().zip(&hashes).zip(states.iter_mut()) {
-            match shard.buckets.find_mut(hash, matches(key, limit)) {
+            match shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
                 Some(bucket) => {
                     bucket.touched = true;
                     bucket.state = std::mem::take(state);
@@ -230,12 +260,13 @@ impl MemoryStore {
     }
 
     /// The shard of `key`'s buckets, locked, and the hash of each of its limits' buckets.
-    fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> u64 + use<>) {
+    fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> u32 + use<>) {
         // All the buckets of one key live in one shard.
         let (shard, key_hash) = self.inner.shards.lock(key);
         // One bucket per limit: the key's hash mixed with a fixed hash of the limit's name.
-        let hash =
-            move |limit: &Limit| (key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let hash = move |limit: &Limit| {
+            ((key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
+        };
         (shard, hash)
     }
 }
@@ -246,7 +277,7 @@ type DecideFn<R> = fn(&[Limit], &mut [BucketState], u64, u64) -> Result<R, Store
 impl Shard {
     fn insert(
         &mut self,
-        hash: u64,
+        hash: u32,
         key: &str,
         limit: &Limit,
         state: BucketState,
@@ -254,15 +285,22 @@ impl Shard {
         cap: usize,
     ) {
         self.make_room(now, cap);
+        let name = limit.name();
+        let mut text = String::with_capacity(key.len() + name.len());
+        text.push_str(key);
+        text.push_str(name);
+        let shape = limit.shape();
         let bucket = Bucket {
-            hash,
-            key: key.into(),
-            name: limit.shared_name(),
-            shape: limit.shape(),
+            text: text.into_boxed_str(),
+            name_len: u8::try_from(name.len()).expect("limit names are at most 64 bytes"),
+            algorithm: shape.algorithm,
             touched: true,
+            hash,
+            unit_us: shape.unit_us,
             state,
         };
-        self.buckets.insert_unique(hash, bucket, |b| b.hash);
+        self.buckets
+            .insert_unique(spread(hash), bucket, Bucket::table_hash);
         let len = self.buckets.len();
         if len >= self.swept_len + self.swept_len.max(MIN_SWEEP_GROWTH) {
             self.sweep(now, false);
@@ -279,7 +317,8 @@ impl Shard {
         });
         self.swept_len = self.buckets.len();
         if self.buckets.capacity() > 4 * self.buckets.len().max(MIN_SWEEP_GROWTH) {
-            self.buckets.shrink_to(2 * self.buckets.len(), |b| b.hash);
+            self.buckets
+                .shrink_to(2 * self.buckets.len(), Bucket::table_hash);
         }
     }
 
@@ -310,13 +349,17 @@ impl Shard {
     }
 }
 
-/// Whether a bucket is the one of `limit` for `key`.
-fn matches<'a>(key: &'a str, limit: &'a Limit) -> impl Fn(&Bucket) -> bool + 'a {
-    // Limits of one policy share their name's allocation: compare pointers first.
+/// Whether a bucket is the one of `limit` for `key`, whose hash is `hash`: what the bucket
+/// holds is compared first, its text only when all that agrees.
+fn matches<'a>(key: &'a str, limit: &'a Limit, hash: u32) -> impl Fn(&Bucket) -> bool + 'a {
     move |b| {
-        *b.key == *key
-            && (std::ptr::eq(b.name.as_ptr(), limit.name().as_ptr()) || *b.name == *limit.name())
-            && b.shape.algorithm == limit.algorithm()
+        let name = limit.name();
+        b.hash == hash
+            && usize::from(b.name_len) == name.len()
+            && b.algorithm == limit.algorithm()
+            && b.text.len() == key.len() + name.len()
+            && b.text.as_bytes()[..key.len()] == *key.as_bytes()
+            && b.text.as_bytes()[key.len()..] == *name.as_bytes()
     }
 }
 
