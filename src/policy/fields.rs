@@ -66,13 +66,8 @@ pub(crate) fn format_ratelimit(limit: &Limit, remaining: u64, wait: u64) -> Head
     }
     debug_assert_eq!(value.len(), value.capacity());
     // A vector whose length is its capacity becomes `Bytes` without another allocation.
-    let mut value = HeaderValue::from_maybe_shared(Bytes::from(value))
-        .expect("limit names are checked to be header-safe");
-    // The value changes with nearly every response: HTTP/2 sends it as a literal that is
-    // never indexed, instead of adding each one to the connection's HPACK table, where it
-    // would evict the entries that do repeat (and lengthen every later lookup of the name).
-    value.set_sensitive(true);
-    value
+    HeaderValue::from_maybe_shared(Bytes::from(value))
+        .expect("limit names are checked to be header-safe")
 }
 
 /// `RateLimit` values of one limit, made once and shared (a clone of a `HeaderValue` is a
@@ -130,8 +125,6 @@ mod tests {
         for n in [1, 9, 10, 99, 1023, 1024, 65_535, 1 << 40, u64::MAX] {
             let value = super::format_ratelimit(&limit, n, 0);
             assert_eq!(value.to_str().unwrap(), format!("\"per-ip\";r={n}"));
-            // Never indexed by HPACK: it changes with every response.
-            assert!(value.is_sensitive());
             let value = super::format_ratelimit(&limit, 0, n);
             assert_eq!(value.to_str().unwrap(), format!("\"per-ip\";r=0;t={n}"));
         }
