@@ -7,7 +7,7 @@
 #   bash benches/middleware.sh [rounds] [seconds]            # wrk -t1 -c64
 #   CLIENT=h2load bash benches/middleware.sh [rounds] [seconds]  # h2load -c64 -m10
 #
-# Needs wrk or h2load (apt-get install wrk nghttp2-client). Servers: examples/bench_server.rs,
+# Needs curl, and wrk or h2load (apt-get install curl wrk nghttp2-client). Servers: examples/bench_server.rs,
 # built with --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ case $client in
   h2load) command -v h2load >/dev/null || { echo "needs h2load: apt-get install nghttp2-client" >&2; exit 1; } ;;
   *) echo "CLIENT must be wrk or h2load" >&2; exit 2 ;;
 esac
+command -v curl >/dev/null || { echo "needs curl: apt-get install curl" >&2; exit 1; }
 cargo build --release --example bench_server -q
 target=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
@@ -29,6 +30,17 @@ for round in $(seq "$rounds"); do
     MODE=$mode LISTEN_ADDR=127.0.0.1:$port "$target/release/examples/bench_server" >/dev/null &
     pid=$!
     until (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done
+    # Each mode sends the fields it claims to (the peer's `use_headers` once silently did not).
+    fields=$(curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | cut -d: -f1 | grep -i ratelimit | sort | paste -sd' ' || true)
+    case $mode in
+      tollgate) expected="ratelimit ratelimit-policy" ;;
+      governor-headers) expected="x-ratelimit-limit x-ratelimit-remaining" ;;
+      *) expected="" ;;
+    esac
+    if [[ $fields != "$expected" ]]; then
+      echo "$mode answered with fields [$fields], expected [$expected]" >&2
+      kill "$pid"; exit 1
+    fi
     if [[ $client == wrk ]]; then
       rps=$(wrk -t1 -c64 -d"${seconds}s" "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
     else

@@ -42,10 +42,13 @@ async fn main() {
         "governor" | "governor-headers" => {
             let mut config = GovernorConfigBuilder::default();
             config.per_nanosecond(1).burst_size(u32::MAX);
+            // `use_headers` returns a builder of another type (it does not change this one).
             if mode == "governor-headers" {
-                config.use_headers();
+                let config = config.use_headers().finish().expect("valid");
+                app.layer(GovernorLayer::new(config))
+            } else {
+                app.layer(GovernorLayer::new(config.finish().expect("valid")))
             }
-            app.layer(GovernorLayer::new(config.finish().expect("valid")))
         }
         other => panic!("MODE must be none, tollgate or governor, not {other:?}"),
     };
