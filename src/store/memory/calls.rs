@@ -1,7 +1,8 @@
 //! The memory store's calls other than decisions: peek, refund, charge, release and reset,
 //! each under its shard's lock.
 
-use super::{MemoryStore, matches, spread};
+use super::MemoryStore;
+use super::bucket::{matches, spread};
 use crate::algorithm::{BucketState, check_limits};
 use crate::{Decision, Limit, StoreError};
 #[cfg(doc)]
@@ -49,7 +50,10 @@ impl MemoryStore {
         let (mut shard, hash) = self.shard(key);
         for limit in limits {
             let hash = hash(limit);
-            if let Some(bucket) = shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
+            if let Some(bucket) = shard
+                .buckets
+                .find_mut(spread(hash), matches(key, limit, hash))
+            {
                 limit.refund(&mut bucket.state, now, units);
             }
         }
@@ -71,7 +75,10 @@ impl MemoryStore {
         let (mut shard, hash) = self.shard(key);
         for limit in limits {
             let hash = hash(limit);
-            if let Some(bucket) = shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
+            if let Some(bucket) = shard
+                .buckets
+                .find_mut(spread(hash), matches(key, limit, hash))
+            {
                 limit.charge(&mut bucket.state, now, units);
             } else {
                 let mut state = BucketState::default();

@@ -6,17 +6,18 @@ use parking_lot::MutexGuard;
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
+use crate::algorithm::BucketState;
 use crate::algorithm::check_limits;
-use crate::algorithm::{BucketState, Shape};
-use crate::Algorithm;
 use crate::sync::Sharded;
 use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all, decide_each};
 
 use super::{Store, StoreCall};
 
+mod bucket;
 mod calls;
 mod clock;
 
+use bucket::{Bucket, matches, spread};
 use clock::Clock;
 
 /// Shards of the key space, each behind its own lock, so concurrent decisions on different
@@ -63,55 +64,6 @@ impl std::fmt::Debug for Inner {
             .field("shard_cap", &self.shard_cap)
             .finish_non_exhaustive()
     }
-}
-
-/// One bucket: the limit named `name` (of algorithm and unit `shape`) of the requests named
-/// `key`. One cache line: the key and the name share one allocation, and the table's hash of
-/// the bucket is spread from the 32 bits kept here, so the table never rehashes a key.
-#[repr(align(64))]
-struct Bucket {
-    /// The key, then the limit's name.
-    text: Box<str>,
-    /// The name's length, at the end of `text` (names are at most 64 bytes).
-    name_len: u8,
-    algorithm: Algorithm,
-    /// Decided on since the last sweep: kept by it even when idle, so a key in use is not
-    /// dropped and made again over and over (a second chance, as a CLOCK cache gives).
-    touched: bool,
-    hash: u32,
-    unit_us: u64,
-    state: BucketState,
-}
-
-impl Bucket {
-    fn shape(&self) -> Shape {
-        Shape {
-            algorithm: self.algorithm,
-            unit_us: self.unit_us,
-        }
-    }
-
-    fn idle(&self, now: u64) -> bool {
-        self.state.idle(self.shape(), now)
-    }
-
-    fn used(&self, now: u64) -> u64 {
-        self.state.used_by(self.shape(), now)
-    }
-
-    /// The table's hash of the bucket.
-    fn table_hash(&self) -> u64 {
-        spread(self.hash)
-    }
-}
-
-// A bucket is one cache line.
-const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
-
-/// The table's hash of a bucket from its 32 bits: a multiply spreads them over the 64 bits
-/// the table reads (the low ones for the slot, the top seven for the tag).
-fn spread(hash: u32) -> u64 {
-    u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 #[derive(Default)]
@@ -186,7 +138,10 @@ impl MemoryStore {
         let now = self.inner.clock.now_us();
         let (mut shard, hash) = self.shard(key);
         let hash = hash(limit);
-        if let Some(bucket) = shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
+        if let Some(bucket) = shard
+            .buckets
+            .find_mut(spread(hash), matches(key, limit, hash))
+        {
             bucket.touched = true;
             return Ok(limit.decide(&mut bucket.state, now, cost));
         }
@@ -244,7 +199,10 @@ impl MemoryStore {
         let decided = decide(limits, states, now, cost)?;
         let took = took(&decided);
         for ((limit, &hash), state) in limits.iter().zip(&hashes).zip(states.iter_mut()) {
-            match shard.buckets.find_mut(spread(hash), matches(key, limit, hash)) {
+            match shard
+                .buckets
+                .find_mut(spread(hash), matches(key, limit, hash))
+            {
                 Some(bucket) => {
                     bucket.touched = true;
                     bucket.state = std::mem::take(state);
@@ -346,20 +304,6 @@ impl Shard {
             _ => true,
         });
         self.swept_len = self.buckets.len();
-    }
-}
-
-/// Whether a bucket is the one of `limit` for `key`, whose hash is `hash`: what the bucket
-/// holds is compared first, its text only when all that agrees.
-fn matches<'a>(key: &'a str, limit: &'a Limit, hash: u32) -> impl Fn(&Bucket) -> bool + 'a {
-    move |b| {
-        let name = limit.name();
-        b.hash == hash
-            && usize::from(b.name_len) == name.len()
-            && b.algorithm == limit.algorithm()
-            && b.text.len() == key.len() + name.len()
-            && b.text.as_bytes()[..key.len()] == *key.as_bytes()
-            && b.text.as_bytes()[key.len()..] == *name.as_bytes()
     }
 }
 
