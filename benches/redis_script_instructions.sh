@@ -64,6 +64,15 @@ measure "fixed_window allowed" "$s/fixed_window.lua" 1 'k:__rand_int__' f 100000
 measure "fixed_window hot denied" "$s/fixed_window.lua" 1 hot f 3600000 1 1
 measure "sliding_window allowed" "$s/sliding_window.lua" 1 'k:__rand_int__' s 1000000 1000000 1
 measure "sliding_window hot denied" "$s/sliding_window.lua" 1 hot s 3600000 1 1
+# Two limits of one window algorithm: through the driver, and their own script (issue 15).
+measure "fixed_window 2 limits allowed" "$s/fixed_window.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' f 1000000 1000000000 1 f 1000000 1000000000 1
+measure "fixed_window_many 2 limits allowed" lua/fixed_window_many.lua 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' 1000000 1000000000 1 1000000 1000000000 1
+measure "fixed_window 2 limits hot denied" "$s/fixed_window.lua" 2 '{hot}:a' '{hot}:b' f 3600000 1 1 f 3600000 1 1
+measure "fixed_window_many 2 limits hot denied" lua/fixed_window_many.lua 2 '{hot}:a' '{hot}:b' 3600000 1 1 3600000 1 1
+measure "sliding_window 2 limits allowed" "$s/sliding_window.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' s 1000000 1000000 1 s 1000000 1000000 1
+measure "sliding_window_many 2 limits allowed" lua/sliding_window_many.lua 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' 1000000 1000000 1 1000000 1000000 1
+measure "sliding_window 2 limits hot denied" "$s/sliding_window.lua" 2 '{hot}:a' '{hot}:b' s 3600000 1 1 s 3600000 1 1
+measure "sliding_window_many 2 limits hot denied" lua/sliding_window_many.lua 2 '{hot}:a' '{hot}:b' 3600000 1 1 3600000 1 1
 measure "sliding_log allowed" "$s/sliding_log.lua" 1 'k:__rand_int__' l 1000000000 100 1
 measure "sliding_log hot denied" "$s/sliding_log.lua" 1 hot l 3600000000 1 1
 measure "token_bucket one key allowed" "$s/token_bucket.lua" 1 one t 1 1000000000 1

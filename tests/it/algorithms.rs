@@ -127,6 +127,15 @@ fn policies() -> Vec<(&'static str, Arc<[Limit]>)> {
             ]),
         ),
         (
+            "two sliding windows, one counting requests",
+            Arc::new([
+                Limit::sliding_window("many", 8, ms(120)).unwrap(),
+                Limit::sliding_window("few", 3, ms(60))
+                    .unwrap()
+                    .per_request(),
+            ]),
+        ),
+        (
             "all four",
             Arc::new([
                 Limit::new("tb", 4, 4, ms(80)).unwrap(),

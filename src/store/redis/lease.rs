@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::RedisStore;
+use super::reply;
 use super::scripts::{self, Other};
 use crate::algorithm::{check_limits, each_observed};
 use crate::store::{Lent, StoreCall};
@@ -67,11 +68,11 @@ fn parse_lent(reply: &redis::Value, limits: &[Limit], cost: u64) -> Option<Lent>
     let redis::Value::Array(values) = reply else {
         return None;
     };
-    let mut head = scripts::numbers(values.get(..3)?);
+    let mut head = reply::numbers(values.get(..3)?);
     let (allowed, units, at_us) = (head.next()??, head.next()??, head.next()??);
-    let rest = scripts::numbers(&values[3..]);
+    let rest = reply::numbers(&values[3..]);
     let (observed, passed) =
-        scripts::read_observed(std::iter::once(Some(allowed)).chain(rest), limits)?;
+        reply::read_observed(std::iter::once(Some(allowed)).chain(rest), limits)?;
     let decisions = each_observed(limits, &observed[..limits.len()], passed, cost);
     Some(Lent::new(decisions, if passed { units } else { 0 }, at_us))
 }

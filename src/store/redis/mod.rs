@@ -13,6 +13,7 @@ use super::{Store, StoreCall};
 
 mod connection;
 mod lease;
+mod reply;
 mod scripts;
 mod send;
 mod slots;
@@ -265,11 +266,11 @@ impl Store for RedisStore {
     type Future = StoreCall<Decision>;
 
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
-        self.decide_with(key, limits, cost, scripts::parse_reply, |d| d.allowed)
+        self.decide_with(key, limits, cost, reply::parse_reply, |d| d.allowed)
     }
 
     fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
-        self.decide_with(key, limits, cost, scripts::parse_each, |each| {
+        self.decide_with(key, limits, cost, reply::parse_each, |each| {
             crate::algorithm::passed(each)
         })
     }
@@ -291,7 +292,7 @@ impl Store for RedisStore {
         let evalsha = scripts::evalsha(script, key, limits, cost, true, "-");
         let limits = Arc::clone(limits);
         self.send(evalsha, Some(script), move |reply| {
-            scripts::parse_peek(reply, &limits, cost)
+            reply::parse_peek(reply, &limits, cost)
         })
     }
 

@@ -1,11 +1,11 @@
-//! The Lua scripts as sent to Redis, the command of one decision and its reply.
+//! The Lua scripts as sent to Redis, and the command of one decision (its reply: `reply.rs`).
 
 use std::sync::LazyLock;
 
-use crate::algorithm::{MAX_SUFFIX_LEN, Observation, decide_observed, each_observed};
+use crate::algorithm::MAX_SUFFIX_LEN;
 use crate::limit::MAX_NAME_LEN;
 use crate::store::push_bucket_key;
-use crate::{Algorithm, Decision, Limit, MAX_LIMITS};
+use crate::{Algorithm, Limit};
 
 /// The script of limits that all use one algorithm, as sent to Redis: the algorithm's
 /// `lua/<algorithm>.lua` followed by `lua/decide.lua`.
@@ -94,14 +94,18 @@ pub(super) enum Other {
     TokenBucketMany = 12,
     /// A decision that lends: `lua/lease.lua`.
     Lease = 13,
+    /// Several fixed-window limits: `lua/fixed_window_many.lua`.
+    FixedWindowMany = 14,
+    /// Several sliding-window limits: `lua/sliding_window_many.lua`.
+    SlidingWindowMany = 15,
 }
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
 /// order of [`Algorithm::ALL`], the mixed one, then the [`Other`] ones.
-static SCRIPTS: LazyLock<[redis::Script; 14]> = LazyLock::new(|| all().map(redis::Script::new));
+static SCRIPTS: LazyLock<[redis::Script; 16]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 14] {
+pub(super) fn all() -> [&'static str; 16] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
@@ -117,32 +121,33 @@ pub(super) fn all() -> [&'static str; 14] {
         include_str!("../../../lua/token_bucket_one.lua"),
         include_str!("../../../lua/token_bucket_many.lua"),
         LEASE_SCRIPT,
+        include_str!("../../../lua/fixed_window_many.lua"),
+        include_str!("../../../lua/sliding_window_many.lua"),
     ]
 }
 
-/// The script that decides a request under `limits`: token buckets' own (one, or several);
-/// else their algorithm's if they share one; else the mixed one.
+/// The script that decides a request under `limits`: token buckets' own (one, or several),
+/// the windows' own (several of one kind); else their algorithm's if they share one; else the
+/// mixed one.
 pub(crate) fn script_for(limits: &[Limit]) -> &'static redis::Script {
-    if limits
-        .iter()
-        .all(|l| l.algorithm() == Algorithm::TokenBucket)
-    {
-        return match limits.len() {
-            1 => other(Other::TokenBucketOne),
-            _ => other(Other::TokenBucketMany),
-        };
-    }
     let first = limits
         .first()
         .map_or(Algorithm::TokenBucket, Limit::algorithm);
-    if limits.iter().all(|l| l.algorithm() == first) {
-        let i = Algorithm::ALL
-            .iter()
-            .position(|&a| a == first)
-            .expect("every algorithm is in ALL");
-        &SCRIPTS[i]
-    } else {
-        &SCRIPTS[Algorithm::ALL.len()]
+    if !limits.iter().all(|l| l.algorithm() == first) {
+        return &SCRIPTS[Algorithm::ALL.len()];
+    }
+    match (first, limits.len()) {
+        (Algorithm::TokenBucket, 1) => other(Other::TokenBucketOne),
+        (Algorithm::TokenBucket, _) => other(Other::TokenBucketMany),
+        (Algorithm::FixedWindow, 2..) => other(Other::FixedWindowMany),
+        (Algorithm::SlidingWindow, 2..) => other(Other::SlidingWindowMany),
+        _ => {
+            let i = Algorithm::ALL
+                .iter()
+                .position(|&a| a == first)
+                .expect("every algorithm is in ALL");
+            &SCRIPTS[i]
+        }
     }
 }
 
@@ -204,6 +209,16 @@ pub(super) fn evalsha(
         }
         return cmd;
     }
+    if std::ptr::eq(script, other(Other::FixedWindowMany))
+        || std::ptr::eq(script, other(Other::SlidingWindowMany))
+    {
+        // The windows' own scripts: each limit's window, capacity and cost.
+        for limit in limits {
+            let cost = if decides { limit.cost_of(cost) } else { cost };
+            cmd.arg(limit.window_ms()).arg(limit.capacity()).arg(cost);
+        }
+        return cmd;
+    }
     for limit in limits {
         let cost = if decides { limit.cost_of(cost) } else { cost };
         cmd.arg(limit.algorithm().code());
@@ -222,170 +237,4 @@ pub(super) fn evalsha(
         };
     }
     cmd
-}
-
-/// Turns the peek script's reply into each limit's decision (see `lua/peek.lua`).
-pub(super) fn parse_peek(
-    reply: &redis::Value,
-    limits: &[Limit],
-    cost: u64,
-) -> Option<Vec<Decision>> {
-    let redis::Value::Array(values) = reply else {
-        return None;
-    };
-    let mut values = values.iter().map(|v| match v {
-        redis::Value::Int(i) => u64::try_from(*i).ok(),
-        _ => None,
-    });
-    let decisions = limits
-        .iter()
-        .enumerate()
-        .map(|(i, limit)| {
-            let seen = Observation::read(limit.algorithm(), &mut values)?;
-            Some(
-                limit
-                    .peek_observed(&seen, limit.cost_of(cost))
-                    .with_index(i),
-            )
-        })
-        .collect();
-    if values.next().is_some() {
-        return None;
-    }
-    decisions
-}
-
-/// Turns the script's reply into a decision (see `lua/decide.lua`).
-pub(super) fn parse_reply(reply: &redis::Value, limits: &[Limit], cost: u64) -> Option<Decision> {
-    let (observed, allowed) = parse_observed(reply, limits)?;
-    Some(decide_observed(
-        limits,
-        &observed[..limits.len()],
-        allowed,
-        cost,
-    ))
-}
-
-/// Turns the script's reply into every limit's decision.
-pub(super) fn parse_each(
-    reply: &redis::Value,
-    limits: &[Limit],
-    cost: u64,
-) -> Option<Vec<Decision>> {
-    let (observed, allowed) = parse_observed(reply, limits)?;
-    Some(each_observed(
-        limits,
-        &observed[..limits.len()],
-        allowed,
-        cost,
-    ))
-}
-
-/// What the script observed of each limit (the first `limits.len()`), and whether the request
-/// passed.
-fn parse_observed(
-    reply: &redis::Value,
-    limits: &[Limit],
-) -> Option<([Observation; MAX_LIMITS], bool)> {
-    use redis::Value::{Array, Int};
-    let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
-    let allowed = match (reply, limits) {
-        (Int(packed), [limit]) => {
-            let (allowed, seen) = Observation::from_packed(limit, *packed)?;
-            observed[0] = seen;
-            allowed
-        }
-        (Array(values), _) => return read_observed(numbers(values), limits),
-        _ => return None,
-    };
-    Some((observed, allowed))
-}
-
-/// A reply's numbers, `None` for what is not a non-negative integer.
-pub(super) fn numbers(values: &[redis::Value]) -> impl Iterator<Item = Option<u64>> + '_ {
-    values.iter().map(|v| match v {
-        redis::Value::Int(i) => u64::try_from(*i).ok(),
-        _ => None,
-    })
-}
-
-/// Whether the request passed (1 or 0), then what was observed of each limit: the whole of
-/// `values`, or `None`.
-pub(super) fn read_observed(
-    mut values: impl Iterator<Item = Option<u64>>,
-    limits: &[Limit],
-) -> Option<([Observation; MAX_LIMITS], bool)> {
-    let mut observed = [Observation::TokenBucket { full_after: 0 }; MAX_LIMITS];
-    if limits.len() > MAX_LIMITS {
-        return None;
-    }
-    let allowed = match values.next()?? {
-        0 => false,
-        1 => true,
-        _ => return None,
-    };
-    for (limit, seen) in limits.iter().zip(observed.iter_mut()) {
-        *seen = Observation::read(limit.algorithm(), &mut values)?;
-    }
-    if values.next().is_some() {
-        return None;
-    }
-    Some((observed, allowed))
-}
-
-/// Reading observations from a script's reply.
-trait ReadObservation: Sized {
-    fn read(algorithm: Algorithm, numbers: &mut impl Iterator<Item = Option<u64>>) -> Option<Self>;
-    fn from_packed(limit: &Limit, reply: i64) -> Option<(bool, Self)>;
-}
-
-impl ReadObservation for Observation {
-    /// Reads the observation of a limit of `algorithm` from the script's numbers, taking as
-    /// many as the algorithm observes; `None` when one is missing or not a number.
-    fn read(algorithm: Algorithm, numbers: &mut impl Iterator<Item = Option<u64>>) -> Option<Self> {
-        let mut next = || numbers.next().flatten();
-        Some(match algorithm {
-            Algorithm::TokenBucket => Self::TokenBucket {
-                full_after: next()?,
-            },
-            Algorithm::FixedWindow => Self::FixedWindow {
-                current: next()?,
-                elapsed_ms: next()?,
-            },
-            Algorithm::SlidingWindow => Self::SlidingWindow {
-                current: next()?,
-                previous: next()?,
-                elapsed_ms: next()?,
-            },
-            Algorithm::SlidingLog => Self::SlidingLog {
-                count: next()?,
-                oldest: next()?,
-                newest: next()?,
-                needed: next()?,
-            },
-            Algorithm::Concurrency => Self::Concurrency { in_use: next()? },
-        })
-    }
-
-    /// Reads the one integer a single token-bucket or fixed-window limit replies with
-    /// (`lua/decide.lua`): whether it allowed, and what it observed.
-    fn from_packed(limit: &Limit, reply: i64) -> Option<(bool, Self)> {
-        let (allowed, packed) = if reply > 0 {
-            (true, u64::try_from(reply - 1).ok()?)
-        } else {
-            (false, u64::try_from(-1 - reply).ok()?)
-        };
-        let observation = match limit.algorithm() {
-            Algorithm::TokenBucket => Self::TokenBucket { full_after: packed },
-            Algorithm::FixedWindow => {
-                let window = limit.window_ms();
-                Self::FixedWindow {
-                    current: packed / window,
-                    elapsed_ms: packed % window,
-                }
-            }
-            _ => return None,
-        };
-        Some((allowed, observation))
-    }
 }
