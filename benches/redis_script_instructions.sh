@@ -64,6 +64,13 @@ measure "fixed_window allowed" "$s/fixed_window.lua" 1 'k:__rand_int__' f 100000
 measure "fixed_window hot denied" "$s/fixed_window.lua" 1 hot f 3600000 1 1
 measure "sliding_window allowed" "$s/sliding_window.lua" 1 'k:__rand_int__' s 1000000 1000000 1
 measure "sliding_window hot denied" "$s/sliding_window.lua" 1 hot s 3600000 1 1
+# One window alone, as RedisStore sends it since issue 15: its own script.
+measure "fixed_window_one allowed" lua/fixed_window_one.lua 1 'k:__rand_int__' 1000000 1000000000 1
+measure "fixed_window_one hot denied" lua/fixed_window_one.lua 1 hot 3600000 1 1
+measure "fixed_window_one one key allowed" lua/fixed_window_one.lua 1 one 1000000 1000000000 1
+measure "sliding_window_many 1 limit allowed" lua/sliding_window_many.lua 1 'k:__rand_int__' 1000000 1000000 1
+measure "sliding_window_many 1 limit hot denied" lua/sliding_window_many.lua 1 hot 3600000 1 1
+measure "sliding_window_many 1 limit one key allowed" lua/sliding_window_many.lua 1 one 1000000 1000000000 1
 # Two limits of one window algorithm: through the driver, and their own script (issue 15).
 measure "fixed_window 2 limits allowed" "$s/fixed_window.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' f 1000000 1000000000 1 f 1000000 1000000000 1
 measure "fixed_window_many 2 limits allowed" lua/fixed_window_many.lua 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' 1000000 1000000000 1 1000000 1000000000 1

@@ -1,4 +1,4 @@
--- tollgate: a policy of several sliding-window limits (none of another algorithm), all or
+-- tollgate: a policy of sliding-window limits alone (one or several), all or
 -- nothing: sliding_window.lua and decide.lua's several-limit path written as one straight
 -- script (no closures, no calls, three arguments per limit instead of four).
 --

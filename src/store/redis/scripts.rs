@@ -96,16 +96,18 @@ pub(super) enum Other {
     Lease = 13,
     /// Several fixed-window limits: `lua/fixed_window_many.lua`.
     FixedWindowMany = 14,
-    /// Several sliding-window limits: `lua/sliding_window_many.lua`.
+    /// Sliding-window limits alone (one or several): `lua/sliding_window_many.lua`.
     SlidingWindowMany = 15,
+    /// One fixed-window limit alone: `lua/fixed_window_one.lua`.
+    FixedWindowOne = 16,
 }
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
 /// order of [`Algorithm::ALL`], the mixed one, then the [`Other`] ones.
-static SCRIPTS: LazyLock<[redis::Script; 16]> = LazyLock::new(|| all().map(redis::Script::new));
+static SCRIPTS: LazyLock<[redis::Script; 17]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 16] {
+pub(super) fn all() -> [&'static str; 17] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
@@ -123,12 +125,12 @@ pub(super) fn all() -> [&'static str; 16] {
         LEASE_SCRIPT,
         include_str!("../../../lua/fixed_window_many.lua"),
         include_str!("../../../lua/sliding_window_many.lua"),
+        include_str!("../../../lua/fixed_window_one.lua"),
     ]
 }
 
-/// The script that decides a request under `limits`: token buckets' own (one, or several),
-/// the windows' own (several of one kind); else their algorithm's if they share one; else the
-/// mixed one.
+/// The script that decides a request under `limits`: token buckets' and windows' own (one,
+/// or several of one kind); else their algorithm's if they share one; else the mixed one.
 pub(crate) fn script_for(limits: &[Limit]) -> &'static redis::Script {
     let first = limits
         .first()
@@ -139,8 +141,10 @@ pub(crate) fn script_for(limits: &[Limit]) -> &'static redis::Script {
     match (first, limits.len()) {
         (Algorithm::TokenBucket, 1) => other(Other::TokenBucketOne),
         (Algorithm::TokenBucket, _) => other(Other::TokenBucketMany),
-        (Algorithm::FixedWindow, 2..) => other(Other::FixedWindowMany),
-        (Algorithm::SlidingWindow, 2..) => other(Other::SlidingWindowMany),
+        (Algorithm::FixedWindow, 1) => other(Other::FixedWindowOne),
+        (Algorithm::FixedWindow, _) => other(Other::FixedWindowMany),
+        // One sliding window replies as several do (an array), so one script serves both.
+        (Algorithm::SlidingWindow, _) => other(Other::SlidingWindowMany),
         _ => {
             let i = Algorithm::ALL
                 .iter()
@@ -209,7 +213,8 @@ pub(super) fn evalsha(
         }
         return cmd;
     }
-    if std::ptr::eq(script, other(Other::FixedWindowMany))
+    if std::ptr::eq(script, other(Other::FixedWindowOne))
+        || std::ptr::eq(script, other(Other::FixedWindowMany))
         || std::ptr::eq(script, other(Other::SlidingWindowMany))
     {
         // The windows' own scripts: each limit's window, capacity and cost.
