@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -62,20 +62,32 @@ impl<S, ReqBody, D> ResponseFuture<S, ReqBody, D>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn deciding(
+    /// A request the limiter is deciding. An in-process store answers at once: then the
+    /// request is forwarded (or answered) now, not through the future's states. (Polling
+    /// without the task's waker is sound: a future registers the waker of every poll, and this
+    /// one's first poll by the task comes next.)
+    pub(crate) fn limited(
         settings: Arc<Settings>,
         policy: usize,
-        deciding: Deciding<D>,
+        mut deciding: Deciding<D>,
         inner: S,
         request: Request<ReqBody>,
-        after: Option<Box<After>>,
-    ) -> Self {
-        Self {
-            state: State::Deciding {
+        mut after: Option<Box<After>>,
+    ) -> Self
+    where
+        D: Future<Output = Result<Decision, StoreError>> + Unpin,
+    {
+        let mut noop = Context::from_waker(Waker::noop());
+        let state = match deciding.poll_decide(&mut noop, &settings.core) {
+            Poll::Ready(outcome) => next(&settings, &mut after, outcome, inner, request),
+            Poll::Pending => State::Deciding {
                 deciding,
                 inner: Some(inner),
                 request: Some(request),
             },
+        };
+        Self {
+            state,
             settings,
             policy,
             after,
@@ -108,30 +120,6 @@ where
             settings,
             policy: usize::MAX,
             after: None,
-        }
-    }
-}
-
-impl<S, ReqBody, D> ResponseFuture<S, ReqBody, D>
-where
-    S: Service<Request<ReqBody>>,
-{
-    /// The limiter decided at once (an in-process store): the request is forwarded (or
-    /// answered) now, without waiting in the future.
-    pub(crate) fn decided(
-        settings: Arc<Settings>,
-        policy: usize,
-        outcome: Outcome,
-        inner: S,
-        request: Request<ReqBody>,
-        mut after: Option<Box<After>>,
-    ) -> Self {
-        let state = next(&settings, &mut after, outcome, inner, request);
-        Self {
-            state,
-            settings,
-            policy,
-            after,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::cell::LazyCell;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
@@ -185,12 +185,11 @@ where
         };
         // The key is copied out of the thread's buffer only where it is kept.
         let client = client.as_bytes();
-        let (kept, mut deciding) =
-            with_subject_key(&core.prefixes[index], client, endpoint, |key| {
-                let kept = settings.reserve.is_some().then(|| key.to_owned());
-                let deciding = limiter.start(index, Cow::Borrowed(key), cost, flags, Store::decide);
-                (kept, deciding)
-            });
+        let (kept, deciding) = with_subject_key(&core.prefixes[index], client, endpoint, |key| {
+            let kept = settings.reserve.is_some().then(|| key.to_owned());
+            let deciding = limiter.start(index, Cow::Borrowed(key), cost, flags, Store::decide);
+            (kept, deciding)
+        });
         let after = settings.reserve.as_ref().zip(kept).map(|(reserve, key)| {
             let reservation = Reservation::new(cost);
             parts.extensions.insert(reservation.clone());
@@ -205,22 +204,7 @@ where
                 in_flight: None,
             })
         });
-        // An in-process store answers at once: then the request goes on now, not through the
-        // future's states. (Polling without the task's waker is sound: a future registers the
-        // waker of every poll, and this one's first poll by the task comes next.)
-        let mut noop = Context::from_waker(Waker::noop());
-        if let Poll::Ready(outcome) = deciding.poll_decide(&mut noop, core) {
-            let request = Request::from_parts(parts, body);
-            return ResponseFuture::decided(
-                Arc::clone(settings),
-                index,
-                outcome,
-                inner,
-                request,
-                after,
-            );
-        }
-        ResponseFuture::deciding(
+        ResponseFuture::limited(
             Arc::clone(settings),
             index,
             deciding,
