@@ -74,16 +74,10 @@ impl<'a> ClientId<'a> {
                 buf[len] = b'.';
                 len += 1;
             }
-            let digits = [octet / 100, octet / 10 % 10, octet % 10];
-            let skip = match octet {
-                100.. => 0,
-                10.. => 1,
-                _ => 2,
-            };
-            for d in &digits[skip..] {
-                buf[len] = b'0' + d;
-                len += 1;
-            }
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(octet).as_bytes();
+            buf[len..len + digits.len()].copy_from_slice(digits);
+            len += digits.len();
         }
         ClientId {
             bytes: Bytes::Inline(buf, len as u8),
