@@ -155,6 +155,15 @@ pub(crate) fn script_for(limits: &[Limit]) -> &'static redis::Script {
     }
 }
 
+/// The scripts of one algorithm alone, chosen by [`script_for`].
+const OWN: [Other; 5] = [
+    Other::TokenBucketOne,
+    Other::TokenBucketMany,
+    Other::FixedWindowOne,
+    Other::FixedWindowMany,
+    Other::SlidingWindowMany,
+];
+
 /// One of the other scripts.
 pub(super) fn other(script: Other) -> &'static redis::Script {
     &SCRIPTS[script as usize]
@@ -202,44 +211,35 @@ pub(super) fn evalsha(
         push_bucket_key(&mut bucket, key, limit);
         cmd.arg(bucket.as_str());
     }
-    if std::ptr::eq(script, other(Other::TokenBucketOne))
-        || std::ptr::eq(script, other(Other::TokenBucketMany))
-    {
-        // The token buckets' own scripts: each limit's increment and burst only.
-        for limit in limits {
-            let cost = if decides { limit.cost_of(cost) } else { cost };
-            cmd.arg(cost.saturating_mul(limit.interval_us()))
-                .arg(limit.window_us());
-        }
-        return cmd;
-    }
-    if std::ptr::eq(script, other(Other::FixedWindowOne))
-        || std::ptr::eq(script, other(Other::FixedWindowMany))
-        || std::ptr::eq(script, other(Other::SlidingWindowMany))
-    {
-        // The windows' own scripts: each limit's window, capacity and cost.
-        for limit in limits {
-            let cost = if decides { limit.cost_of(cost) } else { cost };
-            cmd.arg(limit.window_ms()).arg(limit.capacity()).arg(cost);
-        }
-        return cmd;
-    }
+    // An algorithm's own script (`*_one.lua`, `*_many.lua`) knows its algorithm: its limits
+    // come without the algorithm's code, and a token bucket's without the cost, which only the
+    // driver records.
+    let own = OWN.iter().any(|&own| std::ptr::eq(script, other(own)));
     for limit in limits {
         let cost = if decides { limit.cost_of(cost) } else { cost };
-        cmd.arg(limit.algorithm().code());
+        if !own {
+            cmd.arg(limit.algorithm().code());
+        }
         match limit.algorithm() {
             // The increment and the burst, in microseconds; the cost for the record.
-            Algorithm::TokenBucket => cmd
-                .arg(cost.saturating_mul(limit.interval_us()))
-                .arg(limit.window_us())
-                .arg(cost),
-            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
-                cmd.arg(limit.window_ms()).arg(limit.capacity()).arg(cost)
+            Algorithm::TokenBucket => {
+                cmd.arg(cost.saturating_mul(limit.interval_us()))
+                    .arg(limit.window_us());
+                if !own {
+                    cmd.arg(cost);
+                }
             }
-            Algorithm::SlidingLog => cmd.arg(limit.window_us()).arg(limit.capacity()).arg(cost),
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                cmd.arg(limit.window_ms()).arg(limit.capacity()).arg(cost);
+            }
+            Algorithm::SlidingLog => {
+                cmd.arg(limit.window_us()).arg(limit.capacity()).arg(cost);
+            }
             // The lease in microseconds, the capacity, the slot.
-            Algorithm::Concurrency => cmd.arg(limit.window_us()).arg(limit.capacity()).arg(slot),
-        };
+            Algorithm::Concurrency => {
+                cmd.arg(limit.window_us()).arg(limit.capacity()).arg(slot);
+            }
+        }
     }
     cmd
 }
