@@ -63,16 +63,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let left = limiter.peek(&alice, 1).await?;
     println!("after a reset alice may send {}", left[0].remaining);
 
-    // The job consumer: reserve the estimate, refund what was not used.
+    // The job consumer: reserve the estimate, settle to what was used (the rest goes back to
+    // the window that counted it).
     let acme = limiter.subject("acme", Target::route(&Method::POST, "/jobs"))?;
     limiter.reset(&acme).await?;
     for (job, estimate, used) in [(1, 400, 120), (2, 400, 400), (3, 700, 10), (4, 400, 0)] {
-        let outcome = limiter.take(&acme, estimate).await;
+        let mut outcome = limiter.take(&acme, estimate).await;
         if !outcome.is_allowed() {
             println!("job {job}: {estimate} tokens refused");
             continue;
         }
-        limiter.refund(&acme, estimate - used).await?;
+        if let Some(receipt) = outcome.receipt() {
+            limiter.settle(receipt, used).await?;
+        }
         let left = limiter.peek(&acme, 1).await?;
         println!(
             "job {job}: reserved {estimate}, used {used}, {} tokens left this hour",

@@ -20,9 +20,14 @@
 -- costs Redis more to send than the whole token-bucket decision): v + 1 when allowed, -1 - v
 -- when not, with v = full_after (t) or current x w + e (f; below 2^53, checked when the limit
 -- is built).
+--
+-- ARGV[4n+1]                (optional) present for a stamped take (Store::take): the reply is
+--                           then {the reply above, the Redis time in microseconds}, the time
+--                           a put-back needs to find what the take counted.
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
 local n = #KEYS
+local stamped = ARGV[4 * n + 1]
 if n == 1 then
   local code, key, a, b, c = ARGV[1], KEYS[1], ARGV[2], ARGV[3], ARGV[4]
   local ok, o1, o2, o3, o4 = observe(code, key, now, a, b, c)
@@ -30,16 +35,22 @@ if n == 1 then
     take(code, key, now, a, b, c, o1, o2, o3, o4)
   end
   if code ~= 't' and code ~= 'f' then
+    if stamped then
+      return {{ok and 1 or 0, o1, o2, o3, o4}, now}
+    end
     return {ok and 1 or 0, o1, o2, o3, o4}
   end
   local v = o1
   if code == 'f' then
     v = o1 * a + o2
   end
-  if ok then
-    return v + 1
+  if not ok then
+    v = -2 - v
   end
-  return -1 - v
+  if stamped then
+    return {v + 1, now}
+  end
+  return v + 1
 end
 local reply, seen, all, at = {0}, {}, true, 1
 for i = 1, n do
@@ -64,6 +75,9 @@ for i = 1, n do
   end
 end
 if not all then
+  if stamped then
+    return {reply, now}
+  end
   return reply
 end
 for i = 1, n do
@@ -72,4 +86,7 @@ for i = 1, n do
     seen[a], seen[a + 1], seen[a + 2], seen[a + 3])
 end
 reply[1] = 1
+if stamped then
+  return {reply, now}
+end
 return reply

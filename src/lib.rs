@@ -73,8 +73,9 @@
 //! Every decision is made by one engine, the [`Limiter`]; the layer is its HTTP adapter. Use
 //! the limiter directly for anything that is not one HTTP request (a websocket's messages, a
 //! queue consumer): [`Limiter::take`], [`Limiter::peek`] (nothing written),
-//! [`Limiter::refund`] and [`Limiter::reset`], with the same buckets, timeout, breaker, fail
-//! mode and deny cache; see [`engine`].
+//! [`Limiter::settle`] and [`Limiter::refund`] (with the [`Receipt`] of what a take took:
+//! units go back only where they were counted), and [`Limiter::reset`], with the same
+//! buckets, timeout, breaker, fail mode and deny cache; see [`engine`].
 //!
 //! # Leases
 //!
@@ -125,15 +126,15 @@ pub use algorithm::{Algorithm, BucketState, decide_all, decide_each};
 pub use client::{ApiKey, ClientExtractor, ClientId, ClientIp, MissingClient};
 pub use engine::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
-    DEFAULT_TIMEOUT, DecidedBy, Limiter, LimiterBuilder, Outcome, Subject, SubjectError, Target,
-    Verdict,
+    DEFAULT_TIMEOUT, DecidedBy, Limiter, LimiterBuilder, Outcome, Receipt, Subject, SubjectError,
+    Target, Verdict,
 };
 pub use error::{ConfigError, StoreError};
 pub use key::UnmatchedPaths;
 pub use layer::{Builder, RateLimit, RateLimitLayer, ResponseFuture};
 pub use limit::{
     DEFAULT_LEASE, DEFAULT_LEASE_TIME, Decision, Limit, MAX_CONCURRENCY, MAX_LEASE_TIME,
-    MAX_LIMITS, MAX_LOG_CAPACITY,
+    MAX_LIMITS, MAX_LOG_CAPACITY, MIN_SLOT_LEASE,
 };
 pub use policy::{Policies, Rule};
 /// The `redis` crate tollgate uses, for the types a [`RedisStore`] is built from

@@ -1,6 +1,7 @@
 //! Decisions over several limits at once, all or nothing.
 
 use super::{BucketState, Observation};
+use crate::store::{Stamp, Taken};
 use crate::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY, StoreError};
 
 /// Checks the limits of one call: 1 to [`MAX_LIMITS`] of them, and sliding logs of at most
@@ -89,6 +90,27 @@ pub fn decide_each(
         &observed[..limits.len()],
         allowed,
         cost,
+    ))
+}
+
+/// [`decide_each`], stamped: every limit's decision and, when the request passed, where and
+/// when its units were taken (what [`Store::take`](crate::Store::take) answers).
+///
+/// # Errors
+///
+/// As [`decide_all`].
+pub fn take_each(
+    limits: &[Limit],
+    states: &mut [BucketState],
+    now: u64,
+    cost: u64,
+) -> Result<Taken, StoreError> {
+    let (observed, allowed) = take_all(limits, states, now, cost)?;
+    let observed = &observed[..limits.len()];
+    let stamp = allowed.then(|| Stamp::observed(limits, observed, now, cost.max(1)));
+    Ok(Taken::new(
+        each_observed(limits, observed, allowed, cost),
+        stamp,
     ))
 }
 

@@ -172,29 +172,32 @@ impl Limit {
         }
     }
 
-    /// Gives `units` back to the bucket `state` at `now`, as if that many fewer had been
-    /// taken: a token bucket is at most full now; a window's count never goes below zero
-    /// (a sliding window takes from this window first, then the previous one; a fixed window
-    /// gives nothing back to a window that has ended); a sliding log drops its newest entries.
-    /// The arithmetic of `lua/refund.lua`.
-    pub fn refund(&self, state: &mut BucketState, now: u64, units: u64) {
+    /// Puts back, at `now`, what one take counted in the bucket `state`: `units` of it, and
+    /// its slot when `free_slot`. `mark` is where the take's units are
+    /// ([`Stamp::mark`](crate::store::Stamp::mark): the take's time, or a sliding log's entry
+    /// time) and `taken` how many this limit counted. Only what is still owed where it was
+    /// counted comes back (see [`Store::put_back`](crate::Store::put_back)): a token bucket
+    /// gets their worth less the refill since `mark`, at most full now; a window only while it
+    /// is the window of `mark` (a sliding window: or the one after, in its previous count); a
+    /// sliding log the entries at `mark`; a concurrency limit one slot. The arithmetic of
+    /// `lua/put_back.lua`.
+    pub fn put_back(
+        &self,
+        state: &mut BucketState,
+        now: u64,
+        mark: u64,
+        units: u64,
+        free_slot: bool,
+    ) {
         self.settle(state, now);
         match self.algorithm() {
-            Algorithm::TokenBucket => token_bucket::refund(self, state, now, units),
+            Algorithm::TokenBucket => token_bucket::put_back(self, state, now, mark, units),
             Algorithm::FixedWindow | Algorithm::SlidingWindow => {
-                window::refund(self, state, now, units);
+                window::put_back(self, state, mark, units);
             }
-            Algorithm::SlidingLog => sliding_log::refund(self, state, now, units),
-            // Slots are released, not refunded.
+            Algorithm::SlidingLog => sliding_log::put_back(state, mark, units),
+            Algorithm::Concurrency if free_slot => concurrency::release(state),
             Algorithm::Concurrency => {}
-        }
-    }
-
-    /// Frees one slot of a [concurrency](Algorithm::Concurrency) limit's bucket `state`: a
-    /// request that held it is over. Nothing for the other algorithms.
-    pub fn release(&self, state: &mut BucketState) {
-        if self.algorithm() == Algorithm::Concurrency {
-            concurrency::release(state);
         }
     }
 

@@ -56,7 +56,7 @@ mod window;
 pub use crate::limit::Algorithm;
 pub(crate) use crate::limit::MAX_SUFFIX_LEN;
 pub(crate) use decide::{binding, log_entries, passed};
-pub use decide::{check_limits, decide_all, decide_each};
+pub use decide::{check_limits, decide_all, decide_each, take_each};
 #[cfg(feature = "redis")]
 pub(crate) use decide::{decide_observed, each_observed};
 pub(crate) use observation::Observation;

@@ -84,18 +84,22 @@ pub(super) fn take(
     shrink(log);
 }
 
-/// Gives back memory a past peak left behind.
-/// Gives back `units`: drops the newest entries still in the window (at most all of them).
-pub(super) fn refund(limit: &Limit, state: &mut BucketState, now: u64, units: u64) {
-    let (entries, first) = window(limit.window_us(), state, now);
-    let count = (entries.len() - first) as u64;
-    let drop = usize::try_from(units.min(count)).unwrap_or(usize::MAX);
-    if let BucketState::Log(log) = state {
-        log.truncate(log.len() - drop);
-        shrink(log);
-    }
+/// Puts back up to `units` of the entries one take gave the time `at` (a take's entries share
+/// a time no other take has).
+pub(super) fn put_back(state: &mut BucketState, at: u64, units: u64) {
+    let BucketState::Log(log) = state else {
+        return;
+    };
+    let end = log.partition_point(|&t| t <= at);
+    let start = log.partition_point(|&t| t < at);
+    let drop = usize::try_from(units)
+        .unwrap_or(usize::MAX)
+        .min(end - start);
+    log.drain(end - drop..end);
+    shrink(log);
 }
 
+/// Gives back memory a past peak left behind.
 fn shrink(log: &mut VecDeque<u64>) {
     if log.capacity() > 4 * log.len().max(8) {
         log.shrink_to(2 * log.len());

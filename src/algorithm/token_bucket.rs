@@ -68,10 +68,17 @@ pub(super) fn report(limit: &Limit, full_after: u64, took: bool, cost: u64) -> D
     )
 }
 
-/// Gives back `units`: the full-at time moves back by their worth, at most to now (full).
-pub(super) fn refund(limit: &Limit, state: &mut BucketState, now: u64, units: u64) {
-    if let BucketState::FullAt(full_at) = *state {
-        let back = full_at.saturating_sub(units.saturating_mul(limit.interval_us()));
+/// Puts back `units` taken at `at`: what is still owed of their worth, which is their worth
+/// less the time since (the bucket went on filling meanwhile, and what its capacity cut off
+/// would have gone to them). The full-at time moves back by that much, at most to now (full).
+pub(super) fn put_back(limit: &Limit, state: &mut BucketState, now: u64, at: u64, units: u64) {
+    let owed = units
+        .saturating_mul(limit.interval_us())
+        .saturating_sub(now.saturating_sub(at));
+    if let BucketState::FullAt(full_at) = *state
+        && owed > 0
+    {
+        let back = full_at.saturating_sub(owed);
         *state = if back > now {
             BucketState::FullAt(back)
         } else {

@@ -89,30 +89,29 @@ pub(super) fn take(
 
 /// The sliding window's count, times `w`: `previous·(w − e) + current·w`; `None` when the
 /// elapsed time is past the window (only a misreporting store says so).
-/// Gives back `units`: from this window's count, then (a sliding window) from the previous
-/// window's; never below zero. A fixed window gives nothing back to a window that has ended.
-pub(super) fn refund(limit: &Limit, state: &mut BucketState, now: u64, units: u64) {
-    let (index, _) = position(limit.window_ms(), now);
+/// Puts back `units` taken at `at` into the window that counted them: its count while the
+/// state is that window, or (a sliding window) its previous count once the state is the
+/// window after; never below zero. A window that has ended is owed nothing: a later window
+/// never counted the units.
+pub(super) fn put_back(limit: &Limit, state: &mut BucketState, at: u64, units: u64) {
+    let (taken, _) = position(limit.window_ms(), at);
     let sliding = limit.algorithm() == super::Algorithm::SlidingWindow;
     if let BucketState::Window {
-        index: i,
+        index,
         current,
         previous,
     } = state
     {
-        if *i == index {
-            let back = units.min(*current);
-            *current -= back;
-            if sliding {
-                *previous -= (units - back).min(*previous);
-            }
-        } else if sliding && *i + 1 == index {
-            // The state's window is now the previous one.
+        if *index == taken {
             *current -= units.min(*current);
+        } else if sliding && *index == taken + 1 {
+            *previous -= units.min(*previous);
         }
     }
 }
 
+/// The sliding window's count, times `w`: `previous·(w − e) + current·w`; `None` when the
+/// elapsed time is past the window (only a misreporting store says so).
 pub(super) fn estimate(
     limit: &Limit,
     previous: u64,

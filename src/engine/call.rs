@@ -6,6 +6,7 @@ use std::future::Future;
 use super::InFlight;
 use crate::algorithm::binding;
 use crate::resilience::breaker::Ticket;
+use crate::store::{Stamp, Taken};
 use crate::{Decision, StoreError};
 
 /// What the engine reads of a store's answer: the binding limit's decision, and every
@@ -19,6 +20,10 @@ pub(crate) trait Answer: Send + 'static {
     fn from_each(each: Vec<Decision>) -> Option<Self>
     where
         Self: Sized;
+    /// The take's stamp, taken out, when the call was a stamped take that passed.
+    fn stamp(&mut self) -> Option<Stamp> {
+        None
+    }
 }
 
 impl Answer for Decision {
@@ -49,11 +54,38 @@ impl Answer for Vec<Decision> {
     }
 }
 
-/// A decision's store call: the store's own (`D`), or one that also takes a lease, which
-/// reports every limit.
+/// A store's answer to a decision, with the take's stamp when the call was a stamped take.
+pub(crate) struct Stamped<A> {
+    pub(crate) answer: A,
+    pub(crate) stamp: Option<Stamp>,
+}
+
+impl<A: Answer> Answer for Stamped<A> {
+    fn into_parts(self) -> Option<(Decision, Vec<Decision>)> {
+        self.answer.into_parts()
+    }
+
+    fn took(&self) -> bool {
+        self.answer.took()
+    }
+
+    fn from_each(each: Vec<Decision>) -> Option<Self> {
+        A::from_each(each).map(|answer| Stamped {
+            answer,
+            stamp: None,
+        })
+    }
+
+    fn stamp(&mut self) -> Option<Stamp> {
+        self.stamp.take()
+    }
+}
+
+/// A decision's store call: the store's own (`D`), or a stamped take (the store's
+/// [`take`](crate::Store::take), or a call that also takes a lease), which reports every limit.
 pub(crate) enum Asking<D> {
     Store(D),
-    Lease(crate::store::StoreCall<Vec<Decision>>),
+    Take(crate::store::StoreCall<Taken>),
 }
 
 impl<D, A> Future for Asking<D>
@@ -61,18 +93,27 @@ where
     D: Future<Output = Result<A, StoreError>> + Unpin,
     A: Answer,
 {
-    type Output = Result<A, StoreError>;
+    type Output = Result<Stamped<A>, StoreError>;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         match self.get_mut() {
-            Asking::Store(call) => std::pin::Pin::new(call).poll(cx),
-            Asking::Lease(call) => call.as_mut().poll(cx).map(|answer| {
-                answer.and_then(|each| {
-                    A::from_each(each).ok_or_else(|| {
+            Asking::Store(call) => std::pin::Pin::new(call).poll(cx).map(|answer| {
+                answer.map(|answer| Stamped {
+                    answer,
+                    stamp: None,
+                })
+            }),
+            Asking::Take(call) => call.as_mut().poll(cx).map(|answer| {
+                answer.and_then(|taken| {
+                    let answer = A::from_each(taken.decisions).ok_or_else(|| {
                         StoreError::Reply("a refusal that no limit refuses".to_owned())
+                    })?;
+                    Ok(Stamped {
+                        answer,
+                        stamp: taken.stamp,
                     })
                 })
             }),
@@ -159,8 +200,9 @@ where
     finish(future, ticket, drop);
 }
 
-/// [`finish`] for a decision: the slots it took, if it passed, are freed at once, since no
-/// request holds them.
+/// [`finish`] for a decision: the slots it took, if it passed, are freed at once (its own, by
+/// its stamp), since no request holds them. Its units are kept, as a request that passed and
+/// was then cancelled keeps them.
 fn orphan_deciding<D, T>(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>)
 where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
@@ -169,7 +211,7 @@ where
     finish(future, ticket, move |answer| {
         if let Some(in_flight) = in_flight {
             match answer {
-                Ok(answer) if answer.took() => in_flight.release(),
+                Ok(mut answer) if answer.took() => in_flight.stamped(answer.stamp()).release(),
                 _ => in_flight.disarm(),
             }
         }

@@ -4,10 +4,12 @@
 use std::future::Future;
 
 use super::call::report;
-use super::{Call, Limiter, Shared, Subject};
+use std::sync::Arc;
+
+use super::{Call, Limiter, Receipt, Shared, Subject};
 use crate::store::{Store, StoreCall};
 use crate::telemetry::Settled;
-use crate::{Decision, StoreError};
+use crate::{Decision, Limit, StoreError};
 
 impl<St: Store> Limiter<St> {
     /// The state of every limit of `subject`'s policy, in order, for a request of `cost`
@@ -28,35 +30,36 @@ impl<St: Store> Limiter<St> {
         self.shared.bounded(call).await
     }
 
-    /// Gives `units` back to every limit of `subject`'s policy that counts the cost (not
-    /// [requests](crate::Limit::per_request)), as if that many fewer had been
-    /// taken: never above capacity, never before now (a token bucket is at most full now; a
-    /// window's count never goes below zero; a sliding log drops its newest entries). Atomic,
-    /// in one store call, and this process's cached denial of the subject is dropped. Nothing
-    /// happens when no limit applies or `units` is 0.
+    /// Gives back up to `units` of what `receipt`'s decision took (never more than it still
+    /// holds, [`Receipt::units`]), to the window or bucket state that counted them and only
+    /// what is still owed there: a token bucket their worth less the refill since they were
+    /// taken; a window only while it is the one that counted them; a sliding log the take's
+    /// own entries (see [`Store::put_back`]). So a refund never lets
+    /// through more than if the units had not been taken. Limits that count
+    /// [requests](crate::Limit::per_request) keep theirs. Atomic, in one store call, and this
+    /// process's cached denial of the subject is dropped. Nothing happens when the receipt
+    /// holds nothing or `units` is 0.
     ///
     /// # Errors
     ///
-    /// When the store fails or does not answer within the timeout (a refund that timed out
-    /// may still happen).
-    pub async fn refund(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
-        match subject.policy() {
-            Some(index) => self.refund_at(index, subject.key(), units).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn refund_at(&self, index: usize, key: &str, units: u64) -> Result<(), StoreError> {
-        let core = &self.shared.core;
-        let limits = &core.policies.entry(index).costed;
-        if units == 0 || limits.is_empty() {
+    /// When the store fails or does not answer within the timeout. The receipt counts the
+    /// units as given back either way (a refund that timed out may still happen, and must
+    /// never be made twice): a refund lost is units held back until they refill, never an
+    /// over-admission.
+    pub async fn refund(&self, receipt: &mut Receipt, units: u64) -> Result<(), StoreError> {
+        let units = units.min(receipt.units);
+        let Some(stamp) = receipt.stamp.as_ref().filter(|_| units > 0) else {
             return Ok(());
-        }
-        if let Some(cache) = &core.deny_cache {
+        };
+        receipt.units -= units;
+        if let Some(cache) = &self.shared.core.deny_cache {
             // The units given back may let a request through sooner than the cached wait.
-            cache.forget(key);
+            cache.forget(&receipt.key);
         }
-        let call = self.shared.store.refund(key, limits, units);
+        let call = self
+            .shared
+            .store
+            .put_back(&receipt.key, &receipt.limits, stamp, units, false);
         self.shared.bounded(call).await
     }
 
@@ -78,22 +81,31 @@ impl<St: Store> Limiter<St> {
     }
 
     async fn charge_at(&self, index: usize, key: &str, units: u64) -> Result<(), StoreError> {
-        let limits = &self.shared.core.policies.entry(index).costed;
-        if units == 0 || limits.is_empty() {
+        let costed = &self.shared.core.policies.entry(index).costed;
+        self.charge_costed(key, costed, units).await
+    }
+
+    /// Takes `units` from those of `limits` that count the cost (all of them: `costed`).
+    async fn charge_costed(
+        &self,
+        key: &str,
+        costed: &Arc<[Limit]>,
+        units: u64,
+    ) -> Result<(), StoreError> {
+        if units == 0 || costed.is_empty() {
             return Ok(());
         }
-        let call = self.shared.store.charge(key, limits, units);
+        let call = self.shared.store.charge(key, costed, units);
         self.shared.bounded(call).await
     }
 
-    /// Settles a reservation: `taken` units were taken up front (an estimate, usually
-    /// [`Outcome::taken`](crate::Outcome::taken) of the [`take`](Self::take)), and the work
-    /// turned out to cost `actual`. The difference is given back ([`refund`](Self::refund))
-    /// when `actual` is lower, or taken ([`charge`](Self::charge), down to empty at most) when
-    /// higher; one store call, none when they are equal. A take the store did not decide
-    /// (failed open, decided locally) took nothing, so its settlement charges the whole
-    /// `actual` once the store answers again. What it came to is counted in
-    /// `tollgate_settlements_total`.
+    /// Settles a reservation: `receipt`'s decision took an estimate up front
+    /// ([`Receipt::units`]), and the work turned out to cost `actual`. The difference is given
+    /// back ([`refund`](Self::refund): where the units were counted, only what is still owed
+    /// there) when `actual` is lower, or taken now ([`charge`](Self::charge), down to empty at
+    /// most) when higher; one store call, none when they are equal. A take the store did not
+    /// decide (failed open) took nothing, so its settlement charges the whole `actual` once
+    /// the store answers again. What it came to is counted in `tollgate_settlements_total`.
     ///
     /// ```
     /// use std::time::Duration;
@@ -107,10 +119,11 @@ impl<St: Store> Limiter<St> {
     ///     .build()?;
     /// let job = limiter.subject("tenant-7", Target::route(&http::Method::POST, "/v1/completions"))?;
     /// // Reserve the most the job may use...
-    /// let outcome = limiter.take(&job, 300).await;
+    /// let mut outcome = limiter.take(&job, 300).await;
     /// assert!(outcome.is_allowed());
     /// // ...and pay for what it used.
-    /// limiter.settle(&job, outcome.taken(), 120).await?;
+    /// let receipt = outcome.receipt().expect("the store took the units");
+    /// limiter.settle(receipt, 120).await?;
     /// assert_eq!(limiter.peek(&job, 1).await?[0].remaining, 880);
     /// # Ok(())
     /// # }
@@ -121,35 +134,26 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout: the reservation stays as it
     /// was taken (a refund lost is units held back until they refill, never an
     /// over-admission; a charge lost is work that was not counted).
-    pub async fn settle(
-        &self,
-        subject: &Subject,
-        taken: u64,
-        actual: u64,
-    ) -> Result<(), StoreError> {
-        match subject.policy() {
-            Some(index) => self.settle_at(index, subject.key(), taken, actual).await,
-            None => Ok(()),
-        }
-    }
-
-    /// [`settle`](Self::settle) of the request named `key` under the policy at `index`.
-    pub(crate) async fn settle_at(
-        &self,
-        index: usize,
-        key: &str,
-        taken: u64,
-        actual: u64,
-    ) -> Result<(), StoreError> {
+    pub async fn settle(&self, mut receipt: Receipt, actual: u64) -> Result<(), StoreError> {
         let telemetry = &self.shared.core.telemetry;
+        let (index, taken) = (receipt.policy, receipt.units);
         let (result, settled) = match actual.cmp(&taken) {
             std::cmp::Ordering::Equal => (Ok(()), Settled::Unchanged),
             std::cmp::Ordering::Less => (
-                self.refund_at(index, key, taken - actual).await,
+                self.refund(&mut receipt, taken - actual).await,
                 Settled::Refunded,
             ),
             std::cmp::Ordering::Greater => (
-                self.charge_at(index, key, actual - taken).await,
+                {
+                    let costed: Arc<[Limit]> = receipt
+                        .limits
+                        .iter()
+                        .filter(|l| !l.counts_requests())
+                        .cloned()
+                        .collect();
+                    self.charge_costed(&receipt.key, &costed, actual - taken)
+                        .await
+                },
                 Settled::Charged,
             ),
         };

@@ -4,17 +4,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::{Core, Shared};
-use crate::store::Store;
+use crate::store::{Stamp, Store};
 
 /// Frees slots: the limiter's store (or its local fallback), type-erased.
 pub(crate) trait Releaser: Send + Sync + 'static {
-    /// Frees one slot of each concurrency limit of the policy at `index` for `key`, in the
-    /// store or, when the decision was `local`, in the local fallback.
-    fn release(&self, key: String, index: usize, local: bool);
+    /// Frees the slot the take stamped `stamp` holds in each concurrency limit of the policy
+    /// at `index` for `key`, in the store or, when the decision was `local`, in the local
+    /// fallback.
+    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>);
 }
 
 impl<St: Store> Releaser for Shared<St> {
-    fn release(&self, key: String, index: usize, local: bool) {
+    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>) {
         let core: &Core = &self.core;
         if local {
             if let Some(fallback) = &core.local {
@@ -23,7 +24,9 @@ impl<St: Store> Releaser for Shared<St> {
             return;
         }
         let limits = &core.policies.entry(index).limits;
-        let mut call = self.store.release(&key, limits);
+        // A store that does not stamp its takes counts slots, or cannot free them at all.
+        let stamp = stamp.unwrap_or_default();
+        let mut call = self.store.put_back(&key, limits, &stamp, 0, true);
         // An in-process store is done at once; a remote one's call runs on its own, bounded by
         // the timeout. If it fails, the slot's lease runs out.
         if let Poll::Ready(answer) = call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
@@ -57,6 +60,8 @@ pub struct InFlight {
     key: String,
     index: usize,
     local: bool,
+    /// Which slots the take holds (set when the store answers).
+    stamp: Option<Stamp>,
 }
 
 impl InFlight {
@@ -66,7 +71,14 @@ impl InFlight {
             key,
             index,
             local: false,
+            stamp: None,
         }
+    }
+
+    /// The same guard, of the slots the take stamped `stamp` holds.
+    pub(crate) fn stamped(mut self, stamp: Option<Stamp>) -> Self {
+        self.stamp = stamp;
+        self
     }
 
     /// The same slots, held in the local fallback.
@@ -87,7 +99,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(releaser) = self.releaser.take() {
-            releaser.release(std::mem::take(&mut self.key), self.index, self.local);
+            let stamp = self.stamp.take();
+            releaser.release(std::mem::take(&mut self.key), self.index, self.local, stamp);
         }
     }
 }

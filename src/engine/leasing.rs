@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::{Limiter, Shared, Subject};
 use crate::algorithm::binding;
 use crate::lease::{Grant, Leases, Unspent};
-use crate::store::{Lent, Store, StoreCall};
+use crate::store::{Lent, Stamp, Store, StoreCall, Taken};
 use crate::{Algorithm, Decision, Limit, StoreError};
 
 /// A lease call under way on one key: when dropped before it is [granted](Self::grant), the
@@ -67,7 +67,7 @@ impl<St: Store> Lending<St> {
         let ended = self
             .leases()
             .granted(&self.key, self.policy, lease_time, grant, now);
-        if let Some(unspent) = ended {
+        for unspent in ended {
             spawn_give_back(&self.shared, unspent);
         }
     }
@@ -103,20 +103,23 @@ pub(crate) fn lease_ends(limits: &[Limit], at_us: u64, lease_time: Duration) -> 
         .fold(lease_time, Duration::min)
 }
 
-/// The decision's store call that also lends up to `want` units.
+/// The decision's store call that also lends up to `want` units: a stamped take (the
+/// request's units and the lent ones were taken at the time the store says).
 pub(crate) fn lend<St: Store>(
     shared: &Arc<Shared<St>>,
     lending: Lending<St>,
     key: &str,
     cost: u64,
     want: u64,
-) -> StoreCall<Vec<Decision>> {
+) -> StoreCall<Taken> {
     let limits = &shared.core.policies.entry(lending.policy).limits;
     let call = shared.store.lease(key, limits, cost, want);
+    let cost = cost.max(1);
     Box::pin(async move {
         let lent = call.await?;
         lending.grant(&lent, 0);
-        Ok(lent.decisions)
+        let stamp = crate::algorithm::passed(&lent.decisions).then(|| Stamp::new(lent.at_us, cost));
+        Ok(Taken::new(lent.decisions, stamp))
     })
 }
 
@@ -141,12 +144,14 @@ pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usi
 }
 
 impl<St: Store> Shared<St> {
-    /// Gives back what a lease did not spend, bounded as every store call is.
+    /// Gives back what a lease did not spend, stamped with the time it was lent, bounded as
+    /// every store call is.
     async fn give_back(&self, unspent: Unspent) -> Result<u64, StoreError> {
         let limits = &self.core.policies.entry(unspent.policy).limits;
+        let stamp = Stamp::new(unspent.at_us, unspent.units);
         let call = self
             .store
-            .give_back(&unspent.key, limits, unspent.units, unspent.at_us);
+            .put_back(&unspent.key, limits, &stamp, unspent.units, false);
         match self.bounded(call).await {
             Ok(()) => {
                 self.core

@@ -19,17 +19,21 @@
 //!     .period(Duration::from_secs(1))
 //!     .build()?;
 //! let alice = limiter.subject("alice", Target::route(&http::Method::GET, "/chat"))?;
-//! for _ in 0..5 {
+//! let mut first = limiter.take(&alice, 2).await;
+//! assert!(first.is_allowed());
+//! for _ in 0..3 {
 //!     assert!(limiter.take(&alice, 1).await.is_allowed());
 //! }
 //! let sixth = limiter.take(&alice, 1).await;
 //! assert!(!sixth.is_allowed());
 //! assert!(sixth.retry_after().unwrap() <= Duration::from_secs(1));
 //!
-//! // How much is left, without taking anything; then give two back.
+//! // How much is left, without taking anything; then give the first take's units back:
+//! // their worth less what refilled since they were taken, so not quite two whole units.
 //! assert_eq!(limiter.peek(&alice, 1).await?[0].remaining, 0);
-//! limiter.refund(&alice, 2).await?;
-//! assert_eq!(limiter.peek(&alice, 1).await?[0].remaining, 2);
+//! let mut receipt = first.receipt().expect("the store took 2");
+//! limiter.refund(&mut receipt, 2).await?;
+//! assert!(limiter.peek(&alice, 1).await?[0].remaining >= 1);
 //!
 //! // Forget the subject's buckets: whole again.
 //! limiter.reset(&alice).await?;
@@ -64,6 +68,7 @@ mod claims;
 mod in_flight;
 mod leasing;
 mod outcome;
+mod receipt;
 mod subject;
 mod take;
 
@@ -76,6 +81,7 @@ pub use in_flight::InFlight;
 pub(crate) use in_flight::Releaser;
 pub(crate) use outcome::Flags;
 pub use outcome::{DecidedBy, Outcome, Verdict};
+pub use receipt::Receipt;
 pub use subject::{Subject, SubjectError, Target};
 pub use take::Take;
 pub(crate) use take::{Asked, Deciding};
@@ -217,7 +223,10 @@ impl<St: Store> Limiter<St> {
     pub fn take(&self, subject: &Subject, cost: u64) -> Take {
         let deciding = match subject.policy() {
             Some(index) => {
-                let flags = self.flags(index, subject.is_bypassed());
+                let flags = Flags {
+                    receipt: true,
+                    ..self.flags(index, subject.is_bypassed())
+                };
                 let key = Cow::Borrowed(subject.key());
                 self.start(index, key, cost, flags, Store::decide_each)
             }
@@ -233,6 +242,7 @@ impl<St: Store> Limiter<St> {
         Flags {
             shadow: core.shadow || core.policies.entry(index).shadow,
             bypassed,
+            receipt: false,
         }
     }
 
@@ -269,14 +279,24 @@ impl<St: Store> Limiter<St> {
         if let (Some(leases), Some(lease_time)) = (&core.leases, policy.lease) {
             leasing::sweep(&self.shared, leases);
             match leases.serve(index, &key, cost, lease_time, tokio::time::Instant::now()) {
-                Serve::Lease { decision, refill } => {
+                Serve::Lease {
+                    decision,
+                    refill,
+                    at_us,
+                } => {
                     if let Some(want) = refill {
                         leasing::refill(&self.shared, &key, index, want);
                     }
                     core.telemetry.lease_decision(index);
                     let outcome = core.decided(index, flags, decision, DecidedBy::Lease, None);
+                    // Its units were lent at `at_us`: a put-back credits them there.
+                    let receipt = flags.receipt.then(|| {
+                        let stamp = crate::store::Stamp::new(at_us, cost);
+                        let limits = Arc::clone(&policy.limits);
+                        Receipt::new(key.as_ref().into(), index, limits, Some(stamp), cost)
+                    });
                     return Deciding::Ready {
-                        outcome: Some(outcome.with_taken(cost)),
+                        outcome: Some(outcome.with_taken(cost).with_receipt(receipt)),
                     };
                 }
                 // From here the key's lease call is under way, until `Lending` is granted or
@@ -306,7 +326,7 @@ impl<St: Store> Limiter<St> {
         // A remote store's call is timed from here; a cached denial counts from here too, so it
         // never outlasts the store's word. A remote store is asked only when the breaker lets
         // the call through.
-        let keep_key = core.deny_cache.is_some() || core.local.is_some();
+        let keep_key = core.deny_cache.is_some() || core.local.is_some() || flags.receipt;
         let at = core.breaker.is_some().then(tokio::time::Instant::now);
         // The slots a passing decision holds, under a concurrency limit.
         let in_flight = policy.concurrent.then(|| {
@@ -334,9 +354,13 @@ impl<St: Store> Limiter<St> {
         if let Some(ticket) = &ticket {
             core.telemetry.in_flight(ticket.in_flight());
         }
+        // A take whose units or slots may be put back is stamped.
         let decision = match lend {
             Some((want, lending)) => {
-                Asking::Lease(leasing::lend(&self.shared, lending, &key, cost, want))
+                Asking::Take(leasing::lend(&self.shared, lending, &key, cost, want))
+            }
+            None if flags.receipt || policy.concurrent => {
+                Asking::Take(self.shared.store.take(&key, &policy.limits, cost))
             }
             None => Asking::Store(ask(&self.shared.store, &key, &policy.limits, cost)),
         };

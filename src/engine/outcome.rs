@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::InFlight;
+use super::{InFlight, Receipt};
 use crate::telemetry::Outcome as Counted;
 use crate::{Decision, StoreError};
 
@@ -14,6 +14,9 @@ pub(crate) struct Flags {
     pub(crate) shadow: bool,
     /// A client on the bypass list: report, never refuse.
     pub(crate) bypassed: bool,
+    /// The caller settles or refunds: the store is asked for a stamped take, and an
+    /// allowed (or failed-open) outcome carries a [`Receipt`].
+    pub(crate) receipt: bool,
 }
 
 impl Flags {
@@ -93,6 +96,8 @@ pub struct Outcome {
     taken: u64,
     /// The concurrency slots held, when allowed under a concurrency limit.
     in_flight: Option<InFlight>,
+    /// What the store took, to settle or refund.
+    receipt: Option<Receipt>,
 }
 
 impl Outcome {
@@ -103,7 +108,24 @@ impl Outcome {
             each: Vec::new(),
             taken: 0,
             in_flight: None,
+            receipt: None,
         }
+    }
+
+    /// The same outcome, with what the store took.
+    pub(crate) fn with_receipt(mut self, receipt: Option<Receipt>) -> Self {
+        self.receipt = receipt;
+        self
+    }
+
+    /// What the store took for this outcome, taken out to be
+    /// [settled](crate::Limiter::settle) or [refunded](crate::Limiter::refund): `Some` when
+    /// the store allowed the request (it took the units), or did not answer for it under
+    /// [`FailMode::Open`](crate::FailMode::Open) (it took nothing: a settlement charges the
+    /// whole actual cost); `None` when it was refused, decided by the deny cache or locally,
+    /// or has no limit, and after the first call.
+    pub fn receipt(&mut self) -> Option<Receipt> {
+        self.receipt.take()
     }
 
     /// The same outcome, holding `in_flight`.
@@ -127,7 +149,7 @@ impl Outcome {
 
     /// The units the store took for this outcome: the cost (0 counted as 1) when the store
     /// allowed it, else 0 (refused, decided by the deny cache or locally, failed open or
-    /// closed, no limit). What [`Limiter::settle`](crate::Limiter::settle) settles from.
+    /// closed, no limit).
     pub fn taken(&self) -> u64 {
         self.taken
     }

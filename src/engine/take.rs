@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use super::call::{Answer, Asking, Call, report};
+use super::call::{Answer, Asking, Call, Stamped, report};
 use super::outcome::{DecidedBy, Flags, Outcome, Verdict};
-use super::{Core, InFlight};
+use super::{Core, InFlight, Receipt};
 use crate::resilience::FailMode;
 use crate::resilience::breaker::Ticket;
 use crate::{Decision, StoreError};
@@ -34,7 +34,7 @@ pub(crate) struct Asked {
 pub(crate) enum Deciding<D, A = Decision> {
     // Waiting for the store, at most the timeout.
     Asking {
-        call: Call<Asking<D>, A>,
+        call: Call<Asking<D>, Stamped<A>>,
         // Started when the decision is first pending, so a store that answers at once (the
         // memory store) never arms a timer.
         deadline: Option<Pin<Box<Sleep>>>,
@@ -107,13 +107,14 @@ impl Core {
         &self,
         index: usize,
         flags: Flags,
-        answer: Result<A, StoreError>,
+        mut answer: Result<A, StoreError>,
         asked: &mut Asked,
         ticket: Option<Ticket>,
         in_flight: Option<InFlight>,
     ) -> Outcome {
         let policy = self.policies.entry(index);
         let elapsed = asked.at.map(|at| at.elapsed());
+        let stamp = answer.as_mut().ok().and_then(Answer::stamp);
         // A custom store could name a limit the policy does not have, or none.
         let answer = answer.and_then(|answer| {
             let (decision, each) = answer
@@ -148,21 +149,33 @@ impl Core {
                 }
                 let taken = if decision.allowed { asked.cost } else { 0 };
                 let in_flight = in_flight.and_then(|held| match decision.allowed {
-                    true => Some(held),
+                    true => Some(held.stamped(stamp.clone())),
                     false => {
                         held.disarm();
                         None
                     }
                 });
+                let receipt = match (flags.receipt && decision.allowed, &asked.key) {
+                    (true, Some(key)) => Some(Receipt::new(
+                        key.as_str().into(),
+                        index,
+                        Arc::clone(&policy.limits),
+                        stamp,
+                        taken,
+                    )),
+                    _ => None,
+                };
                 self.decided(index, flags, decision, DecidedBy::Store, elapsed)
                     .with_each(each)
                     .with_taken(taken)
                     .with_in_flight(in_flight)
+                    .with_receipt(receipt)
             }
             Err(error) => {
                 // The call may have taken slots that no one holds now: their lease runs out.
-                if let Some(held) = in_flight {
-                    held.disarm();
+                // The guard serves a local decision instead (disarmed unless one passes).
+                if in_flight.is_some() {
+                    asked.in_flight = in_flight;
                 }
                 self.failed(index, flags, error, asked)
             }
@@ -204,7 +217,18 @@ impl Core {
         if let Some(held) = in_flight {
             held.disarm();
         }
-        Outcome::new(verdict, flags)
+        // Failed open, the store took nothing: a settlement charges the whole actual cost.
+        let receipt = match (&verdict, flags.receipt, &asked.key) {
+            (Verdict::FailedOpen(_), true, Some(key)) => Some(Receipt::new(
+                key.as_str().into(),
+                index,
+                Arc::clone(&self.policies.entry(index).limits),
+                None,
+                0,
+            )),
+            _ => None,
+        };
+        Outcome::new(verdict, flags).with_receipt(receipt)
     }
 
     /// Counts and logs a decision.

@@ -136,15 +136,14 @@ where
     S: Service<Request<ReqBody>>,
 {
     // Settled only what the store took, or did not answer for (failing open, it took
-    // nothing: the whole actual cost is charged).
-    let taken = outcome.taken();
-    let settle = taken > 0 || matches!(outcome.verdict(), Verdict::FailedOpen(_));
+    // nothing: the whole actual cost is charged): what has a receipt.
+    let receipt = outcome.receipt();
     if let Some(in_flight) = outcome.in_flight() {
         after
             .get_or_insert_with(Box::default)
-            .decided(settle, taken, Some(in_flight));
+            .decided(receipt, Some(in_flight));
     } else if let Some(after) = after {
-        after.decided(settle, taken, None);
+        after.decided(receipt, None);
     }
     match respond(settings, outcome) {
         Ok(decision) => State::Calling {

@@ -10,6 +10,7 @@ use tower_service::Service;
 
 use super::{ResponseFuture, Shared};
 use crate::client::ClientExtractor;
+use crate::engine::Flags;
 use crate::key::{Endpoint, request_path, route_template, with_subject_key};
 use crate::policy::TierRejection;
 use crate::reserve::{After, Reservation, Settling};
@@ -167,7 +168,11 @@ where
             }
         };
         let bypassed = core.is_bypassed(&client);
-        let flags = limiter.flags(index, bypassed);
+        // A request whose reservation is settled gets a receipt.
+        let flags = Flags {
+            receipt: settings.reserve.is_some(),
+            ..limiter.flags(index, bypassed)
+        };
         let unmatched;
         let endpoint = match (&policy.rule, route_template(&parts)) {
             (Some(rule), _) => Endpoint::Rule(rule),
@@ -185,20 +190,16 @@ where
         };
         // The key is copied out of the thread's buffer only where it is kept.
         let client = client.as_bytes();
-        let (kept, deciding) = with_subject_key(&core.prefixes[index], client, endpoint, |key| {
-            let kept = settings.reserve.is_some().then(|| key.to_owned());
-            let deciding = limiter.start(index, Cow::Borrowed(key), cost, flags, Store::decide);
-            (kept, deciding)
+        let deciding = with_subject_key(&core.prefixes[index], client, endpoint, |key| {
+            limiter.start(index, Cow::Borrowed(key), cost, flags, Store::decide)
         });
-        let after = settings.reserve.as_ref().zip(kept).map(|(reserve, key)| {
+        let after = settings.reserve.as_ref().map(|reserve| {
             let reservation = Reservation::new(cost);
             parts.extensions.insert(reservation.clone());
             Box::new(After {
                 settling: Some(Settling::new(
                     Arc::clone(&reserve.settler),
                     Arc::clone(&reserve.settle),
-                    key,
-                    index,
                     reservation,
                 )),
                 in_flight: None,

@@ -35,12 +35,9 @@ struct Shard {
 struct Held {
     policy: usize,
     lease_time: Duration,
-    /// Units left to spend.
-    units: u64,
-    /// When they may no longer be spent.
-    expires: Instant,
-    /// The store's clock when they were lent, in microseconds.
-    at_us: u64,
+    /// The units left to spend, by the grant that lent them: the older one first, spent
+    /// first. Each keeps its own stamp, so what it gives back is credited where it was lent.
+    parcels: [Parcel; 2],
     /// The binding limit as the store last said, not counting the lease.
     base: Decision,
     /// The size of the last lease: half of it spent, the next is taken.
@@ -58,6 +55,22 @@ struct Held {
     last: u64,
 }
 
+/// The units one lease call lent and no request spent yet.
+#[derive(Debug, Clone, Copy)]
+struct Parcel {
+    units: u64,
+    /// When they may no longer be spent.
+    expires: Instant,
+    /// The store's clock when they were lent, in microseconds.
+    at_us: u64,
+}
+
+impl Parcel {
+    fn live(&self, now: Instant) -> bool {
+        self.units > 0 && now < self.expires
+    }
+}
+
 /// What to do with a request on a leased policy.
 #[derive(Debug)]
 pub(crate) enum Serve {
@@ -66,6 +79,8 @@ pub(crate) enum Serve {
     Lease {
         decision: Decision,
         refill: Option<u64>,
+        /// When the units spent were lent, by the store's clock (the request's stamp).
+        at_us: u64,
     },
     /// Ask the store, taking a lease of up to `want` units with the request.
     Lend { want: u64 },
@@ -137,9 +152,16 @@ impl Leases {
         }
         held.asked = held.asked.saturating_add(cost);
         let want = held.last.max(held.asked);
-        if held.units >= cost && now < held.expires {
-            held.units -= cost;
-            let remaining = held.base.remaining.saturating_add(held.units);
+        // From the older parcel when it holds enough, else from the newer one.
+        if let Some(parcel) = held
+            .parcels
+            .iter_mut()
+            .find(|p| p.live(now) && p.units >= cost)
+        {
+            parcel.units -= cost;
+            let at_us = parcel.at_us;
+            let left = held.units(now);
+            let remaining = held.base.remaining.saturating_add(left);
             let decision = Decision {
                 allowed: true,
                 remaining,
@@ -153,13 +175,17 @@ impl Leases {
             };
             let refill = (!held.pending
                 && !held.dry
-                && held.units.saturating_mul(2) <= held.granted
+                && left.saturating_mul(2) <= held.granted
                 && want >= MIN_LEASE)
                 .then(|| {
                     held.pending = true;
                     want
                 });
-            return Serve::Lease { decision, refill };
+            return Serve::Lease {
+                decision,
+                refill,
+                at_us,
+            };
         }
         if held.pending || held.dry || want < MIN_LEASE {
             return Serve::Plain;
@@ -169,8 +195,9 @@ impl Leases {
     }
 
     /// A lease call on `key` ended: with `grant` (what it lent, maybe nothing), or failed
-    /// (`None`). Returns units to give back: those of a lease that ended meanwhile, or the
-    /// grant itself when the table has no room for the key.
+    /// (`None`). Returns units to give back: those of a parcel that ended meanwhile or that
+    /// the new one pushes out (two are kept), or the grant itself when the table has no room
+    /// for the key.
     pub(crate) fn granted(
         &self,
         key: &str,
@@ -178,49 +205,64 @@ impl Leases {
         lease_time: Duration,
         grant: Option<Grant>,
         now: Instant,
-    ) -> Option<Unspent> {
+    ) -> Vec<Unspent> {
         let (mut shard, _) = self.shards.lock(key);
         let Some(held) = shard.entry(key, policy, lease_time, now) else {
-            return grant.filter(|g| g.units > 0).map(|g| Unspent {
-                key: key.into(),
-                policy,
-                units: g.units,
-                at_us: g.at_us,
-            });
+            return grant
+                .filter(|g| g.units > 0)
+                .map(|g| Unspent {
+                    key: key.into(),
+                    policy,
+                    units: g.units,
+                    at_us: g.at_us,
+                })
+                .into_iter()
+                .collect();
         };
         held.pending = false;
-        let grant = grant?;
+        let Some(grant) = grant else {
+            return Vec::new();
+        };
         if grant.units == 0 {
             held.dry = true;
-            return None;
+            return Vec::new();
         }
-        let ended = (held.units > 0 && now >= held.expires).then(|| Unspent {
-            key: key.into(),
-            policy: held.policy,
-            units: std::mem::take(&mut held.units),
-            at_us: held.at_us,
-        });
-        // Units still running are of the same window as the new ones (they would have ended
-        // with theirs), so they join the new lease.
-        held.units += grant.units;
-        held.expires = grant.expires;
-        held.at_us = grant.at_us;
+        let mut back = Vec::new();
+        // The older parcel makes room; the newer one becomes the older, unless it is over.
+        let newer = Parcel {
+            units: grant.units,
+            expires: grant.expires,
+            at_us: grant.at_us,
+        };
+        let [pushed, mut older] = held.parcels;
+        if pushed.units > 0 {
+            back.push(held.unspent(key, pushed));
+        }
+        if older.units > 0 && now >= older.expires {
+            back.push(held.unspent(key, older));
+            older.units = 0;
+        }
+        held.parcels = [older, newer];
         held.base = grant.base;
         held.granted = grant.units;
         held.dry = false;
-        ended
+        back
     }
 
-    /// The units of leases over by `now`, taken out to be given back; keys idle for two
+    /// The units of parcels over by `now`, taken out to be given back; keys idle for two
     /// lease times are forgotten.
     pub(crate) fn expired(&self, now: Instant) -> Vec<Unspent> {
         let mut unspent = Vec::new();
         for mut shard in self.shards.each() {
             shard.held.retain(|key, held| {
-                if held.units > 0 && now >= held.expires {
-                    unspent.push(held.unspent(key));
+                for i in 0..held.parcels.len() {
+                    let parcel = held.parcels[i];
+                    if parcel.units > 0 && now >= parcel.expires {
+                        unspent.push(held.unspent(key, parcel));
+                        held.parcels[i].units = 0;
+                    }
                 }
-                held.units > 0
+                held.parcels.iter().any(|p| p.units > 0)
                     || held.pending
                     || now.saturating_duration_since(held.since) < 2 * held.lease_time
             });
@@ -233,8 +275,12 @@ impl Leases {
         let mut unspent = Vec::new();
         for mut shard in self.shards.each() {
             for (key, held) in shard.held.iter_mut() {
-                if held.units > 0 {
-                    unspent.push(held.unspent(key));
+                for i in 0..held.parcels.len() {
+                    let parcel = held.parcels[i];
+                    if parcel.units > 0 {
+                        unspent.push(held.unspent(key, parcel));
+                        held.parcels[i].units = 0;
+                    }
                 }
             }
         }
@@ -244,11 +290,7 @@ impl Leases {
     /// The units this instance may still spend on `key`.
     pub(crate) fn held(&self, key: &str, now: Instant) -> u64 {
         let (shard, _) = self.shards.lock(key);
-        shard
-            .held
-            .get(key)
-            .filter(|held| now < held.expires)
-            .map_or(0, |held| held.units)
+        shard.held.get(key).map_or(0, |held| held.units(now))
     }
 
     /// Drops `key`'s lease, not given back (its bucket was reset).
@@ -283,9 +325,11 @@ impl Held {
         Self {
             policy,
             lease_time,
-            units: 0,
-            expires: now,
-            at_us: 0,
+            parcels: [Parcel {
+                units: 0,
+                expires: now,
+                at_us: 0,
+            }; 2],
             base: Decision::new(true, 0, 0, Duration::ZERO, Duration::ZERO),
             granted: 0,
             pending: false,
@@ -296,12 +340,104 @@ impl Held {
         }
     }
 
-    fn unspent(&mut self, key: &str) -> Unspent {
+    /// The units of the parcels still running at `now`.
+    fn units(&self, now: Instant) -> u64 {
+        self.parcels
+            .iter()
+            .filter(|p| p.live(now))
+            .map(|p| p.units)
+            .sum()
+    }
+
+    fn unspent(&self, key: &str, parcel: Parcel) -> Unspent {
         Unspent {
             key: key.into(),
             policy: self.policy,
-            units: std::mem::take(&mut self.units),
-            at_us: self.at_us,
+            units: parcel.units,
+            at_us: parcel.at_us,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(units: u64, at_us: u64, expires: Instant) -> Option<Grant> {
+        Some(Grant {
+            units,
+            at_us,
+            expires,
+            base: Decision::new(true, 100, 50, Duration::ZERO, Duration::ZERO),
+        })
+    }
+
+    /// Finding 2 of issue 22: units left of one grant, joined by the next, kept the new
+    /// grant's time, so a token bucket got them back near full worth. Each grant keeps its own.
+    #[test]
+    fn each_grant_gives_back_its_own_units_with_its_own_time() {
+        let leases = Leases::new();
+        let lease = Duration::from_secs(10);
+        let now = Instant::now();
+        let later = now + lease;
+        assert!(matches!(
+            leases.serve(0, "k", 1, lease, now),
+            Serve::Plain | Serve::Lend { .. }
+        ));
+        assert!(
+            leases
+                .granted("k", 0, lease, grant(10, 1_000, later), now)
+                .is_empty()
+        );
+        // Spend 6 of the first grant: the older parcel is spent first.
+        for _ in 0..6 {
+            match leases.serve(0, "k", 1, lease, now) {
+                Serve::Lease { at_us, .. } => assert_eq!(at_us, 1_000),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            leases
+                .granted("k", 0, lease, grant(8, 2_000, later), now)
+                .is_empty()
+        );
+        assert_eq!(leases.held("k", now), 12);
+        // The next request still spends the older grant's units.
+        match leases.serve(0, "k", 1, lease, now) {
+            Serve::Lease { at_us, .. } => assert_eq!(at_us, 1_000),
+            other => panic!("{other:?}"),
+        }
+        let mut back: Vec<(u64, u64)> = leases
+            .drain()
+            .into_iter()
+            .map(|u| (u.units, u.at_us))
+            .collect();
+        back.sort();
+        assert_eq!(back, [(3, 1_000), (8, 2_000)]);
+        assert_eq!(leases.held("k", now), 0);
+    }
+
+    /// A third grant pushes the oldest parcel out: what it has left goes back with its time.
+    #[test]
+    fn a_third_grant_gives_back_the_oldest() {
+        let leases = Leases::new();
+        let lease = Duration::from_secs(10);
+        let now = Instant::now();
+        let later = now + lease;
+        let _ = leases.serve(0, "k", 1, lease, now);
+        assert!(
+            leases
+                .granted("k", 0, lease, grant(4, 1, later), now)
+                .is_empty()
+        );
+        assert!(
+            leases
+                .granted("k", 0, lease, grant(5, 2, later), now)
+                .is_empty()
+        );
+        let pushed = leases.granted("k", 0, lease, grant(6, 3, later), now);
+        let pushed: Vec<(u64, u64)> = pushed.iter().map(|u| (u.units, u.at_us)).collect();
+        assert_eq!(pushed, [(4, 1)]);
+        assert_eq!(leases.held("k", now), 11);
     }
 }

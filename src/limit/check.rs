@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Algorithm, MAX_CONCURRENCY, MAX_LOG_CAPACITY, MAX_NAME_LEN};
+use super::{Algorithm, MAX_CONCURRENCY, MAX_LOG_CAPACITY, MAX_NAME_LEN, MIN_SLOT_LEASE};
 use crate::error::ConfigError;
 
 /// The longest time a limit may take to come back whole (a token bucket's fill time, a
@@ -80,6 +80,15 @@ pub(super) fn window_us(
             value: capacity.to_string(),
             reason: "(capacity + 1) × the window in milliseconds must stay below 2^53; \
                      use a shorter window or a token_bucket",
+        });
+    }
+    if algorithm == Algorithm::Concurrency && period < MIN_SLOT_LEASE {
+        return Err(ConfigError::Invalid {
+            field: "lease",
+            value: format!("{period:?}"),
+            reason: "a concurrency slot's lease must be at least 300ms: a running request \
+                     renews its slot every third of the lease, and a renewal may take up to \
+                     the store's timeout",
         });
     }
     if algorithm == Algorithm::Concurrency && capacity > MAX_CONCURRENCY {

@@ -30,6 +30,11 @@ pub const MAX_CONCURRENCY: u64 = 1_000;
 /// The lease of a concurrency limit's slots unless set ([`Limit::concurrency`]).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// The shortest lease of a concurrency limit's slots ([`Limit::with_lease`]): a running
+/// request renews its slot every third of the lease, so at 300 ms each renewal has 100 ms, twice
+/// the default store timeout, and a slot outlives two renewals lost in a row.
+pub const MIN_SLOT_LEASE: Duration = Duration::from_millis(300);
+
 /// The longest name a limit may have, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 64;
 
@@ -153,8 +158,9 @@ impl Limit {
     ///
     /// # Errors
     ///
-    /// When the limit is not a concurrency limit, or as [`Limit::with_algorithm`] for the
-    /// `period`.
+    /// When the limit is not a concurrency limit, when `lease` is shorter than
+    /// [`MIN_SLOT_LEASE`] (the error names the field `lease`), or as
+    /// [`Limit::with_algorithm`].
     pub fn with_lease(self, lease: Duration) -> Result<Self, ConfigError> {
         if self.algorithm != Algorithm::Concurrency {
             return Err(ConfigError::Invalid {

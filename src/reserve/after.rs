@@ -5,7 +5,7 @@ use http::HeaderMap;
 use http::response::Parts;
 
 use super::Settling;
-use crate::engine::InFlight;
+use crate::engine::{InFlight, Receipt};
 
 /// What is left to do for a request once its response is over (the body ended, or was
 /// dropped with the response, the request's future or the connection): its reservation
@@ -19,11 +19,11 @@ pub(crate) struct After {
 impl After {
     /// What the decision came to: the store took `taken` units; `settle` unless the
     /// reservation is not the store's to settle.
-    pub(crate) fn decided(&mut self, settle: bool, taken: u64, in_flight: Option<InFlight>) {
+    pub(crate) fn decided(&mut self, receipt: Option<Receipt>, in_flight: Option<InFlight>) {
         if let Some(settling) = &mut self.settling {
-            match settle {
-                true => settling.taken(taken),
-                false => settling.disarm(),
+            match receipt {
+                Some(receipt) => settling.taken(receipt),
+                None => settling.disarm(),
             }
         }
         self.in_flight = in_flight;

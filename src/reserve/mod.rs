@@ -18,7 +18,11 @@
 //! ([`Limiter::settle`](crate::Limiter::settle)) made off the response path, under the same
 //! timeout and breaker, counted in `tollgate_settlements_total`; it never delays or fails the
 //! response. When nothing was stated, or the process stops first, the reservation stays as it
-//! was taken: never an over-admission.
+//! was taken: never an over-admission. A cost settled lower goes back through the
+//! [`Receipt`](crate::Receipt) of the decision: to the window or bucket state that counted
+//! the units, and only what is still owed there (a window that has ended gets nothing; a
+//! token bucket gets their worth less the refill since the decision); see
+//! [`Store::put_back`](crate::Store::put_back).
 //!
 //! Only a reservation the store took is settled, or one the store did not answer for under
 //! [`FailMode::Open`](crate::FailMode::Open) (it took nothing, so the whole actual cost is

@@ -7,18 +7,17 @@ use http::HeaderMap;
 use http::response::Parts;
 
 use super::{Reservation, Settle};
-use crate::Limiter;
 use crate::store::Store;
+use crate::{Limiter, Receipt};
 
 /// Settles reservations in the background: the layer's limiter, type-erased.
 pub(crate) trait Settler: Send + Sync + 'static {
-    /// Settles `taken` units of the request named `key` under the policy at `index` against
-    /// `actual`, in a task of its own.
-    fn settle(&self, key: String, index: usize, taken: u64, actual: u64);
+    /// Settles what `receipt`'s decision took against `actual`, in a task of its own.
+    fn settle(&self, receipt: Receipt, actual: u64);
 }
 
 impl<St: Store> Settler for Limiter<St> {
-    fn settle(&self, key: String, index: usize, taken: u64, actual: u64) {
+    fn settle(&self, receipt: Receipt, actual: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("a reservation ended outside a Tokio runtime: not settled");
             return;
@@ -26,7 +25,7 @@ impl<St: Store> Settler for Limiter<St> {
         let limiter = self.clone();
         runtime.spawn(async move {
             // Counted, and logged by the outage log when the store fails.
-            let _ = limiter.settle_at(index, &key, taken, actual).await;
+            let _ = limiter.settle(receipt, actual).await;
         });
     }
 }
@@ -36,11 +35,9 @@ impl<St: Store> Settler for Limiter<St> {
 pub(crate) struct Settling {
     settler: Arc<dyn Settler>,
     settle: Arc<Settle>,
-    key: String,
-    index: usize,
     reservation: Reservation,
-    /// What the store took.
-    taken: u64,
+    /// What the store took: `None` until it answers, and when there is nothing to settle.
+    receipt: Option<Receipt>,
     /// The actual cost the response stated.
     stated: Option<u64>,
     armed: bool,
@@ -50,25 +47,21 @@ impl Settling {
     pub(crate) fn new(
         settler: Arc<dyn Settler>,
         settle: Arc<Settle>,
-        key: String,
-        index: usize,
         reservation: Reservation,
     ) -> Self {
         Self {
             settler,
             settle,
-            key,
-            index,
             reservation,
-            taken: 0,
+            receipt: None,
             stated: None,
             armed: true,
         }
     }
 
-    /// The store took `taken` units for the request.
-    pub(crate) fn taken(&mut self, taken: u64) {
-        self.taken = taken;
+    /// What the store took for the request (or, failed open, that it took nothing).
+    pub(crate) fn taken(&mut self, receipt: Receipt) {
+        self.receipt = Some(receipt);
     }
 
     /// Nothing to settle: the store neither took the units nor failed open.
@@ -93,9 +86,11 @@ impl Settling {
         if !std::mem::replace(&mut self.armed, false) {
             return;
         }
-        if let Some(actual) = self.stated.or_else(|| self.reservation.actual()) {
-            let key = std::mem::take(&mut self.key);
-            self.settler.settle(key, self.index, self.taken, actual);
+        if let (Some(actual), Some(receipt)) = (
+            self.stated.or_else(|| self.reservation.actual()),
+            self.receipt.take(),
+        ) {
+            self.settler.settle(receipt, actual);
         }
     }
 }
@@ -109,8 +104,7 @@ impl Drop for Settling {
 impl std::fmt::Debug for Settling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settling")
-            .field("index", &self.index)
-            .field("taken", &self.taken)
+            .field("receipt", &self.receipt)
             .field("stated", &self.stated)
             .field("armed", &self.armed)
             .finish_non_exhaustive()

@@ -5,13 +5,13 @@
 //! passed, or [`deny_cache_max`](crate::LimiterBuilder::deny_cache_max) (1 s by default),
 //! whichever is sooner, without asking the store.
 //!
-//! While the store keeps its state this is exact: other instances can only take units from
-//! the bucket, never add them, so nothing could pass sooner; the same holds for every algorithm
-//! (windows and logs only count up until time takes units off). It can deny what the store
-//! would allow, for at most `deny_cache_max`, when units come back other than by time: an
+//! It never admits what the store would refuse: a cached denial only ever denies. It is not
+//! exact the other way: it can deny what the store would allow, for at most `deny_cache_max`,
+//! whenever units come back other than by time: a reservation settled lower, a refund or a
+//! reset on another instance; a lease given back (on a leased policy, every lease time); an
 //! operator deletes the key; Redis restarts empty or fails over to a replica that lost writes;
-//! a refund or reset on another instance; a deploy that raises the limit. A refund or reset
-//! on this instance forgets its cached denial at once.
+//! a deploy that raises the limit. A settlement, refund or reset on this instance forgets its
+//! cached denial at once.
 //!
 //! A cached denial reports what the store said, aged: for a token bucket the exact tokens and
 //! waits as of now; for the other algorithms the units left as the store counted them and

@@ -106,6 +106,10 @@ impl LocalFallback {
 
     /// Frees the slots a local decision for `key` under the policy at `index` took.
     pub(crate) fn release(&self, index: usize, key: &str) {
-        let _ = self.store.release_now(key, &self.limits[index]);
+        // The memory store counts slots: any stamp frees one.
+        let stamp = crate::store::Stamp::default();
+        let _ = self
+            .store
+            .put_back_now(key, &self.limits[index], &stamp, 0, true);
     }
 }

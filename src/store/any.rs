@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::{Lent, MemoryStore, Store, StoreCall};
+use super::{Lent, MemoryStore, Stamp, Store, StoreCall, Taken};
 use crate::{Decision, Limit, StoreError};
 
 /// A store chosen at run time: in memory, in Redis (one server, a cluster or behind
@@ -90,12 +90,18 @@ trait DynStore: Send + Sync + 'static {
     fn is_remote(&self) -> bool;
     fn identity(&self) -> Option<usize>;
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>>;
-    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken>;
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free: bool,
+    ) -> StoreCall<()>;
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
-    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent>;
-    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()>;
     fn name(&self) -> &'static str;
 }
 
@@ -115,23 +121,27 @@ impl<S: Store> DynStore for S {
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
         Store::peek(self, key, limits, cost)
     }
-    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        Store::refund(self, key, limits, units)
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken> {
+        Store::take(self, key, limits, cost)
+    }
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free: bool,
+    ) -> StoreCall<()> {
+        Store::put_back(self, key, limits, stamp, units, free)
     }
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
         Store::charge(self, key, limits, units)
-    }
-    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
-        Store::release(self, key, limits)
     }
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         Store::reset(self, key, limits)
     }
     fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent> {
         Store::lease(self, key, limits, cost, want)
-    }
-    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()> {
-        Store::give_back(self, key, limits, units, at)
     }
     fn name(&self) -> &'static str {
         std::any::type_name::<S>()
@@ -202,10 +212,24 @@ impl Store for AnyStore {
         }
     }
 
-    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken> {
         match &self.inner {
-            Inner::Memory(store) => Store::refund(store, key, limits, units),
-            Inner::Other(store) => store.refund(key, limits, units),
+            Inner::Memory(store) => Store::take(store, key, limits, cost),
+            Inner::Other(store) => store.take(key, limits, cost),
+        }
+    }
+
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> StoreCall<()> {
+        match &self.inner {
+            Inner::Memory(store) => Store::put_back(store, key, limits, stamp, units, free_slot),
+            Inner::Other(store) => store.put_back(key, limits, stamp, units, free_slot),
         }
     }
 
@@ -213,13 +237,6 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::charge(store, key, limits, units),
             Inner::Other(store) => store.charge(key, limits, units),
-        }
-    }
-
-    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
-        match &self.inner {
-            Inner::Memory(store) => Store::release(store, key, limits),
-            Inner::Other(store) => store.release(key, limits),
         }
     }
 
@@ -234,13 +251,6 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::lease(store, key, limits, cost, want),
             Inner::Other(store) => store.lease(key, limits, cost, want),
-        }
-    }
-
-    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()> {
-        match &self.inner {
-            Inner::Memory(store) => Store::give_back(store, key, limits, units, at),
-            Inner::Other(store) => store.give_back(key, limits, units, at),
         }
     }
 }

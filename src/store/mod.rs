@@ -17,20 +17,22 @@ mod any;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+mod stamp;
 
 pub use any::{AnyDecision, AnyStore};
 pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
+pub use stamp::{Stamp, Taken};
 
-/// The future of a store call other than a decision ([`Store::peek`], [`Store::refund`],
+/// The future of a store call other than a decision ([`Store::peek`], [`Store::put_back`],
 /// [`Store::reset`]): rarer than decisions, so boxed.
 pub type StoreCall<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
 /// Keeps buckets and decides requests against them.
 ///
 /// Implement it to keep buckets elsewhere; [`decide_all`](crate::decide_all),
-/// [`Limit::peek`] and [`Limit::refund`] do the arithmetic on one
+/// [`Limit::peek`] and [`Limit::put_back`] do the arithmetic on one
 /// [`BucketState`](crate::BucketState) per bucket. A decision must be atomic: two concurrent
 /// calls never both take the last unit of a bucket, and a request under several limits takes
 /// from all of them or from none. The [`Limiter`](crate::Limiter) bounds every call by its
@@ -89,14 +91,6 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Err(StoreError::Unsupported("peek"))))
     }
 
-    /// Gives `units` back to each limit's bucket, atomically ([`Limit::refund`] of each).
-    ///
-    /// The default answers [`StoreError::Unsupported`].
-    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        let _ = (key, limits, units);
-        Box::pin(std::future::ready(Err(StoreError::Unsupported("refund"))))
-    }
-
     /// Takes `units` from each limit's bucket whatever it holds, down to empty at most,
     /// atomically ([`Limit::charge`] of each): a cost settled above what was reserved.
     ///
@@ -106,14 +100,43 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Err(StoreError::Unsupported("charge"))))
     }
 
-    /// Frees one slot of each [concurrency](crate::Algorithm::Concurrency) limit among
-    /// `limits` that a decision for `key` took ([`Limit::release`] of each): a request that
-    /// held them is over. Other limits are left alone.
+    /// [`Store::decide_each`], stamped: when the request passes, the [`Stamp`] says where and
+    /// when its units (and slots) were taken, for [`Store::put_back`] to give them back there.
+    ///
+    /// The default is [`Store::decide_each`] with no stamp: nothing the store takes can then be
+    /// put back (a reservation settled lower keeps what it took, a slot runs out on its own).
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken> {
+        let each = self.decide_each(key, limits, cost);
+        Box::pin(async move { each.await.map(|decisions| Taken::new(decisions, None)) })
+    }
+
+    /// Puts back what the take stamped `stamp` counted in each limit's bucket, atomically:
+    /// `units` of its cost (to the limits that count the cost, not
+    /// [requests](Limit::per_request)), and its slot in each
+    /// [concurrency](crate::Algorithm::Concurrency) limit when `free_slot`. Only what is still
+    /// owed where it was counted comes back, so a put-back never lets through more than if
+    /// the units had not been taken:
+    /// - a token bucket: their worth less the refill since the take, the bucket at most full;
+    /// - a fixed window: only to the window of the take, while it lasts;
+    /// - a sliding window: to the window of the take, in its count or, once the next window
+    ///   began, in the previous count; nothing after that;
+    /// - a sliding log: the take's own entries (at most as many as it added);
+    /// - a concurrency limit: the take's own slot.
+    ///
+    /// The same put-back serves a settlement, a refund, a lease given back and a slot freed
+    /// ([`Limit::put_back`] of each bucket).
     ///
     /// The default answers [`StoreError::Unsupported`].
-    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
-        let _ = (key, limits);
-        Box::pin(std::future::ready(Err(StoreError::Unsupported("release"))))
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> StoreCall<()> {
+        let _ = (key, limits, stamp, units, free_slot);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("put_back"))))
     }
 
     /// [`Store::decide_each`] for a [leased](Limit::leased) policy's hot key: decides a
@@ -137,17 +160,6 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
-    /// Gives back `units` that [`Store::lease`] lent at `at_us` (its [`Lent::at_us`]) and no
-    /// request spent: a token bucket gets them back as a refund; a window only when it is
-    /// the one that counted them (a later window never counted them, so giving them back
-    /// there would let more through than the limit).
-    ///
-    /// The default does nothing (the default [`Store::lease`] lends nothing).
-    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at_us: u64) -> StoreCall<()> {
-        let _ = (key, limits, units, at_us);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
     /// Forgets each limit's bucket: whole again.
     ///
     /// The default answers [`StoreError::Unsupported`].
@@ -167,8 +179,9 @@ pub struct Lent {
     /// The units taken beyond the request's cost, for the caller to spend: 0 when the
     /// request was refused or nothing could be lent.
     pub units: u64,
-    /// The store's clock when it lent them, in microseconds since the Unix epoch (the window
-    /// they were counted in); 0 when nothing was lent.
+    /// The store's clock when it decided, in microseconds since the Unix epoch: the stamp of
+    /// the request and of the lent units (they are given back with
+    /// [`Store::put_back`] and `Stamp::new(at_us, units)`).
     pub at_us: u64,
 }
 

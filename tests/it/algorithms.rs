@@ -237,7 +237,7 @@ async fn scripts_match_the_shared_arithmetic_step_for_step() {
     }
 }
 
-/// The charge and refund scripts leave every bucket as `Limit::charge` and `Limit::refund`
+/// The charge and put-back scripts leave every bucket as `Limit::charge` and `Limit::put_back`
 /// (which the memory store runs) do at some microsecond between the Redis clock's readings
 /// around the call, between decisions that empty and refill the buckets; every key written
 /// keeps a TTL within the algorithm's bound.
@@ -256,16 +256,24 @@ async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
             let buckets: Vec<String> = limits.iter().map(|l| bucket_key(&key, l)).collect();
             let mut rng = Rng::new(0x51ED_2701 + p as u64);
             let (mut charged, mut refunded, mut skipped) = (0, 0, 0);
+            // The stamp of the last take that passed: what a put-back gives back to.
+            let mut last: Option<tollgate::store::Stamp> = None;
             for _ in 0..90 {
                 let units = 1 + rng.below(6);
                 let op = rng.below(3);
                 let before = read_states(&mut conn, &limits, &buckets).await;
                 let t0 = redis_time(&mut conn).await;
+                let stamp = last
+                    .clone()
+                    .unwrap_or_else(|| tollgate::store::Stamp::new(t0, 1));
                 match op {
                     0 => store.charge(&key, &limits, units).await.unwrap(),
-                    1 => store.refund(&key, &limits, units).await.unwrap(),
+                    1 => (store.put_back(&key, &limits, &stamp, units, false))
+                        .await
+                        .unwrap(),
                     _ => {
-                        store.decide(&key, &limits, 1).await.unwrap();
+                        let taken = store.take(&key, &limits, 1 + rng.below(3)).await.unwrap();
+                        last = taken.stamp.or(last);
                     }
                 }
                 let t1 = redis_time(&mut conn).await;
@@ -275,20 +283,19 @@ async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
                 let after = read_states(&mut conn, &limits, &buckets).await;
                 let t2 = redis_time(&mut conn).await;
                 let matches = (t0..=t1).any(|now| {
-                    limits
-                        .iter()
-                        .zip(&before)
-                        .zip(&after)
-                        .all(|((limit, b), a)| {
+                    limits.iter().zip(&before).zip(&after).enumerate().all(
+                        |(i, ((limit, b), a))| {
                             let mut state = b.clone();
+                            let back = if limit.counts_requests() { 0 } else { units };
                             match op {
                                 0 => limit.charge(&mut state, now, units),
-                                _ => limit.refund(&mut state, now, units),
+                                _ => limit.put_back(&mut state, now, stamp.mark(i), back, false),
                             }
                             // A key that expired before it was read back held nothing that
                             // counts any more.
                             state == *a || (*a == BucketState::New && state.is_idle(limit, t2))
-                        })
+                        },
+                    )
                 });
                 if after.contains(&BucketState::New) {
                     skipped += 1;
@@ -296,7 +303,7 @@ async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
                 assert!(
                     matches,
                     "{name}: {} {units} between {t0} and {t1}\nbefore {before:?}\nafter {after:?}",
-                    if op == 0 { "charge" } else { "refund" }
+                    if op == 0 { "charge" } else { "put-back" }
                 );
                 if op == 0 {
                     charged += 1;

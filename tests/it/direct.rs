@@ -95,8 +95,10 @@ pub async fn suite<St: Store + Clone>(run: &str, store: St, writes: impl Fn() ->
         assert_eq!(writes(), before, "{name}: peek wrote");
         // Takes, with peeks between them that change nothing. Each limit reports what it
         // has left.
-        let first = limiter.take(&alice, 2).await;
+        let mut first = limiter.take(&alice, 2).await;
         assert!(first.is_allowed(), "{name}: {first:?}");
+        let mut receipt = first.receipt().expect("the store took 2");
+        assert_eq!(receipt.units(), 2, "{name}");
         assert_eq!(first.decision().unwrap().remaining, capacity - 2, "{name}");
         let each: Vec<_> = first
             .decisions()
@@ -154,20 +156,18 @@ pub async fn suite<St: Store + Clone>(run: &str, store: St, writes: impl Fn() ->
                 .any(|d| !d.allowed && d.retry_after > Duration::ZERO),
             "{name}: {peek:?}"
         );
-        // A refund of 2 admits exactly 2 more (also past a denial this process cached).
-        limiter.refund(&alice, 2).await.unwrap();
+        // A refund of the first take's 2 admits exactly 2 more (also past a denial this
+        // process cached), and the receipt holds nothing more.
+        limiter.refund(&mut receipt, 2).await.unwrap();
+        assert_eq!(receipt.units(), 0, "{name}");
         assert_eq!(remaining(&limiter, &alice).await, 2, "{name}");
         assert_eq!(take(&limiter, &alice, 1).await, (true, 1), "{name}");
         assert_eq!(take(&limiter, &alice, 1).await, (true, 0), "{name}");
         assert!(!limiter.take(&alice, 1).await.is_allowed(), "{name}");
-        // Never above capacity: a refund larger than what was taken fills the limits.
-        limiter.refund(&alice, 1_000).await.unwrap();
-        let peek = limiter.peek(&alice, 1).await.unwrap();
-        for (d, limit) in peek.iter().zip(&limits) {
-            assert_eq!(d.remaining, limit.capacity(), "{name}: {peek:?}");
-        }
+        // Never more than the take held: its receipt, spent, gives nothing back.
+        limiter.refund(&mut receipt, 1_000).await.unwrap();
+        assert_eq!(remaining(&limiter, &alice).await, 0, "{name}");
         // Reset: whole again, and another subject was never touched.
-        assert_eq!(take(&limiter, &alice, capacity).await, (true, 0), "{name}");
         limiter.reset(&alice).await.unwrap();
         assert_eq!(remaining(&limiter, &alice).await, capacity, "{name}");
         assert_eq!(take(&limiter, &alice, capacity).await, (true, 0), "{name}");
@@ -202,10 +202,11 @@ async fn settlements<St: Store>(limiter: &Limiter<St>, name: &str, limits: &[Lim
     let left = |used: u64| -> Vec<u64> { limits.iter().map(|l| l.capacity() - used).collect() };
     let each =
         |peek: Vec<tollgate::Decision>| -> Vec<u64> { peek.iter().map(|d| d.remaining).collect() };
+    let receipt = |mut outcome: tollgate::Outcome| outcome.receipt().expect("the store took");
     // Reserve 3, use 1.
     let reserved = limiter.take(&carol, 3).await;
     assert_eq!(reserved.taken(), 3, "{name}");
-    limiter.settle(&carol, reserved.taken(), 1).await.unwrap();
+    limiter.settle(receipt(reserved), 1).await.unwrap();
     assert_eq!(
         each(limiter.peek(&carol, 1).await.unwrap()),
         left(1),
@@ -213,7 +214,7 @@ async fn settlements<St: Store>(limiter: &Limiter<St>, name: &str, limits: &[Lim
     );
     // Reserve 1, use 3.
     let reserved = limiter.take(&carol, 1).await;
-    limiter.settle(&carol, reserved.taken(), 3).await.unwrap();
+    limiter.settle(receipt(reserved), 3).await.unwrap();
     assert_eq!(
         each(limiter.peek(&carol, 1).await.unwrap()),
         left(4),
@@ -221,15 +222,17 @@ async fn settlements<St: Store>(limiter: &Limiter<St>, name: &str, limits: &[Lim
     );
     // Reserve 1, use nothing; then exactly what was reserved.
     let reserved = limiter.take(&carol, 1).await;
-    limiter.settle(&carol, reserved.taken(), 0).await.unwrap();
+    limiter.settle(receipt(reserved), 0).await.unwrap();
     let reserved = limiter.take(&carol, 1).await;
-    limiter.settle(&carol, reserved.taken(), 1).await.unwrap();
+    let mut held = receipt(reserved);
+    assert_eq!(held.units(), 1, "{name}");
     assert_eq!(
         each(limiter.peek(&carol, 1).await.unwrap()),
         left(5),
         "{name}"
     );
-    // Far more than is left: every limit empty, not below (one unit back makes one available).
+    // Far more than is left: every limit empty, not below (one unit of the last take, given
+    // back, makes one available).
     limiter.charge(&carol, 1_000).await.unwrap();
     assert_eq!(
         each(limiter.peek(&carol, 1).await.unwrap()),
@@ -237,13 +240,19 @@ async fn settlements<St: Store>(limiter: &Limiter<St>, name: &str, limits: &[Lim
         "{name}"
     );
     assert!(!limiter.take(&carol, 1).await.is_allowed(), "{name}");
-    limiter.refund(&carol, 1).await.unwrap();
-    assert_eq!(
-        each(limiter.peek(&carol, 1).await.unwrap()),
-        vec![1; limits.len()],
-        "{name}"
-    );
-    assert_eq!(limiter.take(&carol, 1).await.taken(), 1, "{name}");
+    limiter.refund(&mut held, 1).await.unwrap();
+    // A window or a log gets the unit back whole; a token bucket its worth less the refill
+    // since it was taken (milliseconds here): the next unit is that far away.
+    let peek = limiter.peek(&carol, 1).await.unwrap();
+    for (d, limit) in peek.iter().zip(limits) {
+        match limit.algorithm() {
+            tollgate::Algorithm::TokenBucket => assert!(
+                d.remaining == 0 && d.retry_after < Duration::from_secs(10),
+                "{name}: {d:?}"
+            ),
+            _ => assert_eq!(d.remaining, 1, "{name}: {d:?}"),
+        }
+    }
 }
 
 fn dbsize(redis: &RedisServer) -> u64 {
@@ -353,13 +362,13 @@ async fn direct_calls_while_redis_hangs_follow_the_fail_mode() {
         let peek = tokio::time::timeout(bounded, limiter.peek(&alice, 1))
             .await
             .unwrap();
-        let refund = tokio::time::timeout(bounded, limiter.refund(&alice, 1))
+        let charge = tokio::time::timeout(bounded, limiter.charge(&alice, 1))
             .await
             .unwrap();
         let reset = tokio::time::timeout(bounded, limiter.reset(&alice))
             .await
             .unwrap();
-        for error in [peek.unwrap_err(), refund.unwrap_err(), reset.unwrap_err()] {
+        for error in [peek.unwrap_err(), charge.unwrap_err(), reset.unwrap_err()] {
             assert!(
                 matches!(error.kind(), "timeout" | "circuit_open"),
                 "{mode:?}: {error}"
@@ -373,22 +382,36 @@ async fn direct_calls_while_redis_hangs_follow_the_fail_mode() {
             .await
             .unwrap();
         assert_eq!(reserved.taken(), 0, "{mode:?}: {reserved:?}");
-        reservations.push((limiter, carol, reserved));
+        reservations.push((limiter, carol, reserved, *mode));
     }
     redis.resume();
-    // Once the store answers again, settling such a reservation charges all the work did.
-    for (limiter, carol, reserved) in reservations {
+    // Once the store answers again, settling such a reservation charges all the work did:
+    // failed open, its receipt holds nothing. Refused, or decided locally, it has none.
+    for (limiter, carol, mut reserved, mode) in reservations {
         let mut tries = 0;
         while limiter.peek(&carol, 1).await.is_err() {
             tries += 1;
             assert!(tries < 500, "Redis never answered again");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        limiter.settle(&carol, reserved.taken(), 2).await.unwrap();
+        let charged = match reserved.receipt() {
+            Some(receipt) => {
+                assert_eq!((mode, receipt.units()), (FailMode::Open, 0));
+                limiter.settle(receipt, 2).await.unwrap();
+                2
+            }
+            None => {
+                assert_ne!(mode, FailMode::Open);
+                0
+            }
+        };
         // The take abandoned at the timeout may still have run once Redis resumed (see
         // "Abandoned calls" on RedisStore): 3 more units then.
         let left = remaining(limiter, &carol).await;
-        assert!(left == 3 || left == 0, "{left}");
+        assert!(
+            left == 5 - charged || left == 2 - charged,
+            "{mode:?}: {left}"
+        );
     }
 }
 
@@ -442,10 +465,10 @@ async fn a_limit_of_requests_takes_one_whatever_the_cost() {
         let left = |o: &tollgate::Outcome| -> Vec<u64> {
             o.decisions().iter().map(|d| d.remaining).collect()
         };
-        let first = limiter.take(&s, 4).await;
+        let mut first = limiter.take(&s, 4).await;
         assert_eq!((first.taken(), left(&first)), (4, vec![6, 2]), "{run}");
         // Settled lower: the tokens come back, the request still counts.
-        limiter.settle(&s, first.taken(), 1).await.unwrap();
+        limiter.settle(first.receipt().unwrap(), 1).await.unwrap();
         let peek: Vec<u64> = (limiter.peek(&s, 1).await.unwrap())
             .iter()
             .map(|d| d.remaining)
@@ -462,11 +485,10 @@ async fn a_limit_of_requests_takes_one_whatever_the_cost() {
         );
         assert_eq!(left(&limiter.take(&s, 1).await), vec![3, 0], "{run}");
         // Out of requests, with tokens left: refused by the requests' limit.
-        let refused = limiter.take(&s, 1).await;
+        let mut refused = limiter.take(&s, 1).await;
         assert!(!refused.is_allowed(), "{run}");
         assert_eq!(refused.decision().unwrap().index, 1, "{run}: {refused:?}");
-        limiter.refund(&s, 2).await.unwrap();
-        assert!(!limiter.take(&s, 1).await.is_allowed(), "{run}");
+        assert!(refused.receipt().is_none(), "{run}: a refusal took nothing");
     }
 }
 
@@ -498,7 +520,10 @@ async fn calls_with_too_few_or_too_many_limits_are_refused_before_writing() {
     for limits in [&nine, &none, &logs] {
         assert!(invalid(redis_store.decide("k", limits, 1).await));
         assert!(invalid(redis_store.peek("k", limits, 1).await));
-        assert!(invalid(redis_store.refund("k", limits, 1).await));
+        let stamp = tollgate::store::Stamp::new(1, 1);
+        assert!(invalid(
+            redis_store.put_back("k", limits, &stamp, 1, true).await
+        ));
         assert!(invalid(redis_store.reset("k", limits).await));
         assert!(invalid(memory.decide("k", limits, 1).await));
         assert!(invalid(memory.peek("k", limits, 1).await));
@@ -537,10 +562,14 @@ async fn http_requests_and_direct_calls_share_buckets() {
         .subject("alice", Target::route(&Method::GET, "/users/{id}"))
         .unwrap();
     assert_eq!(remaining(&limiter, &alice).await, 2);
-    assert_eq!(take(&limiter, &alice, 2).await, (true, 0));
+    let mut last = limiter.take(&alice, 2).await;
+    assert_eq!(last.decision().unwrap().remaining, 0);
     let reply = http.get(server.addr, "/users/2", Some(b"alice")).await;
     assert_eq!(reply.status, 429);
-    limiter.refund(&alice, 1).await.unwrap();
+    limiter
+        .refund(&mut last.receipt().unwrap(), 1)
+        .await
+        .unwrap();
     let reply = http.get(server.addr, "/users/2", Some(b"alice")).await;
     assert_eq!(reply.status, 200);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use tokio::sync::watch;
-use tollgate::store::{Lent, StoreCall};
+use tollgate::store::{Lent, Stamp, StoreCall, Taken};
 use tollgate::{
     DecidedBy, Decision, FailMode, Limit, Limiter, Policies, RedisStore, Store, Subject, Target,
     Verdict,
@@ -93,6 +93,11 @@ impl<S: Store> Store for Tracked<S> {
         self.inner.decide_each(key, limits, cost)
     }
 
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken> {
+        self.plain.fetch_add(1, Ordering::SeqCst);
+        self.inner.take(key, limits, cost)
+    }
+
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
         self.inner.peek(key, limits, cost)
     }
@@ -102,8 +107,15 @@ impl<S: Store> Store for Tracked<S> {
         self.track(call, Arc::clone(&self.lends), 1)
     }
 
-    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at: u64) -> StoreCall<()> {
-        let call = self.inner.give_back(key, limits, units, at);
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> StoreCall<()> {
+        let call = self.inner.put_back(key, limits, stamp, units, free_slot);
         self.track(call, Arc::clone(&self.given_back), units)
     }
 

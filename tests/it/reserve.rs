@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tollgate::cost::{BodyCostLayer, ExtensionCost, HeaderCost, InvalidCost};
 use tollgate::reserve::{ActualCost, Reservation, Settle};
-use tollgate::store::StoreCall;
+use tollgate::store::{Stamp, StoreCall, Taken};
 use tollgate::{
     Decision, Limit, Limiter, Policies, RateLimitLayer, RedisStore, Store, Subject, Target,
 };
@@ -56,16 +56,27 @@ impl<S: Store> Store for Signalling<S> {
         self.inner.peek(key, limits, cost)
     }
 
-    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        self.signal("refund", units, self.inner.refund(key, limits, units))
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken> {
+        self.inner.take(key, limits, cost)
+    }
+
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> StoreCall<()> {
+        let call = self.inner.put_back(key, limits, stamp, units, free_slot);
+        match (units, free_slot) {
+            (0, true) => self.signal("release", 0, call),
+            _ => self.signal("refund", units, call),
+        }
     }
 
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
         self.signal("charge", units, self.inner.charge(key, limits, units))
-    }
-
-    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
-        self.signal("release", 0, self.inner.release(key, limits))
     }
 }
 

@@ -1,9 +1,10 @@
-//! The memory store's calls other than decisions: peek, refund, charge, release and reset,
+//! The memory store's calls other than decisions: peek, put-back, charge and reset,
 //! each under its shard's lock.
 
 use super::MemoryStore;
 use super::bucket::{matches, spread};
 use crate::algorithm::{BucketState, check_limits};
+use crate::store::Stamp;
 use crate::{Decision, Limit, StoreError};
 #[cfg(doc)]
 use crate::{MAX_LIMITS, Store};
@@ -38,23 +39,35 @@ impl MemoryStore {
             .collect())
     }
 
-    /// [`Store::refund`] without the future.
+    /// [`Store::put_back`] without the future.
     ///
     /// # Errors
     ///
     /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
     /// [`MAX_LIMITS`].
-    pub fn refund_now(&self, key: &str, limits: &[Limit], units: u64) -> Result<(), StoreError> {
+    pub fn put_back_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> Result<(), StoreError> {
         check_limits(limits)?;
         let now = self.inner.clock.now_us();
         let (mut shard, hash) = self.shard(key);
-        for limit in limits {
+        for (i, limit) in limits.iter().enumerate() {
             let hash = hash(limit);
-            if let Some(bucket) = shard
+            let found = shard
                 .buckets
-                .find_mut(spread(hash), matches(key, limit, hash))
-            {
-                limit.refund(&mut bucket.state, now, units);
+                .find_entry(spread(hash), matches(key, limit, hash));
+            if let Ok(mut bucket) = found {
+                let units = if limit.counts_requests() { 0 } else { units };
+                let state = &mut bucket.get_mut().state;
+                limit.put_back(state, now, stamp.mark(i), units, free_slot);
+                if *state == BucketState::New {
+                    bucket.remove();
+                }
             }
         }
         Ok(())
@@ -84,31 +97,6 @@ impl MemoryStore {
                 let mut state = BucketState::default();
                 limit.charge(&mut state, now, units);
                 shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Store::release`] without the future.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn release_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
-        check_limits(limits)?;
-        let (mut shard, hash) = self.shard(key);
-        for limit in limits {
-            let hash = hash(limit);
-            let found = shard
-                .buckets
-                .find_entry(spread(hash), matches(key, limit, hash));
-            if let Ok(mut bucket) = found {
-                let state = &mut bucket.get_mut().state;
-                limit.release(state);
-                if *state == BucketState::New {
-                    bucket.remove();
-                }
             }
         }
         Ok(())

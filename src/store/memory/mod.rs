@@ -8,10 +8,11 @@ use tokio::time::Instant;
 
 use crate::algorithm::BucketState;
 use crate::algorithm::check_limits;
+use crate::algorithm::take_each;
 use crate::sync::Sharded;
 use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all, decide_each};
 
-use super::{Store, StoreCall};
+use super::{Stamp, Store, StoreCall, Taken};
 
 mod bucket;
 mod calls;
@@ -169,6 +170,16 @@ impl MemoryStore {
         self.decide_many(key, limits, cost, decide_each, |each| {
             crate::algorithm::passed(each)
         })
+    }
+
+    /// [`Store::take`] without the future: [`MemoryStore::decide_each_now`], stamped.
+    ///
+    /// # Errors
+    ///
+    /// As [`MemoryStore::decide_now`].
+    pub fn take_now(&self, key: &str, limits: &[Limit], cost: u64) -> Result<Taken, StoreError> {
+        check_limits(limits)?;
+        self.decide_many(key, limits, cost, take_each, |taken| taken.stamp.is_some())
     }
 
     /// Decides with `decide` over the buckets of `limits` for `key`, copied out of their shard
@@ -334,12 +345,21 @@ impl Store for MemoryStore {
         Box::pin(ready(self.charge_now(key, limits, units)))
     }
 
-    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
-        Box::pin(ready(self.release_now(key, limits)))
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken> {
+        Box::pin(ready(self.take_now(key, limits, cost)))
     }
 
-    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        Box::pin(ready(self.refund_now(key, limits, units)))
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> StoreCall<()> {
+        Box::pin(ready(
+            self.put_back_now(key, limits, stamp, units, free_slot),
+        ))
     }
 
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {

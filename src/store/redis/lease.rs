@@ -1,5 +1,5 @@
-//! Leases in Redis: the decision that lends (`lua/lease.lua`) and giving back what a lease did
-//! not spend (`lua/refund.lua` with the time it was lent).
+//! Leases in Redis: the decision that lends (`lua/lease.lua`). What a lease did not spend goes
+//! back through the one put-back (`lua/put_back.lua`), stamped with the time it was lent.
 
 use std::sync::Arc;
 
@@ -30,19 +30,6 @@ impl RedisStore {
         self.send(evalsha, Some(script), move |reply| {
             parse_lent(reply, &limits, cost)
         })
-    }
-
-    pub(super) fn give_lease_back(
-        &self,
-        key: &str,
-        limits: &Arc<[Limit]>,
-        units: u64,
-        at_us: u64,
-    ) -> StoreCall<()> {
-        if let Err(error) = check_leasable(limits) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        self.write_units(Other::Refund, key, limits, units, Some(at_us))
     }
 }
 

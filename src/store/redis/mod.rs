@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::algorithm::check_limits;
 use crate::{Decision, Limit, StoreError};
 
-use super::{Store, StoreCall};
+use super::{Stamp, Store, StoreCall, Taken};
 
 mod connection;
 mod lease;
@@ -266,17 +266,29 @@ impl Store for RedisStore {
     type Future = StoreCall<Decision>;
 
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future {
-        self.decide_with(key, limits, cost, reply::parse_reply, |d| d.allowed)
+        let script = scripts::script_for(limits);
+        self.decide_with(script, key, limits, cost, reply::parse_reply)
     }
 
     fn decide_each(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {
-        self.decide_with(key, limits, cost, reply::parse_each, |each| {
-            crate::algorithm::passed(each)
-        })
+        let script = scripts::script_for(limits);
+        self.decide_with(script, key, limits, cost, reply::parse_each)
     }
 
-    fn release(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
-        self.release_slots(key, limits)
+    fn take(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Taken> {
+        let script = scripts::stamped_script_for(limits);
+        self.decide_with(script, key, limits, cost, reply::parse_taken)
+    }
+
+    fn put_back(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> StoreCall<()> {
+        self.put_back_with(key, limits, stamp, units, free_slot)
     }
 
     fn identity(&self) -> Option<usize> {
@@ -296,12 +308,8 @@ impl Store for RedisStore {
         })
     }
 
-    fn refund(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        self.write_units(scripts::Other::Refund, key, limits, units, None)
-    }
-
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()> {
-        self.write_units(scripts::Other::Charge, key, limits, units, None)
+        self.write_units(scripts::Other::Charge, key, limits, units)
     }
 
     fn lease(
@@ -312,10 +320,6 @@ impl Store for RedisStore {
         want: u64,
     ) -> StoreCall<super::Lent> {
         self.lend(key, limits, cost, want)
-    }
-
-    fn give_back(&self, key: &str, limits: &Arc<[Limit]>, units: u64, at_us: u64) -> StoreCall<()> {
-        self.give_lease_back(key, limits, units, at_us)
     }
 
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {

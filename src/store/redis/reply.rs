@@ -2,6 +2,7 @@
 //! the peek script, turned into decisions.
 
 use crate::algorithm::{Observation, decide_observed, each_observed};
+use crate::store::{Stamp, Taken};
 use crate::{Algorithm, Decision, Limit, MAX_LIMITS};
 
 /// Turns the peek script's reply into each limit's decision (see `lua/peek.lua`).
@@ -58,6 +59,25 @@ pub(super) fn parse_each(
         &observed[..limits.len()],
         allowed,
         cost,
+    ))
+}
+
+/// Turns a stamped take's reply (`{the reply, the time}`, see `lua/decide.lua`) into every
+/// limit's decision and, when the request passed, its stamp.
+pub(super) fn parse_taken(reply: &redis::Value, limits: &[Limit], cost: u64) -> Option<Taken> {
+    let redis::Value::Array(values) = reply else {
+        return None;
+    };
+    let [inner, redis::Value::Int(now)] = values.as_slice() else {
+        return None;
+    };
+    let now = u64::try_from(*now).ok()?;
+    let (observed, allowed) = parse_observed(inner, limits)?;
+    let observed = &observed[..limits.len()];
+    let stamp = allowed.then(|| Stamp::observed(limits, observed, now, cost.max(1)));
+    Some(Taken::new(
+        each_observed(limits, observed, allowed, cost),
+        stamp,
     ))
 }
 

@@ -69,8 +69,8 @@ const PEEK_SCRIPT: &str = every_algorithm!(
     "#!lua flags=no-writes\nlocal read_only = true\n",
     "peek.lua"
 );
-/// [`Limiter::refund`](crate::Limiter::refund): `lua/refund.lua`.
-const REFUND_SCRIPT: &str = include_str!("../../../lua/refund.lua");
+/// Every put-back ([`Store::put_back`](crate::Store::put_back)): `lua/put_back.lua`.
+const PUT_BACK_SCRIPT: &str = include_str!("../../../lua/put_back.lua");
 /// [`Limiter::charge`](crate::Limiter::charge): every algorithm's observe and take functions,
 /// and `lua/charge.lua`.
 const CHARGE_SCRIPT: &str = every_algorithm!("local read_only = false\n", "charge.lua");
@@ -82,32 +82,31 @@ const LEASE_SCRIPT: &str = every_algorithm!("local read_only = false\n", "lease.
 #[derive(Clone, Copy)]
 pub(super) enum Other {
     Peek = 6,
-    Refund = 7,
+    /// Every put-back: `lua/put_back.lua`.
+    PutBack = 7,
     Charge = 8,
-    /// Frees a request's slots: `lua/release.lua`.
-    Release = 9,
     /// Renews this instance's slots in one bucket: `lua/renew.lua`.
-    Renew = 10,
+    Renew = 9,
     /// One token-bucket limit alone: `lua/token_bucket_one.lua`.
-    TokenBucketOne = 11,
+    TokenBucketOne = 10,
     /// Several token-bucket limits: `lua/token_bucket_many.lua`.
-    TokenBucketMany = 12,
+    TokenBucketMany = 11,
     /// A decision that lends: `lua/lease.lua`.
-    Lease = 13,
+    Lease = 12,
     /// Several fixed-window limits: `lua/fixed_window_many.lua`.
-    FixedWindowMany = 14,
+    FixedWindowMany = 13,
     /// Sliding-window limits alone (one or several): `lua/sliding_window_many.lua`.
-    SlidingWindowMany = 15,
+    SlidingWindowMany = 14,
     /// One fixed-window limit alone: `lua/fixed_window_one.lua`.
-    FixedWindowOne = 16,
+    FixedWindowOne = 15,
 }
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
 /// order of [`Algorithm::ALL`], the mixed one, then the [`Other`] ones.
-static SCRIPTS: LazyLock<[redis::Script; 17]> = LazyLock::new(|| all().map(redis::Script::new));
+static SCRIPTS: LazyLock<[redis::Script; 16]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 17] {
+pub(super) fn all() -> [&'static str; 16] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
@@ -116,9 +115,8 @@ pub(super) fn all() -> [&'static str; 17] {
         script_source(Algorithm::ALL[4]),
         MIXED_SCRIPT,
         PEEK_SCRIPT,
-        REFUND_SCRIPT,
+        PUT_BACK_SCRIPT,
         CHARGE_SCRIPT,
-        include_str!("../../../lua/release.lua"),
         include_str!("../../../lua/renew.lua"),
         include_str!("../../../lua/token_bucket_one.lua"),
         include_str!("../../../lua/token_bucket_many.lua"),
@@ -127,6 +125,22 @@ pub(super) fn all() -> [&'static str; 17] {
         include_str!("../../../lua/sliding_window_many.lua"),
         include_str!("../../../lua/fixed_window_one.lua"),
     ]
+}
+
+/// The script of a stamped take under `limits` (the driver, `lua/decide.lua`, which replies
+/// with the time when asked): their algorithm's if they share one, else the mixed one.
+pub(crate) fn stamped_script_for(limits: &[Limit]) -> &'static redis::Script {
+    let first = limits
+        .first()
+        .map_or(Algorithm::TokenBucket, Limit::algorithm);
+    if !limits.iter().all(|l| l.algorithm() == first) {
+        return &SCRIPTS[Algorithm::ALL.len()];
+    }
+    let i = Algorithm::ALL
+        .iter()
+        .position(|&a| a == first)
+        .expect("every algorithm is in ALL");
+    &SCRIPTS[i]
 }
 
 /// The script that decides a request under `limits`: token buckets' and windows' own (one,

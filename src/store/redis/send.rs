@@ -89,16 +89,12 @@ impl RedisStore {
         key: &str,
         limits: &[crate::Limit],
         units: u64,
-        lent_at: Option<u64>,
     ) -> StoreCall<()> {
         if let Err(error) = crate::algorithm::check_limits(limits) {
             return Box::pin(std::future::ready(Err(error)));
         }
         let script = scripts::other(script);
-        let mut evalsha = scripts::evalsha(script, key, limits, units, false, "-");
-        if let Some(at) = lent_at {
-            evalsha.arg(at);
-        }
+        let evalsha = scripts::evalsha(script, key, limits, units, false, "-");
         self.send(evalsha, Some(script), |reply| {
             matches!(reply, redis::Value::Int(1)).then_some(())
         })

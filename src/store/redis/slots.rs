@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::RedisStore;
 use super::connection::Link;
 use super::scripts::{self, Other};
-use crate::store::{StoreCall, bucket_key};
+use crate::store::{Stamp, StoreCall, Taken, bucket_key};
 use crate::{Algorithm, Limit};
 
 /// The slots held, by bucket.
@@ -70,25 +70,18 @@ impl Slots {
         }
     }
 
-    /// Forgets one slot of `key` in each concurrency limit's bucket: the buckets and names to
-    /// remove from Redis.
-    fn forget_one(&self, key: &str, limits: &[Limit]) -> (Vec<String>, Vec<Arc<str>>) {
+    /// Forgets the slot `name` of `key` in each concurrency limit's bucket: it is freed.
+    fn forget(&self, key: &str, limits: &[Limit], name: &str) {
         let mut held = self.held.lock();
-        let mut out = (Vec::new(), Vec::new());
         for limit in concurrency(limits) {
             let bucket = bucket_key(key, limit);
-            let Some(entry) = held.get_mut(&bucket) else {
-                continue;
-            };
-            if let Some(name) = entry.names.pop() {
-                out.1.push(name);
+            if let Some(entry) = held.get_mut(&bucket) {
+                entry.names.retain(|n| &**n != name);
                 if entry.names.is_empty() {
                     held.remove(&bucket);
                 }
-                out.0.push(bucket);
             }
         }
-        out
     }
 
     /// How often to renew the slots held (a third of the shortest lease); `None` when none is.
@@ -106,24 +99,69 @@ impl Slots {
     }
 }
 
+/// A deciding script's answer: whether the request passed, and where its slot goes.
+pub(super) trait Decided: Send + 'static {
+    /// Whether the script is asked for the time, to stamp the take.
+    const STAMPED: bool = false;
+    /// Whether the request passed (and took its units and slots).
+    fn passed(&self) -> bool;
+    /// Whether the answer says which slot it holds (a stamped take), so that the slot is held
+    /// and renewed until it is put back: `true` after adding `slot` to the answer.
+    fn hold(&mut self, slot: &Arc<str>) -> bool {
+        let _ = slot;
+        false
+    }
+}
+
+impl Decided for crate::Decision {
+    fn passed(&self) -> bool {
+        self.allowed
+    }
+}
+
+impl Decided for Vec<crate::Decision> {
+    fn passed(&self) -> bool {
+        crate::algorithm::passed(self)
+    }
+}
+
+impl Decided for Taken {
+    const STAMPED: bool = true;
+
+    fn passed(&self) -> bool {
+        self.stamp.is_some()
+    }
+
+    fn hold(&mut self, slot: &Arc<str>) -> bool {
+        match self.stamp.take() {
+            Some(stamp) => {
+                self.stamp = Some(stamp.with_slot(Arc::clone(slot)));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl RedisStore {
-    /// A decision (parsed by `parse`) that, when `allowed`, holds a named slot of each
-    /// concurrency limit until [`Store::release`], renewed meanwhile.
-    pub(super) fn decide_with<T: Send + 'static>(
+    /// A decision by `script` (parsed by `parse`). A concurrency limit's slot is named for
+    /// it; when the answer is a stamped take that passed, the slot is held (renewed) until
+    /// [`Store::put_back`](crate::Store::put_back) frees it. An unstamped decision's slot is
+    /// left to its lease: no one can name it to free it.
+    pub(super) fn decide_with<T: Decided>(
         &self,
+        script: &'static redis::Script,
         key: &str,
         limits: &Arc<[Limit]>,
         cost: u64,
         parse: fn(&redis::Value, &[Limit], u64) -> Option<T>,
-        allowed: fn(&T) -> bool,
     ) -> StoreCall<T> {
         if let Err(error) = crate::algorithm::check_limits(limits) {
             return Box::pin(std::future::ready(Err(error)));
         }
         let cost = cost.max(1);
-        let script = scripts::script_for(limits);
         let slot = self.slots.name(limits);
-        let evalsha = scripts::evalsha(
+        let mut evalsha = scripts::evalsha(
             script,
             key,
             limits,
@@ -131,13 +169,17 @@ impl RedisStore {
             true,
             slot.as_deref().unwrap_or("-"),
         );
+        if T::STAMPED {
+            evalsha.arg(1);
+        }
         let limits = Arc::clone(limits);
         // Kept only when a slot may be taken.
         let holder = slot.map(|slot| (slot, key.to_owned(), self.clone()));
         self.send(evalsha, Some(script), move |reply| {
-            let answer = parse(reply, &limits, cost)?;
+            let mut answer = parse(reply, &limits, cost)?;
             if let Some((slot, key, store)) = holder
-                && allowed(&answer)
+                && answer.passed()
+                && answer.hold(&slot)
             {
                 store.slots.hold(&key, &limits, &slot);
                 store.renew_while_held();
@@ -146,20 +188,49 @@ impl RedisStore {
         })
     }
 
-    /// Frees one slot of `key` this instance holds in each concurrency limit's bucket.
-    pub(super) fn release_slots(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
-        let (buckets, names) = self.slots.forget_one(key, limits);
-        if buckets.is_empty() {
-            return Box::pin(std::future::ready(Ok(())));
+    /// [`Store::put_back`](crate::Store::put_back): one `lua/put_back.lua` call.
+    pub(super) fn put_back_with(
+        &self,
+        key: &str,
+        limits: &Arc<[Limit]>,
+        stamp: &Stamp,
+        units: u64,
+        free_slot: bool,
+    ) -> StoreCall<()> {
+        if let Err(error) = crate::algorithm::check_limits(limits) {
+            return Box::pin(std::future::ready(Err(error)));
         }
-        let script = scripts::other(Other::Release);
+        let slot = stamp.slot().filter(|_| free_slot);
+        if let Some(slot) = slot {
+            self.slots.forget(key, limits, slot);
+        }
+        let script = scripts::other(Other::PutBack);
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(buckets.len());
-        for bucket in &buckets {
-            cmd.arg(bucket.as_str());
+        cmd.arg(script.get_hash()).arg(limits.len());
+        for limit in limits.iter() {
+            cmd.arg(bucket_key(key, limit));
         }
-        for name in &names {
-            cmd.arg(&**name);
+        for (i, limit) in limits.iter().enumerate() {
+            let units = if limit.counts_requests() { 0 } else { units };
+            cmd.arg(limit.algorithm().code());
+            match limit.algorithm() {
+                Algorithm::TokenBucket => {
+                    cmd.arg(units.saturating_mul(limit.interval_us()))
+                        .arg(limit.window_us())
+                        .arg(stamp.mark(i));
+                }
+                Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                    cmd.arg(limit.window_ms()).arg(units).arg(stamp.mark(i));
+                }
+                Algorithm::SlidingLog => {
+                    cmd.arg(limit.cost_of(stamp.cost()))
+                        .arg(units)
+                        .arg(stamp.mark(i));
+                }
+                Algorithm::Concurrency => {
+                    cmd.arg(slot.unwrap_or("-")).arg(0).arg(0);
+                }
+            }
         }
         self.send(cmd, Some(script), |reply| {
             matches!(reply, redis::Value::Int(1)).then_some(())

@@ -1,0 +1,70 @@
+//! [`Receipt`]: what a decision took, for a settlement or a refund to give back where it was
+//! counted.
+
+use std::sync::Arc;
+
+use crate::Limit;
+use crate::store::Stamp;
+
+/// What one allowed decision took from the store: the subject, its policy's limits, how many
+/// units are still held, and where and when the store counted them. Taken out of an
+/// [`Outcome`](crate::Outcome) with [`Outcome::receipt`](crate::Outcome::receipt), and spent
+/// by [`Limiter::settle`](crate::Limiter::settle) and
+/// [`Limiter::refund`](crate::Limiter::refund): whatever is given back goes to the window or
+/// bucket state that counted the units, and only what is still owed there (see
+/// [`Store::put_back`](crate::Store::put_back)), so no settlement or refund ever lets more
+/// through than if the units had not been taken. Not `Clone`: units can be given back once.
+///
+/// A receipt of a decision the store did not answer for under
+/// [`FailMode::Open`](crate::FailMode::Open) holds nothing; settling it charges the whole
+/// actual cost.
+#[must_use = "a receipt does nothing unless settled or refunded; dropping it keeps what was taken"]
+pub struct Receipt {
+    pub(crate) key: Box<str>,
+    pub(crate) policy: usize,
+    /// The policy's limits when the units were taken.
+    pub(crate) limits: Arc<[Limit]>,
+    /// `None`: the store took nothing (failed open), or does not stamp its takes.
+    pub(crate) stamp: Option<Stamp>,
+    /// Units taken and not given back yet.
+    pub(crate) units: u64,
+}
+
+impl Receipt {
+    pub(crate) fn new(
+        key: Box<str>,
+        policy: usize,
+        limits: Arc<[Limit]>,
+        stamp: Option<Stamp>,
+        units: u64,
+    ) -> Self {
+        Self {
+            key,
+            policy,
+            limits,
+            stamp,
+            units,
+        }
+    }
+
+    /// The units the store took and still holds for this decision: what a settlement or
+    /// refund may give back at most.
+    pub fn units(&self) -> u64 {
+        self.units
+    }
+
+    /// Where and when the store took them; `None` when it took nothing.
+    pub fn stamp(&self) -> Option<&Stamp> {
+        self.stamp.as_ref()
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt")
+            .field("policy", &self.policy)
+            .field("units", &self.units)
+            .field("stamp", &self.stamp)
+            .finish_non_exhaustive()
+    }
+}
