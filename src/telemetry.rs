@@ -15,6 +15,7 @@
 //! | `tollgate_lease_returned_units_total` | counter | `policy`: units given back unspent |
 //! | `tollgate_lease_decisions_total` | counter | `policy`: decisions served from a lease, with no store call (also counted in `tollgate_decisions_total`) |
 //! | `tollgate_settlements_total` | counter | `policy`, `outcome`: `refunded`, `charged`, `unchanged`, `failed`: reservations settled ([`Limiter::settle`](crate::Limiter::settle)) |
+//! | `tollgate_background_lost_total` | counter | `job`: `put_back`, `settle`, `finish`, `lease`: background work that could not be queued (the queue was full, or its runtime had shut down); logged once |
 //!
 //! Label values are bounded: policy names come from the configuration (a rule's name, or
 //! `default`) and the rest are fixed words; never a client, an address or a path. Install the
@@ -59,6 +60,9 @@ pub const LEASE_RETURNED_UNITS_TOTAL: &str = "tollgate_lease_returned_units_tota
 /// `tollgate_lease_decisions_total{policy}`.
 pub const LEASE_DECISIONS_TOTAL: &str = "tollgate_lease_decisions_total";
 
+/// `tollgate_background_lost_total{job}`.
+pub const BACKGROUND_LOST_TOTAL: &str = "tollgate_background_lost_total";
+
 /// Every metric name the crate exports.
 pub const METRIC_NAMES: &[&str] = &[
     DECISIONS_TOTAL,
@@ -73,6 +77,7 @@ pub const METRIC_NAMES: &[&str] = &[
     LEASED_UNITS_TOTAL,
     LEASE_RETURNED_UNITS_TOTAL,
     LEASE_DECISIONS_TOTAL,
+    BACKGROUND_LOST_TOTAL,
 ];
 
 /// What a settlement came to, as the `outcome` label of `tollgate_settlements_total` says it.

@@ -338,6 +338,8 @@ impl<St> LimiterBuilder<St> {
                 .then(|| DenyCache::new(options.deny_cache_max)),
             breaker: remote.then(|| Breaker::new(options.max_in_flight)),
             leases: leased.then(crate::lease::Leases::new),
+            // A quarter of the calls in flight at most: decisions keep most of the room.
+            worker: remote.then(|| super::Worker::new(options.max_in_flight / 4)),
         };
         Ok(Limiter {
             shared: Arc::new(Shared {

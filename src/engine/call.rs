@@ -2,8 +2,10 @@
 //! [`Answer`] of a decision.
 
 use std::future::Future;
+use std::time::Duration;
 
 use super::InFlight;
+use super::worker::{Chore, Worker};
 use crate::algorithm::binding;
 use crate::resilience::breaker::Ticket;
 use crate::store::{Stamp, Taken};
@@ -124,29 +126,38 @@ where
 /// A store call under way, with its place among those in flight (a remote store).
 ///
 /// A decision dropped before the call ends is a cancelled request (its client went away), not
-/// a store failure: the call is left to finish on its own (it was sent; Redis runs it anyway),
-/// holding its place in flight, and what it comes to is told to the breaker as usual. Only a
-/// call the engine gives up on (the timeout) is dropped and counted as failed.
+/// a store failure: the call is left to finish in the limiter's background [`Worker`] (it was
+/// sent; Redis runs it anyway), holding its place in flight, and what it comes to is told to
+/// the breaker as usual. A call left to finish is waited for at most [`LEFT_TO_FINISH`].
 pub(crate) struct Call<D, T = Decision> {
     pub(crate) future: Option<D>,
     pub(crate) ticket: Option<Ticket>,
     /// The slots a decision takes when it passes: freed by a call left to finish.
     pub(crate) in_flight: Option<InFlight>,
+    /// Where a call left to finish runs: `None` for an in-process store, whose calls end
+    /// when first polled (one left pending is dropped).
+    pub(crate) worker: Option<Worker>,
     /// Leaves a call to finish on its own (made where the future's type is known to allow it).
-    orphan: fn(D, Option<Ticket>, Option<InFlight>),
+    orphan: fn(D, Option<Ticket>, Option<InFlight>, &Worker),
     answer: std::marker::PhantomData<fn() -> T>,
 }
+
+/// The longest a call left to finish is waited for, after which it is dropped and counted as
+/// failed: longer than any answer the Redis connection waits for (1 s by default), and
+/// shorter than the shortest slot lease is long enough to matter.
+pub(crate) const LEFT_TO_FINISH: Duration = Duration::from_secs(5);
 
 impl<D, T> Call<D, T>
 where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
     T: 'static,
 {
-    pub(crate) fn new(future: D, ticket: Option<Ticket>) -> Self {
+    pub(crate) fn new(future: D, ticket: Option<Ticket>, worker: Option<Worker>) -> Self {
         Self {
             future: Some(future),
             ticket,
             in_flight: None,
+            worker,
             orphan: orphan::<D, T>,
             answer: std::marker::PhantomData,
         }
@@ -159,56 +170,93 @@ where
     T: Answer,
 {
     /// A decision, which takes `in_flight`'s slots when it passes.
-    pub(crate) fn deciding(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>) -> Self {
+    pub(crate) fn deciding(
+        future: D,
+        ticket: Option<Ticket>,
+        in_flight: Option<InFlight>,
+        worker: Option<Worker>,
+    ) -> Self {
         Self {
             future: Some(future),
             ticket,
             in_flight,
+            worker,
             orphan: orphan_deciding::<D, T>,
             answer: std::marker::PhantomData,
         }
     }
 }
 
-/// Runs `future` to its end in the background, tells the breaker what it came to, then hands
-/// the answer to `then`.
+impl<D, T> Call<D, T> {
+    /// Gives up waiting for the call (the timeout): it is left to finish, and `untake`, if
+    /// any, puts back everything it took (its units and slots) once it has, so that the store
+    /// keeps nothing of a decision the fail mode made.
+    pub(crate) fn give_up(&mut self, untake: Option<InFlight>) {
+        match (untake, &self.worker) {
+            (Some(untake), Some(worker)) => {
+                if let Some(future) = self.future.take() {
+                    (self.orphan)(future, None, Some(untake), worker);
+                } else {
+                    untake.disarm();
+                }
+            }
+            (untake, _) => {
+                self.future = None;
+                if let Some(untake) = untake {
+                    untake.disarm();
+                }
+            }
+        }
+    }
+}
+
+/// Runs `future` to its end (at most [`LEFT_TO_FINISH`]) in `worker`, tells the breaker what
+/// it came to, then hands the answer to `then`.
 fn finish<D, T>(
     future: D,
     ticket: Option<Ticket>,
+    worker: &Worker,
     then: impl FnOnce(Result<T, StoreError>) + Send + 'static,
 ) where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let answer = future.await;
-        if let Some(ticket) = ticket {
-            report(ticket, &answer);
-        }
-        then(answer);
-    });
+    worker.run(
+        Chore::Finish,
+        Box::pin(async move {
+            let answer = match tokio::time::timeout(LEFT_TO_FINISH, future).await {
+                Ok(answer) => answer,
+                Err(_) => Err(StoreError::Timeout(LEFT_TO_FINISH)),
+            };
+            if let Some(ticket) = ticket {
+                report(ticket, &answer);
+            }
+            then(answer);
+        }),
+    );
 }
 
 /// [`finish`] for a call other than a decision.
-fn orphan<D, T>(future: D, ticket: Option<Ticket>, _: Option<InFlight>)
+fn orphan<D, T>(future: D, ticket: Option<Ticket>, _: Option<InFlight>, worker: &Worker)
 where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
     T: 'static,
 {
-    finish(future, ticket, drop);
+    finish(future, ticket, worker, drop);
 }
 
 /// [`finish`] for a decision: the slots it took, if it passed, are freed at once (its own, by
-/// its stamp), since no request holds them. Its units are kept, as a request that passed and
-/// was then cancelled keeps them.
-fn orphan_deciding<D, T>(future: D, ticket: Option<Ticket>, in_flight: Option<InFlight>)
-where
+/// its stamp), since no request holds them. A cancelled request's units are kept, as a
+/// request that passed and was then cancelled keeps them; a call given up on puts them back.
+fn orphan_deciding<D, T>(
+    future: D,
+    ticket: Option<Ticket>,
+    in_flight: Option<InFlight>,
+    worker: &Worker,
+) where
     D: Future<Output = Result<T, StoreError>> + Send + 'static,
     T: Answer,
 {
-    finish(future, ticket, move |answer| {
+    finish(future, ticket, worker, move |answer| {
         if let Some(in_flight) = in_flight {
             match answer {
                 Ok(mut answer) if answer.took() => in_flight.stamped(answer.stamp()).release(),
@@ -230,10 +278,13 @@ pub(crate) fn report<T>(ticket: Ticket, answer: &Result<T, StoreError>) {
 
 impl<D, T> Drop for Call<D, T> {
     fn drop(&mut self) {
-        match self.future.take() {
-            Some(future) => (self.orphan)(future, self.ticket.take(), self.in_flight.take()),
-            // Ended: the slots were handed on, or were never taken.
-            None => {
+        match (self.future.take(), &self.worker) {
+            (Some(future), Some(worker)) => {
+                (self.orphan)(future, self.ticket.take(), self.in_flight.take(), worker);
+            }
+            // Ended: the slots were handed on, or were never taken (or an in-process store's
+            // call was left pending: nothing runs it).
+            _ => {
                 if let Some(in_flight) = self.in_flight.take() {
                     in_flight.disarm();
                 }

@@ -3,10 +3,13 @@
 
 use std::future::Future;
 
-use super::call::report;
+use std::time::Duration;
+
+use super::call::{LEFT_TO_FINISH, report};
+use crate::resilience::breaker::{PROBE_EVERY_MS, Ticket};
 use std::sync::Arc;
 
-use super::{Call, Limiter, Receipt, Shared, Subject};
+use super::{Call, Core, Limiter, Receipt, Subject};
 use crate::store::{Store, StoreCall};
 use crate::telemetry::Settled;
 use crate::{Decision, Limit, StoreError};
@@ -27,7 +30,7 @@ impl<St: Store> Limiter<St> {
         };
         let limits = &self.shared.core.policies.entry(index).limits;
         let call = self.shared.store.peek(subject.key(), limits, cost.max(1));
-        self.shared.bounded(call).await
+        self.shared.core.bounded(call).await
     }
 
     /// Gives back up to `units` of what `receipt`'s decision took (never more than it still
@@ -60,7 +63,7 @@ impl<St: Store> Limiter<St> {
             .shared
             .store
             .put_back(&receipt.key, &receipt.limits, stamp, units, false);
-        self.shared.bounded(call).await
+        self.shared.core.bounded(call).await
     }
 
     /// Takes `units` from every limit of `subject`'s policy that counts the cost (not
@@ -96,7 +99,7 @@ impl<St: Store> Limiter<St> {
             return Ok(());
         }
         let call = self.shared.store.charge(key, costed, units);
-        self.shared.bounded(call).await
+        self.shared.core.bounded(call).await
     }
 
     /// Settles a reservation: `receipt`'s decision took an estimate up front
@@ -144,16 +147,8 @@ impl<St: Store> Limiter<St> {
                 Settled::Refunded,
             ),
             std::cmp::Ordering::Greater => (
-                {
-                    let costed: Arc<[Limit]> = receipt
-                        .limits
-                        .iter()
-                        .filter(|l| !l.counts_requests())
-                        .cloned()
-                        .collect();
-                    self.charge_costed(&receipt.key, &costed, actual - taken)
-                        .await
-                },
+                self.charge_costed(&receipt.key, &receipt.costed, actual - taken)
+                    .await,
                 Settled::Charged,
             ),
         };
@@ -165,6 +160,20 @@ impl<St: Store> Limiter<St> {
             }
         }
         result
+    }
+
+    /// Waits until the background work queued so far has ended, and what it queued in turn:
+    /// slot releases, settlements, put-backs of calls given up on (the timeout), leases
+    /// taken and given back. Each is a store call bounded by the timeout, so this ends within
+    /// a few timeouts while the store answers, and within a few seconds when it does not (a
+    /// call left to finish is waited for at most 5 s). At once with an in-process store,
+    /// whose calls end when made. Call it when shutting down (after
+    /// [`return_leases`](Self::return_leases)), so that what this process holds is given
+    /// back before it exits.
+    pub async fn flush(&self) {
+        if let Some(worker) = &self.shared.core.worker {
+            worker.idle().await;
+        }
     }
 
     /// Forgets `subject`'s buckets (whole again), and this process's cached denials of it and
@@ -189,34 +198,67 @@ impl<St: Store> Limiter<St> {
         };
         let limits = &core.policies.entry(index).limits;
         let call = self.shared.store.reset(subject.key(), limits);
-        self.shared.bounded(call).await
+        self.shared.core.bounded(call).await
     }
 }
 
-impl<St: Store> Shared<St> {
-    /// A store call other than a decision (a direct call, a lease taken in the background, a
-    /// lease given back), bounded as decisions are: through the breaker and within the
-    /// timeout, its time in `tollgate_store_duration_seconds`; cancelled by its caller, it is
-    /// left to finish (a [`Call`]), given up on at the timeout, dropped and counted as failed.
+impl Core {
+    /// A store call other than a decision (a direct call, a put-back, a lease taken in the
+    /// background, a lease given back), bounded as decisions are: through the breaker and
+    /// within the timeout, its time in `tollgate_store_duration_seconds`; cancelled by its
+    /// caller, it is left to finish (a [`Call`]), given up on at the timeout, dropped and
+    /// counted as failed.
     pub(crate) async fn bounded<T: Send + 'static>(
         &self,
         call: StoreCall<T>,
     ) -> Result<T, StoreError> {
-        let core = &self.core;
-        let ticket = core.breaker.as_ref().map(|b| b.admit()).transpose()?;
+        // An in-process store (no breaker) answers when first polled.
+        let Some(breaker) = &self.breaker else {
+            return call.await;
+        };
+        let ticket = breaker.admit()?;
+        self.admitted(ticket, call).await
+    }
+
+    /// [`bounded`](Self::bounded), for background work that must not be lost to a blip (a
+    /// put-back): while the breaker is open or the calls in flight are at their bound, it
+    /// waits for its turn (a probe's interval at a time), for at most [`LEFT_TO_FINISH`].
+    pub(crate) async fn patient<T: Send + 'static>(
+        &self,
+        call: StoreCall<T>,
+    ) -> Result<T, StoreError> {
+        let Some(breaker) = &self.breaker else {
+            return call.await;
+        };
         let started = tokio::time::Instant::now();
-        let mut call = Call::new(call, ticket);
+        let ticket = loop {
+            match breaker.admit() {
+                Ok(ticket) => break ticket,
+                Err(error) if started.elapsed() >= LEFT_TO_FINISH => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(PROBE_EVERY_MS)).await,
+            }
+        };
+        self.admitted(ticket, call).await
+    }
+
+    async fn admitted<T: Send + 'static>(
+        &self,
+        ticket: Ticket,
+        call: StoreCall<T>,
+    ) -> Result<T, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut call = Call::new(call, Some(ticket), self.worker.clone());
         let pending = std::future::poll_fn(|cx| {
             let future = call.future.as_mut().expect("polled until it ends");
             std::pin::Pin::new(future).poll(cx)
         });
-        let answer = match tokio::time::timeout(core.timeout, pending).await {
+        let answer = match tokio::time::timeout(self.timeout, pending).await {
             Ok(answer) => answer,
-            Err(_) => Err(StoreError::Timeout(core.timeout)),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
         };
         call.future = None;
         if let Some(ticket) = call.ticket.take() {
-            core.telemetry.store_duration(started.elapsed());
+            self.telemetry.store_duration(started.elapsed());
             report(ticket, &answer);
         }
         answer

@@ -3,20 +3,21 @@
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use super::worker::Chore;
 use super::{Core, Shared};
 use crate::store::{Stamp, Store};
 
 /// Frees slots: the limiter's store (or its local fallback), type-erased.
 pub(crate) trait Releaser: Send + Sync + 'static {
     /// Frees the slot the take stamped `stamp` holds in each concurrency limit of the policy
-    /// at `index` for `key`, in the store or, when the decision was `local`, in the local
-    /// fallback.
-    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>);
+    /// at `index` for `key` (and, when `untake`, puts back the take's units too), in the
+    /// store or, when the decision was `local`, in the local fallback.
+    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>, untake: bool);
 }
 
 impl<St: Store> Releaser for Shared<St> {
-    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>) {
-        let core: &Core = &self.core;
+    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>, untake: bool) {
+        let core: &Arc<Core> = &self.core;
         if local {
             if let Some(fallback) = &core.local {
                 fallback.release(index, &key);
@@ -26,26 +27,29 @@ impl<St: Store> Releaser for Shared<St> {
         let limits = &core.policies.entry(index).limits;
         // A store that does not stamp its takes counts slots, or cannot free them at all.
         let stamp = stamp.unwrap_or_default();
-        let mut call = self.store.put_back(&key, limits, &stamp, 0, true);
-        // An in-process store is done at once; a remote one's call runs on its own, bounded by
-        // the timeout. If it fails, the slot's lease runs out.
-        if let Poll::Ready(answer) = call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            if let Err(error) = answer {
+        let units = if untake { stamp.cost() } else { 0 };
+        let mut call = self.store.put_back(&key, limits, &stamp, units, true);
+        let Some(worker) = &core.worker else {
+            // An in-process store is done at once.
+            if let Poll::Ready(Err(error)) =
+                call.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            {
                 tracing::debug!(%error, "a concurrency slot was not released");
             }
             return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
         };
-        let timeout = core.timeout;
-        runtime.spawn(async move {
-            match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "a concurrency slot was not released"),
-                Err(_) => tracing::debug!("a concurrency slot's release timed out"),
-            }
-        });
+        // A remote one's call runs in the background, bounded as every call is. If it fails,
+        // the slot's lease runs out, and units not put back are held until they refill.
+        let core = Arc::clone(core);
+        worker.run(
+            Chore::PutBack,
+            Box::pin(async move {
+                if let Err(error) = core.patient(call).await {
+                    tracing::debug!(%error, "a put-back failed");
+                    core.telemetry.store_error(&error);
+                }
+            }),
+        );
     }
 }
 
@@ -62,6 +66,8 @@ pub struct InFlight {
     local: bool,
     /// Which slots the take holds (set when the store answers).
     stamp: Option<Stamp>,
+    /// Whether the take's units are put back too: it was given up on.
+    untake: bool,
 }
 
 impl InFlight {
@@ -72,7 +78,16 @@ impl InFlight {
             index,
             local: false,
             stamp: None,
+            untake: false,
         }
+    }
+
+    /// A guard that puts back everything the take took, units and slots, when it has: the
+    /// take of a call given up on.
+    pub(crate) fn untaking(releaser: Arc<dyn Releaser>, key: String, index: usize) -> Self {
+        let mut guard = Self::new(releaser, key, index);
+        guard.untake = true;
+        guard
     }
 
     /// The same guard, of the slots the take stamped `stamp` holds.
@@ -100,7 +115,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(releaser) = self.releaser.take() {
             let stamp = self.stamp.take();
-            releaser.release(std::mem::take(&mut self.key), self.index, self.local, stamp);
+            let key = std::mem::take(&mut self.key);
+            releaser.release(key, self.index, self.local, stamp, self.untake);
         }
     }
 }

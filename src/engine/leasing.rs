@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::worker::Chore;
 use super::{Limiter, Shared, Subject};
 use crate::algorithm::binding;
 use crate::lease::{Grant, Leases, Unspent};
@@ -127,20 +128,23 @@ pub(crate) fn lend<St: Store>(
 /// request, and up to `want - 1` more), bounded as every store call is. A call the breaker
 /// does not let through is not counted as a store error: no request waited for it.
 pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usize, want: u64) {
-    let lending = Lending::new(shared, key, policy);
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    let Some(worker) = &shared.core.worker else {
         return;
     };
+    let lending = Lending::new(shared, key, policy);
     let limits = &shared.core.policies.entry(policy).limits;
     let call = shared.store.lease(key, limits, 1, want.saturating_sub(1));
     let shared = Arc::clone(shared);
-    runtime.spawn(async move {
-        match shared.bounded(call).await {
-            Ok(lent) => lending.grant(&lent, 1),
-            Err(StoreError::CircuitOpen | StoreError::Overloaded(_)) => {}
-            Err(error) => shared.core.telemetry.store_error(&error),
-        }
-    });
+    worker.run(
+        Chore::Lease,
+        Box::pin(async move {
+            match shared.core.bounded(call).await {
+                Ok(lent) => lending.grant(&lent, 1),
+                Err(StoreError::CircuitOpen | StoreError::Overloaded(_)) => {}
+                Err(error) => shared.core.telemetry.store_error(&error),
+            }
+        }),
+    );
 }
 
 impl<St: Store> Shared<St> {
@@ -152,7 +156,7 @@ impl<St: Store> Shared<St> {
         let call = self
             .store
             .put_back(&unspent.key, limits, &stamp, unspent.units, false);
-        match self.bounded(call).await {
+        match self.core.patient(call).await {
             Ok(()) => {
                 self.core
                     .telemetry
@@ -168,47 +172,51 @@ impl<St: Store> Shared<St> {
 }
 
 fn spawn_give_back<St: Store>(shared: &Arc<Shared<St>>, unspent: Unspent) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+    if let Some(worker) = &shared.core.worker {
         let shared = Arc::clone(shared);
-        runtime.spawn(async move { shared.give_back(unspent).await });
+        worker.run(
+            Chore::Lease,
+            Box::pin(async move {
+                let _ = shared.give_back(unspent).await;
+            }),
+        );
     }
 }
 
 /// Starts, once, the task that every shortest lease time gives back what ended leases left
-/// and forgets idle keys, while the limiter lives (on the first leased request made in a
-/// runtime).
+/// and forgets idle keys, while the limiter lives (in its background worker).
 pub(crate) fn sweep<St: Store>(shared: &Arc<Shared<St>>, leases: &Leases) {
-    if leases.sweeping() {
+    if leases.sweeping() || !leases.start_sweeping() {
         return;
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    let Some(worker) = &shared.core.worker else {
         return;
     };
-    if !leases.start_sweeping() {
-        return;
-    }
     let policies = &shared.core.policies;
     let every = (0..policies.len())
         .filter_map(|i| policies.entry(i).lease)
         .min()
         .unwrap_or(crate::DEFAULT_LEASE_TIME);
     let weak: Weak<Shared<St>> = Arc::downgrade(shared);
-    runtime.spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(shared) = weak.upgrade() else {
-                return;
-            };
-            let Some(leases) = &shared.core.leases else {
-                return;
-            };
-            for unspent in leases.expired(Instant::now()) {
-                let _ = shared.give_back(unspent).await;
+    worker.keep_running(
+        Chore::Lease,
+        Box::pin(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let Some(leases) = &shared.core.leases else {
+                    return;
+                };
+                for unspent in leases.expired(Instant::now()) {
+                    let _ = shared.give_back(unspent).await;
+                }
             }
-        }
-    });
+        }),
+    );
 }
 
 impl<St: Store> Limiter<St> {

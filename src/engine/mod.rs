@@ -71,6 +71,7 @@ mod outcome;
 mod receipt;
 mod subject;
 mod take;
+mod worker;
 
 pub use builder::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
@@ -85,6 +86,7 @@ pub use receipt::Receipt;
 pub use subject::{Subject, SubjectError, Target};
 pub use take::Take;
 pub(crate) use take::{Asked, Deciding};
+pub(crate) use worker::{Chore, Work, Worker};
 
 /// The engine: decides, peeks, refunds and resets for subjects. Built once with
 /// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`).
@@ -120,6 +122,9 @@ pub(crate) struct Core {
     pub(crate) _claims: Option<claims::Claims>,
     /// The leases of leased policies, with a remote store.
     pub(crate) leases: Option<crate::lease::Leases>,
+    /// Runs the background work (put-backs, calls left to finish, leases), with a remote
+    /// store; an in-process store's calls end at once.
+    pub(crate) worker: Option<Worker>,
 }
 
 impl Core {
@@ -292,8 +297,7 @@ impl<St: Store> Limiter<St> {
                     // Its units were lent at `at_us`: a put-back credits them there.
                     let receipt = flags.receipt.then(|| {
                         let stamp = crate::store::Stamp::new(at_us, cost);
-                        let limits = Arc::clone(&policy.limits);
-                        Receipt::new(key.as_ref().into(), index, limits, Some(stamp), cost)
+                        Receipt::new(key.as_ref().into(), (index, policy), Some(stamp), cost)
                     });
                     return Deciding::Ready {
                         outcome: Some(outcome.with_taken(cost).with_receipt(receipt)),
@@ -354,19 +358,24 @@ impl<St: Store> Limiter<St> {
         if let Some(ticket) = &ticket {
             core.telemetry.in_flight(ticket.in_flight());
         }
-        // A take whose units or slots may be put back is stamped.
+        // A take whose units or slots may be put back is stamped; given up on (the timeout),
+        // what it took is put back.
+        let stamped = lend.is_some() || flags.receipt || policy.concurrent;
+        let untake = (stamped && core.worker.is_some()).then(|| {
+            let releaser: Arc<dyn Releaser> = Arc::clone(&self.shared) as _;
+            (releaser, key.clone().into_owned())
+        });
         let decision = match lend {
             Some((want, lending)) => {
                 Asking::Take(leasing::lend(&self.shared, lending, &key, cost, want))
             }
-            None if flags.receipt || policy.concurrent => {
-                Asking::Take(self.shared.store.take(&key, &policy.limits, cost))
-            }
+            None if stamped => Asking::Take(self.shared.store.take(&key, &policy.limits, cost)),
             None => Asking::Store(ask(&self.shared.store, &key, &policy.limits, cost)),
         };
         Deciding::Asking {
-            call: Call::deciding(decision, ticket, in_flight),
+            call: Call::deciding(decision, ticket, in_flight, core.worker.clone()),
             deadline: None,
+            untake,
             asked: asked(key, None),
             policy: index,
             flags,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::Limit;
+use crate::policy::Entry;
 use crate::store::Stamp;
 
 /// What one allowed decision took from the store: the subject, its policy's limits, how many
@@ -22,8 +23,10 @@ use crate::store::Stamp;
 pub struct Receipt {
     pub(crate) key: Box<str>,
     pub(crate) policy: usize,
-    /// The policy's limits when the units were taken.
+    /// The policy's limits when the units were taken, and those of them that count the cost
+    /// (what a settlement charges).
     pub(crate) limits: Arc<[Limit]>,
+    pub(crate) costed: Arc<[Limit]>,
     /// `None`: the store took nothing (failed open), or does not stamp its takes.
     pub(crate) stamp: Option<Stamp>,
     /// Units taken and not given back yet.
@@ -31,17 +34,18 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// What the decision of `units` on `key` under `entry` (the policy at `policy`) took.
     pub(crate) fn new(
         key: Box<str>,
-        policy: usize,
-        limits: Arc<[Limit]>,
+        (policy, entry): (usize, &Entry),
         stamp: Option<Stamp>,
         units: u64,
     ) -> Self {
         Self {
             key,
             policy,
-            limits,
+            limits: Arc::clone(&entry.limits),
+            costed: Arc::clone(&entry.costed),
             stamp,
             units,
         }

@@ -11,10 +11,13 @@ use tokio::time::{Instant, Sleep};
 
 use super::call::{Answer, Asking, Call, Stamped, report};
 use super::outcome::{DecidedBy, Flags, Outcome, Verdict};
-use super::{Core, InFlight, Receipt};
+use super::{Core, InFlight, Receipt, Releaser};
 use crate::resilience::FailMode;
 use crate::resilience::breaker::Ticket;
 use crate::{Decision, StoreError};
+
+/// What puts back a stamped take given up on: the limiter's store, and the subject's key.
+pub(crate) type Untake = (Arc<dyn Releaser>, String);
 
 /// What the engine knew when it asked the store.
 pub(crate) struct Asked {
@@ -38,6 +41,8 @@ pub(crate) enum Deciding<D, A = Decision> {
         // Started when the decision is first pending, so a store that answers at once (the
         // memory store) never arms a timer.
         deadline: Option<Pin<Box<Sleep>>>,
+        // Puts back what a stamped take took, if it is given up on (a remote store).
+        untake: Option<Untake>,
         asked: Asked,
         policy: usize,
         flags: Flags,
@@ -77,6 +82,7 @@ where
             Deciding::Asking {
                 call,
                 deadline,
+                untake,
                 asked,
                 policy,
                 flags,
@@ -88,10 +94,16 @@ where
                         let sleep = deadline
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep(core.timeout)));
                         ready!(sleep.as_mut().poll(cx));
+                        // Given up on: a stamped take is left to finish and everything it
+                        // took put back, since the fail mode decides the request; another is
+                        // dropped (its units stay taken, as a finished decision's would).
+                        let untake = untake
+                            .take()
+                            .map(|(releaser, key)| InFlight::untaking(releaser, key, *policy));
+                        call.give_up(untake);
                         Err(StoreError::Timeout(core.timeout))
                     }
                 };
-                // Ended or given up on: dropped here, not left to finish.
                 call.future = None;
                 let ticket = call.ticket.take();
                 let in_flight = call.in_flight.take();
@@ -158,8 +170,7 @@ impl Core {
                 let receipt = match (flags.receipt && decision.allowed, &asked.key) {
                     (true, Some(key)) => Some(Receipt::new(
                         key.as_str().into(),
-                        index,
-                        Arc::clone(&policy.limits),
+                        (index, policy),
                         stamp,
                         taken,
                     )),
@@ -221,8 +232,7 @@ impl Core {
         let receipt = match (&verdict, flags.receipt, &asked.key) {
             (Verdict::FailedOpen(_), true, Some(key)) => Some(Receipt::new(
                 key.as_str().into(),
-                index,
-                Arc::clone(&self.policies.entry(index).limits),
+                (index, self.policies.entry(index)),
                 None,
                 0,
             )),

@@ -2,11 +2,13 @@
 //! the response body.
 
 use std::sync::Arc;
+use std::task::{Context, Waker};
 
 use http::HeaderMap;
 use http::response::Parts;
 
 use super::{Reservation, Settle};
+use crate::engine::Chore;
 use crate::store::Store;
 use crate::{Limiter, Receipt};
 
@@ -18,15 +20,21 @@ pub(crate) trait Settler: Send + Sync + 'static {
 
 impl<St: Store> Settler for Limiter<St> {
     fn settle(&self, receipt: Receipt, actual: u64) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("a reservation ended outside a Tokio runtime: not settled");
-            return;
-        };
         let limiter = self.clone();
-        runtime.spawn(async move {
-            // Counted, and logged by the outage log when the store fails.
+        // Counted, and logged by the outage log when the store fails.
+        let mut settling: crate::engine::Work = Box::pin(async move {
             let _ = limiter.settle(receipt, actual).await;
         });
+        match &self.core().worker {
+            Some(worker) => {
+                worker.run(Chore::Settle, settling);
+            }
+            // An in-process store settles at once.
+            None => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let _ = settling.as_mut().poll(&mut cx);
+            }
+        }
     }
 }
 

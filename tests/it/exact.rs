@@ -3,7 +3,9 @@
 //!
 //! 1. A settlement credited the current window or bucket, not the one that counted the units.
 //! 3. `FailMode::Local` leaked local concurrency slots when the store was asked and failed.
+//! 4. A decision that timed out leaked the Redis slot it took, for the whole slot lease.
 //! 5. A concurrency slot's lease had no lower bound.
+//! 6. A slot released where no Tokio runtime was current was never freed.
 //!
 //! (Finding 2, a lease merged into a new grant taking its time, is tested on the lease table
 //! itself: `src/lease/table.rs`.)
@@ -218,6 +220,80 @@ async fn local_slots_are_freed_when_the_store_failed() {
         drop(outcome);
     }
     redis.resume();
+}
+
+/// Finding 4: a decision that times out is left to finish, and what it took (its slot, its
+/// units) is put back once it has: a blip longer than the timeout does not lock a client
+/// out for the slot lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_timed_out_keeps_nothing() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let policies = Policies::builder()
+        .default_limit(Limit::concurrency("c", 2).unwrap())
+        .default_limit(Limit::fixed_window("w", 4, Duration::from_secs(3600)).unwrap())
+        .build()
+        .unwrap();
+    let limiter = Limiter::builder()
+        .store(store)
+        .policies(policies)
+        .timeout(Duration::from_millis(50))
+        .fail_mode(FailMode::Closed)
+        .deny_cache(false)
+        .build()
+        .unwrap();
+    let subject = limiter
+        .subject("client", Target::route(&Method::POST, "/v1"))
+        .unwrap();
+    // Redis must know the scripts before it hangs, so that the calls it runs late are whole.
+    drop(limiter.take(&subject, 1).await);
+    limiter.flush().await;
+    redis.hang();
+    let (a, b) = tokio::join!(limiter.take(&subject, 1), limiter.take(&subject, 1));
+    for outcome in [&a, &b] {
+        assert!(
+            matches!(outcome.verdict(), Verdict::FailedClosed(_)),
+            "{outcome:?}"
+        );
+    }
+    redis.resume();
+    // The two calls end in the background, and put back their slots and units.
+    limiter.flush().await;
+    let held = [
+        limiter.take(&subject, 1).await,
+        limiter.take(&subject, 1).await,
+    ];
+    for outcome in &held {
+        assert!(outcome.is_allowed(), "slots put back: {outcome:?}");
+    }
+    let third = limiter.take(&subject, 1).await;
+    assert!(!third.is_allowed(), "two held: {third:?}");
+    drop((held, third));
+    limiter.flush().await;
+    // The window counted the first take and the two held (the third was refused by the
+    // slots): the timed-out ones gave theirs back, so one unit is left of 4.
+    let left = limiter.peek(&subject, 1).await.unwrap();
+    assert_eq!(left[1].remaining, 1, "{left:?}");
+}
+
+/// Finding 6: a concurrency slot released on a thread with no Tokio runtime (a guard dropped
+/// by a synchronous callback, say) is freed by the limiter's worker, and only that slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_released_outside_a_runtime_is_freed() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).unwrap();
+    let limiter = limiter(store, "f6", Limit::concurrency("c", 2).unwrap());
+    let first = take(&limiter, 1).await;
+    let second = take(&limiter, 1).await;
+    assert!(first.is_allowed() && second.is_allowed());
+    assert!(!take(&limiter, 1).await.is_allowed(), "two held");
+    std::thread::spawn(move || drop(first)).join().unwrap();
+    limiter.flush().await;
+    let third = take(&limiter, 1).await;
+    assert!(third.is_allowed(), "the first slot is free: {third:?}");
+    // The second still holds its own slot.
+    assert!(!take(&limiter, 1).await.is_allowed(), "two held again");
+    drop((second, third));
 }
 
 /// Finding 5: a slot lease shorter than three renewal intervals could run out before its
