@@ -1,7 +1,8 @@
 //! Run with: `cargo bench --bench decide`
 //!
 //! The in-process cost of a decision: the memory store alone (one hot key, and 10,000 keys),
-//! the bucket key encoding, and the whole layer around a trivial service.
+//! a direct `Limiter::take` (stamped, with its receipt), and the whole layer around a trivial
+//! service.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
-use tollgate::{Limit, MemoryStore, RateLimitLayer};
+use tollgate::{Limit, Limiter, MemoryStore, RateLimitLayer, Target};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 fn memory_store(c: &mut Criterion) {
@@ -29,6 +30,25 @@ fn memory_store(c: &mut Criterion) {
             i = (i + 1) % keys.len();
             black_box(store.decide_now(&keys[i], &limit, 1).unwrap())
         })
+    });
+}
+
+fn limiter(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let limiter = Limiter::builder()
+        .capacity(1 << 40)
+        .refill(1_000_000)
+        .period(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let subject = limiter
+        .subject("alice", Target::route(&http::Method::GET, "/users/1"))
+        .unwrap();
+    c.bench_function("limiter/take_allowed", |b| {
+        b.iter(|| runtime.block_on(async { black_box(limiter.take(&subject, 1).await) }))
     });
 }
 
@@ -61,5 +81,5 @@ fn layer(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, memory_store, layer);
+criterion_group!(benches, memory_store, limiter, layer);
 criterion_main!(benches);

@@ -87,6 +87,11 @@ measure "fixed_window one key allowed" "$s/fixed_window.lua" 1 one f 1000000 100
 measure "sliding_window one key allowed" "$s/sliding_window.lua" 1 one s 1000000 1000000000 1
 measure "sliding_log one key allowed" "$s/sliding_log.lua" 1 one l 1000000 100000 1
 measure "mixed: token_bucket + fixed_window" "$s/mixed.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' t 1 1000000000 1 f 1000000 1000000000 1
+# Stamped takes (Store::take: a direct take, a settling layer, a concurrency policy): the same
+# scripts asked for the Redis time too, one more argument (issue 22).
+measure "token_bucket allowed, stamped" "$s/token_bucket.lua" 1 'k:__rand_int__' t 1 1000000000 1 1
+measure "fixed_window allowed, stamped" "$s/fixed_window.lua" 1 'k:__rand_int__' f 1000000 1000000000 1 1
+measure "mixed: token_bucket + fixed_window, stamped" "$s/mixed.lua" 2 '{k:__rand_int__}:a' '{k:__rand_int__}:b' t 1 1000000000 1 f 1000000 1000000000 1 1
 measure "gcra_float allowed" benches/lua/gcra_float.lua 1 'k:__rand_int__' 1000000000 1000000 1 1
 measure "gcra_float hot denied" benches/lua/gcra_float.lua 1 hot 1 1 3600 1
 measure "floor" benches/lua/floor.lua 1 'k:__rand_int__'

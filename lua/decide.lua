@@ -44,13 +44,15 @@ if n == 1 then
   if code == 'f' then
     v = o1 * a + o2
   end
-  if not ok then
-    v = -2 - v
+  if ok then
+    v = v + 1
+  else
+    v = -1 - v
   end
   if stamped then
-    return {v + 1, now}
+    return {v, now}
   end
-  return v + 1
+  return v
 end
 local reply, seen, all, at = {0}, {}, true, 1
 for i = 1, n do

@@ -147,8 +147,23 @@ impl<St: Store> Limiter<St> {
                 Settled::Refunded,
             ),
             std::cmp::Ordering::Greater => (
-                self.charge_costed(&receipt.key, &receipt.costed, actual - taken)
-                    .await,
+                {
+                    // Those of the receipt's limits that count the cost: its policy's, unless
+                    // the policy has changed since.
+                    let entry = self.shared.core.policies.entry(index);
+                    let costed: Arc<[Limit]> = if Arc::ptr_eq(&entry.limits, &receipt.limits) {
+                        Arc::clone(&entry.costed)
+                    } else {
+                        receipt
+                            .limits
+                            .iter()
+                            .filter(|l| !l.counts_requests())
+                            .cloned()
+                            .collect()
+                    };
+                    self.charge_costed(&receipt.key, &costed, actual - taken)
+                        .await
+                },
                 Settled::Charged,
             ),
         };

@@ -338,18 +338,18 @@ impl<St: Store> Limiter<St> {
             InFlight::new(releaser, key.clone().into_owned(), index)
         });
         // The key is kept (moved, or copied once from a subject's) only when needed.
-        let asked = move |key: Cow<'_, str>, in_flight| Asked {
+        let asked = move |key: Cow<'_, str>| Asked {
             at,
             key: keep_key.then(|| key.into_owned()),
             cost,
-            in_flight,
         };
         let ticket = match core.breaker.as_ref().map(|b| b.admit()).transpose() {
             Ok(ticket) => ticket,
             Err(error) => {
                 return Deciding::NotAsked {
                     error: Some(error),
-                    asked: asked(key, in_flight),
+                    asked: asked(key),
+                    in_flight,
                     policy: index,
                     flags,
                 };
@@ -363,7 +363,7 @@ impl<St: Store> Limiter<St> {
         let stamped = lend.is_some() || flags.receipt || policy.concurrent;
         let untake = (stamped && core.worker.is_some()).then(|| {
             let releaser: Arc<dyn Releaser> = Arc::clone(&self.shared) as _;
-            (releaser, key.clone().into_owned())
+            Box::new((releaser, key.clone().into_owned()))
         });
         let decision = match lend {
             Some((want, lending)) => {
@@ -376,7 +376,7 @@ impl<St: Store> Limiter<St> {
             call: Call::deciding(decision, ticket, in_flight, core.worker.clone()),
             deadline: None,
             untake,
-            asked: asked(key, None),
+            asked: asked(key),
             policy: index,
             flags,
         }

@@ -97,7 +97,8 @@ pub struct Outcome {
     /// The concurrency slots held, when allowed under a concurrency limit.
     in_flight: Option<InFlight>,
     /// What the store took, to settle or refund.
-    receipt: Option<Receipt>,
+    // Boxed: most outcomes have none, and an outcome is moved a few times.
+    receipt: Option<Box<Receipt>>,
 }
 
 impl Outcome {
@@ -114,7 +115,7 @@ impl Outcome {
 
     /// The same outcome, with what the store took.
     pub(crate) fn with_receipt(mut self, receipt: Option<Receipt>) -> Self {
-        self.receipt = receipt;
+        self.receipt = receipt.map(Box::new);
         self
     }
 
@@ -125,7 +126,7 @@ impl Outcome {
     /// whole actual cost); `None` when it was refused, decided by the deny cache or locally,
     /// or has no limit, and after the first call.
     pub fn receipt(&mut self) -> Option<Receipt> {
-        self.receipt.take()
+        self.receipt.take().map(|receipt| *receipt)
     }
 
     /// The same outcome, holding `in_flight`.

@@ -23,10 +23,8 @@ use crate::store::Stamp;
 pub struct Receipt {
     pub(crate) key: Box<str>,
     pub(crate) policy: usize,
-    /// The policy's limits when the units were taken, and those of them that count the cost
-    /// (what a settlement charges).
+    /// The policy's limits when the units were taken.
     pub(crate) limits: Arc<[Limit]>,
-    pub(crate) costed: Arc<[Limit]>,
     /// `None`: the store took nothing (failed open), or does not stamp its takes.
     pub(crate) stamp: Option<Stamp>,
     /// Units taken and not given back yet.
@@ -45,7 +43,6 @@ impl Receipt {
             key,
             policy,
             limits: Arc::clone(&entry.limits),
-            costed: Arc::clone(&entry.costed),
             stamp,
             units,
         }

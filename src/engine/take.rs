@@ -26,9 +26,6 @@ pub(crate) struct Asked {
     /// The subject's key, when the deny cache or the local fail mode needs it.
     pub(crate) key: Option<String>,
     pub(crate) cost: u64,
-    /// The slots the decision would hold, under a concurrency limit (until a store call takes
-    /// them over).
-    pub(crate) in_flight: Option<InFlight>,
 }
 
 /// A decision under way, polled with the engine's [`Core`] (which its owner holds). `Unpin`
@@ -42,7 +39,7 @@ pub(crate) enum Deciding<D, A = Decision> {
         // memory store) never arms a timer.
         deadline: Option<Pin<Box<Sleep>>>,
         // Puts back what a stamped take took, if it is given up on (a remote store).
-        untake: Option<Untake>,
+        untake: Option<Box<Untake>>,
         asked: Asked,
         policy: usize,
         flags: Flags,
@@ -51,6 +48,8 @@ pub(crate) enum Deciding<D, A = Decision> {
     NotAsked {
         error: Option<StoreError>,
         asked: Asked,
+        // The slots the decision would hold, under a concurrency limit.
+        in_flight: Option<InFlight>,
         policy: usize,
         flags: Flags,
     },
@@ -73,11 +72,12 @@ where
             Deciding::NotAsked {
                 error,
                 asked,
+                in_flight,
                 policy,
                 flags,
             } => {
                 let error = error.take().expect("polled after completion");
-                Poll::Ready(core.failed(*policy, *flags, error, asked))
+                Poll::Ready(core.failed(*policy, *flags, error, asked, in_flight.take()))
             }
             Deciding::Asking {
                 call,
@@ -97,9 +97,10 @@ where
                         // Given up on: a stamped take is left to finish and everything it
                         // took put back, since the fail mode decides the request; another is
                         // dropped (its units stay taken, as a finished decision's would).
-                        let untake = untake
-                            .take()
-                            .map(|(releaser, key)| InFlight::untaking(releaser, key, *policy));
+                        let untake = untake.take().map(|untake| {
+                            let (releaser, key) = *untake;
+                            InFlight::untaking(releaser, key, *policy)
+                        });
                         call.give_up(untake);
                         Err(StoreError::Timeout(core.timeout))
                     }
@@ -167,14 +168,18 @@ impl Core {
                         None
                     }
                 });
-                let receipt = match (flags.receipt && decision.allowed, &asked.key) {
+                // The key was kept for the receipt: moved into it.
+                let receipt = match (flags.receipt && decision.allowed, asked.key.take()) {
                     (true, Some(key)) => Some(Receipt::new(
-                        key.as_str().into(),
+                        key.into_boxed_str(),
                         (index, policy),
                         stamp,
                         taken,
                     )),
-                    _ => None,
+                    (_, key) => {
+                        asked.key = key;
+                        None
+                    }
                 };
                 self.decided(index, flags, decision, DecidedBy::Store, elapsed)
                     .with_each(each)
@@ -183,20 +188,23 @@ impl Core {
                     .with_receipt(receipt)
             }
             Err(error) => {
-                // The call may have taken slots that no one holds now: their lease runs out.
-                // The guard serves a local decision instead (disarmed unless one passes).
-                if in_flight.is_some() {
-                    asked.in_flight = in_flight;
-                }
-                self.failed(index, flags, error, asked)
+                // The guard serves a local decision instead (disarmed unless one passes); the
+                // call left to finish frees what it took in the store.
+                self.failed(index, flags, error, asked, in_flight)
             }
         }
     }
 
     /// What the fail mode makes of a store failure.
-    fn failed(&self, index: usize, flags: Flags, error: StoreError, asked: &mut Asked) -> Outcome {
+    fn failed(
+        &self,
+        index: usize,
+        flags: Flags,
+        error: StoreError,
+        asked: &mut Asked,
         // Slots are held only by a local decision that passes.
-        let in_flight = asked.in_flight.take();
+        in_flight: Option<InFlight>,
+    ) -> Outcome {
         let mode = self.fail_mode;
         self.outage.failed(&error, mode);
         self.telemetry.store_failed(&error, mode);

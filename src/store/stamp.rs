@@ -20,6 +20,13 @@ pub struct Stamp {
     at_us: u64,
     /// The request's cost as the take counted it (before [`Limit::per_request`]).
     cost: u64,
+    /// The rest, when there is any (boxed: a stamp travels inside every receipt and slot
+    /// guard, and most takes have neither a sliding log nor a named slot).
+    more: Option<Box<More>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct More {
     /// Per limit of the call, in order, where its units are: for a sliding log the time of its
     /// entries, `at_us` for the others. Empty when no limit is a sliding log.
     marks: Vec<u64>,
@@ -33,8 +40,7 @@ impl Stamp {
         Self {
             at_us,
             cost,
-            marks: Vec::new(),
-            slot: None,
+            more: None,
         }
     }
 
@@ -52,7 +58,7 @@ impl Stamp {
             .iter()
             .any(|l| l.algorithm() == Algorithm::SlidingLog)
         {
-            stamp.marks = limits
+            let marks = limits
                 .iter()
                 .zip(observed)
                 .map(|(limit, seen)| match *seen {
@@ -64,13 +70,14 @@ impl Stamp {
                     _ => now,
                 })
                 .collect();
+            stamp.more = Some(Box::new(More { marks, slot: None }));
         }
         stamp
     }
 
     /// The same stamp, holding the concurrency slot named `slot`.
     pub fn with_slot(mut self, slot: Arc<str>) -> Self {
-        self.slot = Some(slot);
+        self.more.get_or_insert_default().slot = Some(slot);
         self
     }
 
@@ -87,12 +94,15 @@ impl Stamp {
     /// Where the take's units are in the limit at position `index`: the time of a sliding
     /// log's entries, [`at_us`](Self::at_us) for the other algorithms.
     pub fn mark(&self, index: usize) -> u64 {
-        self.marks.get(index).copied().unwrap_or(self.at_us)
+        self.more
+            .as_ref()
+            .and_then(|more| more.marks.get(index).copied())
+            .unwrap_or(self.at_us)
     }
 
     /// The concurrency slot the take holds, when the store names them.
     pub fn slot(&self) -> Option<&str> {
-        self.slot.as_deref()
+        self.more.as_ref()?.slot.as_deref()
     }
 }
 
