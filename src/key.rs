@@ -88,6 +88,19 @@ pub(crate) fn route_template(parts: &Parts) -> Option<&str> {
         .map(axum::extract::MatchedPath::as_str)
 }
 
+/// The method as a bucket key names it: `HEAD` as `GET` (a server answers it with its `GET`
+/// handler, so it spends the same budget), every other standard method as itself, and any
+/// other method as `OTHER`: a client that invents methods adds no bucket and no key.
+pub(crate) fn key_method(method: &http::Method) -> &str {
+    match method.as_str() {
+        "HEAD" => "GET",
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "CONNECT" | "TRACE" => {
+            method.as_str()
+        }
+        _ => "OTHER",
+    }
+}
+
 /// The endpoint component of the requests that match no route and share one bucket per
 /// client and method ([`UnmatchedPaths::Shared`]). A normalized path starts with `/`, so it
 /// never meets this one.
@@ -357,6 +370,21 @@ mod tests {
     fn key(client: &[u8], method: &str, path: &str) -> String {
         let key = subject_key("tollgate", client, Endpoint::Route { method, path });
         format!("{key}:default")
+    }
+
+    #[test]
+    fn head_counts_as_get_and_invented_methods_share_one_name() {
+        let name =
+            |m: &str| key_method(&http::Method::from_bytes(m.as_bytes()).unwrap()).to_owned();
+        assert_eq!(name("HEAD"), "GET");
+        for m in [
+            "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+        ] {
+            assert_eq!(name(m), m);
+        }
+        for m in ["FOO", "get", "PROPFIND", "OTHER", "X-Y"] {
+            assert_eq!(name(m), "OTHER", "{m}");
+        }
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl<St> Limiter<St> {
         ) {
             (Some(rule), _) => Endpoint::Rule(rule),
             (None, Some((method, path))) => Endpoint::Route {
-                method: method.as_str(),
+                method: crate::key::key_method(method),
                 path,
             },
             (None, None) => unreachable!("a rule target found its rule"),

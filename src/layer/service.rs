@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::{ResponseFuture, Shared};
 use crate::client::ClientExtractor;
 use crate::engine::Flags;
-use crate::key::{Endpoint, request_path, route_template, with_subject_key};
+use crate::key::{Endpoint, key_method, request_path, route_template, with_subject_key};
 use crate::policy::TierRejection;
 use crate::reserve::{After, Reservation, Settling};
 use crate::response::{Answer, ResponseBody, is_grpc};
@@ -177,13 +177,13 @@ where
         let endpoint = match (&policy.rule, route_template(&parts)) {
             (Some(rule), _) => Endpoint::Rule(rule),
             (None, Some(template)) => Endpoint::Route {
-                method: parts.method.as_str(),
+                method: key_method(&parts.method),
                 path: template,
             },
             (None, None) => {
                 unmatched = settings.unmatched.endpoint(&path);
                 Endpoint::Route {
-                    method: parts.method.as_str(),
+                    method: key_method(&parts.method),
                     path: &unmatched,
                 }
             }

@@ -224,8 +224,10 @@ impl Entry {
     }
 
     fn matches(&self, method: &Method, path: &str) -> bool {
-        self.methods.as_ref().is_none_or(|m| m.contains(method))
-            && self.pattern.as_ref().is_some_and(|p| p.matches(path))
+        // HEAD is answered by the GET handler: a rule of GET requests limits it too.
+        self.methods.as_ref().is_none_or(|m| {
+            m.contains(method) || (*method == Method::HEAD && m.contains(&Method::GET))
+        }) && self.pattern.as_ref().is_some_and(|p| p.matches(path))
     }
 }
 
@@ -406,6 +408,32 @@ mod tests {
 
     fn limit(name: &str) -> Limit {
         Limit::new(name, 5, 5, Duration::from_secs(60)).unwrap()
+    }
+
+    /// A `GET` rule limits `HEAD` too (the GET handler answers it); a `HEAD` rule is its own.
+    #[test]
+    fn a_get_rule_matches_head() {
+        let policies = Policies::builder()
+            .rule(
+                Rule::new("reads", "/files")
+                    .methods([Method::GET])
+                    .limit(limit("a")),
+            )
+            .rule(
+                Rule::new("heads", "/only-head")
+                    .methods([Method::HEAD])
+                    .limit(limit("b")),
+            )
+            .default_limit(limit("d"))
+            .build()
+            .unwrap();
+        let reads = policies.find(&Method::GET, "/files");
+        assert!(reads.is_some());
+        assert_eq!(policies.find(&Method::HEAD, "/files"), reads);
+        assert_ne!(policies.find(&Method::POST, "/files"), reads);
+        let heads = policies.find(&Method::HEAD, "/only-head");
+        assert!(heads.is_some() && heads != reads);
+        assert_ne!(policies.find(&Method::GET, "/only-head"), heads);
     }
 
     #[test]

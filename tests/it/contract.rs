@@ -137,6 +137,52 @@ async fn contract_with_memory_store() {
     contract(MemoryStore::new()).await;
 }
 
+/// A client cannot multiply its budget, nor the keys in Redis, with the method: `HEAD` spends
+/// the `GET` budget (axum answers it with the `GET` handler), and every invented method shares
+/// one bucket per client and endpoint.
+#[tokio::test]
+async fn methods_cannot_multiply_a_budget_or_the_keys() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(app(RedisStore::open(&redis.url()).unwrap())).await;
+    let (client, addr) = (HttpClient::new(), server.addr);
+    let key = [("x-api-key", "m")];
+    for i in 0..10 {
+        let reply = client.request(addr, "GET", "/hello", &key).await;
+        assert_eq!(reply.status, 200, "GET {i}: {reply:?}");
+    }
+    let head = client.request(addr, "HEAD", "/hello", &key).await;
+    assert_eq!(head.status, 429, "HEAD after 10 GETs: {head:?}");
+
+    // 30 invented methods, on a route and on no route: 10 of each pass the limiter (and get
+    // axum's 405 or 404), the rest are limited, and they make two keys in all.
+    for path in ["/hello", "/nowhere"] {
+        let mut passed = 0;
+        for i in 0..30 {
+            let method = format!("INVENTED{i}");
+            let reply = client
+                .request(addr, &method, path, &[("x-api-key", "n")])
+                .await;
+            match reply.status.as_u16() {
+                429 => {}
+                404 | 405 => passed += 1,
+                other => panic!("{method} {path}: {other} {reply:?}"),
+            }
+        }
+        assert_eq!(passed, 10, "{path}");
+    }
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:{n:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:{m:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys, ["tollgate:{m:GET:/hello}:default"]);
+}
+
 #[tokio::test]
 async fn contract_with_redis_store() {
     let redis = RedisServer::start();
