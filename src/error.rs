@@ -124,6 +124,25 @@ fn unreachable(e: &redis::RedisError) -> bool {
         )
 }
 
+/// Whether Redis refused the password or the user.
+#[cfg(feature = "redis")]
+fn refused_auth(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::AuthenticationFailed
+            | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+    ) || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
+/// Whether the configuration is wrong rather than Redis: a URL that does not parse, a
+/// database index Redis does not have.
+#[cfg(feature = "redis")]
+fn misconfigured(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::InvalidClientConfig
+        || e.detail()
+            .is_some_and(|detail| detail.contains("DB index is out of range"))
+}
+
 /// A store could not decide.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -150,6 +169,20 @@ pub enum StoreError {
     /// outside a Tokio runtime.
     #[error("invalid call: {0}")]
     Invalid(String),
+    /// A store's configuration is wrong: a URL that is not one, or does not parse (named
+    /// without its password). Kind `config`.
+    #[error("{0}")]
+    Config(String),
+    /// A store that was opened but cannot be used: [`RedisStore::connect`](crate::RedisStore::connect)
+    /// could not connect, authenticate, select the database or load the scripts. `url` is the
+    /// store's URL with its password replaced by `***`; the kind is `source`'s.
+    #[error("cannot use Redis at {url}: {source}")]
+    Unusable {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        source: Box<StoreError>,
+    },
     /// The store does not implement this operation (a custom store that only decides).
     #[error("the store does not support {0}")]
     Unsupported(&'static str),
@@ -165,40 +198,57 @@ pub enum StoreError {
 
 impl StoreError {
     /// Every word [`StoreError::kind`] can say, in order.
-    pub const KINDS: [&'static str; 6] = [
+    pub const KINDS: [&'static str; 8] = [
         "timeout",
         "connection",
         "script",
         "other",
         "overloaded",
         "circuit_open",
+        "auth",
+        "config",
     ];
 
     /// A short, fixed word for the kind of failure, for logs and metrics labels:
-    /// `timeout`, `connection` (unreachable, or failing over), `script` (Redis refused the
-    /// call), `other`, or, for requests that did not ask the store, `overloaded` and
-    /// `circuit_open`.
+    /// `timeout`, `connection` (unreachable, or failing over), `auth` (Redis refused the
+    /// password or the user: `NOAUTH`, `WRONGPASS`, `NOPERM`), `config` (a URL that does not
+    /// parse, a database index Redis does not have, a call that cannot be decided), `script`
+    /// (Redis refused the call), `other`, or, for requests that did not ask the store,
+    /// `overloaded` and `circuit_open`.
     pub fn kind(&self) -> &'static str {
         Self::KINDS[self.kind_index()]
     }
 
-    /// Whether the store could not be reached or did not answer in time (rather than answered
-    /// with an error, or was not asked): what the circuit breaker counts.
+    /// Whether the store could not be reached, did not answer in time, or refuses every call
+    /// (the password, the database), rather than answered one call with an error or was not
+    /// asked: what the circuit breaker counts.
     pub(crate) fn unavailable(&self) -> bool {
-        self.kind_index() <= 1
+        match self.kind_index() {
+            0 | 1 | 6 => true,
+            // A database Redis does not have; not a call refused before it was sent.
+            #[cfg(feature = "redis")]
+            7 => matches!(self, Self::Redis(_)),
+            _ => false,
+        }
     }
 
     /// The position of [`StoreError::kind`] in [`StoreError::KINDS`].
     pub(crate) fn kind_index(&self) -> usize {
         match self {
+            Self::Unusable { source, .. } => source.kind_index(),
             Self::Timeout(_) => 0,
             #[cfg(feature = "redis")]
             Self::Redis(e) if unreachable(e) => 1,
             Self::Unavailable(_) => 1,
             #[cfg(feature = "redis")]
+            Self::Redis(e) if refused_auth(e) => 6,
+            #[cfg(feature = "redis")]
+            Self::Redis(e) if misconfigured(e) => 7,
+            #[cfg(feature = "redis")]
             Self::Redis(_) => 2,
             Self::Reply(_) => 2,
-            Self::Other(_) | Self::Invalid(_) | Self::Unsupported(_) => 3,
+            Self::Invalid(_) | Self::Config(_) => 7,
+            Self::Other(_) | Self::Unsupported(_) => 3,
             Self::Overloaded(_) => 4,
             Self::CircuitOpen => 5,
         }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `tollgate_decisions_total` | counter | `policy`, `outcome`: `allowed`, `limited`, `shadow_limited`, `bypassed`, `missing_identity` |
 //! | `tollgate_near_limit_total` | counter | `policy`: an allowed decision that left 20% of the capacity or less |
-//! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `script`, `other`; and requests that did not ask the store: `overloaded`, `circuit_open` |
+//! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `auth`, `config`, `script`, `other`; and requests that did not ask the store: `overloaded`, `circuit_open` |
 //! | `tollgate_fail_mode_total` | counter | `mode`: `open`, `closed`, `local`: a request the fail mode decided |
 //! | `tollgate_store_duration_seconds` | histogram | calls to a remote store (Redis), answered or not |
 //! | `tollgate_deny_cache_hits_total` | counter | requests denied by the local deny cache, without a store call |

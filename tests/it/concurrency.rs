@@ -30,6 +30,8 @@ fn limiter<St: Store>(store: St, streams: Limit) -> Limiter<St> {
         .store(store)
         .policies(policies(streams))
         .timeout(Duration::from_secs(2))
+        // Instances of one service: the same buckets, on purpose.
+        .share_buckets(true)
         .build()
         .unwrap()
 }

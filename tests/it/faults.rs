@@ -37,6 +37,8 @@ pub async fn server_with(store: RedisStore, fail_mode: FailMode) -> TestServer {
         // With FailMode::Local: one unit of the ten, so a local decision (r=0, or 429) is told
         // apart from Redis's (r ≥ 1 for a bucket with units left).
         .local_share(0.1)
+        // The servers of one test are instances on one Redis: the same buckets, on purpose.
+        .share_buckets(true)
         .build()
         .unwrap();
     TestServer::start(

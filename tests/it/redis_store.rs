@@ -84,6 +84,8 @@ pub async fn instances(stores: [RedisStore; 2], policies: Policies) -> [TestServ
         let layer = RateLimitLayer::builder()
             .store(store)
             .policies(policies.clone())
+            // Two instances of one service: the same buckets, on purpose.
+            .share_buckets(true)
             // Generous: this test is about counting, not about failing open.
             .timeout(Duration::from_secs(5))
             .build()
@@ -289,4 +291,81 @@ async fn passwords_stay_out_of_errors_and_debug_output() {
     }
     let cluster = RedisStore::open_cluster(["redis://:s3cret@127.0.0.1:1/"]).unwrap();
     assert!(!format!("{cluster:?}").contains("s3cret"));
+}
+
+/// A misconfigured Redis fails loudly where the store is opened, with an error that says what
+/// is wrong (its kind too) and names the URL without its password.
+#[tokio::test]
+async fn a_misconfigured_redis_fails_loudly_without_its_password() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret-pw")
+        .query(&mut conn)
+        .unwrap();
+    let url = redis.url();
+    let cases = [
+        (url.clone(), "auth"),
+        (format!("{url}?pass=wrong-pw"), "auth"),
+        (format!("{url}?pass=s3cret-pw&db=99"), "config"),
+        (
+            format!("redis+unix://{}-gone", redis.socket().display()),
+            "connection",
+        ),
+    ];
+    for (url, kind) in cases {
+        let error = RedisStore::connect(&url).await.unwrap_err();
+        let text = error.to_string();
+        assert_eq!(error.kind(), kind, "{url}: {text}");
+        assert!(text.contains("cannot use Redis at redis+unix://"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("wrong-pw"),
+            "{text}"
+        );
+        assert!(!format!("{error:?}").contains("s3cret"), "{error:?}");
+    }
+    let store = RedisStore::connect(&format!("{url}?pass=s3cret-pw"))
+        .await
+        .unwrap();
+    let limits: Arc<[Limit]> = Arc::new([Limit::new("l", 2, 2, Duration::from_secs(60)).unwrap()]);
+    assert!(store.decide("k", &limits, 1).await.unwrap().allowed);
+
+    // No scheme: a hint. A URL that does not parse: named, without its password.
+    let error = RedisStore::open("localhost:6379").unwrap_err();
+    assert_eq!(error.kind(), "config");
+    assert!(
+        error.to_string().contains("redis://localhost:6379"),
+        "{error}"
+    );
+    let error = RedisStore::open("redis://:s3cret-pw@host:notaport").unwrap_err();
+    assert_eq!(error.kind(), "config");
+    let text = error.to_string();
+    assert!(
+        text.contains("redis://:***@host:notaport") && !text.contains("s3cret"),
+        "{text}"
+    );
+}
+
+/// Two limiters of one process on one Redis, with the same prefix and limit names, are
+/// refused however their stores were opened (two `open`s of one URL); another database is
+/// another Redis.
+#[tokio::test]
+async fn two_stores_opened_on_one_redis_cannot_share_buckets_silently() {
+    let redis = RedisServer::start();
+    let build = |store: RedisStore| {
+        tollgate::Limiter::builder()
+            .store(store)
+            .capacity(5)
+            .period(Duration::from_secs(1))
+            .build()
+    };
+    let first = build(RedisStore::open(&redis.url()).unwrap()).unwrap();
+    let error = build(RedisStore::open(&redis.url()).unwrap()).unwrap_err();
+    assert!(error.to_string().contains("key_prefix"), "{error}");
+    let other_db = build(RedisStore::open(&format!("{}?db=1", redis.url())).unwrap());
+    assert!(other_db.is_ok(), "{other_db:?}");
+    drop(first);
+    assert!(build(RedisStore::open(&redis.url()).unwrap()).is_ok());
 }

@@ -80,12 +80,25 @@ use slots::Slots;
 ///
 /// # Abandoned calls
 ///
-/// The layer gives up on a decision after its timeout, but the command may already be on its
-/// way: Redis may still run it and take a unit for a request that was failed open or closed.
+/// The limiter gives up on a decision after its timeout, but the command may already be on
+/// its way: the call is left to finish, and what a stamped take took is put back (see the
+/// README, "A decision that times out keeps nothing").
+///
+/// # One Redis, one set of buckets per prefix
+///
+/// Stores opened from a URL ([`open`](Self::open), [`connect`](Self::connect),
+/// [`with_config`](Self::with_config), [`open_cluster`](Self::open_cluster),
+/// [`open_sentinel`](Self::open_sentinel)) know which Redis they name (its address and
+/// database, the seed nodes, the sentinels and master): two limiters of one process on the
+/// same Redis with the same key prefix and limit names are refused when built, however their
+/// stores were opened. (A store made `from_connection`, `from_cluster` or `from_sentinel` is
+/// known only by itself: its clones.)
 #[derive(Clone)]
 pub struct RedisStore {
     link: Arc<Link>,
     slots: Arc<Slots>,
+    /// Which Redis the store names, when it was opened from addresses.
+    target: Option<usize>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -104,10 +117,52 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// When the URL cannot be parsed, or when called outside a Tokio runtime.
+    /// When the URL cannot be parsed (the error names it without its password, kind
+    /// `config`), or when called outside a Tokio runtime.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         in_runtime("RedisStore::open")?;
-        Self::with_config(redis::Client::open(url)?, Self::default_config())
+        if !url.contains("://") {
+            let shown = redact(url);
+            return Err(StoreError::Config(format!(
+                "`{shown}` is not a Redis URL: it starts with redis://, rediss:// or \
+                 redis+unix:// (for example redis://{shown})"
+            )));
+        }
+        let client = redis::Client::open(url).map_err(|error| {
+            StoreError::Config(format!(
+                "the Redis URL {} did not parse: {error}",
+                redact(url)
+            ))
+        })?;
+        Self::with_config(client, Self::default_config())
+    }
+
+    /// [`RedisStore::open`], then a check that the store can be used: it connects,
+    /// authenticates, selects the database and loads the scripts
+    /// ([`load_script`](Self::load_script)), so that a wrong port, password or database fails
+    /// here, loudly, rather than every request later under the fail mode.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tollgate::StoreError> {
+    /// let store = tollgate::RedisStore::connect("redis://127.0.0.1:6379/").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open); and [`StoreError::Unusable`], naming the URL without its
+    /// password, with the cause's kind: `connection`, `auth` (a password or user Redis
+    /// refuses), `config` (a database Redis does not have), `script`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let store = Self::open(url)?;
+        match store.load_script().await {
+            Ok(()) => Ok(store),
+            Err(error) => Err(StoreError::Unusable {
+                url: redact(url),
+                source: Box::new(error),
+            }),
+        }
     }
 
     /// A store over `client` with connection managers configured by `config`.
@@ -120,11 +175,11 @@ impl RedisStore {
         config: ConnectionManagerConfig,
     ) -> Result<Self, StoreError> {
         in_runtime("RedisStore::with_config")?;
+        let target = target("single", "", [client.get_connection_info()]);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        Ok(Self::new(
-            Some(Conn::Single(conn)),
-            Opener::Single { client, config },
-        ))
+        let mut store = Self::new(Some(Conn::Single(conn)), Opener::Single { client, config });
+        store.target = Some(target);
+        Ok(store)
     }
 
     /// A store over an existing connection manager. It cannot open a new connection when this
@@ -150,12 +205,19 @@ impl RedisStore {
         T: redis::IntoConnectionInfo,
     {
         in_runtime("RedisStore::open_cluster")?;
+        let nodes = nodes
+            .into_iter()
+            .map(redis::IntoConnectionInfo::into_connection_info)
+            .collect::<Result<Vec<_>, _>>()?;
+        let target = target("cluster", "", &nodes);
         let client = redis::cluster::ClusterClient::builder(nodes)
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(Duration::from_secs(1))
             .retries(3)
             .build()?;
-        Ok(Self::from_cluster(client))
+        let mut store = Self::from_cluster(client);
+        store.target = Some(target);
+        Ok(store)
     }
 
     /// A store over a cluster client you configured (TLS, passwords, read routing, retries).
@@ -184,13 +246,20 @@ impl RedisStore {
         T: redis::IntoConnectionInfo,
     {
         in_runtime("RedisStore::open_sentinel")?;
+        let sentinels = sentinels
+            .into_iter()
+            .map(redis::IntoConnectionInfo::into_connection_info)
+            .collect::<Result<Vec<_>, _>>()?;
+        let target = target("sentinel", master_name, &sentinels);
         let client = redis::sentinel::SentinelClient::build(
-            sentinels.into_iter().collect(),
+            sentinels,
             master_name.to_owned(),
             None,
             redis::sentinel::SentinelServerType::Master,
         )?;
-        Ok(Self::from_sentinel(client, Self::default_config()))
+        let mut store = Self::from_sentinel(client, Self::default_config());
+        store.target = Some(target);
+        Ok(store)
     }
 
     /// A store over a sentinel client you configured (the primary's database, password or
@@ -214,6 +283,7 @@ impl RedisStore {
         Self {
             link: Link::new(conn, opener),
             slots: Slots::new(),
+            target: None,
         }
     }
 
@@ -249,6 +319,55 @@ impl RedisStore {
         }
         Ok(())
     }
+}
+
+/// Which Redis a deployment of `kind` at `addresses` (and `name`, a sentinel master's) is:
+/// a hash of the addresses in order and their databases, never a connection's pointer.
+fn target<'a>(
+    kind: &str,
+    name: &str,
+    addresses: impl IntoIterator<Item = &'a redis::ConnectionInfo>,
+) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (kind, name).hash(&mut hasher);
+    for info in addresses {
+        info.addr().to_string().hash(&mut hasher);
+        info.redis_settings().db().hash(&mut hasher);
+    }
+    // Odd, so never the address of a connection (which is aligned).
+    (hasher.finish() as usize) | 1
+}
+
+/// `url` with its password replaced by `***` (in the user information, or a `pass` or
+/// `password` query parameter): what errors and logs may show.
+pub(crate) fn redact(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut shown = match rest[..authority].rfind('@') {
+        Some(at) => {
+            let user = match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{scheme}{user}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    };
+    if let Some(query) = shown.find('?') {
+        let masked: Vec<String> = shown[query + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name == "pass" || name == "password" => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown = format!("{}?{}", &shown[..query], masked.join("&"));
+    }
+    shown
 }
 
 /// An error, rather than a panic inside redis-rs, when a constructor is called outside a Tokio
@@ -292,7 +411,7 @@ impl Store for RedisStore {
     }
 
     fn identity(&self) -> Option<usize> {
-        Some(Arc::as_ptr(&self.link) as usize)
+        Some(self.target.unwrap_or(Arc::as_ptr(&self.link) as usize))
     }
 
     fn peek(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> StoreCall<Vec<Decision>> {

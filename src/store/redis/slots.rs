@@ -267,6 +267,7 @@ impl RedisStore {
                 let store = RedisStore {
                     link,
                     slots: Arc::clone(&slots),
+                    target: None,
                 };
                 for (bucket, lease_us, names) in slots.due() {
                     let script = scripts::other(Other::Renew);
