@@ -340,6 +340,11 @@ impl<St> LimiterBuilder<St> {
             leases: leased.then(crate::lease::Leases::new),
             // A quarter of the calls in flight at most: decisions keep most of the room.
             worker: remote.then(|| super::Worker::new(options.max_in_flight / 4)),
+            id: {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         };
         Ok(Limiter {
             shared: Arc::new(Shared {

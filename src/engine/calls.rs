@@ -25,7 +25,7 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout; the fail mode does not
     /// apply.
     pub async fn peek(&self, subject: &Subject, cost: u64) -> Result<Vec<Decision>, StoreError> {
-        let Some(index) = subject.policy() else {
+        let Some(index) = self.policy_of(subject)? else {
             return Ok(Vec::new());
         };
         let limits = &self.shared.core.policies.entry(index).limits;
@@ -50,6 +50,7 @@ impl<St: Store> Limiter<St> {
     /// never be made twice): a refund lost is units held back until they refill, never an
     /// over-admission.
     pub async fn refund(&self, receipt: &mut Receipt, units: u64) -> Result<(), StoreError> {
+        self.own(receipt)?;
         let units = units.min(receipt.units);
         let Some(stamp) = receipt.stamp.as_ref().filter(|_| units > 0) else {
             return Ok(());
@@ -77,7 +78,7 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout (a charge that timed out
     /// may still happen).
     pub async fn charge(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
-        match subject.policy() {
+        match self.policy_of(subject)? {
             Some(index) => self.charge_at(index, subject.key(), units).await,
             None => Ok(()),
         }
@@ -138,6 +139,7 @@ impl<St: Store> Limiter<St> {
     /// was taken (a refund lost is units held back until they refill, never an
     /// over-admission; a charge lost is work that was not counted).
     pub async fn settle(&self, mut receipt: Receipt, actual: u64) -> Result<(), StoreError> {
+        self.own(&receipt)?;
         let telemetry = &self.shared.core.telemetry;
         let (index, taken) = (receipt.policy, receipt.units);
         let (result, settled) = match actual.cmp(&taken) {
@@ -201,6 +203,7 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout.
     pub async fn reset(&self, subject: &Subject) -> Result<(), StoreError> {
         let core = &self.shared.core;
+        let policy = self.policy_of(subject)?;
         if let Some(cache) = &core.deny_cache {
             cache.forget(subject.key());
         }
@@ -208,13 +211,39 @@ impl<St: Store> Limiter<St> {
             // Units leased from the bucket before it was reset are not owed to it.
             leases.forget(subject.key());
         }
-        let Some(index) = subject.policy() else {
+        let Some(index) = policy else {
             return Ok(());
         };
         let limits = &core.policies.entry(index).limits;
         let call = self.shared.store.reset(subject.key(), limits);
         self.shared.core.bounded(call).await
     }
+}
+
+impl<St> Limiter<St> {
+    /// The index of `subject`'s policy, when this limiter made it.
+    pub(crate) fn policy_of(&self, subject: &Subject) -> Result<Option<usize>, StoreError> {
+        match subject.made_by(&self.shared.core) {
+            true => Ok(subject.policy()),
+            false => Err(foreign("subject")),
+        }
+    }
+
+    /// Whether this limiter's decision made `receipt`.
+    fn own(&self, receipt: &Receipt) -> Result<(), StoreError> {
+        match receipt.owner == self.shared.core.address() {
+            true => Ok(()),
+            false => Err(foreign("receipt")),
+        }
+    }
+}
+
+/// The error of a subject or receipt made by another limiter (another engine, other policies).
+fn foreign(what: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "this {what} was made by another limiter: its policy is another limiter's; make it \
+         with this limiter"
+    ))
 }
 
 impl Core {

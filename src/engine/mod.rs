@@ -125,6 +125,8 @@ pub(crate) struct Core {
     /// Runs the background work (put-backs, calls left to finish, leases), with a remote
     /// store; an in-process store's calls end at once.
     pub(crate) worker: Option<Worker>,
+    /// Names the limiter to its subjects and receipts (see [`Core::address`]).
+    pub(crate) id: usize,
 }
 
 impl Core {
@@ -191,7 +193,11 @@ impl<St> Limiter<St> {
 impl<St: Store> Limiter<St> {
     /// Takes `cost` units (0 counts as 1) for `subject` from every limit of its policy, all
     /// or nothing, exactly as the HTTP layer does for a request: within the timeout, through
-    /// the breaker and the deny cache, and by the fail mode when the store fails.
+    /// the breaker and the deny cache, and by the fail mode when the store fails. (The other
+    /// calls, [`peek`](Self::peek), [`refund`](Self::refund), [`charge`](Self::charge),
+    /// [`settle`](Self::settle) and [`reset`](Self::reset), decide nothing: in an outage they
+    /// return the store's error, whatever the fail mode.) A subject made by another limiter
+    /// is refused ([`Verdict::ForeignSubject`]).
     ///
     /// The [`Outcome`] says whether to go ahead, and what each limit made of it
     /// ([`Outcome::decisions`]):
@@ -226,8 +232,11 @@ impl<St: Store> Limiter<St> {
     /// # }
     /// ```
     pub fn take(&self, subject: &Subject, cost: u64) -> Take {
-        let deciding = match subject.policy() {
-            Some(index) => {
+        let deciding = match self.policy_of(subject) {
+            Err(_) => Deciding::Ready {
+                outcome: Some(Outcome::new(Verdict::ForeignSubject, Flags::default())),
+            },
+            Ok(Some(index)) => {
                 let flags = Flags {
                     receipt: true,
                     ..self.flags(index, subject.is_bypassed())
@@ -235,7 +244,7 @@ impl<St: Store> Limiter<St> {
                 let key = Cow::Borrowed(subject.key());
                 self.start(index, key, cost, flags, Store::decide_each)
             }
-            None => Deciding::Ready {
+            Ok(None) => Deciding::Ready {
                 outcome: Some(Outcome::new(Verdict::Unlimited, Flags::default())),
             },
         };
@@ -297,7 +306,8 @@ impl<St: Store> Limiter<St> {
                     // Its units were lent at `at_us`: a put-back credits them there.
                     let receipt = flags.receipt.then(|| {
                         let stamp = crate::store::Stamp::new(at_us, cost);
-                        Receipt::new(key.as_ref().into(), (index, policy), Some(stamp), cost)
+                        let key = key.as_ref().into();
+                        Receipt::new(key, (index, policy), Some(stamp), cost, core.address())
                     });
                     return Deciding::Ready {
                         outcome: Some(outcome.with_taken(cost).with_receipt(receipt)),

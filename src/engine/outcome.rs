@@ -83,10 +83,19 @@ pub enum Verdict {
     /// The store failed as above, and [`FailMode::Closed`](crate::FailMode::Closed) refuses (or [`FailMode::Local`](crate::FailMode::Local)
     /// cannot decide a cost above this instance's share).
     FailedClosed(StoreError),
+    /// Refused, and nothing asked: the subject was made by another limiter, whose policies
+    /// it names (make it with this limiter's [`subject`](crate::Limiter::subject)).
+    ForeignSubject,
 }
 
 /// The outcome of [`Limiter::take`](crate::Limiter::take): whether to go ahead, and why.
+///
+/// Hold it while the work runs: under a [concurrency](crate::Algorithm::Concurrency) limit,
+/// dropping it frees the slots (take them out with [`Outcome::in_flight`] to hold them
+/// longer), and its [`receipt`](Outcome::receipt) is what a settlement spends.
 #[derive(Debug)]
+#[must_use = "check is_allowed(), and hold the outcome while the work runs: dropping it frees \
+              a concurrency limit's slots"]
 pub struct Outcome {
     verdict: Verdict,
     flags: Flags,
@@ -170,6 +179,7 @@ impl Outcome {
             Verdict::Decided { decision, .. } => !self.flags.refuses(decision.allowed),
             Verdict::TooCostly { .. } => !self.flags.refuses(false),
             Verdict::FailedClosed(_) => self.flags.shadow,
+            Verdict::ForeignSubject => false,
         }
     }
 
@@ -212,7 +222,7 @@ impl Outcome {
         }
         Some(match &self.verdict {
             Verdict::Decided { decision, .. } => decision.retry_after,
-            Verdict::TooCostly { .. } => Duration::MAX,
+            Verdict::TooCostly { .. } | Verdict::ForeignSubject => Duration::MAX,
             _ => Duration::from_secs(1),
         })
     }

@@ -29,17 +29,22 @@ pub struct Receipt {
     pub(crate) stamp: Option<Stamp>,
     /// Units taken and not given back yet.
     pub(crate) units: u64,
+    /// The limiter whose decision took them (its engine's address).
+    pub(crate) owner: usize,
 }
 
 impl Receipt {
-    /// What the decision of `units` on `key` under `entry` (the policy at `policy`) took.
+    /// What the decision of `units` on `key` under `entry` (the policy at `policy`) of the
+    /// limiter whose engine is at `owner` took.
     pub(crate) fn new(
         key: Box<str>,
         (policy, entry): (usize, &Entry),
         stamp: Option<Stamp>,
         units: u64,
+        owner: usize,
     ) -> Self {
         Self {
+            owner,
             key,
             policy,
             limits: Arc::clone(&entry.limits),

@@ -42,15 +42,24 @@ pub struct Subject {
     key: String,
     policy: Option<usize>,
     bypassed: bool,
+    /// The limiter that made it (its engine's address): its policies are the ones `policy`
+    /// indexes.
+    owner: usize,
 }
 
 impl Subject {
-    pub(crate) fn new(key: String, policy: Option<usize>, bypassed: bool) -> Self {
+    pub(crate) fn new(key: String, policy: Option<usize>, bypassed: bool, owner: usize) -> Self {
         Self {
             key,
             policy,
             bypassed,
+            owner,
         }
+    }
+
+    /// Whether the limiter whose engine is `core` made this subject.
+    pub(crate) fn made_by(&self, core: &super::Core) -> bool {
+        self.owner == core.address()
     }
 
     /// The key that names the subject's buckets (each limit's bucket is this key, `:` and the
@@ -177,6 +186,7 @@ impl<St> Limiter<St> {
             ),
             policy,
             bypassed,
+            core.address(),
         ))
     }
 }

@@ -115,6 +115,12 @@ where
 }
 
 impl Core {
+    /// What names this engine's limiter to the subjects and receipts it makes: a number no
+    /// other limiter of the process has had.
+    pub(crate) fn address(&self) -> usize {
+        self.id
+    }
+
     /// What the store's answer (or failure) comes to.
     fn answered<A: Answer>(
         &self,
@@ -175,6 +181,7 @@ impl Core {
                         (index, policy),
                         stamp,
                         taken,
+                        self.address(),
                     )),
                     (_, key) => {
                         asked.key = key;
@@ -243,6 +250,7 @@ impl Core {
                 (index, self.policies.entry(index)),
                 None,
                 0,
+                self.address(),
             )),
             _ => None,
         };

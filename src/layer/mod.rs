@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::Limiter;
 use crate::client::ApiKey;
 use crate::cost::CostExtractor;
 use crate::engine::Core;
@@ -16,6 +15,7 @@ use crate::policy::{Policies, TierExtractor};
 use crate::reserve::{Settle, Settler};
 use crate::response::{RejectionBody, RejectionHook, Style};
 use crate::store::{MemoryStore, Store};
+use crate::{ConfigError, Limiter};
 
 mod builder;
 mod future;
@@ -110,11 +110,15 @@ impl<St: Store> RateLimitLayer<St> {
     /// A layer over `limiter` with the default HTTP settings: clients named by [`ApiKey`],
     /// each request costing 1, the `RateLimit` fields on every response, JSON rejections.
     /// Its requests charge the same buckets as `limiter`'s direct calls.
-    pub fn new(limiter: Limiter<St>) -> Self {
-        match RateLimitLayer::builder().limiter(limiter).build() {
-            Ok(layer) => layer,
-            Err(_) => unreachable!("a limiter alone is a valid configuration"),
-        }
+    ///
+    /// # Errors
+    ///
+    /// When `limiter`'s policies are [tiered](crate::Policies::tiered): a request's tier must
+    /// be found, so build the layer with
+    /// [`RateLimitLayer::builder`]`.limiter(..).tier_extractor(..)` (the error names
+    /// `tier_extractor`).
+    pub fn new(limiter: Limiter<St>) -> Result<Self, ConfigError> {
+        RateLimitLayer::builder().limiter(limiter).build()
     }
 }
 
@@ -179,6 +183,24 @@ mod tests {
         assert!(err(ok().local_share(1.5)).contains("local_share"));
         assert!(err(ok().local_share(f64::NAN)).contains("local_share"));
         assert!(err(ok().max_in_flight(0)).contains("max_in_flight"));
+        // A tiered limiter needs a tier extractor: an error, not a panic.
+        let tier = |n: u64| {
+            Policies::single(crate::Limit::new("l", n, n, Duration::from_secs(1)).unwrap())
+        };
+        let tiered = Policies::tiered([("free", tier(1)), ("pro", tier(5))]).unwrap();
+        let limiter = Limiter::builder().policies(tiered).build().unwrap();
+        let error = RateLimitLayer::new(limiter).unwrap_err().to_string();
+        assert!(error.contains("tier_extractor"), "{error}");
+        assert!(
+            RateLimitLayer::new(
+                Limiter::builder()
+                    .capacity(1)
+                    .period(Duration::from_secs(1))
+                    .build()
+                    .unwrap()
+            )
+            .is_ok()
+        );
         assert!(
             "sideways"
                 .parse::<FailMode>()

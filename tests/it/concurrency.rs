@@ -238,7 +238,7 @@ async fn a_response_holds_its_slot_until_its_body_ends() {
         },
         Limit::concurrency("streams", 1).unwrap(),
     );
-    let layer = tollgate::RateLimitLayer::new(limiter.clone());
+    let layer = tollgate::RateLimitLayer::new(limiter.clone()).unwrap();
     // Each request's body is fed through the channel the test gets back.
     let (bodies, mut fed) = mpsc::unbounded_channel();
     let app = Router::new()

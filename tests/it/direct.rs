@@ -12,7 +12,7 @@ use axum::{Router, routing::get};
 use http::Method;
 use tollgate::{
     AnyStore, DecidedBy, FailMode, Limit, Limiter, MemoryStore, Policies, RateLimitLayer,
-    RedisStore, Store, StoreError, SubjectError, Target, Verdict,
+    RedisStore, Rule, Store, StoreError, SubjectError, Target, Verdict,
 };
 
 use crate::algorithms::away_from_window_edges;
@@ -550,7 +550,7 @@ async fn http_requests_and_direct_calls_share_buckets() {
         .unwrap();
     let app = Router::new()
         .route("/users/{id}", get(|| async { "hi" }))
-        .layer(RateLimitLayer::new(limiter.clone()));
+        .layer(RateLimitLayer::new(limiter.clone()).unwrap());
     let server = TestServer::start(app).await;
     let http = HttpClient::new();
     for _ in 0..3 {
@@ -706,4 +706,46 @@ fn two_limiters_cannot_charge_the_same_buckets_unknowingly() {
     let (a, b) = (build("shared", true), build("shared", true));
     assert!(a.is_ok() && b.is_ok());
     drop((other, again));
+}
+
+/// A subject or a receipt names a policy of the limiter that made it: used on another
+/// limiter, it is refused (with a verdict or an error that says so), never a panic or another
+/// policy's limits.
+#[tokio::test]
+async fn a_subject_or_receipt_from_another_limiter_is_refused() {
+    let minute = Duration::from_secs(60);
+    let two_rules = Policies::builder()
+        .rule(Rule::new("a", "/a").limit(Limit::new("l", 5, 5, minute).unwrap()))
+        .rule(Rule::new("b", "/b").limit(Limit::new("l", 5, 5, minute).unwrap()))
+        .build()
+        .unwrap();
+    let first = Limiter::builder().policies(two_rules).build().unwrap();
+    let second = Limiter::builder()
+        .capacity(1)
+        .period(minute)
+        .build()
+        .unwrap();
+    // The second rule's subject: its policy index is past the second limiter's policies.
+    let subject = first.subject("alice", Target::rule("b")).unwrap();
+    let outcome = second.take(&subject, 1).await;
+    assert!(
+        matches!(outcome.verdict(), Verdict::ForeignSubject),
+        "{outcome:?}"
+    );
+    assert!(!outcome.is_allowed());
+    for error in [
+        second.peek(&subject, 1).await.unwrap_err(),
+        second.charge(&subject, 1).await.unwrap_err(),
+        second.reset(&subject).await.unwrap_err(),
+    ] {
+        assert!(error.to_string().contains("another limiter"), "{error}");
+    }
+    let mut taken = first.take(&subject, 2).await;
+    assert!(taken.is_allowed());
+    let mut receipt = taken.receipt().unwrap();
+    let error = second.refund(&mut receipt, 1).await.unwrap_err();
+    assert!(error.to_string().contains("another limiter"), "{error}");
+    assert_eq!(receipt.units(), 2, "nothing spent");
+    first.settle(receipt, 0).await.unwrap();
+    assert_eq!(first.peek(&subject, 1).await.unwrap()[0].remaining, 5);
 }

@@ -428,7 +428,7 @@ async fn through_the_layer_two_instances_never_admit_more_than_the_limit() {
     for limiter in &instances {
         let app = Router::new()
             .route("/hot", get(|| async { "ok" }))
-            .layer(tollgate::RateLimitLayer::new(limiter.clone()));
+            .layer(tollgate::RateLimitLayer::new(limiter.clone()).unwrap());
         servers.push(TestServer::start(app).await);
     }
     let servers: [TestServer; 2] = servers.try_into().ok().unwrap();
