@@ -123,7 +123,7 @@ pub mod telemetry;
 mod testing;
 
 pub use algorithm::{Algorithm, BucketState, decide_all, decide_each};
-pub use client::{ApiKey, ClientExtractor, ClientId, ClientIp, MissingClient};
+pub use client::{ApiKey, ClientExtractor, ClientId, ClientIp, MissingClient, client_fn};
 pub use engine::{
     DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
     DEFAULT_TIMEOUT, DecidedBy, Limiter, LimiterBuilder, Outcome, Receipt, Subject, SubjectError,

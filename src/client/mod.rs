@@ -180,6 +180,35 @@ where
     }
 }
 
+/// A client extractor from a closure over the request's head, which names the client
+/// (`None` or an empty string: the request is refused with `400`). The closure's argument
+/// needs no annotation (a closure handed to
+/// [`client_extractor`](crate::RateLimitLayer::builder) directly does: `|parts:
+/// &http::request::Parts|`), so the `http` crate need not be named:
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{RateLimitLayer, client_fn};
+///
+/// // One budget per user, whom an authentication layer in front named in `x-user-id`.
+/// let layer = RateLimitLayer::builder()
+///     .capacity(100)
+///     .period(Duration::from_secs(60))
+///     .client_extractor(client_fn(|parts| {
+///         let user = parts.headers.get("x-user-id")?.to_str().ok()?;
+///         Some(user.to_owned())
+///     }))
+///     .build()?;
+/// # let _ = layer;
+/// # Ok::<(), tollgate::ConfigError>(())
+/// ```
+pub fn client_fn<F>(f: F) -> F
+where
+    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+{
+    f
+}
+
 /// A request that does not say who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

@@ -25,13 +25,14 @@ struct DefaultFile {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a [[rules]] table with name, path and limits"
+    expecting = "a [[rules]] table with name, limits and (for HTTP requests) path"
 )]
 struct RuleFile {
     #[serde(deserialize_with = "field::name")]
     name: String,
-    #[serde(deserialize_with = "field::path")]
-    path: String,
+    /// `None`: a rule for work without HTTP ([`Rule::named`]).
+    #[serde(default, deserialize_with = "field::path")]
+    path: Option<String>,
     #[serde(default, deserialize_with = "field::methods")]
     methods: Option<Vec<String>>,
     #[serde(deserialize_with = "field::limits")]
@@ -86,7 +87,7 @@ mod field {
 
     fields! {
         name: String,
-        path: String,
+        path: Option<String>,
         methods: Option<Vec<String>>,
         limits: Vec<toml::Value>,
         shadow: bool,
@@ -319,7 +320,11 @@ fn from_table(table: toml::Table) -> Result<Policies, ConfigError> {
 
 impl RuleFile {
     fn into_rule(self) -> Result<Rule, ConfigError> {
-        let mut rule = Rule::new(self.name, self.path).shadow(self.shadow);
+        let mut rule = match self.path {
+            Some(path) => Rule::new(self.name, path),
+            None => Rule::named(self.name),
+        }
+        .shadow(self.shadow);
         if let Some(methods) = self.methods {
             let methods = methods
                 .iter()
@@ -1142,9 +1147,10 @@ mod props {
             let message = match Policies::from_toml(&text) {
                 Ok(policies) => {
                     assert_valid(&policies)?;
-                    // A required field cannot be dropped, nor a key written twice.
+                    // A required field cannot be dropped, nor a key written twice. (A rule
+                    // without a path is a named rule, for work without HTTP.)
                     prop_assert!(
-                        !matches!(mutation, Mutation::Drop("name" | "capacity" | "period" | "path" | "limits")
+                        !matches!(mutation, Mutation::Drop("name" | "capacity" | "period" | "limits")
                             | Mutation::Duplicate(_) | Mutation::Unknown | Mutation::DuplicateRule
                             | Mutation::DuplicateLimit | Mutation::NineLimits | Mutation::TopLevel(_)),
                         "loaded:\n{text}"

@@ -54,12 +54,14 @@ pub use pattern::RoutePattern;
 pub use tier::{Tier, TierExtension, TierExtractor, TierFn, TierRejection, tier_fn};
 
 /// A rule: requests matching a route pattern (and, if given, one of the methods) fall under
-/// its limits.
+/// its limits; or, [named](Rule::named) only, the subjects of work without HTTP
+/// ([`Target::rule`](crate::Target::rule)).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Rule {
     name: String,
-    path: String,
+    /// `None`: no request matches it, only a subject that names it.
+    path: Option<String>,
     methods: Option<Vec<Method>>,
     limits: Vec<Limit>,
     shadow: bool,
@@ -71,10 +73,37 @@ impl Rule {
     pub fn new(name: impl Into<String>, path: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            path: path.into(),
+            path: Some(path.into()),
             methods: None,
             limits: Vec::new(),
             shadow: false,
+        }
+    }
+
+    /// A rule named `name` that no HTTP request matches: the policy of work without a route (a
+    /// queue consumer, a job, a websocket's messages), which names it with
+    /// [`Target::rule`](crate::Target::rule), so that a worker does not invent a route. Its
+    /// buckets are keyed by client and rule (`tollgate:{tenant-7:@emails}:per_minute`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Limit, Limiter, Policies, Rule, Target};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let policies = Policies::builder()
+    ///     .rule(Rule::named("emails").limit(Limit::new("per_minute", 100, 100, Duration::from_secs(60))?))
+    ///     .build()?;
+    /// let limiter = Limiter::builder().policies(policies).build()?;
+    /// let sender = limiter.subject("tenant-7", Target::rule("emails"))?;
+    /// assert!(limiter.take(&sender, 1).await.is_allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            path: None,
+            ..Self::new(name, String::new())
         }
     }
 
@@ -367,7 +396,10 @@ impl PoliciesBuilder {
                     name: rule.name,
                 });
             }
-            let pattern = RoutePattern::parse(&rule.path).map_err(|e| e.at(&at))?;
+            let pattern = (rule.path.as_deref())
+                .map(RoutePattern::parse)
+                .transpose()
+                .map_err(|e| e.at(&at))?;
             if rule.methods.as_ref().is_some_and(Vec::is_empty) {
                 let error = ConfigError::Invalid {
                     field: "methods",
@@ -379,7 +411,7 @@ impl PoliciesBuilder {
             }
             let entry = Entry::new(
                 Some(&rule.name),
-                Some(pattern),
+                pattern,
                 rule.methods,
                 rule.limits,
                 rule.shadow,
@@ -408,6 +440,34 @@ mod tests {
 
     fn limit(name: &str) -> Limit {
         Limit::new(name, 5, 5, Duration::from_secs(60)).unwrap()
+    }
+
+    /// A named rule (no path) matches no request, in code or in a file; a subject names it.
+    #[test]
+    fn a_named_rule_matches_no_request() {
+        let from_code = Policies::builder()
+            .rule(Rule::named("jobs").limit(limit("j")))
+            .default_limit(limit("d"))
+            .build()
+            .unwrap();
+        let from_file = Policies::from_toml(
+            r#"
+            [[rules]]
+            name = "jobs"
+            limits = [{ name = "j", capacity = 5, period = "1m" }]
+            [default]
+            limits = [{ name = "d", capacity = 5, period = "1m" }]
+            "#,
+        )
+        .unwrap();
+        for policies in [from_code, from_file] {
+            let default = policies.find(&Method::GET, "/nothing");
+            for path in ["/", "/jobs", "/anything/else"] {
+                assert_eq!(policies.find(&Method::POST, path), default, "{path}");
+            }
+            let jobs = policies.find_rule_in(policies.group(None).unwrap(), "jobs");
+            assert!(jobs.is_some() && jobs != default);
+        }
     }
 
     /// A `GET` rule limits `HEAD` too (the GET handler answers it); a `HEAD` rule is its own.
