@@ -58,6 +58,7 @@ fn layer(c: &mut Criterion) {
         .build()
         .unwrap();
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .capacity(1 << 40)
         .refill(1_000_000)
         .period(Duration::from_secs(1))

@@ -147,6 +147,7 @@ fn redis_benchmark(server: &Server, sha: &str, clients: usize) -> f64 {
 /// Denied requests per second on one hot key through the layer, from `callers` tasks.
 async fn hot_key(store: RedisStore, cache: bool, callers: usize) -> f64 {
     let svc = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .store(store)
         .key_prefix(if cache { "hot-cached" } else { "hot-uncached" })
         .capacity(1)

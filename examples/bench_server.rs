@@ -31,6 +31,7 @@ async fn main() {
         "none" => app,
         "tollgate" | "tollgate-bare" => app.layer(
             RateLimitLayer::builder()
+                .client_extractor(tollgate::ApiKey::default())
                 .client_extractor(ClientIp::peer())
                 .capacity(1 << 40)
                 .refill(1_000_000)

@@ -85,6 +85,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     ])?;
     let limiter = env.limiter().policies(policies).build()?;
     let limit = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .tier_extractor(tier_fn(|parts| {
             let key = parts.headers.get("x-api-key").ok_or_else(|| {

@@ -479,6 +479,7 @@ mod tests {
     #[tokio::test]
     async fn aliases_of_a_path_share_a_bucket_and_long_paths_are_limited() {
         let layer = crate::RateLimitLayer::builder()
+            .client_extractor(crate::ApiKey::default())
             .unmatched_paths(UnmatchedPaths::PerPath)
             .capacity(1)
             .period(std::time::Duration::from_secs(60))

@@ -106,6 +106,7 @@ fn an_allowed_request_allocates_nothing_in_the_layer() {
         let alone = per_request(tower::service_fn(handler)).await;
         let layer = |capacity| {
             RateLimitLayer::builder()
+                .client_extractor(tollgate::ApiKey::default())
                 .capacity(capacity)
                 .refill(1_000_000)
                 .period(Duration::from_secs(1))

@@ -62,8 +62,9 @@ impl Env {
     }
 
     /// A layer builder with this store, timeout and fail mode.
-    pub fn builder(&self) -> Builder<AnyStore> {
+    pub fn builder(&self) -> Builder<AnyStore, tollgate::ApiKey> {
         RateLimitLayer::builder()
+            .client_extractor(tollgate::ApiKey::default())
             .store(self.store.clone())
             .timeout(self.timeout)
             .fail_mode(self.fail_mode)

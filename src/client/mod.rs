@@ -314,6 +314,11 @@ fn form_decode(s: &str) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
+    /// A layer builder naming clients by their API key.
+    fn api_keys() -> crate::Builder<crate::MemoryStore, ApiKey> {
+        crate::RateLimitLayer::builder().client_extractor(ApiKey::default())
+    }
+
     #[test]
     fn an_ipv4_client_is_written_as_its_display() {
         let mut ips: Vec<std::net::Ipv4Addr> = vec![
@@ -379,8 +384,7 @@ mod tests {
             http::Request::get("/x").header("x-api-key", ""),
             http::Request::get("/x?key=&other=1"),
         ] {
-            let (status, headers, body) =
-                answer(crate::RateLimitLayer::builder(), request.body(()).unwrap()).await;
+            let (status, headers, body) = answer(api_keys(), request.body(()).unwrap()).await;
             assert_eq!(status, http::StatusCode::BAD_REQUEST);
             assert_eq!(headers[0], "application/json");
             assert_eq!(headers[1], "", "no Retry-After: waiting does not help");
@@ -393,7 +397,7 @@ mod tests {
             .header("content-type", "application/grpc")
             .body(())
             .unwrap();
-        let (status, headers, body) = answer(crate::RateLimitLayer::builder(), request).await;
+        let (status, headers, body) = answer(api_keys(), request).await;
         assert_eq!(status, http::StatusCode::OK);
         assert_eq!(headers[0], "application/grpc");
         assert_eq!(headers[3], "3");
@@ -409,7 +413,7 @@ mod tests {
         let huge = vec![b'k'; 64 * 1024];
         let mut other = huge.clone();
         *other.last_mut().unwrap() = b'j';
-        let layer = || crate::RateLimitLayer::builder();
+        let layer = api_keys;
         for key in [&b"\xff\xfe"[..], &huge, &other] {
             let value = HeaderValue::from_bytes(key).unwrap();
             let request = || {

@@ -173,6 +173,7 @@ mod tests {
     /// and returns the status, the named headers (`""` when absent) and the body.
     async fn answer(request: http::Request<()>) -> (http::StatusCode, Vec<String>, String) {
         let layer = crate::RateLimitLayer::builder()
+            .client_extractor(crate::ApiKey::default())
             .capacity(3)
             .period(std::time::Duration::from_secs(60))
             .cost_extractor(HeaderCost::default())

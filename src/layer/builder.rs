@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{RateLimitLayer, Reserve, Settings, Shared};
-use crate::client::{ApiKey, Bypass, ClientExtractor};
+use crate::client::{Bypass, ClientExtractor, ClientIp};
 use crate::cost::{CostExtractor, UnitCost};
 use crate::engine::LimiterBuilder;
 use crate::key::UnmatchedPaths;
@@ -35,7 +35,7 @@ use crate::{Algorithm, ConfigError, FailMode, Limiter, MemoryStore};
 /// # let _ = layer;
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct Builder<St = MemoryStore, C = ApiKey> {
+pub struct Builder<St = MemoryStore, C = ClientIp> {
     engine: Engine<St>,
     /// The first engine setting given here.
     touched: Option<&'static str>,
@@ -191,8 +191,12 @@ impl<St, C> Builder<St, C> {
         self
     }
 
-    /// How the client of a request is found: [`ApiKey`] unless set, or any
-    /// [`ClientExtractor`], such as [`ClientIp`](crate::client::ClientIp) or a closure.
+    /// How the client of a request is found: the peer's address
+    /// ([`ClientIp::peer`](crate::client::ClientIp::peer)) unless set, or any
+    /// [`ClientExtractor`]: [`ClientIp::behind_proxies`](crate::client::ClientIp::behind_proxies),
+    /// an API key ([`ApiKey`](crate::client::ApiKey), a value the client chooses: put the
+    /// layer after the authentication that checks it), or a closure
+    /// ([`client_fn`](crate::client_fn)).
     pub fn client_extractor<T: ClientExtractor>(self, client: T) -> Builder<St, T> {
         Builder {
             engine: self.engine,
@@ -336,7 +340,8 @@ impl<St, C> Builder<St, C> {
 }
 
 impl RateLimitLayer {
-    /// Starts a builder: an in-memory store, clients named by [`ApiKey`], fail-open with a
+    /// Starts a builder: an in-memory store, clients named by their address
+    /// ([`ClientIp::peer`]: serve axum with `into_make_service_with_connect_info`), fail-open with a
     /// 50 ms timeout. Set either `capacity` and `period` (one limit for every endpoint) or
     /// [`policies`](Builder::policies), or give a whole [`Limiter`](Builder::limiter).
     pub fn builder() -> Builder {
@@ -344,7 +349,7 @@ impl RateLimitLayer {
             engine: Engine::Options(Box::new(Limiter::builder())),
             touched: None,
             conflict: None,
-            client: ApiKey::default(),
+            client: ClientIp::peer(),
             options: Options {
                 headers_on_allowed: true,
                 legacy_headers: false,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::client::ApiKey;
+use crate::client::ClientIp;
 use crate::cost::CostExtractor;
 use crate::engine::Core;
 use crate::key::UnmatchedPaths;
@@ -31,7 +31,7 @@ pub use service::RateLimit;
 /// Built with [`RateLimitLayer::builder`], or from a limiter with [`RateLimitLayer::new`]. The
 /// limiter, the client extractor and the settings are created once and shared by every
 /// service the layer makes. Cloning is cheap.
-pub struct RateLimitLayer<St = MemoryStore, C = ApiKey> {
+pub struct RateLimitLayer<St = MemoryStore, C = ClientIp> {
     shared: Arc<Shared<St, C>>,
 }
 
@@ -107,7 +107,8 @@ where
 }
 
 impl<St: Store> RateLimitLayer<St> {
-    /// A layer over `limiter` with the default HTTP settings: clients named by [`ApiKey`],
+    /// A layer over `limiter` with the default HTTP settings: clients named by their address
+    /// ([`ClientIp::peer`]),
     /// each request costing 1, the `RateLimit` fields on every response, JSON rejections.
     /// Its requests charge the same buckets as `limiter`'s direct calls.
     ///

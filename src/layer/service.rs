@@ -272,8 +272,9 @@ mod tests {
         }
     }
 
-    fn layer() -> crate::Builder {
+    fn layer() -> crate::Builder<crate::MemoryStore, crate::ApiKey> {
         RateLimitLayer::builder()
+            .client_extractor(crate::ApiKey::default())
             .capacity(2)
             .period(Duration::from_secs(60))
     }
@@ -416,6 +417,7 @@ mod tests {
         // Capacity 4, two instances: each admits 2 on its own while the store fails.
         let local = || {
             RateLimitLayer::builder()
+                .client_extractor(crate::ApiKey::default())
                 .capacity(4)
                 .period(Duration::from_secs(60))
                 .store(Failing)

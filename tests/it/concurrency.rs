@@ -238,7 +238,11 @@ async fn a_response_holds_its_slot_until_its_body_ends() {
         },
         Limit::concurrency("streams", 1).unwrap(),
     );
-    let layer = tollgate::RateLimitLayer::new(limiter.clone()).unwrap();
+    let layer = tollgate::RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
+        .limiter(limiter.clone())
+        .build()
+        .unwrap();
     // Each request's body is fed through the channel the test gets back.
     let (bodies, mut fed) = mpsc::unbounded_channel();
     let app = Router::new()

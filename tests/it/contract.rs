@@ -14,6 +14,7 @@ fn app<St: Store + Clone>(store: St) -> Router {
     // timeout far beyond any store latency: this test is about the contract, not about
     // failing open (see faults.rs).
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .store(store)
         .capacity(10)
         .refill(10)
@@ -208,6 +209,7 @@ async fn contract_with_redis_store() {
 #[tokio::test]
 async fn headers_on_allowed_responses_can_be_turned_off() {
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .capacity(1)
         .period(Duration::from_secs(60))
         .headers_on_allowed(false)
@@ -232,7 +234,7 @@ async fn headers_on_allowed_responses_can_be_turned_off() {
     assert_eq!(reply.header("retry-after"), Some("60"));
 }
 
-async fn serve(layer: RateLimitLayer) -> TestServer {
+async fn serve(layer: RateLimitLayer<tollgate::MemoryStore, tollgate::ApiKey>) -> TestServer {
     TestServer::start(
         Router::new()
             .route("/", get(|| async { "ok" }))
@@ -241,8 +243,9 @@ async fn serve(layer: RateLimitLayer) -> TestServer {
     .await
 }
 
-fn one_a_minute() -> tollgate::Builder {
+fn one_a_minute() -> tollgate::Builder<tollgate::MemoryStore, tollgate::ApiKey> {
     RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .capacity(1)
         .period(Duration::from_secs(60))
 }

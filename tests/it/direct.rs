@@ -550,7 +550,13 @@ async fn http_requests_and_direct_calls_share_buckets() {
         .unwrap();
     let app = Router::new()
         .route("/users/{id}", get(|| async { "hi" }))
-        .layer(RateLimitLayer::new(limiter.clone()).unwrap());
+        .layer(
+            RateLimitLayer::builder()
+                .client_extractor(tollgate::ApiKey::default())
+                .limiter(limiter.clone())
+                .build()
+                .unwrap(),
+        );
     let server = TestServer::start(app).await;
     let http = HttpClient::new();
     for _ in 0..3 {
@@ -677,6 +683,7 @@ fn two_limiters_cannot_charge_the_same_buckets_unknowingly() {
     let store = MemoryStore::new();
     let build = |prefix: &str, share: bool| {
         RateLimitLayer::builder()
+            .client_extractor(tollgate::ApiKey::default())
             .store(store.clone())
             .key_prefix(prefix)
             .capacity(5)
@@ -693,6 +700,7 @@ fn two_limiters_cannot_charge_the_same_buckets_unknowingly() {
     // Another prefix, or another store, is fine.
     let other = build("other", false).unwrap();
     let elsewhere = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .store(MemoryStore::new())
         .key_prefix("app")
         .capacity(5)

@@ -28,6 +28,7 @@ async fn server(url: &str, fail_mode: FailMode) -> TestServer {
 /// short timeout and `fail_mode`.
 pub async fn server_with(store: RedisStore, fail_mode: FailMode) -> TestServer {
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .store(store)
         .capacity(10)
         // One token back every 10 s: nothing refills during a step of the test.

@@ -426,9 +426,13 @@ async fn through_the_layer_two_instances_never_admit_more_than_the_limit() {
     let instances: [_; 2] = [(); 2].map(|_| tracked(&redis, limit.clone()));
     let mut servers = Vec::new();
     for limiter in &instances {
-        let app = Router::new()
-            .route("/hot", get(|| async { "ok" }))
-            .layer(tollgate::RateLimitLayer::new(limiter.clone()).unwrap());
+        let app = Router::new().route("/hot", get(|| async { "ok" })).layer(
+            tollgate::RateLimitLayer::builder()
+                .client_extractor(tollgate::ApiKey::default())
+                .limiter(limiter.clone())
+                .build()
+                .unwrap(),
+        );
         servers.push(TestServer::start(app).await);
     }
     let servers: [TestServer; 2] = servers.try_into().ok().unwrap();

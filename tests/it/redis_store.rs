@@ -82,6 +82,7 @@ pub async fn instances(stores: [RedisStore; 2], policies: Policies) -> [TestServ
     let mut servers = Vec::new();
     for store in stores {
         let layer = RateLimitLayer::builder()
+            .client_extractor(tollgate::ApiKey::default())
             .store(store)
             .policies(policies.clone())
             // Two instances of one service: the same buckets, on purpose.
@@ -197,6 +198,7 @@ async fn the_deny_cache_spares_redis_on_a_hot_key() {
     store.load_script().await.unwrap();
     let hot = |cache: bool| {
         RateLimitLayer::builder()
+            .client_extractor(tollgate::ApiKey::default())
             .store(store.clone())
             .key_prefix(if cache { "cached" } else { "uncached" })
             .capacity(1)

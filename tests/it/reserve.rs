@@ -134,8 +134,9 @@ async fn remaining<St: Store>(limiter: &Limiter<St>, subject: &Subject) -> u64 {
 /// extension or the `x-actual-cost` header (or trailer) says.
 fn settling_by_header(
     limiter: &Limiter<Signalling<RedisStore>>,
-) -> RateLimitLayer<Signalling<RedisStore>> {
+) -> RateLimitLayer<Signalling<RedisStore>, tollgate::ApiKey> {
     RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .cost_extractor(HeaderCost::default())
         .settle(Settle::new().header(HeaderName::from_static("x-actual-cost")))
@@ -237,6 +238,7 @@ async fn a_closure_over_the_response_charges_only_failed_logins() {
     let redis = RedisServer::start();
     let (limiter, mut settled) = limiter(&redis, 3);
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .settle(Settle::new().from_response(|parts, _| parts.status.is_success().then_some(0)))
         .build()
@@ -309,6 +311,7 @@ async fn a_stream_its_client_drops_settles_what_it_sent() {
     let redis = RedisServer::start();
     let (limiter, mut settled) = limiter(&redis, 2_000);
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .cost_extractor(HeaderCost::default())
         .settle(Settle::new())
@@ -362,6 +365,7 @@ async fn a_body_estimate_reads_a_bounded_body_and_passes_it_on() {
     let redis = RedisServer::start();
     let (limiter, _settled) = limiter(&redis, 1_000);
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .cost_extractor(ExtensionCost)
         .build()

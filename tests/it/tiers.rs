@@ -81,12 +81,14 @@ fn tiers_from_toml_are_the_code_ones_and_bad_ones_are_named() {
 #[test]
 fn a_layer_over_tiered_policies_needs_a_tier_extractor_and_only_then() {
     let missing = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .policies(code())
         .build()
         .unwrap_err()
         .to_string();
     assert!(missing.contains("tier_extractor"), "{missing}");
     let needless = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .capacity(1)
         .period(MINUTE)
         .tier_extractor(tier_fn(|_| Ok("free")))
@@ -105,6 +107,7 @@ async fn each_tier_gets_its_limits_and_a_request_without_one_a_clear_answer() {
         .build()
         .unwrap();
     let layer = RateLimitLayer::builder()
+        .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .tier_extractor(tier_fn(|parts| {
             let key = parts.headers.get("x-api-key").ok_or_else(|| {
