@@ -150,20 +150,10 @@ impl<St: Store> Limiter<St> {
             ),
             std::cmp::Ordering::Greater => (
                 {
-                    // Those of the receipt's limits that count the cost: its policy's, unless
-                    // the policy has changed since.
-                    let entry = self.shared.core.policies.entry(index);
-                    let costed: Arc<[Limit]> = if Arc::ptr_eq(&entry.limits, &receipt.limits) {
-                        Arc::clone(&entry.costed)
-                    } else {
-                        receipt
-                            .limits
-                            .iter()
-                            .filter(|l| !l.counts_requests())
-                            .cloned()
-                            .collect()
-                    };
-                    self.charge_costed(&receipt.key, &costed, actual - taken)
+                    // The receipt is this limiter's (checked above): its policy's limits that
+                    // count the cost.
+                    let costed = &self.shared.core.policies.entry(index).costed;
+                    self.charge_costed(&receipt.key, costed, actual - taken)
                         .await
                 },
                 Settled::Charged,
