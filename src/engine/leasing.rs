@@ -135,16 +135,22 @@ pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usi
     let limits = &shared.core.policies.entry(policy).limits;
     let call = shared.store.lease(key, limits, 1, want.saturating_sub(1));
     let shared = Arc::clone(shared);
-    worker.run(
-        Chore::Lease,
-        Box::pin(async move {
-            match shared.core.bounded(call).await {
-                Ok(lent) => lending.grant(&lent, 1),
-                Err(StoreError::CircuitOpen | StoreError::Overloaded(_)) => {}
-                Err(error) => shared.core.telemetry.store_error(&error),
-            }
-        }),
-    );
+    let work: crate::engine::Work = Box::pin(async move {
+        match shared.core.bounded(call).await {
+            Ok(lent) => lending.grant(&lent, 1),
+            Err(StoreError::CircuitOpen | StoreError::Overloaded(_)) => {}
+            Err(error) => shared.core.telemetry.store_error(&error),
+        }
+    });
+    // A lease is taken ahead of the requests that will spend it: started at once on the
+    // current runtime (through the worker's queue, the hop let the key's next requests find
+    // the lease spent and ask the store meanwhile); from a thread without one, by the worker.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(work)),
+        Err(_) => {
+            worker.run(Chore::Lease, work);
+        }
+    }
 }
 
 impl<St: Store> Shared<St> {
