@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
-use tollgate::{Limit, Limiter, MemoryStore, RateLimitLayer, Target};
+use tollgate::{Limit, Limiter, MemoryStore, Target, TollgateLayer};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 fn memory_store(c: &mut Criterion) {
@@ -57,7 +57,7 @@ fn layer(c: &mut Criterion) {
         .enable_time()
         .build()
         .unwrap();
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .capacity(1 << 40)
         .refill(1_000_000)

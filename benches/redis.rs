@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tollgate::{Limit, Limiter, Policies, RateLimitLayer, RedisStore, Store, Target};
+use tollgate::store::Store;
+use tollgate::{Limit, Limiter, Policies, RedisStore, Target, TollgateLayer};
 use tower::{Layer, ServiceExt};
 
 const RUN: Duration = Duration::from_secs(3);
@@ -146,7 +147,7 @@ fn redis_benchmark(server: &Server, sha: &str, clients: usize) -> f64 {
 
 /// Denied requests per second on one hot key through the layer, from `callers` tasks.
 async fn hot_key(store: RedisStore, cache: bool, callers: usize) -> f64 {
-    let svc = RateLimitLayer::builder()
+    let svc = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .store(store)
         .key_prefix(if cache { "hot-cached" } else { "hot-uncached" })

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use axum::{Json, Router, routing::get, routing::post};
 use serde_json::json;
-use tollgate::cost::HeaderCost;
-use tollgate::{ApiKey, ClientIp, Limit, Policies};
+use tollgate::{ApiKey, ClientIp, HeaderCost, Limit, Policies};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::{Router, routing::get};
-use tollgate::{ClientIp, RateLimitLayer};
+use tollgate::{ClientIp, TollgateLayer};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 
@@ -30,7 +30,7 @@ async fn main() {
     let app = match mode.as_str() {
         "none" => app,
         "tollgate" | "tollgate-bare" => app.layer(
-            RateLimitLayer::builder()
+            TollgateLayer::builder()
                 .client_extractor(tollgate::ApiKey::default())
                 .client_extractor(ClientIp::peer())
                 .capacity(1 << 40)

@@ -2,7 +2,7 @@
 //!
 //! A hyper 1 server (hyper-util, HTTP/1) with the layer added through `ServiceBuilder`,
 //! limiting each client IP: 10 requests at once, one more per second. Each connection's peer
-//! address goes into the request as a `RemoteAddr` extension.
+//! address goes into the request as a `SocketAddr` extension.
 //!
 //! ```text
 //! curl -i http://127.0.0.1:3001/anything
@@ -26,7 +26,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tollgate::ClientIp;
-use tollgate::client::RemoteAddr;
 use tower::ServiceBuilder;
 
 #[tokio::main]
@@ -64,7 +63,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         };
         let service = ServiceBuilder::new()
             .map_request(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(RemoteAddr(peer));
+                request.extensions_mut().insert(peer);
                 request
             })
             .layer(limit.clone())

@@ -39,10 +39,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
-use tollgate::cost::{BodyCostLayer, ExtensionCost, InvalidCost};
-use tollgate::policy::{Rule, TierRejection, tier_fn};
-use tollgate::reserve::{Reservation, Settle};
-use tollgate::{AnyStore, Limit, Limiter, Policies, RateLimitLayer, Target};
+use tollgate::store::AnyStore;
+use tollgate::{
+    BodyCostLayer, Limit, Limiter, Policies, Refusal, Reservation, Rule, Target, TollgateLayer,
+    tier_fn,
+};
 
 /// The most a request body may hold.
 const MAX_BODY: usize = 64 * 1024;
@@ -84,22 +85,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("pro", plan(10_000, 600, 10)?),
     ])?;
     let limiter = env.limiter().policies(policies).build()?;
-    let limit = RateLimitLayer::builder()
+    let limit = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .tier_extractor(tier_fn(|parts| {
-            let key = parts.headers.get("x-api-key").ok_or_else(|| {
-                TierRejection::new(StatusCode::BAD_REQUEST, "X-API-Key is required")
-            })?;
+            let key = parts
+                .headers
+                .get("x-api-key")
+                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "X-API-Key is required"))?;
             plan_of(key.as_bytes())
-                .ok_or_else(|| TierRejection::new(StatusCode::UNAUTHORIZED, "unknown API key"))
+                .ok_or_else(|| Refusal::new(StatusCode::UNAUTHORIZED, "unknown API key"))
         }))
-        .cost_extractor(ExtensionCost)
         // The tokens: what the stream sent (the handler counts them); a 502 costs none.
-        .settle(
-            Settle::new()
-                .from_response(|parts, _| (parts.status == StatusCode::BAD_GATEWAY).then_some(0)),
-        )
+        .settle_from_response(|parts, _| (parts.status == StatusCode::BAD_GATEWAY).then_some(0))
         .build()?;
     let app = Router::new()
         .route("/v1/completions", post(complete))
@@ -157,7 +155,7 @@ impl Completion {
 
 /// The cost a completion reserves: its `max_tokens`. Requests the limiter answers itself
 /// (no key, an unknown key) and other routes reserve 1.
-fn estimate(parts: &axum::http::request::Parts, body: &Bytes) -> Result<u64, InvalidCost> {
+fn estimate(parts: &axum::http::request::Parts, body: &Bytes) -> Result<u64, Refusal> {
     let known = parts
         .headers
         .get("x-api-key")
@@ -167,7 +165,7 @@ fn estimate(parts: &axum::http::request::Parts, body: &Bytes) -> Result<u64, Inv
     }
     Completion::parse(body)
         .map(|c| c.max_tokens)
-        .map_err(InvalidCost::new)
+        .map_err(Refusal::bad_request)
 }
 
 /// The fake upstream: a stream of min(T, M) tokens, counted into the reservation as sent.

@@ -40,8 +40,7 @@ use axum::response::{Html, IntoResponse};
 use axum::{Json, Router, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde_json::json;
-use tollgate::cost::HeaderCost;
-use tollgate::{Policies, UnmatchedPaths, telemetry};
+use tollgate::{HeaderCost, Policies};
 
 /// The live dashboard: one self-contained page that polls `/metrics`.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -60,7 +59,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let metrics = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Full(telemetry::STORE_DURATION_SECONDS.to_owned()),
+            Matcher::Full("tollgate_store_duration_seconds".to_owned()),
             LATENCY_BUCKETS,
         )?
         .install_recorder()?;
@@ -72,7 +71,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let builder = env
         .builder()
         .cost_extractor(HeaderCost::default())
-        .unmatched_paths(UnmatchedPaths::PerPath);
+        .unmatched_per_path();
     let builder = match std::env::var("RATE_LIMIT_CONFIG") {
         Ok(path) => {
             let policies =

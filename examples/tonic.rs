@@ -20,7 +20,7 @@ mod common;
 use std::time::Duration;
 
 use common::helloworld::GreeterServer;
-use tollgate::{ApiKey, UnmatchedPaths};
+use tollgate::ApiKey;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -38,10 +38,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .client_extractor(ApiKey::header(http::HeaderName::from_static("x-api-key")))
         // A bucket per Greeter method; any other path (which the server refuses anyway)
         // shares one, so that made-up method names do not multiply a client's budget.
-        .unmatched_paths(UnmatchedPaths::normalize(|path| {
+        .unmatched_paths_named(|path| {
             path.starts_with("/helloworld.Greeter/")
                 .then(|| path.to_owned())
-        }))
+        })
         .capacity(10)
         .period(Duration::from_secs(10))
         .build()?;

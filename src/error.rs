@@ -165,7 +165,7 @@ pub enum StoreError {
     #[error("the store cannot be reached: {0}")]
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
     /// The call was refused before anything was sent: its arguments cannot be decided (no
-    /// limits, or more than [`MAX_LIMITS`](crate::MAX_LIMITS)), or a Redis store was opened
+    /// limits, or more than 8), or a Redis store was opened
     /// outside a Tokio runtime.
     #[error("invalid call: {0}")]
     Invalid(String),
@@ -187,7 +187,7 @@ pub enum StoreError {
     #[error("the store does not support {0}")]
     Unsupported(&'static str),
     /// Not asked: this many calls to the store were already under way
-    /// ([`Builder::max_in_flight`](crate::Builder::max_in_flight)).
+    /// ([`LayerBuilder::max_in_flight`](crate::LayerBuilder::max_in_flight)).
     #[error("not asked: {0} calls to the store are already under way")]
     Overloaded(usize),
     /// Not asked: the store kept failing, and until a probe gets an answer, requests follow
@@ -198,7 +198,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Every word [`StoreError::kind`] can say, in order.
-    pub const KINDS: [&'static str; 8] = [
+    pub(crate) const KINDS: [&'static str; 8] = [
         "timeout",
         "connection",
         "script",

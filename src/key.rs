@@ -1,26 +1,6 @@
 //! Who and what is limited: client identity, the endpoint, and the bucket key.
 //!
-//! A request's bucket is named by its client (from a
-//! [`ClientExtractor`](crate::ClientExtractor)), its endpoint (method and path, the route
-//! template when axum matched one; or, under a [rule](crate::policy), the rule) and the limit's
-//! name:
-//!
-//! ```text
-//! tollgate:{alice:GET:/users/%7Bid%7D}:default
-//! tollgate:{alice:@login}:burst
-//! ```
-//!
-//! Each component is percent-encoded so that it never contains `:`, `{`, `}`, `%` or `#` of
-//! its own; the encoding is injective, so two different (client, endpoint) pairs never share a
-//! key, whatever bytes a client sends. A component longer than its bound is replaced by `#` and
-//! the SHA-256 of its bytes, so no key is longer than [`MAX_KEY_LEN`] bytes; two long components
-//! share a key only if their SHA-256 digests collide. The braces are a Redis Cluster hash tag:
-//! every limit of one client and endpoint lives in one slot.
-//!
-//! Without a route template the path is normalized first, so that spellings a server usually
-//! treats as one resource share a bucket: repeated slashes are collapsed, a trailing slash is
-//! dropped, `.` and `..` segments are resolved, percent-escapes of unreserved characters
-//! (`%41` for `A`) are decoded, and a `%` that starts no escape is written `%25`.
+//! What users read about it is `docs/keys.md`.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -36,7 +16,7 @@ use crate::algorithm::MAX_SUFFIX_LEN;
 use crate::limit::MAX_NAME_LEN;
 
 /// No bucket key is longer than this many bytes.
-pub const MAX_KEY_LEN: usize = 512;
+pub(crate) const MAX_KEY_LEN: usize = 512;
 
 /// Longest key prefix, in bytes.
 pub(crate) const MAX_PREFIX_LEN: usize = 64;
@@ -107,14 +87,13 @@ pub(crate) fn key_method(method: &http::Method) -> &str {
 pub(crate) const SHARED_ENDPOINT: &str = "*";
 
 /// A function that names the endpoint of a normalized path ([`UnmatchedPaths::Normalize`]).
-pub type PathNormalizer = dyn Fn(&str) -> Option<String> + Send + Sync;
+pub(crate) type PathNormalizer = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 /// How the requests that match no route template are keyed under the default policy: axum's
 /// `404` and `405`, and every request of a server that does not say which route it matched
-/// (hyper, tonic). (Requests under a [rule](crate::policy) share the rule's bucket anyway.)
+/// (hyper, tonic). (Requests under a rule share the rule's bucket anyway.)
 #[derive(Clone, Default)]
-#[non_exhaustive]
-pub enum UnmatchedPaths {
+pub(crate) enum UnmatchedPaths {
     /// One bucket per client and method, whatever the path (the default): a client cannot
     /// multiply its budget, or the keys in the store, by varying the path.
     #[default]
@@ -132,7 +111,7 @@ pub enum UnmatchedPaths {
 
 impl UnmatchedPaths {
     /// [`UnmatchedPaths::Normalize`] with `f`.
-    pub fn normalize<F>(f: F) -> Self
+    pub(crate) fn normalize<F>(f: F) -> Self
     where
         F: Fn(&str) -> Option<String> + Send + Sync + 'static,
     {
@@ -268,7 +247,7 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
 /// Builds the bucket key of (client, method, path) for the limit `name`.
 /// What a subject is limited on, beside its client, as its key names it.
 #[derive(Debug, Clone, Copy)]
-pub enum Endpoint<'a> {
+pub(crate) enum Endpoint<'a> {
     /// Under the default policy: the method and the route template or normalized path.
     Route {
         /// The method.
@@ -285,7 +264,7 @@ pub enum Endpoint<'a> {
 /// `:` and the limit's name ([`crate::store::bucket_key`]). The one function every key comes
 /// from: the HTTP layer's and [`Limiter::subject`](crate::Limiter::subject)'s. Any bytes are
 /// safe; the key is at most [`MAX_KEY_LEN`] bytes with the limit's name.
-pub fn subject_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -> String {
+pub(crate) fn subject_key(prefix: &str, client: &[u8], endpoint: Endpoint<'_>) -> String {
     let mut key = String::new();
     write_subject_key(&mut key, prefix, client, endpoint);
     key
@@ -478,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn aliases_of_a_path_share_a_bucket_and_long_paths_are_limited() {
-        let layer = crate::RateLimitLayer::builder()
+        let layer = crate::TollgateLayer::builder()
             .client_extractor(crate::ApiKey::default())
             .unmatched_paths(UnmatchedPaths::PerPath)
             .capacity(1)

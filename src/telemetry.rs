@@ -1,31 +1,5 @@
-//! What the layer reports: metrics through the [`metrics`](https://docs.rs/metrics) facade
-//! (feature `metrics`) and `tracing` events.
-//!
-//! | metric | type | labels |
-//! |---|---|---|
-//! | `tollgate_decisions_total` | counter | `policy`, `outcome`: `allowed`, `limited`, `shadow_limited`, `bypassed`, `missing_identity` |
-//! | `tollgate_near_limit_total` | counter | `policy`: an allowed decision that left 20% of the capacity or less |
-//! | `tollgate_store_errors_total` | counter | `kind`: `timeout`, `connection`, `auth`, `config`, `script`, `other`; and requests that did not ask the store: `overloaded`, `circuit_open` |
-//! | `tollgate_fail_mode_total` | counter | `mode`: `open`, `closed`, `local`: a request the fail mode decided |
-//! | `tollgate_store_duration_seconds` | histogram | calls to a remote store (Redis), answered or not |
-//! | `tollgate_deny_cache_hits_total` | counter | requests denied by the local deny cache, without a store call |
-//! | `tollgate_store_in_flight` | gauge | calls to a remote store under way |
-//! | `tollgate_leases_total` | counter | `policy`: leases taken (store calls that lent units) |
-//! | `tollgate_leased_units_total` | counter | `policy`: units lent to this instance |
-//! | `tollgate_lease_returned_units_total` | counter | `policy`: units given back unspent |
-//! | `tollgate_lease_decisions_total` | counter | `policy`: decisions served from a lease, with no store call (also counted in `tollgate_decisions_total`) |
-//! | `tollgate_settlements_total` | counter | `policy`, `outcome`: `refunded`, `charged`, `unchanged`, `failed`: reservations settled ([`Limiter::settle`](crate::Limiter::settle)) |
-//! | `tollgate_background_lost_total` | counter | `job`: `put_back`, `settle`, `finish`, `lease`: background work that could not be queued (the queue was full, or its runtime had shut down); logged once |
-//!
-//! Label values are bounded: policy names come from the configuration (a rule's name, or
-//! `default`) and the rest are fixed words; never a client, an address or a path. Install the
-//! metrics recorder (for example `metrics-exporter-prometheus`) before the first request: the
-//! layer registers its handles on first use.
-//!
-//! Tracing: a `debug` event per decision (`policy`, `outcome`, `limit`, `remaining`,
-//! `store_us`); a `warn` event when the store fails, at most once a second per kind of failure
-//! while it lasts, with the number of failures not logged (`suppressed`); an `info` event when
-//! the store answers again.
+//! What the layer reports: metrics through the `metrics` facade and logs through `tracing`
+//! (users read `docs/metrics.md`).
 
 #[cfg(feature = "metrics")]
 use std::sync::OnceLock;
@@ -34,37 +8,38 @@ use std::time::Duration;
 use crate::{FailMode, StoreError};
 
 /// `tollgate_decisions_total{policy, outcome}`.
-pub const DECISIONS_TOTAL: &str = "tollgate_decisions_total";
+pub(crate) const DECISIONS_TOTAL: &str = "tollgate_decisions_total";
 /// `tollgate_near_limit_total{policy}`.
-pub const NEAR_LIMIT_TOTAL: &str = "tollgate_near_limit_total";
+pub(crate) const NEAR_LIMIT_TOTAL: &str = "tollgate_near_limit_total";
 /// `tollgate_store_errors_total{kind}`.
-pub const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
+pub(crate) const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
 /// `tollgate_fail_mode_total{mode}`.
-pub const FAIL_MODE_TOTAL: &str = "tollgate_fail_mode_total";
+pub(crate) const FAIL_MODE_TOTAL: &str = "tollgate_fail_mode_total";
 /// `tollgate_store_duration_seconds`.
-pub const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
+pub(crate) const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 
 /// `tollgate_deny_cache_hits_total`.
-pub const DENY_CACHE_HITS_TOTAL: &str = "tollgate_deny_cache_hits_total";
+pub(crate) const DENY_CACHE_HITS_TOTAL: &str = "tollgate_deny_cache_hits_total";
 /// `tollgate_store_in_flight`.
-pub const STORE_IN_FLIGHT: &str = "tollgate_store_in_flight";
+pub(crate) const STORE_IN_FLIGHT: &str = "tollgate_store_in_flight";
 /// `tollgate_settlements_total{policy, outcome}`.
-pub const SETTLEMENTS_TOTAL: &str = "tollgate_settlements_total";
+pub(crate) const SETTLEMENTS_TOTAL: &str = "tollgate_settlements_total";
 
 /// `tollgate_leases_total{policy}`.
-pub const LEASES_TOTAL: &str = "tollgate_leases_total";
+pub(crate) const LEASES_TOTAL: &str = "tollgate_leases_total";
 /// `tollgate_leased_units_total{policy}`.
-pub const LEASED_UNITS_TOTAL: &str = "tollgate_leased_units_total";
+pub(crate) const LEASED_UNITS_TOTAL: &str = "tollgate_leased_units_total";
 /// `tollgate_lease_returned_units_total{policy}`.
-pub const LEASE_RETURNED_UNITS_TOTAL: &str = "tollgate_lease_returned_units_total";
+pub(crate) const LEASE_RETURNED_UNITS_TOTAL: &str = "tollgate_lease_returned_units_total";
 /// `tollgate_lease_decisions_total{policy}`.
-pub const LEASE_DECISIONS_TOTAL: &str = "tollgate_lease_decisions_total";
+pub(crate) const LEASE_DECISIONS_TOTAL: &str = "tollgate_lease_decisions_total";
 
 /// `tollgate_background_lost_total{job}`.
-pub const BACKGROUND_LOST_TOTAL: &str = "tollgate_background_lost_total";
+pub(crate) const BACKGROUND_LOST_TOTAL: &str = "tollgate_background_lost_total";
 
 /// Every metric name the crate exports.
-pub const METRIC_NAMES: &[&str] = &[
+#[cfg(test)]
+pub(crate) const METRIC_NAMES: &[&str] = &[
     DECISIONS_TOTAL,
     NEAR_LIMIT_TOTAL,
     STORE_ERRORS_TOTAL,
@@ -301,5 +276,48 @@ impl Telemetry {
         let _ = calls;
         #[cfg(feature = "metrics")]
         self.store().in_flight.set(calls as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::METRIC_NAMES;
+
+    #[test]
+    fn the_grafana_board_uses_only_exported_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/grafana/tollgate.json"
+        );
+        let board: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(board["title"].is_string() && board["schemaVersion"].is_number());
+        let panels = board["panels"].as_array().expect("panels");
+        let mut used = std::collections::BTreeSet::new();
+        for panel in panels {
+            let targets = panel["targets"]
+                .as_array()
+                .expect("every panel has targets");
+            assert!(!targets.is_empty(), "{panel}");
+            for target in targets {
+                let expr = target["expr"].as_str().expect("a PromQL expr");
+                let names: Vec<&str> = expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("tollgate_"))
+                    .collect();
+                assert!(!names.is_empty(), "{expr}");
+                for name in names {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
+                        .unwrap_or(name);
+                    assert!(METRIC_NAMES.contains(&base), "{name} in {expr}");
+                    used.insert(base.to_owned());
+                }
+            }
+        }
+        for name in METRIC_NAMES {
+            assert!(used.contains(*name), "no panel shows {name}");
+        }
     }
 }

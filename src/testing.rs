@@ -91,7 +91,7 @@ pub(crate) const ANSWER_FIELDS: [&str; 6] = [
 /// Sends `request` through `layer` around a service that answers `inner`, and returns the
 /// status, the [`ANSWER_FIELDS`] (`""` when absent) and the body.
 pub(crate) async fn answer<C: crate::ClientExtractor>(
-    layer: crate::RateLimitLayer<crate::MemoryStore, C>,
+    layer: crate::TollgateLayer<crate::MemoryStore, C>,
     request: http::Request<()>,
 ) -> (http::StatusCode, Vec<String>, String) {
     use http_body_util::BodyExt as _;
@@ -118,7 +118,7 @@ pub(crate) async fn answer<C: crate::ClientExtractor>(
 
 /// The status `layer` answers `request` with.
 pub(crate) async fn status<C: crate::ClientExtractor>(
-    layer: &crate::RateLimitLayer<crate::MemoryStore, C>,
+    layer: &crate::TollgateLayer<crate::MemoryStore, C>,
     request: http::Request<()>,
 ) -> http::StatusCode {
     answer(layer.clone(), request).await.0

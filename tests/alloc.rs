@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Empty;
-use tollgate::{Limit, RateLimitLayer, RedisStore, Store};
+use tollgate::store::Store;
+use tollgate::{Limit, RedisStore, TollgateLayer};
 use tower::{Layer, Service, ServiceExt};
 
 #[allow(dead_code)]
@@ -105,7 +106,7 @@ fn an_allowed_request_allocates_nothing_in_the_layer() {
     runtime.block_on(async {
         let alone = per_request(tower::service_fn(handler)).await;
         let layer = |capacity| {
-            RateLimitLayer::builder()
+            TollgateLayer::builder()
                 .client_extractor(tollgate::ApiKey::default())
                 .capacity(capacity)
                 .refill(1_000_000)

@@ -5,8 +5,9 @@ pub mod helloworld;
 
 use std::time::Duration;
 
+use tollgate::store::AnyStore;
 use tollgate::{
-    AnyStore, Builder, FailMode, Limiter, LimiterBuilder, MemoryStore, RateLimitLayer, RedisStore,
+    FailMode, LayerBuilder, Limiter, LimiterBuilder, MemoryStore, RedisStore, TollgateLayer,
 };
 
 /// What every example reads from the environment: the store (`REDIS_URL`, `REDIS_MODE`,
@@ -28,7 +29,7 @@ impl Env {
     pub async fn load() -> Result<Self, String> {
         let timeout_ms: u64 = env_or("STORE_TIMEOUT_MS", 50)?;
         let local_share: f64 = env_or("LOCAL_SHARE", 1.0)?;
-        let max_in_flight: usize = env_or("MAX_IN_FLIGHT", tollgate::DEFAULT_MAX_IN_FLIGHT)?;
+        let max_in_flight: usize = env_or("MAX_IN_FLIGHT", 1024)?;
         // Checked here too (the builder would refuse them), so the error names the variable.
         if timeout_ms == 0 {
             return Err("STORE_TIMEOUT_MS=0: must be greater than zero".into());
@@ -62,8 +63,8 @@ impl Env {
     }
 
     /// A layer builder with this store, timeout and fail mode.
-    pub fn builder(&self) -> Builder<AnyStore, tollgate::ApiKey> {
-        RateLimitLayer::builder()
+    pub fn builder(&self) -> LayerBuilder<AnyStore, tollgate::ApiKey> {
+        TollgateLayer::builder()
             .client_extractor(tollgate::ApiKey::default())
             .store(self.store.clone())
             .timeout(self.timeout)

@@ -3,8 +3,6 @@
 
 use std::net::IpAddr;
 
-use tollgate::redis;
-
 /// The Redis servers to count calls on.
 pub struct RedisCalls {
     clients: Vec<(String, redis::Client)>,

@@ -1,17 +1,13 @@
 //! Decisions over several limits at once, all or nothing.
 
 use super::{BucketState, Observation};
+use crate::limit::MAX_LIMITS;
+use crate::limit::MAX_LOG_CAPACITY;
 use crate::store::{Stamp, Taken};
-use crate::{Decision, Limit, MAX_LIMITS, MAX_LOG_CAPACITY, StoreError};
+use crate::{Decision, Limit, StoreError};
 
-/// Checks the limits of one call: 1 to [`MAX_LIMITS`] of them, and sliding logs of at most
-/// [`MAX_LOG_CAPACITY`] entries in all, so that no call costs the store more than one full
-/// sliding log.
-///
-/// # Errors
-///
-/// [`StoreError::Invalid`] when there are none, too many, or too many log entries.
-pub fn check_limits(limits: &[Limit]) -> Result<(), StoreError> {
+/// See [`BucketState::check_limits`].
+pub(crate) fn check_limits(limits: &[Limit]) -> Result<(), StoreError> {
     if limits.is_empty() || limits.len() > MAX_LIMITS {
         return Err(StoreError::Invalid(format!(
             "{} limits in one call: 1 to {MAX_LIMITS} are allowed",
@@ -36,26 +32,8 @@ pub(crate) fn log_entries(limits: &[Limit]) -> u64 {
         .sum()
 }
 
-/// Decides a request of `cost` units against several buckets at once, all or nothing: it
-/// passes only if every limit allows it, and then takes the units from every bucket (updating
-/// `states`); otherwise nothing is taken (a state written by a clock ahead of `now` is only
-/// brought back within what it can mean now). `now` is microseconds since the Unix epoch (the
-/// windows are aligned to it); a cost of 0 counts as 1.
-///
-/// This is the arithmetic of the Lua scripts (`lua/`), step for step: a custom
-/// [`Store`](crate::Store) that keeps one [`BucketState`] per bucket and calls this under its
-/// own lock decides as [`RedisStore`](crate::RedisStore) does.
-///
-/// The decision reports one limit, [`Decision::index`]: when refused, the refusing limit with
-/// the longest wait (so `retry_after` is the longest wait among them); when allowed, the one
-/// with the fewest units left; the first on a tie. A cost above a limit's capacity can never
-/// pass: it is refused with a `retry_after` of [`Duration::MAX`](std::time::Duration::MAX).
-///
-/// # Errors
-///
-/// [`StoreError::Invalid`], with nothing changed, when `limits` is empty, longer than
-/// [`MAX_LIMITS`], or not as long as `states`.
-pub fn decide_all(
+/// See [`BucketState::decide_all`].
+pub(crate) fn decide_all(
     limits: &[Limit],
     states: &mut [BucketState],
     now: u64,
@@ -70,15 +48,8 @@ pub fn decide_all(
     ))
 }
 
-/// [`decide_all`], reporting every limit: in the order of `limits`, each one's decision, with
-/// its position as [`Decision::index`]. When the request passed, what each limit has left;
-/// when it was refused, what each said of it with nothing taken (`allowed` when that limit
-/// alone would have let it through, with a `retry_after` of zero).
-///
-/// # Errors
-///
-/// As [`decide_all`].
-pub fn decide_each(
+/// See [`BucketState::decide_each`].
+pub(crate) fn decide_each(
     limits: &[Limit],
     states: &mut [BucketState],
     now: u64,
@@ -93,13 +64,8 @@ pub fn decide_each(
     ))
 }
 
-/// [`decide_each`], stamped: every limit's decision and, when the request passed, where and
-/// when its units were taken (what [`Store::take`](crate::Store::take) answers).
-///
-/// # Errors
-///
-/// As [`decide_all`].
-pub fn take_each(
+/// See [`BucketState::take_each`].
+pub(crate) fn take_each(
     limits: &[Limit],
     states: &mut [BucketState],
     now: u64,
@@ -238,5 +204,79 @@ pub(crate) fn decide_observed(
                 .report(&observed[0], false, first.cost_of(cost))
                 .with_index(0)
         }
+    }
+}
+
+/// The arithmetic of the Lua scripts, for a custom [`Store`](crate::store::Store).
+impl BucketState {
+    /// Checks the limits of one call: 1 to 8 of them, and sliding logs of at most
+    /// 250 entries in all, so that no call costs the store more than one full
+    /// sliding log.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`] when there are none, too many, or too many log entries.
+    pub fn check_limits(limits: &[Limit]) -> Result<(), StoreError> {
+        check_limits(limits)
+    }
+
+    /// Decides a request of `cost` units against several buckets at once, all or nothing: it
+    /// passes only if every limit allows it, and then takes the units from every bucket (updating
+    /// `states`); otherwise nothing is taken (a state written by a clock ahead of `now` is only
+    /// brought back within what it can mean now). `now` is microseconds since the Unix epoch (the
+    /// windows are aligned to it); a cost of 0 counts as 1.
+    ///
+    /// This is the arithmetic of the Lua scripts (`lua/`), step for step: a custom
+    /// [`Store`](crate::store::Store) that keeps one [`BucketState`] per bucket and calls this under its
+    /// own lock decides as [`RedisStore`](crate::RedisStore) does.
+    ///
+    /// The decision reports one limit, [`Decision::index`]: when refused, the refusing limit with
+    /// the longest wait (so `retry_after` is the longest wait among them); when allowed, the one
+    /// with the fewest units left; the first on a tie. A cost above a limit's capacity can never
+    /// pass: it is refused with a `retry_after` of [`Duration::MAX`](std::time::Duration::MAX).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty, longer than
+    /// 8, or not as long as `states`.
+    pub fn decide_all(
+        limits: &[Limit],
+        states: &mut [BucketState],
+        now: u64,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        decide_all(limits, states, now, cost)
+    }
+
+    /// [`BucketState::decide_all`], reporting every limit: in the order of `limits`, each one's decision, with
+    /// its position as [`Decision::index`]. When the request passed, what each limit has left;
+    /// when it was refused, what each said of it with nothing taken (`allowed` when that limit
+    /// alone would have let it through, with a `retry_after` of zero).
+    ///
+    /// # Errors
+    ///
+    /// As [`BucketState::decide_all`].
+    pub fn decide_each(
+        limits: &[Limit],
+        states: &mut [BucketState],
+        now: u64,
+        cost: u64,
+    ) -> Result<Vec<Decision>, StoreError> {
+        decide_each(limits, states, now, cost)
+    }
+
+    /// [`BucketState::decide_each`], stamped: every limit's decision and, when the request passed, where and
+    /// when its units were taken (what [`Store::take`](crate::store::Store::take) answers).
+    ///
+    /// # Errors
+    ///
+    /// As [`BucketState::decide_all`].
+    pub fn take_each(
+        limits: &[Limit],
+        states: &mut [BucketState],
+        now: u64,
+        cost: u64,
+    ) -> Result<Taken, StoreError> {
+        take_each(limits, states, now, cost)
     }
 }

@@ -126,7 +126,7 @@ impl Limit {
     }
 
     /// Decides a request of `cost` against one bucket at `now` (µs since the Unix epoch),
-    /// taking the units from `state` when it passes; [`decide_all`](crate::decide_all) with one limit.
+    /// taking the units from `state` when it passes; [`BucketState::decide_all`](crate::store::BucketState::decide_all) with one limit.
     #[inline(always)]
     pub fn decide(&self, state: &mut BucketState, now: u64, cost: u64) -> Decision {
         let cost = self.cost_of(cost.max(1));
@@ -176,7 +176,7 @@ impl Limit {
     /// its slot when `free_slot`. `mark` is where the take's units are
     /// ([`Stamp::mark`](crate::store::Stamp::mark): the take's time, or a sliding log's entry
     /// time) and `taken` how many this limit counted. Only what is still owed where it was
-    /// counted comes back (see [`Store::put_back`](crate::Store::put_back)): a token bucket
+    /// counted comes back (see [`Store::put_back`](crate::store::Store::put_back)): a token bucket
     /// gets their worth less the refill since `mark`, at most full now; a window only while it
     /// is the window of `mark` (a sliding window: or the one after, in its previous count); a
     /// sliding log the entries at `mark`; a concurrency limit one slot. The arithmetic of

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use super::{Algorithm, concurrency, sliding_log, token_bucket, window};
 use crate::Limit;
 
-/// The state of one bucket, for a [`Store`](crate::Store) that keeps buckets itself and
-/// decides with [`decide_all`](crate::decide_all) (as [`MemoryStore`](crate::MemoryStore) does); the same as
+/// The state of one bucket, for a [`Store`](crate::store::Store) that keeps buckets itself and
+/// decides with [`BucketState::decide_all`](crate::store::BucketState::decide_all) (as [`MemoryStore`](crate::MemoryStore) does); the same as
 /// what the Lua scripts keep in Redis, so a store can save and load it.
 ///
 /// A new state ([`Default`]) is a bucket never used: whole. A state is only meaningful with

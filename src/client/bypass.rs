@@ -9,12 +9,12 @@ use crate::ConfigError;
 /// Clients that are never limited: API keys (or other identities) and IP networks.
 ///
 /// Their requests are still decided and reported (headers, logs), like
-/// [shadow mode](crate::Builder::shadow), so their usage stays visible; they are just never
+/// [shadow mode](crate::LayerBuilder::shadow), so their usage stays visible; they are just never
 /// refused.
 ///
 /// ```
 /// # fn main() -> Result<(), tollgate::ConfigError> {
-/// let bypass = tollgate::client::Bypass::new()
+/// let bypass = tollgate::Bypass::new()
 ///     .key("internal-batch-job")
 ///     .cidr("10.0.0.0/8")?;
 /// # let _ = bypass;

@@ -3,18 +3,13 @@ use std::net::{IpAddr, SocketAddr};
 use http::request::Parts;
 use ipnet::{IpNet, Ipv6Net};
 
-use super::{ClientExtractor, ClientId, MissingClient};
+use super::{ClientExtractor, ClientId};
 use crate::ConfigError;
-
-/// The address of the connection's peer, as a request extension, for servers that do not add
-/// axum's `ConnectInfo` (a hyper server inserts it per connection; see `examples/hyper.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteAddr(pub SocketAddr);
+use crate::Refusal;
 
 /// Which header the trusted proxies in front of the service write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum ForwardedHeader {
+pub(crate) enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2` (the default).
     #[default]
     XForwardedFor,
@@ -31,7 +26,8 @@ pub enum ForwardedHeader {
 /// IPv6 addresses count as IPv4.
 ///
 /// The peer address comes from axum's `ConnectInfo<SocketAddr>` (serve with
-/// `into_make_service_with_connect_info::<SocketAddr>()`) or a [`RemoteAddr`] extension; a
+/// `into_make_service_with_connect_info::<SocketAddr>()`) or a `SocketAddr` extension (a hyper server inserts the peer's per connection; see
+/// `examples/hyper.rs`); a
 /// request with neither is answered `400` naming what is missing.
 ///
 /// # Behind a proxy
@@ -40,7 +36,7 @@ pub enum ForwardedHeader {
 /// trusted proxies ([`ClientIp::peer`]), the headers are ignored. With
 /// [`ClientIp::behind_proxies`], the headers are read only when the peer itself is a trusted
 /// proxy, from the right, skipping trusted proxies; the first other entry is the client. Name
-/// the header your proxies write ([`ClientIp::header`]): a header they do not write is
+/// the header your proxies write ([`ClientIp::forwarded`] for `Forwarded`): a header they do not write is
 /// entirely the client's. An entry that is not an address (`unknown`, an obfuscated `_id`)
 /// names the client as that token.
 #[derive(Debug, Clone)]
@@ -81,8 +77,14 @@ impl ClientIp {
         })
     }
 
-    /// The header the trusted proxies write (default `X-Forwarded-For`).
-    pub fn header(mut self, header: ForwardedHeader) -> Self {
+    /// Reads the standard `Forwarded` header (RFC 7239: `Forwarded: for=client, for=proxy1`)
+    /// instead of `X-Forwarded-For`: for proxies that write it.
+    pub fn forwarded(self) -> Self {
+        self.header(ForwardedHeader::Forwarded)
+    }
+
+    /// Reads `header` (default `X-Forwarded-For`).
+    fn header(mut self, header: ForwardedHeader) -> Self {
         self.header = header;
         self
     }
@@ -161,10 +163,10 @@ enum Hop<'a> {
 }
 
 impl ClientExtractor for ClientIp {
-    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, MissingClient> {
+    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, Refusal> {
         let peer = peer_addr(parts).ok_or_else(|| {
-            MissingClient::new(
-                "client address unknown: serve with ConnectInfo<SocketAddr> or add a RemoteAddr extension",
+            Refusal::bad_request(
+                "client address unknown: serve with ConnectInfo<SocketAddr> or add the peer SocketAddr as an extension",
             )
         })?;
         let peer = peer.to_canonical();
@@ -185,7 +187,7 @@ fn peer_addr(parts: &Parts) -> Option<IpAddr> {
     {
         return Some(info.0.ip());
     }
-    parts.extensions.get::<RemoteAddr>().map(|addr| addr.0.ip())
+    parts.extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
 pub(super) fn parse_net(text: &str, field: &'static str) -> Result<IpNet, ConfigError> {
@@ -266,7 +268,7 @@ mod tests {
             req = req.header(*name, *value);
         }
         let mut p = parts(req);
-        p.extensions.insert(RemoteAddr(peer.parse().unwrap()));
+        p.extensions.insert::<SocketAddr>(peer.parse().unwrap());
         String::from_utf8(extractor.extract(&p).unwrap().as_bytes().to_vec()).unwrap()
     }
 
@@ -349,7 +351,7 @@ mod tests {
             let value = http::HeaderValue::from_bytes(xff.as_bytes()).unwrap();
             let mut p = parts(http::Request::get("/").header("x-forwarded-for", value));
             p.extensions
-                .insert(RemoteAddr("10.0.0.2:1".parse().unwrap()));
+                .insert::<SocketAddr>("10.0.0.2:1".parse().unwrap());
             assert!(!e.extract(&p).unwrap().as_bytes().is_empty(), "{xff}");
         }
         let p = parts(http::Request::get("/"));
@@ -359,19 +361,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_a_peer_address_gets_a_400_that_says_how_to_serve() {
-        let builder = crate::RateLimitLayer::builder().client_extractor(ClientIp::peer());
+        let builder = crate::TollgateLayer::builder().client_extractor(ClientIp::peer());
         let request = http::Request::get("/").body(()).unwrap();
         let (status, _, body) = super::super::tests::answer(builder, request).await;
         assert_eq!(status, http::StatusCode::BAD_REQUEST);
         assert_eq!(
             body,
-            r#"{"error":"client address unknown: serve with ConnectInfo<SocketAddr> or add a RemoteAddr extension"}"#
+            r#"{"error":"client address unknown: serve with ConnectInfo<SocketAddr> or add the peer SocketAddr as an extension"}"#
         );
     }
 
     #[tokio::test]
     async fn a_spoofed_forwarding_header_from_an_untrusted_peer_changes_nothing() {
-        let layer = crate::RateLimitLayer::builder()
+        let layer = crate::TollgateLayer::builder()
             .client_extractor(ClientIp::behind_proxies(["10.0.0.0/8"]).unwrap())
             .capacity(1)
             .period(std::time::Duration::from_secs(60))
@@ -384,7 +386,7 @@ mod tests {
                 .header("forwarded", format!("for={spoof}"))
                 .body(())
                 .unwrap();
-            let peer = RemoteAddr("203.0.113.9:5000".parse().unwrap());
+            let peer: SocketAddr = "203.0.113.9:5000".parse().unwrap();
             request.extensions_mut().insert(peer);
             statuses.push(crate::testing::status(&layer, request).await);
         }
@@ -536,7 +538,7 @@ mod props {
         }
         let mut parts = req.body(()).ok()?.into_parts().0;
         if let Some(peer) = peer {
-            parts.extensions.insert(RemoteAddr(peer));
+            parts.extensions.insert(peer);
         }
         Some(parts)
     }
@@ -677,7 +679,7 @@ mod props {
                 (Err(e), None) => {
                     prop_assert!(
                         e.message().contains("ConnectInfo<SocketAddr>")
-                            && e.message().contains("RemoteAddr"),
+                            && e.message().contains("SocketAddr as an extension"),
                         "{e}"
                     );
                     return Ok(());

@@ -6,8 +6,9 @@
 //! - Any closure `Fn(&http::request::Parts) -> Option<String>`.
 //!
 //! A [`Bypass`] list names clients that are never limited (their requests are still decided
-//! and reported, like [shadow mode](crate::Builder::shadow)).
+//! and reported, like [shadow mode](crate::LayerBuilder::shadow)).
 
+use crate::Refusal;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
@@ -19,7 +20,7 @@ mod bypass;
 mod ip;
 
 pub use bypass::Bypass;
-pub use ip::{ClientIp, ForwardedHeader, RemoteAddr};
+pub use ip::ClientIp;
 
 /// The identity of a client: opaque bytes, and the IP address when the identity is one. Two
 /// identities are equal when their bytes are (they name the same bucket).
@@ -140,15 +141,15 @@ impl From<Vec<u8>> for ClientId<'static> {
 
 /// Finds the client a request comes from.
 ///
-/// The identity is opaque bytes; any bytes are safe (see [`key`](crate::key)). Implemented by
+/// The identity is opaque bytes; any bytes are safe (see `key`). Implemented by
 /// [`ApiKey`] (the default), [`ClientIp`], and closures
 /// `Fn(&http::request::Parts) -> Option<String>`, where `None` or an empty string answers
 /// `400 Bad Request`:
 ///
 /// ```
-/// use tollgate::RateLimitLayer;
+/// use tollgate::TollgateLayer;
 ///
-/// let layer = RateLimitLayer::builder()
+/// let layer = TollgateLayer::builder()
 ///     .capacity(10)
 ///     .period(std::time::Duration::from_secs(10))
 ///     .client_extractor(|parts: &http::request::Parts| {
@@ -163,19 +164,19 @@ pub trait ClientExtractor: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// A [`MissingClient`] when the request does not say who sent it; the layer answers
+    /// A [`Refusal`] when the request does not say who sent it; the layer answers
     /// `400 Bad Request` (gRPC: `INVALID_ARGUMENT`) with its message.
-    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, MissingClient>;
+    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, Refusal>;
 }
 
 impl<F> ClientExtractor for F
 where
     F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
 {
-    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, MissingClient> {
+    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, Refusal> {
         match self(parts) {
             Some(id) if !id.is_empty() => Ok(ClientId::from_bytes(id.into_bytes())),
-            _ => Err(MissingClient::new("missing client identity")),
+            _ => Err(Refusal::bad_request("missing client identity")),
         }
     }
 }
@@ -183,15 +184,15 @@ where
 /// A client extractor from a closure over the request's head, which names the client
 /// (`None` or an empty string: the request is refused with `400`). The closure's argument
 /// needs no annotation (a closure handed to
-/// [`client_extractor`](crate::RateLimitLayer::builder) directly does: `|parts:
+/// [`client_extractor`](crate::TollgateLayer::builder) directly does: `|parts:
 /// &http::request::Parts|`), so the `http` crate need not be named:
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::{RateLimitLayer, client_fn};
+/// use tollgate::{TollgateLayer, client_fn};
 ///
 /// // One budget per user, whom an authentication layer in front named in `x-user-id`.
-/// let layer = RateLimitLayer::builder()
+/// let layer = TollgateLayer::builder()
 ///     .capacity(100)
 ///     .period(Duration::from_secs(60))
 ///     .client_extractor(client_fn(|parts| {
@@ -209,27 +210,6 @@ where
     f
 }
 
-/// A request that does not say who sent it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct MissingClient {
-    message: Cow<'static, str>,
-}
-
-impl MissingClient {
-    /// A rejection with `message`, sent to the client in the `400` body.
-    pub fn new(message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-
-    /// The message sent to the client.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
 /// The client is named by an API key: a request header (default `X-API-Key`), else a query
 /// parameter (default `key`).
 ///
@@ -241,7 +221,7 @@ impl MissingClient {
 pub struct ApiKey {
     header: HeaderName,
     query: Option<Cow<'static, str>>,
-    missing: MissingClient,
+    missing: Refusal,
 }
 
 impl Default for ApiKey {
@@ -262,7 +242,7 @@ impl ApiKey {
         Self {
             header,
             query: query.map(Cow::Borrowed),
-            missing: MissingClient::new(message),
+            missing: Refusal::bad_request(message),
         }
     }
 
@@ -273,7 +253,7 @@ impl ApiKey {
 }
 
 impl ClientExtractor for ApiKey {
-    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, MissingClient> {
+    fn extract<'a>(&self, parts: &'a Parts) -> Result<ClientId<'a>, Refusal> {
         if let Some(value) = parts
             .headers
             .get(&self.header)
@@ -315,8 +295,8 @@ mod tests {
     use super::*;
 
     /// A layer builder naming clients by their API key.
-    fn api_keys() -> crate::Builder<crate::MemoryStore, ApiKey> {
-        crate::RateLimitLayer::builder().client_extractor(ApiKey::default())
+    fn api_keys() -> crate::LayerBuilder<crate::MemoryStore, ApiKey> {
+        crate::TollgateLayer::builder().client_extractor(ApiKey::default())
     }
 
     #[test]
@@ -363,7 +343,7 @@ mod tests {
     /// Sends `request` through a layer of capacity 1 (per minute) made by `builder` and returns
     /// the status, the named headers (`""` when absent) and the body.
     pub(super) async fn answer<C: ClientExtractor>(
-        builder: crate::Builder<crate::MemoryStore, C>,
+        builder: crate::LayerBuilder<crate::MemoryStore, C>,
         request: http::Request<()>,
     ) -> (http::StatusCode, Vec<String>, String) {
         let layer = builder
@@ -438,7 +418,7 @@ mod tests {
 }
 
 /// Property tests: whatever headers and query a request carries, [`ApiKey`] and closures give
-/// the client it names or a `MissingClient` that says what to send, and never panic.
+/// the client it names or a `Refusal` that says what to send, and never panic.
 #[cfg(test)]
 mod props {
     use proptest::prelude::*;

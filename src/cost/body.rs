@@ -15,33 +15,20 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{CostExtractor, InvalidCost};
+use crate::Refusal;
 use crate::response::{ResponseBody, error_json};
 
 /// The cost of a request as a layer before the rate limit found it, in the request's
-/// extensions: what [`BodyCostLayer`] puts there and [`ExtensionCost`] reads.
+/// extensions: what [`BodyCostLayer`] puts there, and what the rate limit reads when it has no
+/// [cost extractor](crate::LayerBuilder::cost_extractor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestCost(pub u64);
 
-/// The cost a layer before the rate limit put in the request's extensions ([`RequestCost`]);
-/// 1 when there is none.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ExtensionCost;
-
-impl CostExtractor for ExtensionCost {
-    fn cost(&self, parts: &Parts) -> Result<u64, InvalidCost> {
-        Ok(parts
-            .extensions
-            .get::<RequestCost>()
-            .map_or(1, |c| c.0.max(1)))
-    }
-}
-
 /// The estimate of [`BodyCostLayer`].
-type Estimate = dyn Fn(&Parts, &Bytes) -> Result<u64, InvalidCost> + Send + Sync;
+type Estimate = dyn Fn(&Parts, &Bytes) -> Result<u64, Refusal> + Send + Sync;
 
-/// Estimates each request's cost from its body, for the rate limit after it (with
-/// [`ExtensionCost`]): say, the `max_tokens` of a JSON completion request.
+/// Estimates each request's cost from its body, for the rate limit after it: say, the
+/// `max_tokens` of a JSON completion request.
 ///
 /// It reads the body, at most `max_bytes` of it, asks `estimate` for the cost, puts it in the
 /// request's extensions as a [`RequestCost`], and passes the same bytes on as the body. A body
@@ -50,26 +37,26 @@ type Estimate = dyn Fn(&Parts, &Bytes) -> Result<u64, InvalidCost> + Send + Sync
 /// `{"error": "..."}`; the service behind is not called. Memory: at most `max_bytes` per
 /// request in flight; time: the server's own read timeouts bound a slow client.
 ///
-/// Put it before (outside) the rate limit, which reads the cost:
+/// Put it before (outside) the rate limit, which reads the cost unless it was given another
+/// [cost extractor](crate::LayerBuilder::cost_extractor):
 ///
 /// ```
 /// use std::time::Duration;
 /// use axum::{Router, routing::post};
-/// use tollgate::RateLimitLayer;
-/// use tollgate::cost::{BodyCostLayer, ExtensionCost, InvalidCost};
+/// use tollgate::TollgateLayer;
+/// use tollgate::{BodyCostLayer, Refusal};
 ///
 /// # fn main() -> Result<(), tollgate::ConfigError> {
-/// let limit = RateLimitLayer::builder()
+/// let limit = TollgateLayer::builder()
 ///     .capacity(10_000)
 ///     .period(Duration::from_secs(60))
-///     .cost_extractor(ExtensionCost)
 ///     .build()?;
 /// // The body's digits, as a stand-in for a JSON parser's `max_tokens`.
 /// let estimate = BodyCostLayer::new(64 * 1024, |_, body| {
 ///     std::str::from_utf8(body)
 ///         .ok()
 ///         .and_then(|text| text.trim().parse().ok())
-///         .ok_or_else(|| InvalidCost::new("the body must be a number of tokens"))
+///         .ok_or_else(|| Refusal::bad_request("the body must be a number of tokens"))
 /// });
 /// let app: Router = Router::new()
 ///     .route("/v1/completions", post(|body: String| async move { body }))
@@ -87,7 +74,7 @@ impl BodyCostLayer {
     /// Reads at most `max_bytes` of each body and asks `estimate` for the cost (0 counts as 1).
     pub fn new<F>(max_bytes: usize, estimate: F) -> Self
     where
-        F: Fn(&Parts, &Bytes) -> Result<u64, InvalidCost> + Send + Sync + 'static,
+        F: Fn(&Parts, &Bytes) -> Result<u64, Refusal> + Send + Sync + 'static,
     {
         Self {
             max_bytes,

@@ -8,12 +8,13 @@
 //! once, without a store call, with `413 Content Too Large` (gRPC: `RESOURCE_EXHAUSTED` without
 //! retry advice) and a body that says so; no `Retry-After` is sent, since waiting cannot help.
 
+use crate::Refusal;
 use http::HeaderName;
 use http::request::Parts;
 
 mod body;
 
-pub use body::{BodyCost, BodyCostLayer, ExtensionCost, RequestCost};
+pub use body::{BodyCost, BodyCostLayer, RequestCost};
 
 /// Finds the cost of a request, in tokens.
 pub trait CostExtractor: Send + Sync + 'static {
@@ -21,27 +22,31 @@ pub trait CostExtractor: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// An [`InvalidCost`] when the request states a cost that is not a positive integer; the
+    /// An [`Refusal`] when the request states a cost that is not a positive integer; the
     /// layer answers `400 Bad Request` with its message.
-    fn cost(&self, parts: &Parts) -> Result<u64, InvalidCost>;
+    fn cost(&self, parts: &Parts) -> Result<u64, Refusal>;
 }
 
 impl<F> CostExtractor for F
 where
     F: Fn(&Parts) -> u64 + Send + Sync + 'static,
 {
-    fn cost(&self, parts: &Parts) -> Result<u64, InvalidCost> {
+    fn cost(&self, parts: &Parts) -> Result<u64, Refusal> {
         Ok(self(parts).max(1))
     }
 }
 
-/// Every request costs 1 (the default).
+/// The default: the [`RequestCost`] a layer before the rate limit put in the request's
+/// extensions (such as [`BodyCostLayer`]); 1 when there is none.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct UnitCost;
+pub(crate) struct UnitCost;
 
 impl CostExtractor for UnitCost {
-    fn cost(&self, _: &Parts) -> Result<u64, InvalidCost> {
-        Ok(1)
+    fn cost(&self, parts: &Parts) -> Result<u64, Refusal> {
+        Ok(parts
+            .extensions
+            .get::<RequestCost>()
+            .map_or(1, |c| c.0.max(1)))
     }
 }
 
@@ -80,7 +85,7 @@ impl Default for HeaderCost {
 }
 
 impl CostExtractor for HeaderCost {
-    fn cost(&self, parts: &Parts) -> Result<u64, InvalidCost> {
+    fn cost(&self, parts: &Parts) -> Result<u64, Refusal> {
         let Some(value) = parts.headers.get(&self.header) else {
             return Ok(1);
         };
@@ -88,36 +93,19 @@ impl CostExtractor for HeaderCost {
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&cost| cost > 0)
-            .ok_or_else(|| InvalidCost {
-                message: format!("invalid {} header: must be a positive integer", self.header),
+            .ok_or_else(|| {
+                Refusal::bad_request(format!(
+                    "invalid {} header: must be a positive integer",
+                    self.header
+                ))
             })?;
         if cost > self.max {
-            return Err(InvalidCost {
-                message: format!("invalid {} header: at most {}", self.header, self.max),
-            });
+            return Err(Refusal::bad_request(format!(
+                "invalid {} header: at most {}",
+                self.header, self.max
+            )));
         }
         Ok(cost)
-    }
-}
-
-/// A request that states a cost that is not a positive integer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct InvalidCost {
-    message: String,
-}
-
-impl InvalidCost {
-    /// A rejection with `message`, sent to the client in the `400` body.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-
-    /// The message sent to the client.
-    pub fn message(&self) -> &str {
-        &self.message
     }
 }
 
@@ -125,7 +113,7 @@ impl InvalidCost {
 mod tests {
     use super::*;
 
-    fn cost(value: Option<&[u8]>) -> Result<u64, InvalidCost> {
+    fn cost(value: Option<&[u8]>) -> Result<u64, Refusal> {
         let mut req = http::Request::get("/");
         if let Some(v) = value {
             req = req.header(
@@ -172,7 +160,7 @@ mod tests {
     /// Sends `request` through a layer of capacity 3 per minute that reads the cost header,
     /// and returns the status, the named headers (`""` when absent) and the body.
     async fn answer(request: http::Request<()>) -> (http::StatusCode, Vec<String>, String) {
-        let layer = crate::RateLimitLayer::builder()
+        let layer = crate::TollgateLayer::builder()
             .client_extractor(crate::ApiKey::default())
             .capacity(3)
             .period(std::time::Duration::from_secs(60))
@@ -240,7 +228,7 @@ mod tests {
     }
 }
 
-/// Property tests: any cost header gives a positive cost or a clear `InvalidCost`, never 0.
+/// Property tests: any cost header gives a positive cost or a clear `Refusal`, never 0.
 #[cfg(test)]
 mod props {
     use proptest::prelude::*;

@@ -17,15 +17,15 @@ use crate::telemetry::Telemetry;
 use crate::{Algorithm, ConfigError, Limit};
 
 /// The default time a store may take to decide.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 /// The default prefix of every bucket key.
-pub const DEFAULT_KEY_PREFIX: &str = "tollgate";
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "tollgate";
 /// The default name of the single limit (in the `RateLimit` header fields and bucket keys).
-pub const DEFAULT_POLICY_NAME: &str = "default";
+pub(crate) const DEFAULT_LIMIT_NAME: &str = "default";
 /// The default longest a denial is remembered in process.
-pub const DEFAULT_DENY_CACHE_MAX: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_DENY_CACHE_MAX: Duration = Duration::from_secs(1);
 /// The default most calls to a remote store under way at once.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// Configures a [`Limiter`]; every field is checked by [`LimiterBuilder::build`].
 ///
@@ -55,7 +55,7 @@ pub(crate) struct Options {
     capacity: Option<u64>,
     refill: Option<u64>,
     period: Option<Duration>,
-    policy_name: String,
+    limit_name: String,
     policies: Option<Policies>,
     key_prefix: String,
     timeout: Duration,
@@ -90,7 +90,7 @@ impl LimiterBuilder {
                 capacity: None,
                 refill: None,
                 period: None,
-                policy_name: DEFAULT_POLICY_NAME.to_owned(),
+                limit_name: DEFAULT_LIMIT_NAME.to_owned(),
                 policies: None,
                 key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 timeout: DEFAULT_TIMEOUT,
@@ -119,7 +119,7 @@ impl<St> LimiterBuilder<St> {
     }
 
     /// How the single default limit counts (default [`Algorithm::TokenBucket`]); see
-    /// [`algorithm`](crate::algorithm).
+    /// `algorithm`.
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
         self.options.algorithm = algorithm;
         self
@@ -149,8 +149,8 @@ impl<St> LimiterBuilder<St> {
 
     /// The single limit's name in the `RateLimit` header fields and the bucket keys (default
     /// `default`): 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
-    pub fn policy_name(mut self, name: impl Into<String>) -> Self {
-        self.options.policy_name = name.into();
+    pub fn limit_name(mut self, name: impl Into<String>) -> Self {
+        self.options.limit_name = name.into();
         self
     }
 
@@ -274,7 +274,7 @@ impl<St> LimiterBuilder<St> {
                     .ok_or(ConfigError::Missing { field: "period" })?;
                 Policies::single(Limit::with_algorithm(
                     options.algorithm,
-                    options.policy_name,
+                    options.limit_name,
                     capacity,
                     options.refill,
                     period,

@@ -84,7 +84,7 @@ impl<A: Answer> Answer for Stamped<A> {
 }
 
 /// A decision's store call: the store's own (`D`), or a stamped take (the store's
-/// [`take`](crate::Store::take), or a call that also takes a lease), which reports every limit.
+/// [`take`](crate::store::Store::take), or a call that also takes a lease), which reports every limit.
 pub(crate) enum Asking<D> {
     Store(D),
     Take(crate::store::StoreCall<Taken>),

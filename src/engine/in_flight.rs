@@ -55,11 +55,10 @@ impl<St: Store> Releaser for Shared<St> {
 
 /// The concurrency slots an allowed request holds (one in each [concurrency](
 /// crate::Algorithm::Concurrency) limit of its policy): freed when this is dropped, or by
-/// [`InFlight::release`]. Taken out of an [`Outcome`](crate::Outcome) with
-/// [`Outcome::in_flight`](crate::Outcome::in_flight) to hold the slots longer than the
-/// outcome.
+/// `InFlight::release`. The layer takes it out of an [`Outcome`](crate::Outcome) to hold the
+/// slots until the response body is over.
 #[must_use = "the slots are freed when this is dropped"]
-pub struct InFlight {
+pub(crate) struct InFlight {
     releaser: Option<Arc<dyn Releaser>>,
     key: String,
     index: usize,
@@ -103,7 +102,7 @@ impl InFlight {
     }
 
     /// Frees the slots now.
-    pub fn release(self) {}
+    pub(crate) fn release(self) {}
 
     /// Forgets the slots without freeing them: they were not taken.
     pub(crate) fn disarm(mut self) {

@@ -1,4 +1,4 @@
-//! Leases in the engine (see [`lease`](crate::lease)): a hot key's decisions served in
+//! Leases in the engine (see `lease`): a hot key's decisions served in
 //! process, the lease calls that lend the units, and giving back what leases left.
 
 use std::sync::{Arc, Weak};
@@ -202,7 +202,7 @@ pub(crate) fn sweep<St: Store>(shared: &Arc<Shared<St>>, leases: &Leases) {
     let every = (0..policies.len())
         .filter_map(|i| policies.entry(i).lease)
         .min()
-        .unwrap_or(crate::DEFAULT_LEASE_TIME);
+        .unwrap_or(crate::limit::DEFAULT_LEASE_TIME);
     let weak: Weak<Shared<St>> = Arc::downgrade(shared);
     worker.keep_running(
         Chore::Lease,
@@ -227,7 +227,7 @@ pub(crate) fn sweep<St: Store>(shared: &Arc<Shared<St>>, leases: &Leases) {
 
 impl<St: Store> Limiter<St> {
     /// Gives back to the store every unit this limiter holds on lease (see
-    /// [`lease`](crate::lease)), and returns how many: call it when the process shuts down, so
+    /// `lease`), and returns how many: call it when the process shuts down, so
     /// that other instances can use them at once. Later requests may take new leases.
     ///
     /// # Errors

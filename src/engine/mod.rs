@@ -1,51 +1,5 @@
-//! The engine: a [`Limiter`] decides for subjects (a client, and an endpoint or a rule) with
-//! every protection tollgate has (the store's timeout, the breaker and the bound on calls in
-//! flight, the fail mode and its local fallback, the deny cache, shadow mode, the bypass list,
-//! logs and metrics), whether the caller is the HTTP layer or your own code.
-//!
-//! Rate-limit anything that is not one HTTP request (a websocket's messages, a queue
-//! consumer, a background job) with the same buckets and the same behaviour under failure:
-//!
-//! ```
-//! use std::time::Duration;
-//! use tollgate::{Limiter, Target};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // 5 messages at once per user, then one more each second.
-//! let limiter = Limiter::builder()
-//!     .capacity(5)
-//!     .refill(1)
-//!     .period(Duration::from_secs(1))
-//!     .build()?;
-//! let alice = limiter.subject("alice", Target::route(&http::Method::GET, "/chat"))?;
-//! let mut first = limiter.take(&alice, 2).await;
-//! assert!(first.is_allowed());
-//! for _ in 0..3 {
-//!     assert!(limiter.take(&alice, 1).await.is_allowed());
-//! }
-//! let sixth = limiter.take(&alice, 1).await;
-//! assert!(!sixth.is_allowed());
-//! assert!(sixth.retry_after().unwrap() <= Duration::from_secs(1));
-//!
-//! // How much is left, without taking anything; then give the first take's units back:
-//! // their worth less what refilled since they were taken, so not quite two whole units.
-//! assert_eq!(limiter.peek(&alice, 1).await?[0].remaining, 0);
-//! let mut receipt = first.receipt().expect("the store took 2");
-//! limiter.refund(&mut receipt, 2).await?;
-//! assert!(limiter.peek(&alice, 1).await?[0].remaining >= 1);
-//!
-//! // Forget the subject's buckets: whole again.
-//! limiter.reset(&alice).await?;
-//! assert_eq!(limiter.peek(&alice, 1).await?[0].remaining, 5);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! A [`RateLimitLayer`](crate::RateLimitLayer) built from the same limiter
-//! ([`RateLimitLayer::new`](crate::RateLimitLayer::new)) charges the same buckets: an HTTP
-//! request names the subject `(client, Target::route(method, route or path))`, and under a
-//! rule `(client, Target::rule(name))`.
+//! The engine: a [`Limiter`] decides for subjects with every protection tollgate has (users
+//! read `docs/direct.md`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -73,25 +27,24 @@ mod subject;
 mod take;
 mod worker;
 
-pub use builder::{
-    DEFAULT_DENY_CACHE_MAX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_IN_FLIGHT, DEFAULT_POLICY_NAME,
-    DEFAULT_TIMEOUT, LimiterBuilder,
-};
+#[cfg(test)]
+pub(crate) use builder::DEFAULT_TIMEOUT;
+pub use builder::LimiterBuilder;
 pub(crate) use call::{Answer, Asking, Call};
-pub use in_flight::InFlight;
+pub(crate) use in_flight::InFlight;
 pub(crate) use in_flight::Releaser;
 pub(crate) use outcome::Flags;
 pub use outcome::{DecidedBy, Outcome, Verdict};
 pub use receipt::Receipt;
 pub use subject::{Subject, SubjectError, Target};
-pub use take::Take;
+pub(crate) use take::Take;
 pub(crate) use take::{Asked, Deciding};
 pub(crate) use worker::{Chore, Work, Worker};
 
 /// The engine: decides, peeks, refunds and resets for subjects. Built once with
 /// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`).
 ///
-/// See [the module docs](self) for an example.
+/// See `docs/direct.md` for an example.
 pub struct Limiter<St = MemoryStore> {
     pub(crate) shared: Arc<Shared<St>>,
 }

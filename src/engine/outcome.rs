@@ -49,7 +49,7 @@ pub enum DecidedBy {
     /// ([`FailMode::Local`](crate::FailMode::Local)).
     Local,
     /// This process, from units it leased from the store ahead of the request (see
-    /// [`lease`](crate::lease)).
+    /// `lease`).
     Lease,
 }
 
@@ -91,8 +91,8 @@ pub enum Verdict {
 /// The outcome of [`Limiter::take`](crate::Limiter::take): whether to go ahead, and why.
 ///
 /// Hold it while the work runs: under a [concurrency](crate::Algorithm::Concurrency) limit,
-/// dropping it frees the slots (take them out with [`Outcome::in_flight`] to hold them
-/// longer), and its [`receipt`](Outcome::receipt) is what a settlement spends.
+/// dropping it frees the slots (move it into the task that does the work), and its
+/// [`receipt`](Outcome::receipt) is what a settlement spends.
 #[derive(Debug)]
 #[must_use = "check is_allowed(), and hold the outcome while the work runs: dropping it frees \
               a concurrency limit's slots"]
@@ -147,7 +147,7 @@ impl Outcome {
     /// The concurrency slots this outcome holds (an allowed subject whose policy has a
     /// [concurrency](crate::Algorithm::Concurrency) limit), taken out to be held as long as
     /// the work runs. Otherwise they are freed when the outcome is dropped.
-    pub fn in_flight(&mut self) -> Option<InFlight> {
+    pub(crate) fn in_flight(&mut self) -> Option<InFlight> {
         self.in_flight.take()
     }
 
@@ -204,8 +204,8 @@ impl Outcome {
     /// nothing was taken from any, and each says what its limit made of the request:
     /// `allowed` when that limit alone would have let it through (with a `retry_after` of
     /// zero), else its own wait. A refusal remembered by the deny cache, a decision of the
-    /// local fallback or served from a [lease](crate::lease), or a custom [`Store`](crate::Store) that does not implement
-    /// [`Store::decide_each`](crate::Store::decide_each) reports the binding limit alone.
+    /// local fallback or served from a lease, or a custom [`Store`](crate::store::Store) that does not implement
+    /// [`Store::decide_each`](crate::store::Store::decide_each) reports the binding limit alone.
     pub fn decisions(&self) -> &[Decision] {
         match &self.verdict {
             Verdict::Decided { .. } if !self.each.is_empty() => &self.each,

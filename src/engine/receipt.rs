@@ -13,7 +13,7 @@ use crate::store::Stamp;
 /// by [`Limiter::settle`](crate::Limiter::settle) and
 /// [`Limiter::refund`](crate::Limiter::refund): whatever is given back goes to the window or
 /// bucket state that counted the units, and only what is still owed there (see
-/// [`Store::put_back`](crate::Store::put_back)), so no settlement or refund ever lets more
+/// [`Store::put_back`](crate::store::Store::put_back)), so no settlement or refund ever lets more
 /// through than if the units had not been taken. Not `Clone`: units can be given back once.
 ///
 /// A receipt of a decision the store did not answer for under

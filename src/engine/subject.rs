@@ -63,7 +63,7 @@ impl Subject {
     }
 
     /// The key that names the subject's buckets (each limit's bucket is this key, `:` and the
-    /// limit's name; see [`bucket_key`](crate::store::bucket_key)).
+    /// limit's name; see [`Limit::bucket_key`](crate::Limit::bucket_key)).
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -107,7 +107,7 @@ pub enum SubjectError {
 impl<St> Limiter<St> {
     /// The subject `client` on `target`: its policy and its bucket key, built once and
     /// reusable for every call about it. The key is the one the HTTP layer uses for the same
-    /// client and endpoint (see [`key`](crate::key)), so both charge the same buckets.
+    /// client and endpoint (see `key`), so both charge the same buckets.
     ///
     /// # Errors
     ///

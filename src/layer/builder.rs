@@ -1,31 +1,32 @@
-//! [`Builder`]: the layer's HTTP settings, and the engine's or a whole [`Limiter`].
+//! [`LayerBuilder`]: the layer's HTTP settings, and the engine's or a whole [`Limiter`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderName;
 
-use super::{RateLimitLayer, Reserve, Settings, Shared};
+use super::{Reserve, Settings, Shared, TollgateLayer};
 use crate::client::{Bypass, ClientExtractor, ClientIp};
 use crate::cost::{CostExtractor, UnitCost};
 use crate::engine::LimiterBuilder;
 use crate::key::UnmatchedPaths;
 use crate::policy::{Policies, TierExtractor};
-use crate::reserve::Settle;
+use crate::reserve::{Reservation, Settle};
 use crate::response::{Rejection, RejectionBody, RejectionHook};
 use crate::store::Store;
 use crate::{Algorithm, ConfigError, FailMode, Limiter, MemoryStore};
 
-/// Configures a [`RateLimitLayer`]: the HTTP settings (client, cost, response fields,
+/// Configures a [`TollgateLayer`]: the HTTP settings (client, cost, response fields,
 /// rejections), and either the engine's settings, forwarded to a [`LimiterBuilder`], or a
-/// whole [`Limiter`](Self::limiter). Every field is checked by [`Builder::build`].
+/// whole [`Limiter`](Self::limiter). Every field is checked by [`LayerBuilder::build`].
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::{FailMode, RateLimitLayer};
+/// use tollgate::{FailMode, TollgateLayer};
 ///
 /// // 10 requests at once, then one more each second, per API key and endpoint.
-/// let layer = RateLimitLayer::builder()
+/// let layer = TollgateLayer::builder()
 ///     .capacity(10)
 ///     .refill(10)
 ///     .period(Duration::from_secs(10))
@@ -35,7 +36,7 @@ use crate::{Algorithm, ConfigError, FailMode, Limiter, MemoryStore};
 /// # let _ = layer;
 /// ```
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct Builder<St = MemoryStore, C = ClientIp> {
+pub struct LayerBuilder<St = MemoryStore, C = ClientIp> {
     engine: Engine<St>,
     /// The first engine setting given here.
     touched: Option<&'static str>,
@@ -63,9 +64,9 @@ struct Options {
     tier: Option<Box<dyn TierExtractor>>,
 }
 
-impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
+impl<St: std::fmt::Debug, C> std::fmt::Debug for LayerBuilder<St, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut f = f.debug_struct("Builder");
+        let mut f = f.debug_struct("LayerBuilder");
         match &self.engine {
             Engine::Options(builder) => f.field("limiter", &**builder),
             Engine::Built(limiter) => f.field("limiter", limiter),
@@ -75,7 +76,7 @@ impl<St: std::fmt::Debug, C> std::fmt::Debug for Builder<St, C> {
     }
 }
 
-/// Builder methods that set an engine setting on the [`LimiterBuilder`].
+/// LayerBuilder methods that set an engine setting on the [`LimiterBuilder`].
 macro_rules! engine_settings {
     ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty);)*) => {$(
         $(#[$doc])*
@@ -86,15 +87,15 @@ macro_rules! engine_settings {
     )*};
 }
 
-impl<St, C> Builder<St, C> {
+impl<St, C> LayerBuilder<St, C> {
     /// Decides with `limiter` (and charges its buckets): its store, policies, timeout, fail
     /// mode and the rest of the engine's settings, which are then not set here.
-    pub fn limiter<T: Store>(self, limiter: Limiter<T>) -> Builder<T, C> {
+    pub fn limiter<T: Store>(self, limiter: Limiter<T>) -> LayerBuilder<T, C> {
         let conflict = match self.engine {
             Engine::Options(_) => self.conflict.or(self.touched),
             Engine::Built(_) => self.conflict.or(Some("limiter")),
         };
-        Builder {
+        LayerBuilder {
             engine: Engine::Built(limiter),
             touched: self.touched,
             conflict,
@@ -106,7 +107,7 @@ impl<St, C> Builder<St, C> {
     /// Where buckets are kept: a [`MemoryStore`] unless set, or a
     /// [`RedisStore`](crate::RedisStore) to share limits between instances, or an
     /// [`AnyStore`](crate::store::AnyStore) chosen at run time.
-    pub fn store<T: Store>(self, store: T) -> Builder<T, C> {
+    pub fn store<T: Store>(self, store: T) -> LayerBuilder<T, C> {
         let (engine, conflict) = match self.engine {
             Engine::Options(builder) => (
                 Engine::Options(Box::new(builder.store(store))),
@@ -117,7 +118,7 @@ impl<St, C> Builder<St, C> {
                 self.conflict.or(Some("store")),
             ),
         };
-        Builder {
+        LayerBuilder {
             engine,
             touched: self.touched.or(Some("store")),
             conflict,
@@ -161,9 +162,9 @@ impl<St, C> Builder<St, C> {
     /// The single limit's name in the `RateLimit` header fields and the bucket keys (default
     /// `default`).
     ///
-    /// The engine's setting: [`LimiterBuilder::policy_name`].
-    pub fn policy_name(self, name: impl Into<String>) -> Self {
-        self.engine_setting("policy_name", |b| b.policy_name(name))
+    /// The engine's setting: [`LimiterBuilder::limit_name`].
+    pub fn limit_name(self, name: impl Into<String>) -> Self {
+        self.engine_setting("limit_name", |b| b.limit_name(name))
     }
 
     /// The prefix of every bucket key (default `tollgate`).
@@ -197,8 +198,8 @@ impl<St, C> Builder<St, C> {
     /// an API key ([`ApiKey`](crate::client::ApiKey), a value the client chooses: put the
     /// layer after the authentication that checks it), or a closure
     /// ([`client_fn`](crate::client_fn)).
-    pub fn client_extractor<T: ClientExtractor>(self, client: T) -> Builder<St, T> {
-        Builder {
+    pub fn client_extractor<T: ClientExtractor>(self, client: T) -> LayerBuilder<St, T> {
+        LayerBuilder {
             engine: self.engine,
             touched: self.touched,
             conflict: self.conflict,
@@ -222,9 +223,16 @@ impl<St, C> Builder<St, C> {
         self
     }
 
-    /// The body format of the layer's own answers (default [`RejectionBody::Json`]).
-    pub fn rejection_body(mut self, body: RejectionBody) -> Self {
-        self.options.body = body;
+    /// Answers refused requests with `application/problem+json` bodies (RFC 9457) instead of
+    /// the default JSON: a 429 uses the quota-exceeded problem type of
+    /// draft-ietf-httpapi-ratelimit-headers with its `violated-policies` member; the others
+    /// say `title`, `status` and `detail`.
+    pub fn problem_details(mut self, enabled: bool) -> Self {
+        self.options.body = if enabled {
+            RejectionBody::Problem
+        } else {
+            RejectionBody::Json
+        };
         self
     }
 
@@ -239,27 +247,64 @@ impl<St, C> Builder<St, C> {
         self
     }
 
-    /// How many tokens a request takes (default 1): a [`HeaderCost`](crate::cost::HeaderCost)
-    /// or a closure `Fn(&Parts) -> u64`.
+    /// How many tokens a request takes: a [`HeaderCost`](crate::HeaderCost) or a closure
+    /// `Fn(&Parts) -> u64`. By default, the [`RequestCost`](crate::RequestCost) an earlier
+    /// layer (such as [`BodyCostLayer`](crate::BodyCostLayer)) put in the request's
+    /// extensions, else 1.
     pub fn cost_extractor<T: CostExtractor>(mut self, cost: T) -> Self {
         self.options.cost = Box::new(cost);
         self
     }
 
     /// Settles each request's reservation once its response is over (default: off): the cost
-    /// read up front is what the store takes, and the actual cost, stated as `settle` says,
-    /// is refunded or charged when the response body ends or is dropped. Each limited request
-    /// carries a [`Reservation`](crate::reserve::Reservation) in its extensions. See
-    /// [`reserve`](crate::reserve).
-    pub fn settle(mut self, settle: Settle) -> Self {
-        self.options.settle = Some(settle);
+    /// read up front is what the store takes, and the actual cost is refunded or charged when
+    /// the response body ends or is dropped. Each limited request carries a [`Reservation`]
+    /// in its extensions, which the handler (or the stream it returns) sets or adds to; see
+    /// `docs/reservations.md` for what a settlement gives back.
+    pub fn settle(mut self) -> Self {
+        self.options.settle.get_or_insert_with(Settle::default);
+        self
+    }
+
+    /// [`settle`](Self::settle), also reading the actual cost from response header `name` (a
+    /// whole number; anything else is ignored), in the head or in the trailers (gRPC). The
+    /// header is removed before the response is sent.
+    pub fn settle_header(mut self, name: HeaderName) -> Self {
+        self.options
+            .settle
+            .get_or_insert_with(Settle::default)
+            .header = Some(name);
+        self
+    }
+
+    /// [`settle`](Self::settle), also asking `f` when the response's head is ready:
+    /// `Some(actual)` settles to it, whatever else says otherwise; `None` leaves it to the
+    /// reservation or the header.
+    ///
+    /// ```
+    /// use tollgate::TollgateLayer;
+    ///
+    /// // A login limit that charges only failed logins.
+    /// let layer = TollgateLayer::builder()
+    ///     .settle_from_response(|parts, _| parts.status.is_success().then_some(0))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    pub fn settle_from_response<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::response::Parts, &Reservation) -> Option<u64> + Send + Sync + 'static,
+    {
+        self.options
+            .settle
+            .get_or_insert_with(Settle::default)
+            .from_response = Some(Arc::new(f));
         self
     }
 
     /// How a request's tier is found, for [tiered](Policies::tiered) policies (required with
-    /// them, refused without): a closure ([`tier_fn`](crate::policy::tier_fn)) or the
-    /// [`Tier`](crate::policy::Tier) an earlier layer put in the request
-    /// ([`TierExtension`](crate::policy::TierExtension)). A request without a tier gets the
+    /// them, refused without): a closure ([`tier_fn`](crate::tier_fn)) or the
+    /// [`Tier`](crate::Tier) an earlier layer put in the request
+    /// ([`Tier::from_extensions`](crate::Tier::from_extensions)). A request without a tier gets the
     /// extractor's answer (`400`, `401`, `403`, as it says), one with a tier the policies do
     /// not have `403`; never a store call, never unlimited.
     pub fn tier_extractor<T: TierExtractor>(mut self, tier: T) -> Self {
@@ -267,11 +312,32 @@ impl<St, C> Builder<St, C> {
         self
     }
 
-    /// How requests that match no route template are keyed under the default policy (default
-    /// [`UnmatchedPaths::Shared`]: one bucket per client and method, so that a client cannot
-    /// multiply its budget by varying the path). axum's matched route template
-    /// (`MatchedPath`) names the endpoint whenever there is one.
-    pub fn unmatched_paths(mut self, paths: UnmatchedPaths) -> Self {
+    /// Keys the requests that match no route template (axum's `404` and `405`, and every
+    /// request of a server that does not say which route it matched: hyper, tonic) by their
+    /// normalized path under the default policy: one bucket per client, method and path.
+    ///
+    /// By default they share one bucket per client and method, whatever the path, so that a
+    /// client cannot multiply its budget, or the keys in the store, by varying the path: use
+    /// this only for a server whose every path is an endpoint, or one that refuses unknown
+    /// paths before the limit. axum's matched route template (`MatchedPath`) names the
+    /// endpoint whenever there is one; requests under a rule share the rule's bucket anyway.
+    pub fn unmatched_per_path(self) -> Self {
+        self.unmatched_paths(UnmatchedPaths::PerPath)
+    }
+
+    /// Keys the requests that match no route template by the endpoint `f` names for their
+    /// normalized path (`Some`), or the shared bucket (`None`): for a server that knows its
+    /// own paths, like a gRPC server's `/package.Service/Method`. Each endpoint `f` names is
+    /// a bucket per client, so it should name a bounded set.
+    pub fn unmatched_paths_named<F>(self, f: F) -> Self
+    where
+        F: Fn(&str) -> Option<String> + Send + Sync + 'static,
+    {
+        self.unmatched_paths(UnmatchedPaths::normalize(f))
+    }
+
+    /// How requests that match no route template are keyed.
+    pub(crate) fn unmatched_paths(mut self, paths: UnmatchedPaths) -> Self {
         self.options.unmatched = paths;
         self
     }
@@ -282,7 +348,7 @@ impl<St, C> Builder<St, C> {
     ///
     /// A [`ConfigError`] naming the first field that is missing, zero or invalid, or an
     /// engine setting given beside a whole [`limiter`](Self::limiter).
-    pub fn build(self) -> Result<RateLimitLayer<St, C>, ConfigError>
+    pub fn build(self) -> Result<TollgateLayer<St, C>, ConfigError>
     where
         St: Store,
     {
@@ -329,7 +395,7 @@ impl<St, C> Builder<St, C> {
             reserve,
             tier: options.tier,
         };
-        Ok(RateLimitLayer {
+        Ok(TollgateLayer {
             shared: Arc::new(Shared {
                 limiter,
                 client: self.client,
@@ -339,13 +405,13 @@ impl<St, C> Builder<St, C> {
     }
 }
 
-impl RateLimitLayer {
+impl TollgateLayer {
     /// Starts a builder: an in-memory store, clients named by their address
     /// ([`ClientIp::peer`]: serve axum with `into_make_service_with_connect_info`), fail-open with a
     /// 50 ms timeout. Set either `capacity` and `period` (one limit for every endpoint) or
-    /// [`policies`](Builder::policies), or give a whole [`Limiter`](Builder::limiter).
-    pub fn builder() -> Builder {
-        Builder {
+    /// [`policies`](LayerBuilder::policies), or give a whole [`Limiter`](LayerBuilder::limiter).
+    pub fn builder() -> LayerBuilder {
+        LayerBuilder {
             engine: Engine::Options(Box::new(Limiter::builder())),
             touched: None,
             conflict: None,

@@ -1,4 +1,4 @@
-//! The tower middleware: [`RateLimitLayer`] and its [`Builder`], the [`RateLimit`] service
+//! The tower middleware: [`TollgateLayer`] and its [`Builder`], the [`RateLimit`] service
 //! and its [`ResponseFuture`]. The layer does only the HTTP part: it finds a request's client,
 //! endpoint and cost, asks the [`Limiter`] (the engine, which does everything else), and
 //! turns the outcome into the response.
@@ -21,17 +21,17 @@ mod builder;
 mod future;
 mod service;
 
-pub use builder::Builder;
+pub use builder::LayerBuilder;
 pub use future::ResponseFuture;
-pub use service::RateLimit;
+pub use service::Tollgate;
 
 /// Rate-limits the requests of each client on each endpoint, with the algorithms and policies
 /// of its [`Limiter`].
 ///
-/// Built with [`RateLimitLayer::builder`], or from a limiter with [`RateLimitLayer::new`]. The
+/// Built with [`TollgateLayer::builder`], or from a limiter with [`TollgateLayer::new`]. The
 /// limiter, the client extractor and the settings are created once and shared by every
 /// service the layer makes. Cloning is cheap.
-pub struct RateLimitLayer<St = MemoryStore, C = ClientIp> {
+pub struct TollgateLayer<St = MemoryStore, C = ClientIp> {
     shared: Arc<Shared<St, C>>,
 }
 
@@ -86,7 +86,7 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-impl<St, C> Clone for RateLimitLayer<St, C> {
+impl<St, C> Clone for TollgateLayer<St, C> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -94,19 +94,19 @@ impl<St, C> Clone for RateLimitLayer<St, C> {
     }
 }
 
-impl<St, C> std::fmt::Debug for RateLimitLayer<St, C>
+impl<St, C> std::fmt::Debug for TollgateLayer<St, C>
 where
     St: std::fmt::Debug,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitLayer")
+        f.debug_struct("TollgateLayer")
             .field("store", self.shared.limiter.store())
             .field("settings", &self.shared.settings)
             .finish_non_exhaustive()
     }
 }
 
-impl<St: Store> RateLimitLayer<St> {
+impl<St: Store> TollgateLayer<St> {
     /// A layer over `limiter` with the default HTTP settings: clients named by their address
     /// ([`ClientIp::peer`]),
     /// each request costing 1, the `RateLimit` fields on every response, JSON rejections.
@@ -116,14 +116,14 @@ impl<St: Store> RateLimitLayer<St> {
     ///
     /// When `limiter`'s policies are [tiered](crate::Policies::tiered): a request's tier must
     /// be found, so build the layer with
-    /// [`RateLimitLayer::builder`]`.limiter(..).tier_extractor(..)` (the error names
+    /// [`TollgateLayer::builder`]`.limiter(..).tier_extractor(..)` (the error names
     /// `tier_extractor`).
     pub fn new(limiter: Limiter<St>) -> Result<Self, ConfigError> {
-        RateLimitLayer::builder().limiter(limiter).build()
+        TollgateLayer::builder().limiter(limiter).build()
     }
 }
 
-impl<St, C> RateLimitLayer<St, C> {
+impl<St, C> TollgateLayer<St, C> {
     /// The limiter (the engine) the layer decides with: for direct calls on the same buckets.
     pub fn limiter(&self) -> &Limiter<St> {
         &self.shared.limiter
@@ -140,11 +140,11 @@ impl<St, C> RateLimitLayer<St, C> {
     }
 }
 
-impl<S, St, C> Layer<S> for RateLimitLayer<St, C> {
-    type Service = RateLimit<S, St, C>;
+impl<S, St, C> Layer<S> for TollgateLayer<St, C> {
+    type Service = Tollgate<S, St, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, Arc::clone(&self.shared))
+        Tollgate::new(inner, Arc::clone(&self.shared))
     }
 }
 
@@ -155,27 +155,27 @@ mod tests {
     use super::*;
     use crate::{Algorithm, FailMode};
 
-    fn err(b: Builder) -> String {
+    fn err(b: LayerBuilder) -> String {
         b.build().unwrap_err().to_string()
     }
 
     #[test]
     fn bad_configuration_names_the_field() {
         let ok = || {
-            RateLimitLayer::builder()
+            TollgateLayer::builder()
                 .capacity(10)
                 .period(Duration::from_secs(1))
         };
         assert!(ok().build().is_ok());
-        assert!(err(RateLimitLayer::builder().period(Duration::from_secs(1))).contains("capacity"));
-        assert!(err(RateLimitLayer::builder().capacity(1)).contains("period"));
+        assert!(err(TollgateLayer::builder().period(Duration::from_secs(1))).contains("capacity"));
+        assert!(err(TollgateLayer::builder().capacity(1)).contains("period"));
         assert!(err(ok().capacity(0)).contains("capacity"));
         assert!(err(ok().refill(0)).contains("refill"));
         assert!(err(ok().period(Duration::ZERO)).contains("period"));
         assert!(err(ok().timeout(Duration::ZERO)).contains("timeout"));
         assert!(err(ok().key_prefix("")).contains("key_prefix"));
-        assert!(err(ok().policy_name("")).contains("policy_name"));
-        assert!(err(ok().policy_name("a\"b")).contains("policy_name"));
+        assert!(err(ok().limit_name("")).contains("limit_name"));
+        assert!(err(ok().limit_name("a\"b")).contains("limit_name"));
         let window = || ok().algorithm(Algorithm::FixedWindow);
         assert!(window().build().is_ok());
         assert!(err(window().refill(3)).contains("refill"));
@@ -190,10 +190,10 @@ mod tests {
         };
         let tiered = Policies::tiered([("free", tier(1)), ("pro", tier(5))]).unwrap();
         let limiter = Limiter::builder().policies(tiered).build().unwrap();
-        let error = RateLimitLayer::new(limiter).unwrap_err().to_string();
+        let error = TollgateLayer::new(limiter).unwrap_err().to_string();
         assert!(error.contains("tier_extractor"), "{error}");
         assert!(
-            RateLimitLayer::new(
+            TollgateLayer::new(
                 Limiter::builder()
                     .capacity(1)
                     .period(Duration::from_secs(1))

@@ -9,27 +9,27 @@ use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
 use super::{ResponseFuture, Shared};
+use crate::Refusal;
 use crate::client::ClientExtractor;
 use crate::engine::Flags;
 use crate::key::{Endpoint, key_method, request_path, route_template, with_subject_key};
-use crate::policy::TierRejection;
 use crate::reserve::{After, Reservation, Settling};
 use crate::response::{Answer, ResponseBody, is_grpc};
 use crate::store::Store;
 use crate::telemetry::Outcome as Counted;
 
-/// Rate-limits the requests to `S`; made by [`RateLimitLayer`](crate::RateLimitLayer).
+/// Rate-limits the requests to `S`; made by [`TollgateLayer`](crate::TollgateLayer).
 ///
 /// Readiness is the inner service's: the limit never holds a request back in `poll_ready`.
 /// `call` finds the client, endpoint and cost, asks the [`Limiter`](crate::Limiter), and then
 /// forwards the request to the service that was made ready, or answers itself (`429`, `413`,
 /// `400`, or `503` when the store fails closed).
-pub struct RateLimit<S, St, C> {
+pub struct Tollgate<S, St, C> {
     inner: S,
     shared: Arc<Shared<St, C>>,
 }
 
-impl<S, St, C> RateLimit<S, St, C> {
+impl<S, St, C> Tollgate<S, St, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<St, C>>) -> Self {
         Self { inner, shared }
     }
@@ -50,7 +50,7 @@ impl<S, St, C> RateLimit<S, St, C> {
     }
 }
 
-impl<S: Clone, St, C> Clone for RateLimit<S, St, C> {
+impl<S: Clone, St, C> Clone for Tollgate<S, St, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -59,7 +59,7 @@ impl<S: Clone, St, C> Clone for RateLimit<S, St, C> {
     }
 }
 
-impl<S: std::fmt::Debug, St, C> std::fmt::Debug for RateLimit<S, St, C> {
+impl<S: std::fmt::Debug, St, C> std::fmt::Debug for Tollgate<S, St, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
@@ -71,14 +71,14 @@ impl<S: std::fmt::Debug, St, C> std::fmt::Debug for RateLimit<S, St, C> {
 /// A limited gRPC service keeps its name, so
 /// `Server::builder().add_service(layer.layer(GreeterServer::new(..)))` works.
 #[cfg(feature = "grpc")]
-impl<S, St, C> tonic::server::NamedService for RateLimit<S, St, C>
+impl<S, St, C> tonic::server::NamedService for Tollgate<S, St, C>
 where
     S: tonic::server::NamedService,
 {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, St, C, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, C>
+impl<S, St, C, ReqBody, ResBody> Service<Request<ReqBody>> for Tollgate<S, St, C>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     St: Store,
@@ -110,7 +110,7 @@ where
                     core.policies
                         .group(Some(tier))
                         .map(Some)
-                        .ok_or_else(|| TierRejection::new(StatusCode::FORBIDDEN, "unknown tier"))
+                        .ok_or_else(|| Refusal::new(StatusCode::FORBIDDEN, "unknown tier"))
                 });
                 match group {
                     Ok(group) => group,
@@ -162,7 +162,7 @@ where
                             .decision(index, Counted::MissingIdentity, false);
                         answer(Answer::MissingClient(missing))
                     }
-                    (_, Err(invalid)) => answer(Answer::InvalidCost(invalid.to_string())),
+                    (_, Err(invalid)) => answer(Answer::InvalidCost(invalid)),
                     (Ok(_), Ok(_)) => unreachable!("both were found above"),
                 };
             }
@@ -228,7 +228,8 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use tower::{Layer, Service, ServiceExt};
 
-    use crate::{Decision, FailMode, Limit, RateLimitLayer, Store, StoreError};
+    use crate::store::Store;
+    use crate::{Decision, FailMode, Limit, StoreError, TollgateLayer};
 
     type Body = Full<Bytes>;
 
@@ -272,8 +273,8 @@ mod tests {
         }
     }
 
-    fn layer() -> crate::Builder<crate::MemoryStore, crate::ApiKey> {
-        RateLimitLayer::builder()
+    fn layer() -> crate::LayerBuilder<crate::MemoryStore, crate::ApiKey> {
+        TollgateLayer::builder()
             .client_extractor(crate::ApiKey::default())
             .capacity(2)
             .period(Duration::from_secs(60))
@@ -302,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_route_template_paths_share_a_bucket_unless_asked_otherwise() {
         // Capacity 2 per client and endpoint.
-        let statuses = |paths: crate::UnmatchedPaths, sent: &'static [&'static str]| {
+        let statuses = |paths: crate::key::UnmatchedPaths, sent: &'static [&'static str]| {
             let svc = layer()
                 .unmatched_paths(paths)
                 .build()
@@ -324,15 +325,15 @@ mod tests {
             [200, 200, 429, 429]
         );
         // Per path, when asked for.
-        let per_path = statuses(crate::UnmatchedPaths::PerPath, sent).await;
+        let per_path = statuses(crate::key::UnmatchedPaths::PerPath, sent).await;
         assert_eq!(per_path, [200, 200, 200, 200]);
         let more = &["/users/1", "/users/1", "/users/1"];
         assert_eq!(
-            statuses(crate::UnmatchedPaths::PerPath, more).await,
+            statuses(crate::key::UnmatchedPaths::PerPath, more).await,
             [200, 200, 429]
         );
         // Named by a function: /users/* is one endpoint, anything else shares another.
-        let users = crate::UnmatchedPaths::normalize(|p| {
+        let users = crate::key::UnmatchedPaths::normalize(|p| {
             p.starts_with("/users/").then(|| "/users/*".to_owned())
         });
         let mixed = &["/users/1", "/users/2", "/users/3", "/x", "/y", "/z"];
@@ -405,7 +406,7 @@ mod tests {
 
         let start = tokio::time::Instant::now();
         let response = answer(Hanging::default(), FailMode::Open).await;
-        assert_eq!(start.elapsed(), crate::DEFAULT_TIMEOUT);
+        assert_eq!(start.elapsed(), crate::engine::DEFAULT_TIMEOUT);
         assert_eq!(body(response).await, "inner");
 
         let response = answer(Hanging::default(), FailMode::Closed).await;
@@ -416,7 +417,7 @@ mod tests {
     async fn local_fail_mode_decides_with_a_share_of_each_limit() {
         // Capacity 4, two instances: each admits 2 on its own while the store fails.
         let local = || {
-            RateLimitLayer::builder()
+            TollgateLayer::builder()
                 .client_extractor(crate::ApiKey::default())
                 .capacity(4)
                 .period(Duration::from_secs(60))
@@ -504,7 +505,7 @@ mod tests {
             .build()
             .unwrap()
             .layer(MustBeReady::default());
-        let timed = |svc: crate::RateLimit<MustBeReady, Hanging, crate::ApiKey>| async move {
+        let timed = |svc: crate::Tollgate<MustBeReady, Hanging, crate::ApiKey>| async move {
             let start = tokio::time::Instant::now();
             let response = svc.oneshot(request("/")).await.unwrap();
             (response.status(), start.elapsed())
@@ -514,7 +515,10 @@ mod tests {
             let (status, took) = timed(svc.clone()).await;
             assert_eq!(
                 (status, took),
-                (StatusCode::SERVICE_UNAVAILABLE, crate::DEFAULT_TIMEOUT)
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    crate::engine::DEFAULT_TIMEOUT
+                )
             );
         }
         // ...then the breaker is open: the fail mode answers at once.
@@ -534,7 +538,7 @@ mod tests {
         asked.recv().await.unwrap();
         let (_, took) = timed(svc.clone()).await;
         assert_eq!(took, Duration::ZERO);
-        assert_eq!(probe.await.unwrap().1, crate::DEFAULT_TIMEOUT);
+        assert_eq!(probe.await.unwrap().1, crate::engine::DEFAULT_TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]
@@ -560,7 +564,7 @@ mod tests {
         for call in waiting {
             assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
         }
-        assert_eq!(start.elapsed(), crate::DEFAULT_TIMEOUT);
+        assert_eq!(start.elapsed(), crate::engine::DEFAULT_TIMEOUT);
     }
 
     #[tokio::test]

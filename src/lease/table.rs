@@ -12,10 +12,10 @@ use crate::sync::Sharded;
 
 /// The fewest units a key must be asked for over a lease time to be leased: below, each
 /// request is decided on its own, as without leasing.
-pub const MIN_LEASE: u64 = 4;
+pub(crate) const MIN_LEASE: u64 = 4;
 
 /// The most keys a limiter follows for leasing.
-pub const MAX_LEASED_KEYS: usize = 10_000;
+pub(crate) const MAX_LEASED_KEYS: usize = 10_000;
 
 const SHARDS: usize = 16;
 

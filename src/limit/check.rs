@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Algorithm, MAX_CONCURRENCY, MAX_LOG_CAPACITY, MAX_NAME_LEN, MIN_SLOT_LEASE};
+use super::{Algorithm, MAX_CONCURRENCY, MAX_LOG_CAPACITY, MAX_NAME_LEN, MIN_SLOT_TTL};
 use crate::error::ConfigError;
 
 /// The longest time a limit may take to come back whole (a token bucket's fill time, a
@@ -82,12 +82,12 @@ pub(super) fn window_us(
                      use a shorter window or a token_bucket",
         });
     }
-    if algorithm == Algorithm::Concurrency && period < MIN_SLOT_LEASE {
+    if algorithm == Algorithm::Concurrency && period < MIN_SLOT_TTL {
         return Err(ConfigError::Invalid {
-            field: "lease",
+            field: "slot_ttl",
             value: format!("{period:?}"),
-            reason: "a concurrency slot's lease must be at least 300ms: a running request \
-                     renews its slot every third of the lease, and a renewal may take up to \
+            reason: "a concurrency slot's time to live must be at least 300ms: a running \
+                     request renews its slot every third of it, and a renewal may take up to \
                      the store's timeout",
         });
     }

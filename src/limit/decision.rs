@@ -27,7 +27,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Builds a decision; for [`Store`](crate::Store) implementations. When no unit is left,
+    /// Builds a decision; for [`Store`](crate::store::Store) implementations. When no unit is left,
     /// `available_after` is taken to be the wait of a denied request, or `reset_after`; set
     /// it exactly with [`Decision::with_available_after`].
     #[inline]

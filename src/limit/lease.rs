@@ -7,14 +7,14 @@ use crate::error::ConfigError;
 
 /// The lease time of a [leased](Limit::leased) limit unless set: how long an instance may
 /// spend units it took ahead of its requests before it gives back what is left.
-pub const DEFAULT_LEASE_TIME: Duration = Duration::from_millis(200);
+pub(crate) const DEFAULT_LEASE_TIME: Duration = Duration::from_millis(200);
 
 /// The longest lease time ([`Limit::leased_for`]): past it, units held by an instance that
 /// sees no more requests would be missing from the bucket for too long.
-pub const MAX_LEASE_TIME: Duration = Duration::from_secs(10);
+pub(crate) const MAX_LEASE_TIME: Duration = Duration::from_secs(10);
 
 impl Limit {
-    /// The same limit, leased for [`DEFAULT_LEASE_TIME`]; see [`Limit::leased_for`].
+    /// The same limit, leased for 200 ms; see [`Limit::leased_for`].
     ///
     /// # Errors
     ///
@@ -31,7 +31,7 @@ impl Limit {
     /// limit. What a lease has left when it ends goes back to the bucket. The size follows
     /// the key's rate on this instance, at most half of what the bucket holds; a cold key or
     /// a nearly empty bucket is decided one request at a time, as without a lease. See
-    /// [`lease`](crate::lease) for what leasing guarantees per algorithm.
+    /// `lease` for what leasing guarantees per algorithm.
     ///
     /// Every limit of a policy is leased, or none (a lease takes from all of them at once);
     /// the policy's lease time is the shortest of its limits'.
@@ -51,7 +51,7 @@ impl Limit {
     ///
     /// A [`ConfigError`] naming `lease` for a sliding log (it keeps each unit's time, which a
     /// lease taken ahead would get wrong) or a concurrency limit (slots are held, not spent),
-    /// and naming `lease_time` when it is zero or above [`MAX_LEASE_TIME`].
+    /// and naming `lease_time` when it is zero or above 10 s.
     pub fn leased_for(mut self, lease_time: Duration) -> Result<Self, ConfigError> {
         let reason = match self.algorithm {
             Algorithm::SlidingLog => Some(

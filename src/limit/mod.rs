@@ -14,26 +14,26 @@ pub use algorithm::Algorithm;
 pub(crate) use algorithm::MAX_SUFFIX_LEN;
 pub(crate) use check::check_name;
 use check::{fnv1a, token_bucket_interval, window_us};
+pub(crate) use lease::DEFAULT_LEASE_TIME;
 pub(crate) use lease::policy_lease;
-pub use lease::{DEFAULT_LEASE_TIME, MAX_LEASE_TIME};
 
 /// The largest capacity of a sliding log, whose memory and worst request grow with it (one
 /// entry per unit): the dearest request (its whole capacity at once, just after as many
 /// entries expired) removes and adds 250 entries, at most about 0.7 ms inside Redis on the
 /// reference machine (`benches/redis_worst_case.sh`), and a bucket holds at most about 24 KB.
-pub const MAX_LOG_CAPACITY: u64 = 250;
+pub(crate) const MAX_LOG_CAPACITY: u64 = 250;
 
 /// The most slots a [concurrency](Algorithm::Concurrency) limit may have: one sorted-set
 /// member each in Redis (about 60 bytes), so a bucket holds at most about 60 KB.
-pub const MAX_CONCURRENCY: u64 = 1_000;
+pub(crate) const MAX_CONCURRENCY: u64 = 1_000;
 
 /// The lease of a concurrency limit's slots unless set ([`Limit::concurrency`]).
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SLOT_TTL: Duration = Duration::from_secs(30);
 
-/// The shortest lease of a concurrency limit's slots ([`Limit::with_lease`]): a running
+/// The shortest lease of a concurrency limit's slots ([`Limit::slot_ttl`]): a running
 /// request renews its slot every third of the lease, so at 300 ms each renewal has 100 ms, twice
 /// the default store timeout, and a slot outlives two renewals lost in a row.
-pub const MIN_SLOT_LEASE: Duration = Duration::from_millis(300);
+pub(crate) const MIN_SLOT_TTL: Duration = Duration::from_millis(300);
 
 /// The longest name a limit may have, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 64;
@@ -48,9 +48,9 @@ pub(crate) const MAX_NAME_LEN: usize = 64;
 /// - [Sliding log](Algorithm::SlidingLog), [sliding window](Algorithm::SlidingWindow),
 ///   [fixed window](Algorithm::FixedWindow) ([`Limit::sliding_log`], …): at most `capacity`
 ///   units per window of `period` (whole milliseconds), counted exactly, estimated, or per
-///   aligned window; see [`algorithm`](crate::algorithm).
+///   aligned window; see `algorithm`.
 ///
-/// Built by [`RateLimitLayer::builder`](crate::RateLimitLayer::builder) or these constructors,
+/// Built by [`TollgateLayer::builder`](crate::TollgateLayer::builder) or these constructors,
 /// which check every field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
@@ -134,7 +134,7 @@ impl Limit {
 
     /// A [concurrency](Algorithm::Concurrency) limit: at most `capacity` requests in flight at
     /// once, each holding a slot until its response ends. In Redis each slot has a lease of
-    /// [`DEFAULT_LEASE`] (see [`Limit::with_lease`]), renewed while its request runs, so only
+    /// 30 s (see [`Limit::slot_ttl`]), renewed while its request runs, so only
     /// the slots of an instance that died run out on their own. It counts requests, one each,
     /// whatever their cost.
     ///
@@ -148,25 +148,31 @@ impl Limit {
     ///
     /// # Errors
     ///
-    /// As [`Limit::with_algorithm`]; a capacity above [`MAX_CONCURRENCY`].
+    /// As [`Limit::with_algorithm`]; a capacity above 1,000.
     pub fn concurrency(name: impl Into<String>, capacity: u64) -> Result<Self, ConfigError> {
-        Self::with_algorithm(Algorithm::Concurrency, name, capacity, None, DEFAULT_LEASE)
+        Self::with_algorithm(
+            Algorithm::Concurrency,
+            name,
+            capacity,
+            None,
+            DEFAULT_SLOT_TTL,
+        )
     }
 
-    /// The same concurrency limit with slots leased for `lease`: how long the slots of an
-    /// instance that died stay taken (a running request renews its slot every third of it).
+    /// The same concurrency limit with each slot held for at most `ttl` unless renewed: how
+    /// long the slots of an instance that died stay taken (a running request renews its slot
+    /// every third of it). The default is 30 s.
     ///
     /// # Errors
     ///
-    /// When the limit is not a concurrency limit, when `lease` is shorter than
-    /// [`MIN_SLOT_LEASE`] (the error names the field `lease`), or as
-    /// [`Limit::with_algorithm`].
-    pub fn with_lease(self, lease: Duration) -> Result<Self, ConfigError> {
+    /// When the limit is not a concurrency limit, when `ttl` is shorter than 300 ms (the
+    /// error names the field `slot_ttl`), or as [`Limit::with_algorithm`].
+    pub fn slot_ttl(self, ttl: Duration) -> Result<Self, ConfigError> {
         if self.algorithm != Algorithm::Concurrency {
             return Err(ConfigError::Invalid {
-                field: "lease",
-                value: format!("{lease:?}"),
-                reason: "only a concurrency limit has a lease",
+                field: "slot_ttl",
+                value: format!("{ttl:?}"),
+                reason: "only a concurrency limit holds slots",
             });
         }
         let limit = Self::with_algorithm(
@@ -174,7 +180,7 @@ impl Limit {
             self.name(),
             self.capacity,
             None,
-            lease,
+            ttl,
         )?;
         Ok(Self {
             per_request: self.per_request,
@@ -192,7 +198,7 @@ impl Limit {
     /// A [`ConfigError`] naming the field: as [`Limit::new`]; for the window algorithms also a
     /// `refill` other than the capacity, a `period` that is not whole milliseconds, a
     /// `capacity` × `period` in milliseconds of 2^53 or more (the scripts' arithmetic would no
-    /// longer be exact), or a sliding log above [`MAX_LOG_CAPACITY`].
+    /// longer be exact), or a sliding log above 250.
     pub fn with_algorithm(
         algorithm: Algorithm,
         name: impl Into<String>,
@@ -201,7 +207,7 @@ impl Limit {
         period: Duration,
     ) -> Result<Self, ConfigError> {
         let name = name.into();
-        check_name(&name, "policy_name")?;
+        check_name(&name, "limit_name")?;
         if capacity == 0 {
             return Err(ConfigError::Zero { field: "capacity" });
         }
@@ -298,8 +304,16 @@ impl Limit {
     /// A token bucket's time to refill one token, in whole microseconds; for the window
     /// algorithms, the window.
     #[inline]
-    pub fn interval_us(&self) -> u64 {
+    pub(crate) fn interval_us(&self) -> u64 {
         self.interval_us
+    }
+
+    /// The bucket of this limit for the requests named `key` (a [`Subject`](crate::Subject)'s
+    /// key, or what a [`Store`](crate::store::Store) is given): `key:name`, and for the
+    /// algorithms other than the token bucket a suffix that tells them apart (`:sl`, `:sw`,
+    /// `:fw`), since their Redis types differ.
+    pub fn bucket_key(&self, key: &str) -> String {
+        crate::store::bucket_key(key, self)
     }
 
     /// The time over which the whole capacity comes back, in microseconds: a token bucket's
@@ -341,7 +355,7 @@ impl Limit {
 }
 
 /// The most limits one decision may involve.
-pub const MAX_LIMITS: usize = 8;
+pub(crate) const MAX_LIMITS: usize = 8;
 
 pub use decision::Decision;
 pub(crate) use decision::{ceil_millis, ceil_secs};
@@ -357,8 +371,8 @@ mod tests {
         assert!(field(Limit::new("a", 0, 1, d)).contains("capacity"));
         assert!(field(Limit::new("a", 1, 0, d)).contains("refill"));
         assert!(field(Limit::new("a", 1, 1, Duration::ZERO)).contains("period"));
-        assert!(field(Limit::new("", 1, 1, d)).contains("policy_name"));
-        assert!(field(Limit::new("a:b", 1, 1, d)).contains("policy_name"));
+        assert!(field(Limit::new("", 1, 1, d)).contains("limit_name"));
+        assert!(field(Limit::new("a:b", 1, 1, d)).contains("limit_name"));
         assert!(field(Limit::new("a", 1, 2_000_000, d)).contains("refill"));
         // 1.5 µs per token cannot be kept in whole microseconds within 0.1%.
         let odd = Duration::from_micros(1_500_000);

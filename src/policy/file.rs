@@ -121,7 +121,7 @@ fn limits(values: Vec<toml::Value>) -> Result<Vec<Limit>, ConfigError> {
 impl LimitFile {
     fn into_limit(self) -> Result<Limit, ConfigError> {
         let at = format!("limit {:?}", self.name);
-        // Named as in the file (`name`), not as the builder's `policy_name`.
+        // Named as in the file (`name`), not as the builder's `limit_name`.
         check_name(&self.name, "name").map_err(|e| e.at(&at))?;
         let period = parse_period(&self.period).map_err(|e| e.at(&at))?;
         let algorithm = match &self.algorithm {
@@ -489,7 +489,7 @@ mod tests {
         assert!(e.contains("/nonexistent/limits.toml"), "{e}");
     }
 
-    /// Every kind of bad file and exactly what it gets (the README's table of bad input).
+    /// Every kind of bad file and exactly what it gets (docs/responses.md, "In a policy file").
     #[test]
     fn each_kind_of_bad_file_gets_its_message() {
         let limit = |fields: &str| {
@@ -671,7 +671,7 @@ mod props {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::MAX_LIMITS;
+    use crate::limit::MAX_LIMITS;
 
     /// A TOML value as the generator writes it; integers beyond i64 make invalid TOML.
     #[derive(Debug, Clone, PartialEq)]
@@ -790,7 +790,7 @@ mod props {
                 // The sliding logs of a policy hold at most MAX_LOG_CAPACITY in all.
                 let capacity = match algorithm {
                     Some(Algorithm::SlidingLog) => {
-                        capacity.min(crate::MAX_LOG_CAPACITY / MAX_LIMITS as u64)
+                        capacity.min(crate::limit::MAX_LOG_CAPACITY / MAX_LIMITS as u64)
                     }
                     _ => capacity,
                 };

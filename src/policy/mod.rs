@@ -1,46 +1,15 @@
 //! Which limits apply to a request: [`Policies`], a table of [`Rule`]s and a default.
 //!
-//! A rule matches a route pattern and, optionally, methods, and names one or more limits. The
-//! first rule that matches decides; where none matches, the default limits apply (or none,
-//! when there is no default). When a request falls under several limits, one store call
-//! decides them all, all or nothing.
-//!
-//! Patterns: an exact path (`/login`), an axum-style template (`/users/{id}`, `/files/{*rest}`)
-//! or a prefix (`/api/*`, which matches `/api` and everything below it). They match the
-//! request's path (axum's `OriginalUri` inside nested routers), normalized as for
-//! [bucket keys](crate::key).
-//!
-//! Buckets: under a rule, a client has one bucket per limit for everything the rule matches
-//! (`tollgate:{alice:@login}:burst`); under the default, one per limit and endpoint (method and
-//! route template or path), as without policies.
-//!
-//! ```
-//! use std::time::Duration;
-//! use http::Method;
-//! use tollgate::{Limit, policy::{Policies, Rule}};
-//!
-//! # fn main() -> Result<(), tollgate::ConfigError> {
-//! let policies = Policies::builder()
-//!     .default_limit(Limit::new("default", 10, 10, Duration::from_secs(10))?)
-//!     .rule(
-//!         Rule::new("login", "/login")
-//!             .methods([Method::POST])
-//!             .limit(Limit::new("burst", 5, 5, Duration::from_secs(60))?)
-//!             .limit(Limit::new("daily", 100, 100, Duration::from_secs(86_400))?),
-//!     )
-//!     .build()?;
-//! # let _ = policies;
-//! # Ok(())
-//! # }
-//! ```
+//! What users read about it is `docs/policies.md`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
+use crate::limit::MAX_LIMITS;
 use crate::limit::check_name;
-use crate::{ConfigError, Limit, MAX_LIMITS};
+use crate::{ConfigError, Limit};
 
 pub(crate) mod fields;
 #[cfg(feature = "config")]
@@ -51,9 +20,9 @@ mod tier;
 
 pub(crate) use fields::{FieldCache, policy_list};
 
-pub use pattern::RoutePattern;
+pub(crate) use pattern::RoutePattern;
 pub use rule::Rule;
-pub use tier::{Tier, TierExtension, TierExtractor, TierFn, TierRejection, tier_fn};
+pub use tier::{Tier, TierExtractor, tier_fn};
 
 /// The checked table of rules and the default; built by [`Policies::builder`] or loaded from
 /// TOML ([`Policies::from_toml`]).
@@ -122,7 +91,7 @@ impl Entry {
             });
         }
         let entries = crate::algorithm::log_entries(&limits);
-        if entries > crate::MAX_LOG_CAPACITY {
+        if entries > crate::limit::MAX_LOG_CAPACITY {
             return Err(ConfigError::Invalid {
                 field: "limits",
                 value: format!("sliding logs of {entries} entries"),

@@ -5,7 +5,7 @@ use crate::key::normalize_path;
 
 /// A route pattern: exact, template or prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoutePattern {
+pub(crate) struct RoutePattern {
     text: String,
     kind: PatternKind,
 }
@@ -31,7 +31,7 @@ impl RoutePattern {
     ///
     /// A [`ConfigError`] naming `path` when the pattern does not start with `/` or has a brace
     /// out of place.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ConfigError> {
         let invalid = |reason| ConfigError::Invalid {
             field: "path",
             value: text.to_owned(),
@@ -86,12 +86,13 @@ impl RoutePattern {
     }
 
     /// The pattern as written.
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
     /// Whether the normalized `path` matches.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match &self.kind {
             PatternKind::Exact(exact) => path == exact,
             PatternKind::Prefix(prefix) => {

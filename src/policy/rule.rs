@@ -65,7 +65,7 @@ impl Rule {
         self
     }
 
-    /// Adds a limit; a rule needs at least one and at most [`MAX_LIMITS`](crate::MAX_LIMITS).
+    /// Adds a limit; a rule needs at least one and at most 8.
     pub fn limit(mut self, limit: Limit) -> Self {
         self.limits.push(limit);
         self

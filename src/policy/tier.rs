@@ -1,6 +1,7 @@
 //! Limits per tenant: [`Policies::tiered`] gives each tier (a customer plan, say) its own
 //! policies, and a [`TierExtractor`] names a request's tier.
 
+use crate::Refusal;
 use std::borrow::Cow;
 
 use http::StatusCode;
@@ -92,44 +93,15 @@ impl Policies {
     }
 }
 
-/// Why a request has no tier: the layer answers it with this status (say `400` for a missing
-/// credential, `401` for an unknown one, `403` for a forbidden plan) and
-/// `{"error": message}`, without a store call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TierRejection {
-    status: StatusCode,
-    message: Cow<'static, str>,
-}
-
-impl TierRejection {
-    /// An answer of `status` with `message`.
-    pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    /// The status of the answer.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The message sent to the client.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
 /// Finds the tier of a request, for [tiered](Policies::tiered) policies.
 pub trait TierExtractor: Send + Sync + 'static {
     /// The request's tier, or how to answer a request that has none.
     ///
     /// # Errors
     ///
-    /// A [`TierRejection`] to answer the request with. (A tier the policies do not have is
+    /// A [`Refusal`] to answer the request with. (A tier the policies do not have is
     /// answered `403 Forbidden`.)
-    fn tier<'a>(&'a self, parts: &'a Parts) -> Result<&'a str, TierRejection>;
+    fn tier<'a>(&'a self, parts: &'a Parts) -> Result<&'a str, Refusal>;
 }
 
 /// A [`TierExtractor`] from a closure (see [`tier_fn`]).
@@ -146,53 +118,62 @@ impl<F> std::fmt::Debug for TierFn<F> {
 ///
 /// ```
 /// use http::StatusCode;
-/// use tollgate::policy::{TierRejection, tier_fn};
+/// use tollgate::{Refusal, tier_fn};
 ///
 /// // The plan is the API key's prefix: `free-…` or `pro-…`.
 /// let tier = tier_fn(|parts| {
 ///     let key = parts.headers.get("x-api-key").ok_or_else(|| {
-///         TierRejection::new(StatusCode::BAD_REQUEST, "X-API-Key is required")
+///         Refusal::new(StatusCode::BAD_REQUEST, "X-API-Key is required")
 ///     })?;
 ///     match key.as_bytes() {
 ///         k if k.starts_with(b"free-") => Ok("free"),
 ///         k if k.starts_with(b"pro-") => Ok("pro"),
-///         _ => Err(TierRejection::new(StatusCode::UNAUTHORIZED, "unknown API key")),
+///         _ => Err(Refusal::new(StatusCode::UNAUTHORIZED, "unknown API key")),
 ///     }
 /// });
 /// # let _ = tier;
 /// ```
 pub fn tier_fn<F>(f: F) -> TierFn<F>
 where
-    F: for<'a> Fn(&'a Parts) -> Result<&'a str, TierRejection> + Send + Sync + 'static,
+    F: for<'a> Fn(&'a Parts) -> Result<&'a str, Refusal> + Send + Sync + 'static,
 {
     TierFn(f)
 }
 
 impl<F> TierExtractor for TierFn<F>
 where
-    F: for<'a> Fn(&'a Parts) -> Result<&'a str, TierRejection> + Send + Sync + 'static,
+    F: for<'a> Fn(&'a Parts) -> Result<&'a str, Refusal> + Send + Sync + 'static,
 {
-    fn tier<'a>(&'a self, parts: &'a Parts) -> Result<&'a str, TierRejection> {
+    fn tier<'a>(&'a self, parts: &'a Parts) -> Result<&'a str, Refusal> {
         (self.0)(parts)
     }
 }
 
 /// A request's tier, as a layer before the rate limit (authentication, say) found it: put it
-/// in the request's extensions, and read it with [`TierExtension`].
+/// in the request's extensions, and read it with [`Tier::from_extensions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier(pub Cow<'static, str>);
 
+impl Tier {
+    /// The tier extractor that reads the [`Tier`] in the request's extensions; a request
+    /// without one is answered `401 Unauthorized`, "no tier: the request is not
+    /// authenticated" (write a [`tier_fn`] for another answer).
+    pub fn from_extensions() -> impl TierExtractor + Clone {
+        TierExtension::default()
+    }
+}
+
 /// The [`Tier`] in the request's extensions; a request without one is answered as `missing`
-/// says (by default `401 Unauthorized`, "no tier: the request is not authenticated").
+/// says.
 #[derive(Debug, Clone)]
-pub struct TierExtension {
-    missing: TierRejection,
+struct TierExtension {
+    missing: Refusal,
 }
 
 impl Default for TierExtension {
     fn default() -> Self {
         Self {
-            missing: TierRejection::new(
+            missing: Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "no tier: the request is not authenticated",
             ),
@@ -200,15 +181,8 @@ impl Default for TierExtension {
     }
 }
 
-impl TierExtension {
-    /// Answers a request without a [`Tier`] with `missing`.
-    pub fn missing(missing: TierRejection) -> Self {
-        Self { missing }
-    }
-}
-
 impl TierExtractor for TierExtension {
-    fn tier<'a>(&'a self, parts: &'a Parts) -> Result<&'a str, TierRejection> {
+    fn tier<'a>(&'a self, parts: &'a Parts) -> Result<&'a str, Refusal> {
         match parts.extensions.get::<Tier>() {
             Some(tier) => Ok(&tier.0),
             None => Err(self.missing.clone()),

@@ -1,33 +1,5 @@
-//! Reservations through the layer: a request takes an estimate of its cost up front, and the
-//! cost it really had is settled once its response is over.
-//!
-//! Turned on with [`Builder::settle`](crate::layer::Builder::settle). Each limited request
-//! then carries a [`Reservation`] in its extensions, and its actual cost can be stated in four
-//! ways, the first that says something winning:
-//!
-//! 1. a closure over the response's head ([`Settle::from_response`]): "charge only failures",
-//!    a login limit that charges nothing for a `2xx`;
-//! 2. an [`ActualCost`] in the response's extensions;
-//! 3. a response header ([`Settle::header`]), removed before the response is sent; in the
-//!    trailers too (gRPC);
-//! 4. the [`Reservation`] handle, which the handler (or the stream it returns) sets or adds to
-//!    while it works.
-//!
-//! The settlement happens when the response body ends, or when it is dropped (the client went
-//! away): with what was stated by then. It is one store call
-//! ([`Limiter::settle`](crate::Limiter::settle)) made off the response path, under the same
-//! timeout and breaker, counted in `tollgate_settlements_total`; it never delays or fails the
-//! response. When nothing was stated, or the process stops first, the reservation stays as it
-//! was taken: never an over-admission. A cost settled lower goes back through the
-//! [`Receipt`](crate::Receipt) of the decision: to the window or bucket state that counted
-//! the units, and only what is still owed there (a window that has ended gets nothing; a
-//! token bucket gets their worth less the refill since the decision); see
-//! [`Store::put_back`](crate::Store::put_back).
-//!
-//! Only a reservation the store took is settled, or one the store did not answer for under
-//! [`FailMode::Open`](crate::FailMode::Open) (it took nothing, so the whole actual cost is
-//! charged). A request decided locally, refused, or passed by shadow mode or the bypass list
-//! is not.
+//! Reservations through the layer: an estimate taken up front, the actual cost settled once
+//! the response is over (users read `docs/reservations.md`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +19,7 @@ pub(crate) use settling::{Settler, Settling};
 ///
 /// ```
 /// use axum::{Extension, routing::post, Router};
-/// use tollgate::reserve::Reservation;
+/// use tollgate::Reservation;
 ///
 /// async fn complete(Extension(reservation): Extension<Reservation>) -> &'static str {
 ///     // ... the work used 120 of the units reserved ...
@@ -113,16 +85,12 @@ impl Reservation {
     }
 }
 
-/// The actual cost of a request, put by the handler in its response's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActualCost(pub u64);
-
-/// The closure of [`Settle::from_response`].
+/// The closure of `LayerBuilder::settle_from_response`.
 type FromResponse = dyn Fn(&Parts, &Reservation) -> Option<u64> + Send + Sync;
 
-/// How the layer learns a request's actual cost (see the [module](self)).
+/// How the layer learns a request's actual cost.
 #[derive(Clone, Default)]
-pub struct Settle {
+pub(crate) struct Settle {
     pub(crate) header: Option<HeaderName>,
     pub(crate) from_response: Option<Arc<FromResponse>>,
 }
@@ -137,54 +105,17 @@ impl std::fmt::Debug for Settle {
 }
 
 impl Settle {
-    /// Settles from the [`Reservation`] handle and [`ActualCost`] alone.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Also reads the actual cost from response header `name` (a whole number; anything else
-    /// is ignored), in the head or in the trailers, and removes it before the response is
-    /// sent.
-    #[must_use]
-    pub fn header(mut self, name: HeaderName) -> Self {
-        self.header = Some(name);
-        self
-    }
-
-    /// Also asks `f` when the response's head is ready: `Some(actual)` settles to it,
-    /// whatever else says otherwise; `None` leaves it to the other ways.
-    ///
-    /// ```
-    /// use tollgate::reserve::Settle;
-    ///
-    /// // A login limit that charges only failed logins.
-    /// let settle = Settle::new().from_response(|parts, _| {
-    ///     parts.status.is_success().then_some(0)
-    /// });
-    /// # let _ = settle;
-    /// ```
-    #[must_use]
-    pub fn from_response<F>(mut self, f: F) -> Self
-    where
-        F: Fn(&Parts, &Reservation) -> Option<u64> + Send + Sync + 'static,
-    {
-        self.from_response = Some(Arc::new(f));
-        self
-    }
-
-    /// What the response's head says of the actual cost: the closure's word, then an
-    /// [`ActualCost`], then the header; the header is removed either way.
+    /// What the response's head says of the actual cost: the closure's word, then the
+    /// header; the header is removed either way.
     pub(crate) fn stated(&self, parts: &mut Parts, reservation: &Reservation) -> Option<u64> {
         let header = self
             .header
             .as_ref()
             .and_then(|name| parts.headers.remove(name))
             .and_then(|value| value.to_str().ok()?.trim().parse().ok());
-        let extension = parts.extensions.remove::<ActualCost>().map(|c| c.0);
         self.from_response
             .as_ref()
             .and_then(|f| f(parts, reservation))
-            .or(extension)
             .or(header)
     }
 

@@ -7,9 +7,9 @@ use crate::policy::Entry;
 use crate::{Decision, Limit};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the quota policies that apply.
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers): the state of the quota now.
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Adds the fields of a decision to a response. `RateLimit` and `RateLimit-Policy` are lists: a
 /// field already there (from a layer further in) keeps its items and gets this layer's
@@ -43,8 +43,9 @@ pub(super) fn insert_legacy(headers: &mut HeaderMap, limit: &Limit, decision: &D
 }
 
 /// Legacy `X-RateLimit-Limit`.
-pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// Legacy `X-RateLimit-Remaining`.
-pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub(crate) const X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining");
 /// Legacy `X-RateLimit-Reset`: seconds from now until the bucket is full (not a timestamp).
-pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");

@@ -3,15 +3,16 @@
 
 mod body;
 mod fields;
+mod refusal;
 mod reject;
 
 pub use body::ResponseBody;
 pub(crate) use fields::insert_fields;
-pub use fields::{
-    RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
-};
+pub use refusal::Refusal;
+pub(crate) use reject::RejectionBody;
+pub(crate) use reject::RejectionHook;
 pub(crate) use reject::{Answer, Style, error_json, is_grpc, reject};
-pub use reject::{Rejection, RejectionBody, RejectionHook, RejectionKind};
+pub use reject::{Rejection, RejectionKind};
 
 #[cfg(test)]
 mod tests {

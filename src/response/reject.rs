@@ -25,14 +25,16 @@ pub enum RejectionKind {
     Limited,
     /// The request costs more than a limit's capacity and can never pass: `413`.
     TooCostly,
-    /// The request does not say who sent it: `400`.
+    /// The request does not say who sent it: the extractor's [`Refusal`](crate::Refusal)
+    /// (`400` from the layer's own).
     MissingClient,
-    /// The request states a cost that is not a positive integer: `400`.
+    /// The request states a cost that is not a positive integer: the extractor's
+    /// [`Refusal`](crate::Refusal) (`400` from the layer's own).
     InvalidCost,
     /// The store failed and the fail mode is closed: `503`.
     Unavailable,
     /// The policies are tiered and the request has no tier, or one they do not have: the
-    /// status of its [`TierRejection`](crate::policy::TierRejection) (`403` for an unknown
+    /// status of its `Refusal` (`403` for an unknown
     /// tier).
     NoTier,
 }
@@ -50,7 +52,7 @@ impl RejectionKind {
     }
 }
 
-/// A request the layer answers itself, as a [rejection hook](crate::Builder::on_rejection)
+/// A request the layer answers itself, as a [rejection hook](crate::LayerBuilder::on_rejection)
 /// sees it.
 #[derive(Debug)]
 pub struct Rejection<'a> {
@@ -72,7 +74,7 @@ impl Rejection<'_> {
     }
 
     /// The HTTP status of the default answer ([`RejectionKind::status`], or a
-    /// [`TierRejection`](crate::policy::TierRejection)'s).
+    /// `Refusal`'s).
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -106,8 +108,7 @@ impl Rejection<'_> {
 
 /// The body format of the layer's own answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum RejectionBody {
+pub(crate) enum RejectionBody {
     /// `{"allowed":false,"remaining":0,"retry_after_ms":1234}` for a 429 (with
     /// `"limit":"<name>"` after `allowed` when the policy has several limits: the one that
     /// refused), `{"error":"…"}` otherwise (the default).
@@ -120,21 +121,17 @@ pub enum RejectionBody {
 
 /// A rejection hook: builds the response to a request the layer refuses. The layer then adds
 /// the `RateLimit` fields, `Retry-After` (unless the hook set one) and the legacy fields.
-pub type RejectionHook = dyn Fn(&Rejection<'_>) -> Response<Bytes> + Send + Sync;
+pub(crate) type RejectionHook = dyn Fn(&Rejection<'_>) -> Response<Bytes> + Send + Sync;
 
 /// What the layer answers, before it is rendered.
 #[derive(Debug)]
 pub(crate) enum Answer {
     Limited(Decision),
-    TooCostly {
-        cost: u64,
-        limit: usize,
-    },
-    MissingClient(crate::MissingClient),
-    /// A cost the request states that is not one: the message for the client.
-    InvalidCost(String),
+    TooCostly { cost: u64, limit: usize },
+    MissingClient(crate::Refusal),
+    InvalidCost(crate::Refusal),
     Unavailable,
-    NoTier(crate::policy::TierRejection),
+    NoTier(crate::Refusal),
 }
 
 /// How to render answers; from the layer's settings.
@@ -167,7 +164,9 @@ pub(crate) fn reject<B>(
         Answer::NoTier(_) => (RejectionKind::NoTier, None, None, 1),
     };
     let status = match answer {
-        Answer::NoTier(rejection) => rejection.status(),
+        Answer::NoTier(refusal) | Answer::MissingClient(refusal) | Answer::InvalidCost(refusal) => {
+            refusal.status()
+        }
         _ => kind.status(),
     };
     // The default 429 body says everything with numbers: no sentence to format for it.
@@ -187,9 +186,9 @@ pub(crate) fn reject<B>(
             limit.map_or("", |l| l.name()),
             limit.map_or(0, |l| l.capacity())
         )),
-        Answer::NoTier(rejection) => Cow::Borrowed(rejection.message()),
-        Answer::MissingClient(m) => Cow::Borrowed(m.message()),
-        Answer::InvalidCost(message) => Cow::Borrowed(message.as_str()),
+        Answer::NoTier(refusal) | Answer::MissingClient(refusal) | Answer::InvalidCost(refusal) => {
+            Cow::Borrowed(refusal.message())
+        }
         Answer::Unavailable => Cow::Borrowed(UNAVAILABLE),
     };
     let rejection = Rejection {

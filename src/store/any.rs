@@ -12,7 +12,7 @@ use crate::{Decision, Limit, StoreError};
 /// Sentinel), or any other [`Store`], behind one type.
 ///
 /// ```no_run
-/// use tollgate::{AnyStore, MemoryStore, RateLimitLayer};
+/// use tollgate::{MemoryStore, TollgateLayer, store::AnyStore};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # #[cfg(feature = "redis")]
@@ -22,7 +22,7 @@ use crate::{Decision, Limit, StoreError};
 /// };
 /// # #[cfg(not(feature = "redis"))]
 /// # let store = AnyStore::from(MemoryStore::new());
-/// let layer = RateLimitLayer::builder()
+/// let layer = TollgateLayer::builder()
 ///     .store(store)
 ///     .capacity(10)
 ///     .period(std::time::Duration::from_secs(10))

@@ -4,7 +4,7 @@
 //! - [`RedisStore`] keeps them in Redis, so every instance pointed at one Redis shares the
 //!   limits. One Lua script call (`EVALSHA`) decides each request.
 //!
-//! Both implement the same four [algorithms](crate::algorithm) and agree decision for
+//! Both implement the same four algorithms and agree decision for
 //! decision.
 
 use std::future::Future;
@@ -19,8 +19,9 @@ mod memory;
 mod redis;
 mod stamp;
 
+pub use crate::algorithm::BucketState;
 pub use any::{AnyDecision, AnyStore};
-pub use memory::{DEFAULT_MAX_KEYS, MemoryStore};
+pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 pub use stamp::{Stamp, Taken};
@@ -31,9 +32,9 @@ pub type StoreCall<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Sen
 
 /// Keeps buckets and decides requests against them.
 ///
-/// Implement it to keep buckets elsewhere; [`decide_all`](crate::decide_all),
+/// Implement it to keep buckets elsewhere; [`BucketState::decide_all`](crate::store::BucketState::decide_all),
 /// [`Limit::peek`] and [`Limit::put_back`] do the arithmetic on one
-/// [`BucketState`](crate::BucketState) per bucket. A decision must be atomic: two concurrent
+/// [`BucketState`] per bucket. A decision must be atomic: two concurrent
 /// calls never both take the last unit of a bucket, and a request under several limits takes
 /// from all of them or from none. The [`Limiter`](crate::Limiter) bounds every call by its
 /// timeout and applies its fail mode when the call errs or times out, so an implementation
@@ -46,9 +47,9 @@ pub trait Store: Send + Sync + 'static {
     type Future: Future<Output = Result<Decision, StoreError>> + Send + Unpin + 'static;
 
     /// Decides whether a request of `cost` units may pass every limit in `limits` (1 to
-    /// [`MAX_LIMITS`](crate::MAX_LIMITS)), and takes the units from each if it may.
+    /// 8), and takes the units from each if it may.
     ///
-    /// The bucket of each limit is [`bucket_key`]`(key, limit)`. A bucket that was never seen,
+    /// The bucket of each limit is [`limit.bucket_key(key)`](Limit::bucket_key). A bucket that was never seen,
     /// or that has refilled, starts full. Other numbers of limits are an error
     /// ([`StoreError::Invalid`]) and write nothing.
     fn decide(&self, key: &str, limits: &Arc<[Limit]>, cost: u64) -> Self::Future;
@@ -56,7 +57,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::decide`], reporting every limit: in the order of `limits`, each one's decision
     /// with its position as [`Decision::index`]. When the request passed, what each limit has
     /// left; when it was refused, what each said of it with nothing taken (`allowed` when that
-    /// limit alone would have let it through). [`decide_each`](crate::decide_each) does this
+    /// limit alone would have let it through). [`decide_each`](crate::store::BucketState::decide_each) does this
     /// arithmetic on bucket states.
     ///
     /// The default reports the binding limit alone (what [`Store::decide`] returns), so a
@@ -196,10 +197,8 @@ impl Lent {
     }
 }
 
-/// The bucket of `limit` for the requests named `key`: `key:name`, and for the algorithms
-/// other than the token bucket a suffix that tells them apart (`:sl`, `:sw`, `:fw`), since
-/// their Redis types differ.
-pub fn bucket_key(key: &str, limit: &Limit) -> String {
+/// The bucket of `limit` for the requests named `key` ([`Limit::bucket_key`]).
+pub(crate) fn bucket_key(key: &str, limit: &Limit) -> String {
     let mut bucket = String::with_capacity(key.len() + 4 + limit.name().len());
     push_bucket_key(&mut bucket, key, limit);
     bucket

@@ -6,10 +6,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate::store::bucket_key;
-use tollgate::{
-    Algorithm, BucketState, Decision, Limit, MemoryStore, RedisStore, Store, decide_all,
-};
+use tollgate::store::{BucketState, Store};
+use tollgate::{Algorithm, Decision, Limit, MemoryStore, RedisStore};
 
 use crate::harness::{RedisServer, Rng};
 
@@ -172,7 +170,7 @@ async fn scripts_match_the_shared_arithmetic_step_for_step() {
             let client = redis::Client::open(url).unwrap();
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
             let key = format!("step{p}");
-            let buckets: Vec<String> = limits.iter().map(|l| bucket_key(&key, l)).collect();
+            let buckets: Vec<String> = limits.iter().map(|l| l.bucket_key(&key)).collect();
             let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 + p as u64);
             let (mut allowed, mut denied, mut expired) = (0, 0, 0);
             for _ in 0..120 {
@@ -190,7 +188,8 @@ async fn scripts_match_the_shared_arithmetic_step_for_step() {
                 }
                 let matches = (t0..=t1).any(|now| {
                     let mut states = before.clone();
-                    let expected = decide_all(&limits, &mut states, now, cost).unwrap();
+                    let expected =
+                        BucketState::decide_all(&limits, &mut states, now, cost).unwrap();
                     expected == decision && (states == after || !decision.allowed)
                 });
                 assert!(
@@ -253,7 +252,7 @@ async fn charge_and_refund_scripts_match_the_shared_arithmetic() {
             let client = redis::Client::open(url).unwrap();
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
             let key = format!("settle{p}");
-            let buckets: Vec<String> = limits.iter().map(|l| bucket_key(&key, l)).collect();
+            let buckets: Vec<String> = limits.iter().map(|l| l.bucket_key(&key)).collect();
             let mut rng = Rng::new(0x51ED_2701 + p as u64);
             let (mut charged, mut refunded, mut skipped) = (0, 0, 0);
             // The stamp of the last take that passed: what a put-back gives back to.
@@ -480,7 +479,7 @@ async fn concurrent_callers_on_two_connections_get_exactly_the_capacity() {
         {
             let mut conn = redis.conn();
             let count: u64 = redis::cmd("ZCARD")
-                .arg(bucket_key("hot", limit))
+                .arg(limit.bucket_key("hot"))
                 .query(&mut conn)
                 .unwrap();
             assert_eq!(count, 100);
@@ -501,7 +500,7 @@ async fn sliding_log_entries_stay_unique_when_the_clock_steps_back() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let limit = Limit::sliding_log("l", 10, Duration::from_secs(60)).unwrap();
     let limits: Arc<[Limit]> = Arc::new([limit.clone()]);
-    let bucket = bucket_key("k", &limit);
+    let bucket = limit.bucket_key("k");
     // An entry one second in the future, as if written by a Redis whose clock was ahead.
     let ahead = redis_time(&mut conn).await + 1_000_000;
     let _: () = redis::cmd("ZADD")
@@ -532,12 +531,12 @@ async fn the_largest_costs_pass_whole_or_not_at_all() {
     let redis = RedisServer::start();
     let store = RedisStore::open(&redis.url()).unwrap();
     let hour = Duration::from_secs(3600);
-    let max = tollgate::MAX_LOG_CAPACITY;
+    let max = 250 /* the documented cap on a sliding log */;
     let log: Arc<[Limit]> = Arc::new([Limit::sliding_log("l", max, hour).unwrap()]);
     let d = store.decide("big", &log, max).await.unwrap();
     assert_eq!((d.allowed, d.remaining), (true, 0));
     let count: u64 = redis::cmd("ZCARD")
-        .arg(bucket_key("big", &log[0]))
+        .arg(log[0].bucket_key("big"))
         .query(&mut redis.conn())
         .unwrap();
     assert_eq!(count, max);

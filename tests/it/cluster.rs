@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate::store::bucket_key;
 use tollgate::{FailMode, Limit, Policies, RedisStore};
 
 use crate::algorithms::away_from_window_edges;
@@ -131,7 +130,7 @@ async fn a_killed_primary_is_followed_in_every_fail_mode() {
     }
     // The bucket every server uses: client "k" on GET /.
     let limit = Limit::new("default", 10, 10, Duration::from_secs(100)).unwrap();
-    let bucket = bucket_key("tollgate:{k:GET:/}", &limit);
+    let bucket = limit.bucket_key("tollgate:{k:GET:/}");
     let primary = cluster.primary_for(&bucket);
     cluster.kill(primary);
     let killed = Instant::now();

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use axum::{Json, Router, routing::get};
 use serde_json::json;
-use tollgate::{MemoryStore, RateLimitLayer, RedisStore, Store};
+use tollgate::store::Store;
+use tollgate::{MemoryStore, RedisStore, TollgateLayer};
 
 use crate::harness::{HttpClient, RedisServer, Reply, TestServer};
 
@@ -13,7 +14,7 @@ fn app<St: Store + Clone>(store: St) -> Router {
     // One token back every 10 s, so a slow machine cannot refill the bucket mid-test; and a
     // timeout far beyond any store latency: this test is about the contract, not about
     // failing open (see faults.rs).
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .store(store)
         .capacity(10)
@@ -196,7 +197,7 @@ async fn contract_with_redis_store() {
     for key in &keys {
         assert!(key.starts_with("tollgate:{"), "{key}");
         assert!(
-            key.len() <= tollgate::key::MAX_KEY_LEN,
+            key.len() <= 512, /* the documented bound on a key */
             "{} bytes: {key}",
             key.len()
         );
@@ -208,7 +209,7 @@ async fn contract_with_redis_store() {
 
 #[tokio::test]
 async fn headers_on_allowed_responses_can_be_turned_off() {
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .capacity(1)
         .period(Duration::from_secs(60))
@@ -234,7 +235,7 @@ async fn headers_on_allowed_responses_can_be_turned_off() {
     assert_eq!(reply.header("retry-after"), Some("60"));
 }
 
-async fn serve(layer: RateLimitLayer<tollgate::MemoryStore, tollgate::ApiKey>) -> TestServer {
+async fn serve(layer: TollgateLayer<tollgate::MemoryStore, tollgate::ApiKey>) -> TestServer {
     TestServer::start(
         Router::new()
             .route("/", get(|| async { "ok" }))
@@ -243,8 +244,8 @@ async fn serve(layer: RateLimitLayer<tollgate::MemoryStore, tollgate::ApiKey>) -
     .await
 }
 
-fn one_a_minute() -> tollgate::Builder<tollgate::MemoryStore, tollgate::ApiKey> {
-    RateLimitLayer::builder()
+fn one_a_minute() -> tollgate::LayerBuilder<tollgate::MemoryStore, tollgate::ApiKey> {
+    TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .capacity(1)
         .period(Duration::from_secs(60))
@@ -253,7 +254,7 @@ fn one_a_minute() -> tollgate::Builder<tollgate::MemoryStore, tollgate::ApiKey> 
 #[tokio::test]
 async fn problem_json_and_legacy_fields() {
     let layer = one_a_minute()
-        .rejection_body(tollgate::response::RejectionBody::Problem)
+        .problem_details(true)
         .legacy_headers(true)
         .build()
         .unwrap();
@@ -337,7 +338,7 @@ async fn pass_and_report_empty(client: &HttpClient, server: &TestServer, key: &[
 
 #[tokio::test]
 async fn bypass_and_shadow_mode_decide_and_report_but_never_refuse() {
-    let bypass = tollgate::client::Bypass::new().key("vip");
+    let bypass = tollgate::Bypass::new().key("vip");
     let server = serve(one_a_minute().bypass(bypass).build().unwrap()).await;
     let client = HttpClient::new();
     pass_and_report_empty(&client, &server, b"vip").await;

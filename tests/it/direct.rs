@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use axum::{Router, routing::get};
 use http::Method;
+use tollgate::store::{AnyStore, Store};
 use tollgate::{
-    AnyStore, DecidedBy, FailMode, Limit, Limiter, MemoryStore, Policies, RateLimitLayer,
-    RedisStore, Rule, Store, StoreError, SubjectError, Target, Verdict,
+    DecidedBy, FailMode, Limit, Limiter, MemoryStore, Policies, RedisStore, Rule, StoreError,
+    SubjectError, Target, TollgateLayer, Verdict,
 };
 
 use crate::algorithms::away_from_window_edges;
@@ -527,12 +528,17 @@ async fn calls_with_too_few_or_too_many_limits_are_refused_before_writing() {
         assert!(invalid(redis_store.reset("k", limits).await));
         assert!(invalid(memory.decide("k", limits, 1).await));
         assert!(invalid(memory.peek("k", limits, 1).await));
-        let mut states = vec![tollgate::BucketState::default(); limits.len()];
-        assert!(invalid(tollgate::decide_all(limits, &mut states, 0, 1)));
+        let mut states = vec![tollgate::store::BucketState::default(); limits.len()];
+        assert!(invalid(tollgate::store::BucketState::decide_all(
+            limits,
+            &mut states,
+            0,
+            1
+        )));
     }
     let one = [Limit::new("one", 5, 5, HOUR).unwrap()];
     assert!(matches!(
-        tollgate::decide_all(&one, &mut [], 0, 1),
+        tollgate::store::BucketState::decide_all(&one, &mut [], 0, 1),
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(dbsize(&redis), 0);
@@ -551,7 +557,7 @@ async fn http_requests_and_direct_calls_share_buckets() {
     let app = Router::new()
         .route("/users/{id}", get(|| async { "hi" }))
         .layer(
-            RateLimitLayer::builder()
+            TollgateLayer::builder()
                 .client_extractor(tollgate::ApiKey::default())
                 .limiter(limiter.clone())
                 .build()
@@ -682,7 +688,7 @@ async fn the_deny_cache_forgets_within_its_bound() {
 fn two_limiters_cannot_charge_the_same_buckets_unknowingly() {
     let store = MemoryStore::new();
     let build = |prefix: &str, share: bool| {
-        RateLimitLayer::builder()
+        TollgateLayer::builder()
             .client_extractor(tollgate::ApiKey::default())
             .store(store.clone())
             .key_prefix(prefix)
@@ -699,7 +705,7 @@ fn two_limiters_cannot_charge_the_same_buckets_unknowingly() {
     );
     // Another prefix, or another store, is fine.
     let other = build("other", false).unwrap();
-    let elsewhere = RateLimitLayer::builder()
+    let elsewhere = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .store(MemoryStore::new())
         .key_prefix("app")

@@ -296,22 +296,28 @@ async fn a_slot_released_outside_a_runtime_is_freed() {
     drop((second, third));
 }
 
-/// Finding 5: a slot lease shorter than three renewal intervals could run out before its
+/// Finding 5: a slot time to live shorter than three renewal intervals could run out before its
 /// first renewal; it is refused when the limit is built, naming the field.
 #[test]
-fn a_slot_lease_too_short_to_renew_is_refused() {
+fn a_slot_ttl_too_short_to_renew_is_refused() {
     let error = Limit::concurrency("c", 2)
         .unwrap()
-        .with_lease(Duration::from_millis(5))
+        .slot_ttl(Duration::from_millis(5))
         .unwrap_err();
     assert!(
-        matches!(error, ConfigError::Invalid { field: "lease", .. }),
+        matches!(
+            error,
+            ConfigError::Invalid {
+                field: "slot_ttl",
+                ..
+            }
+        ),
         "{error}"
     );
-    assert!(error.to_string().contains("lease"), "{error}");
+    assert!(error.to_string().contains("slot_ttl"), "{error}");
     let ok = Limit::concurrency("c", 2)
         .unwrap()
-        .with_lease(tollgate::MIN_SLOT_LEASE)
+        .slot_ttl(Duration::from_millis(300))
         .unwrap();
     assert_eq!(ok.algorithm(), Algorithm::Concurrency);
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use axum::{Router, routing::get};
-use tollgate::{FailMode, RateLimitLayer, RedisStore};
+use tollgate::{FailMode, RedisStore, TollgateLayer};
 
 use crate::harness::{HttpClient, Proxy, RedisServer, Reply, TestServer};
 
@@ -27,7 +27,7 @@ async fn server(url: &str, fail_mode: FailMode) -> TestServer {
 /// `GET /` answering `ok`, limited to 10 per client (one back every 10 s) in `store`, with a
 /// short timeout and `fail_mode`.
 pub async fn server_with(store: RedisStore, fail_mode: FailMode) -> TestServer {
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .store(store)
         .capacity(10)

@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use tokio::sync::watch;
+use tollgate::store::Store;
 use tollgate::store::{Lent, Stamp, StoreCall, Taken};
 use tollgate::{
-    DecidedBy, Decision, FailMode, Limit, Limiter, Policies, RedisStore, Store, Subject, Target,
-    Verdict,
+    DecidedBy, Decision, FailMode, Limit, Limiter, Policies, RedisStore, Subject, Target, Verdict,
 };
 
 use crate::harness::RedisServer;
@@ -382,7 +382,7 @@ async fn cold_keys_are_decided_as_without_leases() {
         .unwrap();
     // A few requests per key within a lease time (fewer than MIN_LEASE units).
     for who in ["a", "b", "c"] {
-        for _ in 0..tollgate::lease::MIN_LEASE - 1 {
+        for _ in 0..4 /* leases start at 4 units a lease time */ - 1 {
             let a = leased.take(&subject(&leased, who), 1).await;
             let b = unleased.take(&subject(&unleased, who), 1).await;
             let (a, b) = (a.decision().unwrap(), b.decision().unwrap());
@@ -427,7 +427,7 @@ async fn through_the_layer_two_instances_never_admit_more_than_the_limit() {
     let mut servers = Vec::new();
     for limiter in &instances {
         let app = Router::new().route("/hot", get(|| async { "ok" })).layer(
-            tollgate::RateLimitLayer::builder()
+            tollgate::TollgateLayer::builder()
                 .client_extractor(tollgate::ApiKey::default())
                 .limiter(limiter.clone())
                 .build()

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::{Router, routing::get};
-use tollgate::{Limit, Policies, RateLimitLayer, RedisStore, Store};
+use tollgate::store::Store;
+use tollgate::{Limit, Policies, RedisStore, TollgateLayer};
 
 use crate::algorithms::concurrently;
 use crate::harness::{HttpClient, RedisServer, TestServer};
@@ -81,7 +82,7 @@ async fn two_instances(
 pub async fn instances(stores: [RedisStore; 2], policies: Policies) -> [TestServer; 2] {
     let mut servers = Vec::new();
     for store in stores {
-        let layer = RateLimitLayer::builder()
+        let layer = TollgateLayer::builder()
             .client_extractor(tollgate::ApiKey::default())
             .store(store)
             .policies(policies.clone())
@@ -197,7 +198,7 @@ async fn the_deny_cache_spares_redis_on_a_hot_key() {
     let store = RedisStore::open(&redis.url()).unwrap();
     store.load_script().await.unwrap();
     let hot = |cache: bool| {
-        RateLimitLayer::builder()
+        TollgateLayer::builder()
             .client_extractor(tollgate::ApiKey::default())
             .store(store.clone())
             .key_prefix(if cache { "cached" } else { "uncached" })

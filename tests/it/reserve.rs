@@ -1,5 +1,5 @@
 //! Reservations through the layer, over real HTTP and a real Redis: the actual cost stated by
-//! the handler's reservation, a response extension, a response header (removed) or a closure
+//! the handler's reservation (set or added to), a response header (removed) or a closure
 //! over the response is settled once the body is over; a stream dropped by its client settles
 //! what it sent; and a body-based estimate reads a bounded body and passes it on unchanged.
 
@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Query;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Extension, Router, routing::get, routing::post};
 use bytes::Bytes;
 use http::{HeaderName, Method, Request, StatusCode};
@@ -18,11 +18,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
-use tollgate::cost::{BodyCostLayer, ExtensionCost, HeaderCost, InvalidCost};
-use tollgate::reserve::{ActualCost, Reservation, Settle};
+use tollgate::store::Store;
 use tollgate::store::{Stamp, StoreCall, Taken};
 use tollgate::{
-    Decision, Limit, Limiter, Policies, RateLimitLayer, RedisStore, Store, Subject, Target,
+    BodyCostLayer, Decision, HeaderCost, Limit, Limiter, Policies, RedisStore, Refusal,
+    Reservation, Subject, Target, TollgateLayer,
 };
 
 use crate::harness::{HttpClient, RedisServer, TestServer};
@@ -134,12 +134,12 @@ async fn remaining<St: Store>(limiter: &Limiter<St>, subject: &Subject) -> u64 {
 /// extension or the `x-actual-cost` header (or trailer) says.
 fn settling_by_header(
     limiter: &Limiter<Signalling<RedisStore>>,
-) -> RateLimitLayer<Signalling<RedisStore>, tollgate::ApiKey> {
-    RateLimitLayer::builder()
+) -> TollgateLayer<Signalling<RedisStore>, tollgate::ApiKey> {
+    TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .cost_extractor(HeaderCost::default())
-        .settle(Settle::new().header(HeaderName::from_static("x-actual-cost")))
+        .settle_header(HeaderName::from_static("x-actual-cost"))
         .build()
         .unwrap()
 }
@@ -167,12 +167,16 @@ async fn each_way_of_stating_the_cost_is_settled_after_the_response() {
             ),
         )
         .route(
-            "/extension",
-            get(|Query(q): Query<Used>| async move {
-                let mut response = "ok".into_response();
-                response.extensions_mut().insert(ActualCost(used(&q)));
-                response
-            }),
+            "/add",
+            get(
+                |Extension(r): Extension<Reservation>, Query(q): Query<Used>| async move {
+                    // A stream adds what each chunk used.
+                    let used = used(&q);
+                    r.add(used / 2);
+                    r.add(used - used / 2);
+                    "ok"
+                },
+            ),
         )
         .route(
             "/header",
@@ -212,11 +216,11 @@ async fn each_way_of_stating_the_cost_is_settled_after_the_response() {
     assert_eq!(next(&mut settled).await, ("refund", 6));
     assert_eq!(remaining(&limiter, &subject("/handle")).await, 96);
 
-    // A response extension: 5 reserved, 7 used.
-    let reply = call("/extension?used=7", "5").await;
+    // The handler adds to its reservation as it goes: 5 reserved, 7 used.
+    let reply = call("/add?used=7", "5").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(next(&mut settled).await, ("charge", 2));
-    assert_eq!(remaining(&limiter, &subject("/extension")).await, 93);
+    assert_eq!(remaining(&limiter, &subject("/add")).await, 93);
 
     // A response header, which the client never sees: 3 reserved, none used.
     let reply = call("/header?used=0", "3").await;
@@ -237,10 +241,10 @@ async fn each_way_of_stating_the_cost_is_settled_after_the_response() {
 async fn a_closure_over_the_response_charges_only_failed_logins() {
     let redis = RedisServer::start();
     let (limiter, mut settled) = limiter(&redis, 3);
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
-        .settle(Settle::new().from_response(|parts, _| parts.status.is_success().then_some(0)))
+        .settle_from_response(|parts, _| parts.status.is_success().then_some(0))
         .build()
         .unwrap();
     let app = Router::new()
@@ -310,11 +314,11 @@ impl http_body::Body for Ticks {
 async fn a_stream_its_client_drops_settles_what_it_sent() {
     let redis = RedisServer::start();
     let (limiter, mut settled) = limiter(&redis, 2_000);
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .cost_extractor(HeaderCost::default())
-        .settle(Settle::new())
+        .settle()
         .build()
         .unwrap();
     let app = Router::new()
@@ -364,19 +368,18 @@ async fn a_stream_its_client_drops_settles_what_it_sent() {
 async fn a_body_estimate_reads_a_bounded_body_and_passes_it_on() {
     let redis = RedisServer::start();
     let (limiter, _settled) = limiter(&redis, 1_000);
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
-        .cost_extractor(ExtensionCost)
         .build()
         .unwrap();
     let estimate = BodyCostLayer::new(64, |_, body| {
-        let json: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| InvalidCost::new("the body must be JSON"))?;
+        let json: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| Refusal::bad_request("the body must be JSON"))?;
         json["max_tokens"]
             .as_u64()
             .filter(|&n| n > 0)
-            .ok_or_else(|| InvalidCost::new("max_tokens must be a positive integer"))
+            .ok_or_else(|| Refusal::bad_request("max_tokens must be a positive integer"))
     });
     let app = Router::new()
         .route("/v1/completions", post(|body: Bytes| async move { body }))

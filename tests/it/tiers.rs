@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use axum::{Router, routing::get};
 use http::{Method, StatusCode};
-use tollgate::policy::{TierRejection, tier_fn};
-use tollgate::{Limit, Limiter, Policies, RateLimitLayer, RedisStore, SubjectError, Target};
+use tollgate::{
+    Limit, Limiter, Policies, RedisStore, Refusal, SubjectError, Target, TollgateLayer, tier_fn,
+};
 
 use crate::harness::{HttpClient, RedisServer, TestServer};
 
@@ -37,7 +38,7 @@ fn code() -> Policies {
             Policies::builder()
                 .default_limit(requests(2))
                 .rule(
-                    tollgate::policy::Rule::new("search", "/search")
+                    tollgate::Rule::new("search", "/search")
                         .limit(Limit::new("searches", 1, 1, MINUTE).unwrap()),
                 )
                 .build()
@@ -80,14 +81,14 @@ fn tiers_from_toml_are_the_code_ones_and_bad_ones_are_named() {
 
 #[test]
 fn a_layer_over_tiered_policies_needs_a_tier_extractor_and_only_then() {
-    let missing = RateLimitLayer::builder()
+    let missing = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .policies(code())
         .build()
         .unwrap_err()
         .to_string();
     assert!(missing.contains("tier_extractor"), "{missing}");
-    let needless = RateLimitLayer::builder()
+    let needless = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .capacity(1)
         .period(MINUTE)
@@ -106,21 +107,19 @@ async fn each_tier_gets_its_limits_and_a_request_without_one_a_clear_answer() {
         .policies(Policies::from_toml(TOML).unwrap())
         .build()
         .unwrap();
-    let layer = RateLimitLayer::builder()
+    let layer = TollgateLayer::builder()
         .client_extractor(tollgate::ApiKey::default())
         .limiter(limiter.clone())
         .tier_extractor(tier_fn(|parts| {
-            let key = parts.headers.get("x-api-key").ok_or_else(|| {
-                TierRejection::new(StatusCode::BAD_REQUEST, "X-API-Key is required")
-            })?;
+            let key = parts
+                .headers
+                .get("x-api-key")
+                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "X-API-Key is required"))?;
             match key.as_bytes() {
                 k if k.starts_with(b"free-") => Ok("free"),
                 k if k.starts_with(b"pro-") => Ok("pro"),
                 k if k.starts_with(b"gold-") => Ok("gold"),
-                _ => Err(TierRejection::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unknown API key",
-                )),
+                _ => Err(Refusal::new(StatusCode::UNAUTHORIZED, "unknown API key")),
             }
         }))
         .build()

@@ -4,18 +4,18 @@
 use super::MemoryStore;
 use super::bucket::{matches, spread};
 use crate::algorithm::{BucketState, check_limits};
+#[cfg(doc)]
+use crate::limit::MAX_LIMITS;
 use crate::store::Stamp;
 use crate::{Decision, Limit, StoreError};
-#[cfg(doc)]
-use crate::{MAX_LIMITS, Store};
 
 impl MemoryStore {
     /// [`Store::peek`] without the future.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Invalid`] when `limits` is empty or longer than [`MAX_LIMITS`].
-    pub fn peek_now(
+    /// [`StoreError::Invalid`] when `limits` is empty or longer than 8.
+    pub(crate) fn peek_now(
         &self,
         key: &str,
         limits: &[Limit],
@@ -44,8 +44,8 @@ impl MemoryStore {
     /// # Errors
     ///
     /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn put_back_now(
+    /// 8.
+    pub(crate) fn put_back_now(
         &self,
         key: &str,
         limits: &[Limit],
@@ -78,8 +78,13 @@ impl MemoryStore {
     /// # Errors
     ///
     /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn charge_now(&self, key: &str, limits: &[Limit], units: u64) -> Result<(), StoreError> {
+    /// 8.
+    pub(crate) fn charge_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        units: u64,
+    ) -> Result<(), StoreError> {
         check_limits(limits)?;
         if units == 0 {
             return Ok(());
@@ -107,8 +112,8 @@ impl MemoryStore {
     /// # Errors
     ///
     /// [`StoreError::Invalid`], with nothing changed, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
-    pub fn reset_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
+    /// 8.
+    pub(crate) fn reset_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
         check_limits(limits)?;
         let (mut shard, hash) = self.shard(key);
         for limit in limits {

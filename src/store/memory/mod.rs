@@ -9,8 +9,10 @@ use tokio::time::Instant;
 use crate::algorithm::BucketState;
 use crate::algorithm::check_limits;
 use crate::algorithm::take_each;
+use crate::algorithm::{decide_all, decide_each};
+use crate::limit::MAX_LIMITS;
 use crate::sync::Sharded;
-use crate::{Decision, Limit, MAX_LIMITS, StoreError, decide_all, decide_each};
+use crate::{Decision, Limit, StoreError};
 
 use super::{Stamp, Store, StoreCall, Taken};
 
@@ -30,12 +32,12 @@ const SHARDS: usize = 64;
 const MIN_SWEEP_GROWTH: usize = 64;
 
 /// The default most buckets a store holds.
-pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+pub(crate) const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 /// Buckets in this process's memory.
 ///
 /// The same algorithms as [`RedisStore`](crate::RedisStore), decision for decision (both run
-/// [`decide_all`]). Time is the Unix time at which the store was made plus a monotonic clock
+/// [`BucketState::decide_all`](crate::store::BucketState::decide_all)). Time is the Unix time at which the store was made plus a monotonic clock
 /// since, so the windows of [`FixedWindow`](crate::Algorithm::FixedWindow) and
 /// [`SlidingWindow`](crate::Algorithm::SlidingWindow) limits start where Redis's do. Limits are
 /// per process: two instances each admit the full limit.
@@ -81,7 +83,7 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store holding at most [`DEFAULT_MAX_KEYS`] buckets.
+    /// An empty store holding at most 1,000,000 buckets.
     pub fn new() -> Self {
         Self::with_max_keys(DEFAULT_MAX_KEYS)
     }
@@ -123,7 +125,7 @@ impl MemoryStore {
     /// # Errors
     ///
     /// [`StoreError::Invalid`], with nothing written, when `limits` is empty or longer than
-    /// [`MAX_LIMITS`].
+    /// 8.
     pub fn decide_now(
         &self,
         key: &str,
@@ -160,7 +162,7 @@ impl MemoryStore {
     /// # Errors
     ///
     /// As [`MemoryStore::decide_now`].
-    pub fn decide_each_now(
+    pub(crate) fn decide_each_now(
         &self,
         key: &str,
         limits: &[Limit],
@@ -177,7 +179,12 @@ impl MemoryStore {
     /// # Errors
     ///
     /// As [`MemoryStore::decide_now`].
-    pub fn take_now(&self, key: &str, limits: &[Limit], cost: u64) -> Result<Taken, StoreError> {
+    pub(crate) fn take_now(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        cost: u64,
+    ) -> Result<Taken, StoreError> {
         check_limits(limits)?;
         self.decide_many(key, limits, cost, take_each, |taken| taken.stamp.is_some())
     }

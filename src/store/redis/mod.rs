@@ -28,7 +28,7 @@ use slots::Slots;
 ///
 /// Each decision is one `EVALSHA` of a Lua script over the buckets of the request's limits
 /// (one key per limit, all in one Redis Cluster slot): the script of their
-/// [algorithm](crate::algorithm) (token buckets alone have two of their own, for one limit and
+/// algorithm (token buckets alone have two of their own, for one limit and
 /// for several, the cheapest), or, when they use different ones, a script with every
 /// algorithm. It reads the buckets, decides with the Redis clock (`TIME`, so instances
 /// with skewed clocks agree), and writes only when every limit allows, each key with a TTL
@@ -40,14 +40,14 @@ use slots::Slots;
 /// # Deployments
 ///
 /// ```no_run
-/// use tollgate::{FailMode, RateLimitLayer, RedisStore};
+/// use tollgate::{FailMode, TollgateLayer, RedisStore};
 ///
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let one = RedisStore::open("redis://127.0.0.1:6379/")?;
 /// let cluster = RedisStore::open_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?;
 /// let sentinel = RedisStore::open_sentinel(["redis://10.0.0.5:26379"], "mymaster")?;
-/// let layer = RateLimitLayer::builder()
+/// let layer = TollgateLayer::builder()
 ///     .store(cluster)
 ///     .capacity(10)
 ///     .period(std::time::Duration::from_secs(10))
@@ -83,7 +83,7 @@ use slots::Slots;
 ///
 /// The limiter gives up on a decision after its timeout, but the command may already be on
 /// its way: the call is left to finish, and what a stamped take took is put back (see the
-/// README, "A decision that times out keeps nothing").
+/// docs/failures.md, "A decision that times out keeps nothing").
 ///
 /// # One Redis, one set of buckets per prefix
 ///

@@ -2,8 +2,9 @@
 //! the peek script, turned into decisions.
 
 use crate::algorithm::{Observation, decide_observed, each_observed};
+use crate::limit::MAX_LIMITS;
 use crate::store::{Stamp, Taken};
-use crate::{Algorithm, Decision, Limit, MAX_LIMITS};
+use crate::{Algorithm, Decision, Limit};
 
 /// Turns the peek script's reply into each limit's decision (see `lua/peek.lua`).
 pub(super) fn parse_peek(

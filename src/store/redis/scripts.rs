@@ -69,12 +69,12 @@ const PEEK_SCRIPT: &str = every_algorithm!(
     "#!lua flags=no-writes\nlocal read_only = true\n",
     "peek.lua"
 );
-/// Every put-back ([`Store::put_back`](crate::Store::put_back)): `lua/put_back.lua`.
+/// Every put-back ([`Store::put_back`](crate::store::Store::put_back)): `lua/put_back.lua`.
 const PUT_BACK_SCRIPT: &str = include_str!("../../../lua/put_back.lua");
 /// [`Limiter::charge`](crate::Limiter::charge): every algorithm's observe and take functions,
 /// and `lua/charge.lua`.
 const CHARGE_SCRIPT: &str = every_algorithm!("local read_only = false\n", "charge.lua");
-/// A leased policy's decision that lends ([`Store::lease`](crate::Store::lease)): every
+/// A leased policy's decision that lends ([`Store::lease`](crate::store::Store::lease)): every
 /// algorithm's observe and take functions, and `lua/lease.lua`.
 const LEASE_SCRIPT: &str = every_algorithm!("local read_only = false\n", "lease.lua");
 

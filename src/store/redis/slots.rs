@@ -146,7 +146,7 @@ impl Decided for Taken {
 impl RedisStore {
     /// A decision by `script` (parsed by `parse`). A concurrency limit's slot is named for
     /// it; when the answer is a stamped take that passed, the slot is held (renewed) until
-    /// [`Store::put_back`](crate::Store::put_back) frees it. An unstamped decision's slot is
+    /// [`Store::put_back`](crate::store::Store::put_back) frees it. An unstamped decision's slot is
     /// left to its lease: no one can name it to free it.
     pub(super) fn decide_with<T: Decided>(
         &self,
@@ -188,7 +188,7 @@ impl RedisStore {
         })
     }
 
-    /// [`Store::put_back`](crate::Store::put_back): one `lua/put_back.lua` call.
+    /// [`Store::put_back`](crate::store::Store::put_back): one `lua/put_back.lua` call.
     pub(super) fn put_back_with(
         &self,
         key: &str,

@@ -110,7 +110,7 @@ fn scenarios(remote: bool, slots: bool) -> Vec<Scenario> {
             name: "concurrency",
             limit: Limit::concurrency("c", 3)
                 .unwrap()
-                .with_lease(Duration::from_secs(1))
+                .slot_ttl(Duration::from_secs(1))
                 .unwrap(),
         });
     }
@@ -462,7 +462,7 @@ async fn futures_join_all(futures: Vec<Run>) -> Vec<Result<(), String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_on_the_memory_store_keep_every_bound() {
     let epoch = tokio::time::Instant::now();
-    let store = MemoryStore::with_tokio_clock(tollgate::store::DEFAULT_MAX_KEYS);
+    let store = MemoryStore::with_tokio_clock(1_000_000);
     run_all(
         Clock::Since(epoch),
         store,
