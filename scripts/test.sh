@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (README, "Run the tests"): the whole suite, on a fresh Debian or Ubuntu
+# The test command (README, "The two commands"): the whole suite, on a fresh Debian or Ubuntu
 # machine that has only Rust. The tests start their own redis-server processes and drive
 # headless Chromium; what is missing is installed with apt-get when this runs as root, and
 # otherwise named with the command that installs it. Arguments go to `cargo test`.
