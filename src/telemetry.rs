@@ -8,33 +8,46 @@ use std::time::Duration;
 use crate::{FailMode, StoreError};
 
 /// `tollgate_decisions_total{policy, outcome}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const DECISIONS_TOTAL: &str = "tollgate_decisions_total";
 /// `tollgate_near_limit_total{policy}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const NEAR_LIMIT_TOTAL: &str = "tollgate_near_limit_total";
 /// `tollgate_store_errors_total{kind}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const STORE_ERRORS_TOTAL: &str = "tollgate_store_errors_total";
 /// `tollgate_fail_mode_total{mode}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const FAIL_MODE_TOTAL: &str = "tollgate_fail_mode_total";
 /// `tollgate_store_duration_seconds`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const STORE_DURATION_SECONDS: &str = "tollgate_store_duration_seconds";
 
 /// `tollgate_deny_cache_hits_total`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const DENY_CACHE_HITS_TOTAL: &str = "tollgate_deny_cache_hits_total";
 /// `tollgate_store_in_flight`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const STORE_IN_FLIGHT: &str = "tollgate_store_in_flight";
 /// `tollgate_settlements_total{policy, outcome}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const SETTLEMENTS_TOTAL: &str = "tollgate_settlements_total";
 
 /// `tollgate_leases_total{policy}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const LEASES_TOTAL: &str = "tollgate_leases_total";
 /// `tollgate_leased_units_total{policy}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const LEASED_UNITS_TOTAL: &str = "tollgate_leased_units_total";
 /// `tollgate_lease_returned_units_total{policy}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const LEASE_RETURNED_UNITS_TOTAL: &str = "tollgate_lease_returned_units_total";
 /// `tollgate_lease_decisions_total{policy}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const LEASE_DECISIONS_TOTAL: &str = "tollgate_lease_decisions_total";
 
 /// `tollgate_background_lost_total{job}`.
+#[cfg(any(feature = "metrics", test))]
 pub(crate) const BACKGROUND_LOST_TOTAL: &str = "tollgate_background_lost_total";
 
 /// Every metric name the crate exports.
