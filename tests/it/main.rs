@@ -2,6 +2,7 @@
 //! HTTP servers and a real HTTP client. One test binary; each concern in its own module.
 
 mod algorithms;
+mod changes;
 mod cluster;
 mod concurrency;
 mod contract;
