@@ -19,6 +19,7 @@ use crate::{ConfigError, Limiter};
 
 mod builder;
 mod future;
+mod options;
 mod service;
 
 pub use builder::LayerBuilder;
