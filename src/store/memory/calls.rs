@@ -22,8 +22,7 @@ impl MemoryStore {
         cost: u64,
     ) -> Result<Vec<Decision>, StoreError> {
         check_limits(limits)?;
-        let now = self.inner.clock.now_us();
-        let (shard, hash) = self.shard(key);
+        let (shard, hash, now) = self.shard(key);
         let new = BucketState::default();
         Ok(limits
             .iter()
@@ -54,8 +53,7 @@ impl MemoryStore {
         free_slot: bool,
     ) -> Result<(), StoreError> {
         check_limits(limits)?;
-        let now = self.inner.clock.now_us();
-        let (mut shard, hash) = self.shard(key);
+        let (mut shard, hash, now) = self.shard(key);
         for (i, limit) in limits.iter().enumerate() {
             let hash = hash(limit);
             let found = shard
@@ -89,8 +87,7 @@ impl MemoryStore {
         if units == 0 {
             return Ok(());
         }
-        let now = self.inner.clock.now_us();
-        let (mut shard, hash) = self.shard(key);
+        let (mut shard, hash, now) = self.shard(key);
         for limit in limits {
             let hash = hash(limit);
             if let Some(bucket) = shard
@@ -115,7 +112,7 @@ impl MemoryStore {
     /// 8.
     pub(crate) fn reset_now(&self, key: &str, limits: &[Limit]) -> Result<(), StoreError> {
         check_limits(limits)?;
-        let (mut shard, hash) = self.shard(key);
+        let (mut shard, hash, _) = self.shard(key);
         for limit in limits {
             let hash = hash(limit);
             if let Ok(bucket) = shard

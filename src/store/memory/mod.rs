@@ -74,6 +74,8 @@ struct Shard {
     buckets: HashTable<Bucket>,
     /// Size after the last sweep.
     swept_len: usize,
+    /// The latest time a call on this shard decided at.
+    latest: u64,
 }
 
 impl Default for MemoryStore {
@@ -138,8 +140,7 @@ impl MemoryStore {
             return self.decide_many(key, limits, cost, decide_all, |d| d.allowed);
         };
         // One limit: find the bucket once and update it in place.
-        let now = self.inner.clock.now_us();
-        let (mut shard, hash) = self.shard(key);
+        let (mut shard, hash, now) = self.shard(key);
         let hash = hash(limit);
         if let Some(bucket) = shard
             .buckets
@@ -200,8 +201,7 @@ impl MemoryStore {
         decide: DecideFn<R>,
         took: fn(&R) -> bool,
     ) -> Result<R, StoreError> {
-        let now = self.inner.clock.now_us();
-        let (mut shard, hash) = self.shard(key);
+        let (mut shard, hash, now) = self.shard(key);
         let mut hashes = [0u32; MAX_LIMITS];
         let mut states: [BucketState; MAX_LIMITS] = Default::default();
         let states = &mut states[..limits.len()];
@@ -236,14 +236,22 @@ impl MemoryStore {
     }
 
     /// The shard of `key`'s buckets, locked, and the hash of each of its limits' buckets.
-    fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> u32 + use<>) {
+    ///
+    /// With the time now, read under the lock and never before the shard's last: a call
+    /// that read the clock before it waited for the lock would apply an earlier time after a
+    /// later one, which a window takes for a clock stepping back (it moves its count back to
+    /// the earlier window, and the next call at the later time starts that window afresh,
+    /// forgetting what it counted).
+    fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> u32 + use<>, u64) {
         // All the buckets of one key live in one shard.
-        let (shard, key_hash) = self.inner.shards.lock(key);
+        let (mut shard, key_hash) = self.inner.shards.lock(key);
+        let now = self.inner.clock.now_us().max(shard.latest);
+        shard.latest = now;
         // One bucket per limit: the key's hash mixed with a fixed hash of the limit's name.
         let hash = move |limit: &Limit| {
             ((key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
         };
-        (shard, hash)
+        (shard, hash, now)
     }
 }
 

@@ -59,10 +59,15 @@ fn seed() -> u64 {
 enum Clock {
     /// The system clock, which Redis reads too.
     Unix,
-    /// A memory store made with tokio's clock at this instant: its time is the time since.
-    /// (The memory store's default clock reads the system clock once and a calibrated
-    /// counter since, which can drift from the system clock by a millisecond over seconds.)
-    Since(tokio::time::Instant),
+    /// A memory store made with tokio's clock within `slack_us` after this instant: its time
+    /// is the time since it was made, so up to `slack_us` behind the time since this instant
+    /// (a thread preempted between the two reads makes that milliseconds under load). (The
+    /// memory store's default clock reads the system clock once and a calibrated counter
+    /// since, which can drift from the system clock by a millisecond over seconds.)
+    Since {
+        epoch: tokio::time::Instant,
+        slack_us: u64,
+    },
 }
 
 impl Clock {
@@ -72,8 +77,22 @@ impl Clock {
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
                 .as_micros() as u64,
-            Clock::Since(epoch) => epoch.elapsed().as_micros() as u64,
+            Clock::Since { epoch, .. } => epoch.elapsed().as_micros() as u64,
         }
+    }
+
+    /// No later than the store's time now: the start of an interval that holds it.
+    fn early_us(self) -> u64 {
+        let slack_us = match self {
+            Clock::Unix => 0,
+            Clock::Since { slack_us, .. } => slack_us,
+        };
+        self.now_us().saturating_sub(SKEW_US + slack_us)
+    }
+
+    /// No earlier than the store's time now: the end of an interval that holds it.
+    fn late_us(self) -> u64 {
+        self.now_us() + SKEW_US
     }
 }
 
@@ -179,7 +198,7 @@ async fn client<St: Store + Clone>(
             .subject("client", Target::route(&Method::POST, "/v1"))
             .unwrap();
         let cost = if concurrency { 1 } else { 1 + rng.below(4) };
-        let before = clock.now_us().saturating_sub(SKEW_US);
+        let before = clock.early_us();
         let take = limiter.take(&subject, cost);
         let mut outcome = if rng.below(20) == 0 {
             // Cancelled at a random point: whatever it took, no request ran.
@@ -190,7 +209,7 @@ async fn client<St: Store + Clone>(
         } else {
             take.await
         };
-        let after = clock.now_us() + SKEW_US;
+        let after = clock.late_us();
         if !admitted_by_store(&outcome) {
             if !outcome.is_allowed() {
                 // Refused: come back a little later, as a client does.
@@ -201,7 +220,7 @@ async fn client<St: Store + Clone>(
         if concurrency {
             let hold = Duration::from_micros(rng.below(20_000));
             tokio::time::sleep(hold).await;
-            let release = clock.now_us().saturating_sub(SKEW_US);
+            let release = clock.early_us();
             drop(outcome);
             recorded.lock().unwrap().held.push(Held {
                 from: after,
@@ -257,7 +276,7 @@ async fn client<St: Store + Clone>(
             if back > 0 {
                 recorded.lock().unwrap().put_backs.push(PutBack {
                     take,
-                    sent: clock.now_us().saturating_sub(SKEW_US),
+                    sent: clock.early_us(),
                     units: back,
                 });
             }
@@ -463,8 +482,9 @@ async fn futures_join_all(futures: Vec<Run>) -> Vec<Result<(), String>> {
 async fn histories_on_the_memory_store_keep_every_bound() {
     let epoch = tokio::time::Instant::now();
     let store = MemoryStore::with_tokio_clock(1_000_000);
+    let slack_us = epoch.elapsed().as_micros() as u64;
     run_all(
-        Clock::Since(epoch),
+        Clock::Since { epoch, slack_us },
         store,
         "memory",
         false,
