@@ -22,7 +22,7 @@ pub trait CostExtractor: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// An [`Refusal`] when the request states a cost that is not a positive integer; the
+    /// A [`Refusal`] when the request states a cost that is not a positive integer; the
     /// layer answers `400 Bad Request` with its message.
     fn cost(&self, parts: &Parts) -> Result<u64, Refusal>;
 }
@@ -39,9 +39,9 @@ where
 /// The default: the [`RequestCost`] a layer before the rate limit put in the request's
 /// extensions (such as [`BodyCostLayer`]); 1 when there is none.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct UnitCost;
+pub(crate) struct DefaultCost;
 
-impl CostExtractor for UnitCost {
+impl CostExtractor for DefaultCost {
     fn cost(&self, parts: &Parts) -> Result<u64, Refusal> {
         Ok(parts
             .extensions

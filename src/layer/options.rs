@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::HeaderName;
 
 use super::builder::LayerBuilder;
-use crate::cost::{CostExtractor, UnitCost};
+use crate::cost::{CostExtractor, DefaultCost};
 use crate::key::UnmatchedPaths;
 use crate::policy::TierExtractor;
 use crate::reserve::{Reservation, Settle};
@@ -34,7 +34,7 @@ impl Options {
             legacy_headers: false,
             body: RejectionBody::Json,
             hook: None,
-            cost: Box::new(UnitCost),
+            cost: Box::new(DefaultCost),
             unmatched: UnmatchedPaths::Shared,
             settle: None,
             tier: None,

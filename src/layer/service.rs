@@ -61,7 +61,7 @@ impl<S: Clone, St, C> Clone for Tollgate<S, St, C> {
 
 impl<S: std::fmt::Debug, St, C> std::fmt::Debug for Tollgate<S, St, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimit")
+        f.debug_struct("Tollgate")
             .field("inner", &self.inner)
             .field("settings", &self.shared.settings)
             .finish_non_exhaustive()
