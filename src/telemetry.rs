@@ -50,6 +50,14 @@ pub(crate) const LEASE_DECISIONS_TOTAL: &str = "tollgate_lease_decisions_total";
 #[cfg(any(feature = "metrics", test))]
 pub(crate) const BACKGROUND_LOST_TOTAL: &str = "tollgate_background_lost_total";
 
+/// `tollgate_policy_reloads_total{outcome}`: `applied` or `rejected`.
+#[cfg(any(feature = "metrics", test))]
+pub(crate) const POLICY_RELOADS_TOTAL: &str = "tollgate_policy_reloads_total";
+/// `tollgate_policies_loaded_timestamp_seconds`: when the policies in force were loaded (Unix
+/// time).
+#[cfg(any(feature = "metrics", test))]
+pub(crate) const POLICIES_LOADED_TIMESTAMP: &str = "tollgate_policies_loaded_timestamp_seconds";
+
 /// Every metric name the crate exports.
 #[cfg(test)]
 pub(crate) const METRIC_NAMES: &[&str] = &[
@@ -66,6 +74,8 @@ pub(crate) const METRIC_NAMES: &[&str] = &[
     LEASE_RETURNED_UNITS_TOTAL,
     LEASE_DECISIONS_TOTAL,
     BACKGROUND_LOST_TOTAL,
+    POLICY_RELOADS_TOTAL,
+    POLICIES_LOADED_TIMESTAMP,
 ];
 
 /// What a settlement came to, as the `outcome` label of `tollgate_settlements_total` says it.
@@ -289,6 +299,29 @@ impl Telemetry {
         let _ = calls;
         #[cfg(feature = "metrics")]
         self.store().in_flight.set(calls as f64);
+    }
+}
+
+/// Policies were loaded at `at`: when a limiter is built, and by each reload applied.
+pub(crate) fn policies_loaded(at: std::time::SystemTime) {
+    let _ = at;
+    #[cfg(feature = "metrics")]
+    {
+        let unix = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics::gauge!(POLICIES_LOADED_TIMESTAMP).set(unix);
+    }
+}
+
+/// A reload was applied (`true`) or rejected.
+pub(crate) fn policies_reloaded(applied: bool) {
+    let _ = applied;
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = if applied { "applied" } else { "rejected" };
+        metrics::counter!(POLICY_RELOADS_TOTAL, "outcome" => outcome).increment(1);
     }
 }
 

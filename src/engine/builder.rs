@@ -1,19 +1,19 @@
 //! [`LimiterBuilder`]: the engine's settings, checked once by [`LimiterBuilder::build`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use super::claims::Claims;
+use arc_swap::ArcSwap;
+
+use super::reload::{Fixed, Made};
 use super::{Core, Limiter, Shared};
 use crate::client::Bypass;
 use crate::key::check_prefix;
 use crate::policy::Policies;
+use crate::resilience::FailMode;
 use crate::resilience::breaker::Breaker;
-use crate::resilience::deny_cache::DenyCache;
 use crate::resilience::outage::OutageLog;
-use crate::resilience::{FailMode, LocalFallback};
 use crate::store::{MemoryStore, Store};
-use crate::telemetry::Telemetry;
 use crate::{Algorithm, ConfigError, Limit};
 
 /// The default time a store may take to decide.
@@ -304,52 +304,45 @@ impl<St> LimiterBuilder<St> {
         }
         check_prefix(&options.key_prefix)?;
         let remote = self.store.is_remote();
-        let local = (options.fail_mode == FailMode::Local && remote)
-            .then(|| LocalFallback::new(&policies, share));
-        let names: Vec<&str> = (0..policies.len())
-            .map(|i| policies.entry(i).name())
-            .collect();
-        // Each policy's key prefix: a tier's buckets have keys of their own.
-        let prefixes: Box<[Box<str>]> = (0..policies.len())
-            .map(|i| match &policies.entry(i).tier {
-                Some(tier) => format!("{}.{tier}", options.key_prefix).into(),
-                None => options.key_prefix.as_str().into(),
-            })
-            .collect();
-        let claims = match (options.share_buckets, self.store.identity()) {
-            (false, Some(store)) => Some(Claims::take(store, &prefixes, &policies)?),
-            _ => None,
+        let fixed = Fixed {
+            claims_on: self.store.identity().filter(|_| !options.share_buckets),
+            deny_cache_max: (options.deny_cache && remote).then_some(options.deny_cache_max),
+            local_share: (options.fail_mode == FailMode::Local && remote).then_some(share),
+            remote,
         };
-        // Leases save calls to a remote store; an in-process one decides in process anyway.
-        let leased = remote && (0..policies.len()).any(|i| policies.entry(i).lease.is_some());
+        let id = {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        let made = Made::new(policies, &options.key_prefix, &fixed, id, None)?;
         let core = Core {
-            _claims: claims,
-            telemetry: Telemetry::new(&names),
-            local,
-            prefixes,
-            policies,
+            policies: made.policies,
+            prefixes: made.prefixes,
+            _claims: made.claims,
+            telemetry: made.telemetry,
+            local: made.local,
+            deny_cache: made.deny_cache,
+            leases: made.leases,
             key_prefix: options.key_prefix.into_boxed_str(),
             timeout: options.timeout,
             fail_mode: options.fail_mode,
             shadow: options.shadow,
             bypass: options.bypass,
-            outage: OutageLog::new(),
-            deny_cache: (options.deny_cache && remote)
-                .then(|| DenyCache::new(options.deny_cache_max)),
+            outage: Arc::new(OutageLog::new()),
             breaker: remote.then(|| Breaker::new(options.max_in_flight)),
-            leases: leased.then(crate::lease::Leases::new),
             // A quarter of the calls in flight at most: decisions keep most of the room.
             worker: remote.then(|| super::Worker::new(options.max_in_flight / 4)),
-            id: {
-                static NEXT: std::sync::atomic::AtomicUsize =
-                    std::sync::atomic::AtomicUsize::new(0);
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            },
+            id,
+            generation: 0,
+            loaded_at: SystemTime::now(),
+            fixed: Arc::new(fixed),
         };
+        crate::telemetry::policies_loaded(core.loaded_at);
         Ok(Limiter {
             shared: Arc::new(Shared {
                 store: self.store,
-                core: Arc::new(core),
+                core: ArcSwap::from_pointee(core),
+                reloading: parking_lot::Mutex::new(()),
             }),
         })
     }

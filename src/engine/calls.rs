@@ -9,7 +9,7 @@ use super::call::{LEFT_TO_FINISH, report};
 use crate::resilience::breaker::{PROBE_EVERY_MS, Ticket};
 use std::sync::Arc;
 
-use super::{Call, Core, Limiter, Receipt, Subject};
+use super::{Call, Core, Limiter, Receipt, Stale, Subject};
 use crate::store::{Store, StoreCall};
 use crate::telemetry::Settled;
 use crate::{Decision, Limit, StoreError};
@@ -25,12 +25,14 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout; the fail mode does not
     /// apply.
     pub async fn peek(&self, subject: &Subject, cost: u64) -> Result<Vec<Decision>, StoreError> {
-        let Some(index) = self.policy_of(subject)? else {
+        let core = self.shared.core();
+        let subject = self.resolved(&core, subject)?;
+        let Some(index) = subject.policy() else {
             return Ok(Vec::new());
         };
-        let limits = &self.shared.core.policies.entry(index).limits;
+        let limits = &core.policies.entry(index).limits;
         let call = self.shared.store.peek(subject.key(), limits, cost.max(1));
-        self.shared.core.bounded(call).await
+        core.bounded(call).await
     }
 
     /// Gives back up to `units` of what `receipt`'s decision took (never more than it still
@@ -56,15 +58,17 @@ impl<St: Store> Limiter<St> {
             return Ok(());
         };
         receipt.units -= units;
-        if let Some(cache) = &self.shared.core.deny_cache {
+        let core = self.shared.core();
+        if let Some(cache) = &core.deny_cache {
             // The units given back may let a request through sooner than the cached wait.
             cache.forget(&receipt.key);
         }
+        // Given back to the limits that counted them, even if a reload replaced them since.
         let call = self
             .shared
             .store
-            .put_back(&receipt.key, &receipt.limits, stamp, units, false);
-        self.shared.core.bounded(call).await
+            .put_back(&receipt.key, receipt.limits(), stamp, units, false);
+        receipt.core.bounded(call).await
     }
 
     /// Takes `units` from every limit of `subject`'s policy that counts the cost (not
@@ -78,20 +82,22 @@ impl<St: Store> Limiter<St> {
     /// When the store fails or does not answer within the timeout (a charge that timed out
     /// may still happen).
     pub async fn charge(&self, subject: &Subject, units: u64) -> Result<(), StoreError> {
-        match self.policy_of(subject)? {
-            Some(index) => self.charge_at(index, subject.key(), units).await,
+        let core = self.shared.core();
+        let subject = self.resolved(&core, subject)?;
+        match subject.policy() {
+            Some(index) => {
+                let costed = &core.policies.entry(index).costed;
+                self.charge_costed(&core, subject.key(), costed, units)
+                    .await
+            }
             None => Ok(()),
         }
-    }
-
-    async fn charge_at(&self, index: usize, key: &str, units: u64) -> Result<(), StoreError> {
-        let costed = &self.shared.core.policies.entry(index).costed;
-        self.charge_costed(key, costed, units).await
     }
 
     /// Takes `units` from those of `limits` that count the cost (all of them: `costed`).
     async fn charge_costed(
         &self,
+        core: &Core,
         key: &str,
         costed: &Arc<[Limit]>,
         units: u64,
@@ -100,7 +106,7 @@ impl<St: Store> Limiter<St> {
             return Ok(());
         }
         let call = self.shared.store.charge(key, costed, units);
-        self.shared.core.bounded(call).await
+        core.bounded(call).await
     }
 
     /// Settles a reservation: `receipt`'s decision took an estimate up front
@@ -140,7 +146,9 @@ impl<St: Store> Limiter<St> {
     /// over-admission; a charge lost is work that was not counted).
     pub async fn settle(&self, mut receipt: Receipt, actual: u64) -> Result<(), StoreError> {
         self.own(&receipt)?;
-        let telemetry = &self.shared.core.telemetry;
+        // Counted, and charged, under the generation that took the units.
+        let core = Arc::clone(&receipt.core);
+        let telemetry = &core.telemetry;
         let (index, taken) = (receipt.policy, receipt.units);
         let (result, settled) = match actual.cmp(&taken) {
             std::cmp::Ordering::Equal => (Ok(()), Settled::Unchanged),
@@ -152,8 +160,8 @@ impl<St: Store> Limiter<St> {
                 {
                     // The receipt is this limiter's (checked above): its policy's limits that
                     // count the cost.
-                    let costed = &self.shared.core.policies.entry(index).costed;
-                    self.charge_costed(&receipt.key, costed, actual - taken)
+                    let costed = receipt.costed();
+                    self.charge_costed(&core, &receipt.key, costed, actual - taken)
                         .await
                 },
                 Settled::Charged,
@@ -178,7 +186,8 @@ impl<St: Store> Limiter<St> {
     /// [`return_leases`](Self::return_leases)), so that what this process holds is given
     /// back before it exits.
     pub async fn flush(&self) {
-        if let Some(worker) = &self.shared.core.worker {
+        let worker = self.shared.core.load().worker.clone();
+        if let Some(worker) = worker {
             worker.idle().await;
         }
     }
@@ -192,8 +201,9 @@ impl<St: Store> Limiter<St> {
     ///
     /// When the store fails or does not answer within the timeout.
     pub async fn reset(&self, subject: &Subject) -> Result<(), StoreError> {
-        let core = &self.shared.core;
-        let policy = self.policy_of(subject)?;
+        let core = self.shared.core();
+        let subject = self.resolved(&core, subject)?;
+        let policy = subject.policy();
         if let Some(cache) = &core.deny_cache {
             cache.forget(subject.key());
         }
@@ -206,22 +216,28 @@ impl<St: Store> Limiter<St> {
         };
         let limits = &core.policies.entry(index).limits;
         let call = self.shared.store.reset(subject.key(), limits);
-        self.shared.core.bounded(call).await
+        core.bounded(call).await
     }
 }
 
 impl<St> Limiter<St> {
-    /// The index of `subject`'s policy, when this limiter made it.
-    pub(crate) fn policy_of(&self, subject: &Subject) -> Result<Option<usize>, StoreError> {
-        match subject.made_by(&self.shared.core) {
-            true => Ok(subject.policy()),
-            false => Err(foreign("subject")),
-        }
+    /// `subject` under the generation `core`, when this limiter made it.
+    fn resolved<'s>(
+        &self,
+        core: &Core,
+        subject: &'s Subject,
+    ) -> Result<std::borrow::Cow<'s, Subject>, StoreError> {
+        self.resolve(core, subject).map_err(|stale| match stale {
+            Stale::Foreign => foreign("subject"),
+            Stale::Gone(error) => StoreError::Invalid(format!(
+                "the policies were reloaded since this subject was made: {error}"
+            )),
+        })
     }
 
     /// Whether this limiter's decision made `receipt`.
     fn own(&self, receipt: &Receipt) -> Result<(), StoreError> {
-        match receipt.owner == self.shared.core.address() {
+        match receipt.core.address() == self.shared.core.load().address() {
             true => Ok(()),
             false => Err(foreign("receipt")),
         }

@@ -2,16 +2,23 @@
 //! layers) on one store with the same key prefix and limit names do not charge the same
 //! buckets without saying so.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
 use crate::ConfigError;
 use crate::policy::Policies;
 
-/// Every claim of every live limiter: (store identity, prefix, endpoint kind, limit).
-static CLAIMS: LazyLock<Mutex<HashSet<(usize, String)>>> = LazyLock::new(Mutex::default);
+/// Every claim of every live limiter: (store identity, prefix, endpoint kind, limit) to the
+/// limiter that holds it and how many of its generations do (a reload claims its new
+/// policies' buckets before the last generation, which may share them, is gone).
+static CLAIMS: LazyLock<Mutex<HashMap<Claimed, Holder>>> = LazyLock::new(Mutex::default);
 
-/// The buckets one limiter claims on its store; given back when it is dropped.
+/// A bucket claimed: (store identity, prefix, endpoint kind, limit).
+type Claimed = (usize, String);
+/// Who holds a claim: the limiter, and how many of its generations.
+type Holder = (usize, usize);
+
+/// The buckets one generation of a limiter claims on its store; given back when it is dropped.
 #[derive(Debug)]
 pub(crate) struct Claims {
     store: usize,
@@ -19,13 +26,15 @@ pub(crate) struct Claims {
 }
 
 impl Claims {
-    /// Claims the buckets `policies` name under `prefix` on the store `store`.
+    /// Claims for the limiter `owner` the buckets `policies` name under `prefixes` on the store
+    /// `store`.
     ///
     /// # Errors
     ///
     /// When another live limiter on the same store claimed one of them.
     pub(crate) fn take(
         store: usize,
+        owner: usize,
         prefixes: &[Box<str>],
         policies: &Policies,
     ) -> Result<Self, ConfigError> {
@@ -49,10 +58,11 @@ impl Claims {
             })
             .collect();
         let mut claims = CLAIMS.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(taken) = names
-            .iter()
-            .find(|n| claims.contains(&(store, (*n).clone())))
-        {
+        if let Some(taken) = names.iter().find(|n| {
+            claims
+                .get(&(store, (*n).clone()))
+                .is_some_and(|&(holder, _)| holder != owner)
+        }) {
             let prefix = taken.split('\0').next().unwrap_or_default();
             let limit = taken.rsplit('\0').next().unwrap_or_default();
             return Err(ConfigError::Invalid {
@@ -64,7 +74,7 @@ impl Claims {
             });
         }
         for name in &names {
-            claims.insert((store, name.clone()));
+            claims.entry((store, name.clone())).or_insert((owner, 0)).1 += 1;
         }
         Ok(Self { store, names })
     }
@@ -74,7 +84,13 @@ impl Drop for Claims {
     fn drop(&mut self) {
         let mut claims = CLAIMS.lock().unwrap_or_else(PoisonError::into_inner);
         for name in self.names.drain(..) {
-            claims.remove(&(self.store, name));
+            let key = (self.store, name);
+            if let Some((_, held)) = claims.get_mut(&key) {
+                *held -= 1;
+                if *held == 0 {
+                    claims.remove(&key);
+                }
+            }
         }
     }
 }

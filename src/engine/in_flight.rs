@@ -10,14 +10,27 @@ use crate::store::{Stamp, Store};
 /// Frees slots: the limiter's store (or its local fallback), type-erased.
 pub(crate) trait Releaser: Send + Sync + 'static {
     /// Frees the slot the take stamped `stamp` holds in each concurrency limit of the policy
-    /// at `index` for `key` (and, when `untake`, puts back the take's units too), in the
-    /// store or, when the decision was `local`, in the local fallback.
-    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>, untake: bool);
+    /// at `index` of `core` (the generation it was taken under) for `key` (and, when
+    /// `untake`, puts back the take's units too), in the store or, when the decision was
+    /// `local`, in the local fallback.
+    fn release(&self, core: Arc<Core>, key: String, index: usize, held: Held);
+}
+
+/// How a guard's slots are held.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    local: bool,
+    stamp: Option<Stamp>,
+    untake: bool,
 }
 
 impl<St: Store> Releaser for Shared<St> {
-    fn release(&self, key: String, index: usize, local: bool, stamp: Option<Stamp>, untake: bool) {
-        let core: &Arc<Core> = &self.core;
+    fn release(&self, core: Arc<Core>, key: String, index: usize, held: Held) {
+        let Held {
+            local,
+            stamp,
+            untake,
+        } = held;
         if local {
             if let Some(fallback) = &core.local {
                 fallback.release(index, &key);
@@ -40,7 +53,7 @@ impl<St: Store> Releaser for Shared<St> {
         };
         // A remote one's call runs in the background, bounded as every call is. If it fails,
         // the slot's lease runs out, and units not put back are held until they refill.
-        let core = Arc::clone(core);
+        let worker = worker.clone();
         worker.run(
             Chore::PutBack,
             Box::pin(async move {
@@ -59,45 +72,50 @@ impl<St: Store> Releaser for Shared<St> {
 /// slots until the response body is over.
 #[must_use = "the slots are freed when this is dropped"]
 pub(crate) struct InFlight {
-    releaser: Option<Arc<dyn Releaser>>,
+    releaser: Option<(Arc<dyn Releaser>, Arc<Core>)>,
     key: String,
     index: usize,
-    local: bool,
-    /// Which slots the take holds (set when the store answers).
-    stamp: Option<Stamp>,
-    /// Whether the take's units are put back too: it was given up on.
-    untake: bool,
+    held: Held,
 }
 
 impl InFlight {
-    pub(crate) fn new(releaser: Arc<dyn Releaser>, key: String, index: usize) -> Self {
+    /// Slots taken for `key` under the policy at `index` of `core`.
+    pub(crate) fn new(
+        releaser: Arc<dyn Releaser>,
+        core: Arc<Core>,
+        key: String,
+        index: usize,
+    ) -> Self {
         Self {
-            releaser: Some(releaser),
+            releaser: Some((releaser, core)),
             key,
             index,
-            local: false,
-            stamp: None,
-            untake: false,
+            held: Held::default(),
         }
     }
 
     /// A guard that puts back everything the take took, units and slots, when it has: the
     /// take of a call given up on.
-    pub(crate) fn untaking(releaser: Arc<dyn Releaser>, key: String, index: usize) -> Self {
-        let mut guard = Self::new(releaser, key, index);
-        guard.untake = true;
+    pub(crate) fn untaking(
+        releaser: Arc<dyn Releaser>,
+        core: Arc<Core>,
+        key: String,
+        index: usize,
+    ) -> Self {
+        let mut guard = Self::new(releaser, core, key, index);
+        guard.held.untake = true;
         guard
     }
 
     /// The same guard, of the slots the take stamped `stamp` holds.
     pub(crate) fn stamped(mut self, stamp: Option<Stamp>) -> Self {
-        self.stamp = stamp;
+        self.held.stamp = stamp;
         self
     }
 
     /// The same slots, held in the local fallback.
     pub(crate) fn local(mut self) -> Self {
-        self.local = true;
+        self.held.local = true;
         self
     }
 
@@ -112,10 +130,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(releaser) = self.releaser.take() {
-            let stamp = self.stamp.take();
+        if let Some((releaser, core)) = self.releaser.take() {
             let key = std::mem::take(&mut self.key);
-            releaser.release(key, self.index, self.local, stamp, self.untake);
+            releaser.release(core, key, self.index, std::mem::take(&mut self.held));
         }
     }
 }
@@ -124,7 +141,7 @@ impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InFlight")
             .field("policy", &self.index)
-            .field("local", &self.local)
+            .field("local", &self.held.local)
             .field("held", &self.releaser.is_some())
             .finish_non_exhaustive()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::worker::Chore;
-use super::{Limiter, Shared, Subject};
+use super::{Core, Limiter, Shared, Subject};
 use crate::algorithm::binding;
 use crate::lease::{Grant, Leases, Unspent};
 use crate::store::{Lent, Stamp, Store, StoreCall, Taken};
@@ -17,6 +17,8 @@ use crate::{Algorithm, Decision, Limit, StoreError};
 /// key may ask for a lease again.
 pub(crate) struct Lending<St: Store> {
     shared: Arc<Shared<St>>,
+    /// The generation the lease is taken under: granted into its leases.
+    core: Arc<Core>,
     key: Box<str>,
     policy: usize,
     /// When the call was sent: a lease is timed from here, so it never outlasts the window
@@ -26,9 +28,15 @@ pub(crate) struct Lending<St: Store> {
 }
 
 impl<St: Store> Lending<St> {
-    pub(crate) fn new(shared: &Arc<Shared<St>>, key: &str, policy: usize) -> Self {
+    pub(crate) fn new(
+        shared: &Arc<Shared<St>>,
+        core: &Arc<Core>,
+        key: &str,
+        policy: usize,
+    ) -> Self {
         Self {
             shared: Arc::clone(shared),
+            core: Arc::clone(core),
             key: key.into(),
             policy,
             sent: Instant::now(),
@@ -37,18 +45,14 @@ impl<St: Store> Lending<St> {
     }
 
     fn leases(&self) -> &Leases {
-        self.shared
-            .core
-            .leases
-            .as_ref()
-            .expect("a lease call has leases")
+        self.core.leases.as_ref().expect("a lease call has leases")
     }
 
     /// Installs what `lent` lent (and `extra`, units the call took for no request), gives
     /// back a lease that ended meanwhile, and starts the task that gives back ended leases.
     pub(crate) fn grant(mut self, lent: &Lent, extra: u64) {
         self.done = true;
-        let core = &self.shared.core;
+        let core = &self.core;
         let policy = core.policies.entry(self.policy);
         let lease_time = policy.lease.unwrap_or_default();
         let passed = crate::algorithm::passed(&lent.decisions);
@@ -69,7 +73,7 @@ impl<St: Store> Lending<St> {
             .leases()
             .granted(&self.key, self.policy, lease_time, grant, now);
         for unspent in ended {
-            spawn_give_back(&self.shared, unspent);
+            spawn_give_back(&self.shared, &self.core, unspent);
         }
     }
 }
@@ -77,9 +81,10 @@ impl<St: Store> Lending<St> {
 impl<St: Store> Drop for Lending<St> {
     fn drop(&mut self) {
         if !self.done {
-            let lease_time = self.shared.core.policies.entry(self.policy).lease;
+            let lease_time = self.core.policies.entry(self.policy).lease;
             let now = Instant::now();
-            self.leases().granted(
+            // A retired generation's leases give back what they are granted: nothing here.
+            let _ = self.leases().granted(
                 &self.key,
                 self.policy,
                 lease_time.unwrap_or_default(),
@@ -107,13 +112,14 @@ pub(crate) fn lease_ends(limits: &[Limit], at_us: u64, lease_time: Duration) -> 
 /// The decision's store call that also lends up to `want` units: a stamped take (the
 /// request's units and the lent ones were taken at the time the store says).
 pub(crate) fn lend<St: Store>(
-    shared: &Arc<Shared<St>>,
+    shared: &Shared<St>,
+    core: &Core,
     lending: Lending<St>,
     key: &str,
     cost: u64,
     want: u64,
 ) -> StoreCall<Taken> {
-    let limits = &shared.core.policies.entry(lending.policy).limits;
+    let limits = &core.policies.entry(lending.policy).limits;
     let call = shared.store.lease(key, limits, cost, want);
     let cost = cost.max(1);
     Box::pin(async move {
@@ -127,19 +133,25 @@ pub(crate) fn lend<St: Store>(
 /// Takes the next lease of up to `want` units on `key` in the background (one unit for no
 /// request, and up to `want - 1` more), bounded as every store call is. A call the breaker
 /// does not let through is not counted as a store error: no request waited for it.
-pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usize, want: u64) {
-    let Some(worker) = &shared.core.worker else {
+pub(crate) fn refill<St: Store>(
+    shared: &Arc<Shared<St>>,
+    core: &Arc<Core>,
+    key: &str,
+    policy: usize,
+    want: u64,
+) {
+    let Some(worker) = &core.worker else {
         return;
     };
-    let lending = Lending::new(shared, key, policy);
-    let limits = &shared.core.policies.entry(policy).limits;
+    let lending = Lending::new(shared, core, key, policy);
+    let limits = &core.policies.entry(policy).limits;
     let call = shared.store.lease(key, limits, 1, want.saturating_sub(1));
-    let shared = Arc::clone(shared);
+    let core = Arc::clone(core);
     let work: crate::engine::Work = Box::pin(async move {
-        match shared.core.bounded(call).await {
+        match core.bounded(call).await {
             Ok(lent) => lending.grant(&lent, 1),
             Err(StoreError::CircuitOpen | StoreError::Overloaded(_)) => {}
-            Err(error) => shared.core.telemetry.store_error(&error),
+            Err(error) => core.telemetry.store_error(&error),
         }
     });
     // A lease is taken ahead of the requests that will spend it: started at once on the
@@ -154,56 +166,61 @@ pub(crate) fn refill<St: Store>(shared: &Arc<Shared<St>>, key: &str, policy: usi
 }
 
 impl<St: Store> Shared<St> {
-    /// Gives back what a lease did not spend, stamped with the time it was lent, bounded as
-    /// every store call is.
-    async fn give_back(&self, unspent: Unspent) -> Result<u64, StoreError> {
-        let limits = &self.core.policies.entry(unspent.policy).limits;
+    /// Gives back what a lease of the generation `core` did not spend, to the limits it was
+    /// lent from, stamped with the time it was lent, bounded as every store call is.
+    async fn give_back(&self, core: &Core, unspent: Unspent) -> Result<u64, StoreError> {
+        let limits = &core.policies.entry(unspent.policy).limits;
         let stamp = Stamp::new(unspent.at_us, unspent.units);
         let call = self
             .store
             .put_back(&unspent.key, limits, &stamp, unspent.units, false);
-        match self.core.patient(call).await {
+        match core.patient(call).await {
             Ok(()) => {
-                self.core
-                    .telemetry
-                    .lease_returned(unspent.policy, unspent.units);
+                core.telemetry.lease_returned(unspent.policy, unspent.units);
                 Ok(unspent.units)
             }
             Err(error) => {
-                self.core.telemetry.store_error(&error);
+                core.telemetry.store_error(&error);
                 Err(error)
             }
         }
     }
 }
 
-fn spawn_give_back<St: Store>(shared: &Arc<Shared<St>>, unspent: Unspent) {
-    if let Some(worker) = &shared.core.worker {
-        let shared = Arc::clone(shared);
+/// Gives back `unspent`, of a lease of the generation `core`, in the background.
+pub(crate) fn spawn_give_back<St: Store>(
+    shared: &Arc<Shared<St>>,
+    core: &Arc<Core>,
+    unspent: Unspent,
+) {
+    if let Some(worker) = &core.worker {
+        let (shared, core) = (Arc::clone(shared), Arc::clone(core));
         worker.run(
             Chore::Lease,
             Box::pin(async move {
-                let _ = shared.give_back(unspent).await;
+                let _ = shared.give_back(&core, unspent).await;
             }),
         );
     }
 }
 
-/// Starts, once, the task that every shortest lease time gives back what ended leases left
-/// and forgets idle keys, while the limiter lives (in its background worker).
-pub(crate) fn sweep<St: Store>(shared: &Arc<Shared<St>>, leases: &Leases) {
+/// Starts, once per generation, the task that every shortest lease time gives back what
+/// ended leases left and forgets idle keys, while the limiter and the generation live (in its
+/// background worker).
+pub(crate) fn sweep<St: Store>(shared: &Arc<Shared<St>>, core: &Arc<Core>, leases: &Leases) {
     if leases.sweeping() || !leases.start_sweeping() {
         return;
     }
-    let Some(worker) = &shared.core.worker else {
+    let Some(worker) = &core.worker else {
         return;
     };
-    let policies = &shared.core.policies;
+    let policies = &core.policies;
     let every = (0..policies.len())
         .filter_map(|i| policies.entry(i).lease)
         .min()
         .unwrap_or(crate::limit::DEFAULT_LEASE_TIME);
     let weak: Weak<Shared<St>> = Arc::downgrade(shared);
+    let generation: Weak<Core> = Arc::downgrade(core);
     worker.keep_running(
         Chore::Lease,
         Box::pin(async move {
@@ -211,14 +228,14 @@ pub(crate) fn sweep<St: Store>(shared: &Arc<Shared<St>>, leases: &Leases) {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let Some(shared) = weak.upgrade() else {
+                let (Some(shared), Some(core)) = (weak.upgrade(), generation.upgrade()) else {
                     return;
                 };
-                let Some(leases) = &shared.core.leases else {
+                let Some(leases) = &core.leases else {
                     return;
                 };
                 for unspent in leases.expired(Instant::now()) {
-                    let _ = shared.give_back(unspent).await;
+                    let _ = shared.give_back(&core, unspent).await;
                 }
             }
         }),
@@ -234,13 +251,14 @@ impl<St: Store> Limiter<St> {
     ///
     /// The first store failure; the other leases are given back still.
     pub async fn return_leases(&self) -> Result<u64, StoreError> {
-        let Some(leases) = &self.shared.core.leases else {
+        let core = self.shared.core();
+        let Some(leases) = &core.leases else {
             return Ok(0);
         };
         let mut returned = 0;
         let mut failed = None;
         for unspent in leases.drain() {
-            match self.shared.give_back(unspent).await {
+            match self.shared.give_back(&core, unspent).await {
                 Ok(units) => returned += units,
                 Err(error) => {
                     failed.get_or_insert(error);
@@ -254,7 +272,7 @@ impl<St: Store> Limiter<St> {
     /// policy is [leased](crate::Limit::leased) and the key is hot. They are already taken in
     /// the store ([`Limiter::peek`] counts them as spent).
     pub fn leased(&self, subject: &Subject) -> u64 {
-        match &self.shared.core.leases {
+        match &self.shared.core.load().leases {
             Some(leases) => leases.held(subject.key(), Instant::now()),
             None => 0,
         }

@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use crate::client::{Bypass, ClientId};
 use crate::lease::Serve;
@@ -23,6 +25,7 @@ mod in_flight;
 mod leasing;
 mod outcome;
 mod receipt;
+mod reload;
 mod subject;
 mod take;
 mod worker;
@@ -36,13 +39,16 @@ pub(crate) use in_flight::Releaser;
 pub(crate) use outcome::Flags;
 pub use outcome::{DecidedBy, Outcome, Verdict};
 pub use receipt::Receipt;
+pub(crate) use reload::Fixed;
+pub(crate) use subject::Stale;
 pub use subject::{Subject, SubjectError, Target};
 pub(crate) use take::Take;
 pub(crate) use take::{Asked, Deciding};
 pub(crate) use worker::{Chore, Work, Worker};
 
 /// The engine: decides, peeks, refunds and resets for subjects. Built once with
-/// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`).
+/// [`Limiter::builder`]; cloning is cheap and shares everything (`Send + Sync`). Its
+/// policies can be replaced while it runs ([`Limiter::reload`]).
 ///
 /// See `docs/direct.md` for an example.
 pub struct Limiter<St = MemoryStore> {
@@ -51,12 +57,24 @@ pub struct Limiter<St = MemoryStore> {
 
 pub(crate) struct Shared<St> {
     pub(crate) store: St,
-    pub(crate) core: Arc<Core>,
+    /// The generation in force: each operation loads it once and holds it to its end.
+    pub(crate) core: ArcSwap<Core>,
+    /// One reload at a time.
+    pub(crate) reloading: parking_lot::Mutex<()>,
 }
 
-/// Everything but the store: what a decision under way needs.
+impl<St> Shared<St> {
+    /// The generation in force.
+    pub(crate) fn core(&self) -> Arc<Core> {
+        self.core.load_full()
+    }
+}
+
+/// Everything but the store: what a decision under way needs. One per generation of the
+/// policies: a reload makes a new one (sharing the breaker, worker and outage log), and what a
+/// decision leaves behind (slots, receipts, leases under way) holds the one it was made under.
 pub(crate) struct Core {
-    pub(crate) policies: Policies,
+    pub(crate) policies: Arc<Policies>,
     pub(crate) key_prefix: Box<str>,
     /// The key prefix of each policy's buckets: `key_prefix`, and `.tier` in a tier.
     pub(crate) prefixes: Box<[Box<str>]>,
@@ -64,7 +82,7 @@ pub(crate) struct Core {
     pub(crate) fail_mode: FailMode,
     pub(crate) shadow: bool,
     pub(crate) bypass: Bypass,
-    pub(crate) outage: OutageLog,
+    pub(crate) outage: Arc<OutageLog>,
     pub(crate) telemetry: Telemetry,
     pub(crate) deny_cache: Option<DenyCache>,
     /// Bounds the calls to a remote store; `None` for an in-process store.
@@ -78,11 +96,27 @@ pub(crate) struct Core {
     /// Runs the background work (put-backs, calls left to finish, leases), with a remote
     /// store; an in-process store's calls end at once.
     pub(crate) worker: Option<Worker>,
-    /// Names the limiter to its subjects and receipts (see [`Core::address`]).
+    /// Names the limiter to its subjects and receipts (see [`Core::address`]); the same in
+    /// every generation.
     pub(crate) id: usize,
+    /// Counts the generations: 0 when built, one more each reload.
+    pub(crate) generation: u64,
+    /// When this generation's policies were loaded.
+    pub(crate) loaded_at: SystemTime,
+    /// What a reload makes the next generation with.
+    pub(crate) fixed: Arc<Fixed>,
 }
 
 impl Core {
+    /// How a decision under the policy at `index` is treated.
+    pub(crate) fn flags(&self, index: usize, bypassed: bool) -> Flags {
+        Flags {
+            shadow: self.shadow || self.policies.entry(index).shadow,
+            bypassed,
+            receipt: false,
+        }
+    }
+
     /// Whether `client` is on the bypass list.
     pub(crate) fn is_bypassed(&self, client: &ClientId<'_>) -> bool {
         !self.bypass.is_empty() && self.bypass.contains(client)
@@ -113,7 +147,7 @@ impl<St: std::fmt::Debug> std::fmt::Debug for Limiter<St> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
             .field("store", &self.shared.store)
-            .field("core", &self.shared.core)
+            .field("core", &self.shared.core.load())
             .finish()
     }
 }
@@ -133,13 +167,14 @@ impl<St> Limiter<St> {
         &self.shared.store
     }
 
-    /// The policies the limiter applies.
-    pub fn policies(&self) -> &Policies {
-        &self.shared.core.policies
+    /// The policies the limiter applies now (a [reload](Self::reload) replaces them).
+    pub fn policies(&self) -> Arc<Policies> {
+        Arc::clone(&self.shared.core.load().policies)
     }
 
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.shared.core
+    /// The generation in force.
+    pub(crate) fn core(&self) -> Arc<Core> {
+        self.shared.core()
     }
 }
 
@@ -185,32 +220,26 @@ impl<St: Store> Limiter<St> {
     /// # }
     /// ```
     pub fn take(&self, subject: &Subject, cost: u64) -> Take {
-        let deciding = match self.policy_of(subject) {
-            Err(_) => Deciding::Ready {
-                outcome: Some(Outcome::new(Verdict::ForeignSubject, Flags::default())),
-            },
-            Ok(Some(index)) => {
-                let flags = Flags {
-                    receipt: true,
-                    ..self.flags(index, subject.is_bypassed())
-                };
-                let key = Cow::Borrowed(subject.key());
-                self.start(index, key, cost, flags, Store::decide_each)
-            }
-            Ok(None) => Deciding::Ready {
-                outcome: Some(Outcome::new(Verdict::Unlimited, Flags::default())),
+        let core = self.shared.core();
+        let verdict = |verdict| Deciding::Ready {
+            outcome: Some(Outcome::new(verdict, Flags::default())),
+        };
+        let deciding = match self.resolve(&core, subject) {
+            Err(Stale::Foreign) => verdict(Verdict::ForeignSubject),
+            Err(Stale::Gone(error)) => verdict(Verdict::SubjectGone(error)),
+            Ok(subject) => match subject.policy() {
+                Some(index) => {
+                    let flags = Flags {
+                        receipt: true,
+                        ..core.flags(index, subject.is_bypassed())
+                    };
+                    let key = Cow::Borrowed(subject.key());
+                    self.start(&core, index, key, cost, flags, Store::decide_each)
+                }
+                None => verdict(Verdict::Unlimited),
             },
         };
-        Take::new(deciding, Arc::clone(&self.shared.core))
-    }
-
-    pub(crate) fn flags(&self, index: usize, bypassed: bool) -> Flags {
-        let core = &self.shared.core;
-        Flags {
-            shadow: core.shadow || core.policies.entry(index).shadow,
-            bypassed,
-            receipt: false,
-        }
+        Take::new(deciding, core)
     }
 
     /// Starts a decision of `cost` on `key` under the policy at `index`: too costly, denied
@@ -218,6 +247,7 @@ impl<St: Store> Limiter<St> {
     /// `decide_each`).
     pub(crate) fn start<D, A>(
         &self,
+        core: &Arc<Core>,
         index: usize,
         key: Cow<'_, str>,
         cost: u64,
@@ -228,7 +258,6 @@ impl<St: Store> Limiter<St> {
         D: Future<Output = Result<A, crate::StoreError>> + Send + Unpin + 'static,
         A: Answer,
     {
-        let core = &self.shared.core;
         let policy = core.policies.entry(index);
         let cost = cost.max(1);
         if cost > policy.min_capacity {
@@ -244,7 +273,7 @@ impl<St: Store> Limiter<St> {
         // A leased policy's hot key: from this instance's lease, or asked with one.
         let mut lend = None;
         if let (Some(leases), Some(lease_time)) = (&core.leases, policy.lease) {
-            leasing::sweep(&self.shared, leases);
+            leasing::sweep(&self.shared, core, leases);
             match leases.serve(index, &key, cost, lease_time, tokio::time::Instant::now()) {
                 Serve::Lease {
                     decision,
@@ -252,7 +281,7 @@ impl<St: Store> Limiter<St> {
                     at_us,
                 } => {
                     if let Some(want) = refill {
-                        leasing::refill(&self.shared, &key, index, want);
+                        leasing::refill(&self.shared, core, &key, index, want);
                     }
                     core.telemetry.lease_decision(index);
                     let outcome = core.decided(index, flags, decision, DecidedBy::Lease, None);
@@ -260,7 +289,7 @@ impl<St: Store> Limiter<St> {
                     let receipt = flags.receipt.then(|| {
                         let stamp = crate::store::Stamp::new(at_us, cost);
                         let key = key.as_ref().into();
-                        Receipt::new(key, (index, policy), Some(stamp), cost, core.address())
+                        Receipt::new(key, core, index, Some(stamp), cost)
                     });
                     return Deciding::Ready {
                         outcome: Some(outcome.with_taken(cost).with_receipt(receipt)),
@@ -269,7 +298,7 @@ impl<St: Store> Limiter<St> {
                 // From here the key's lease call is under way, until `Lending` is granted or
                 // dropped (a cached denial, the breaker, a failed or abandoned call).
                 Serve::Lend { want } => {
-                    lend = Some((want, leasing::Lending::new(&self.shared, &key, index)));
+                    lend = Some((want, leasing::Lending::new(&self.shared, core, &key, index)));
                 }
                 Serve::Plain => {}
             }
@@ -298,7 +327,7 @@ impl<St: Store> Limiter<St> {
         // The slots a passing decision holds, under a concurrency limit.
         let in_flight = policy.concurrent.then(|| {
             let releaser: Arc<dyn Releaser> = Arc::clone(&self.shared) as _;
-            InFlight::new(releaser, key.clone().into_owned(), index)
+            InFlight::new(releaser, Arc::clone(core), key.clone().into_owned(), index)
         });
         // The key is kept (moved, or copied once from a subject's) only when needed.
         let asked = move |key: Cow<'_, str>| Asked {
@@ -326,11 +355,11 @@ impl<St: Store> Limiter<St> {
         let stamped = lend.is_some() || flags.receipt || policy.concurrent;
         let untake = (stamped && core.worker.is_some()).then(|| {
             let releaser: Arc<dyn Releaser> = Arc::clone(&self.shared) as _;
-            Box::new((releaser, key.clone().into_owned()))
+            Box::new((releaser, Arc::clone(core), key.clone().into_owned()))
         });
         let decision = match lend {
             Some((want, lending)) => {
-                Asking::Take(leasing::lend(&self.shared, lending, &key, cost, want))
+                Asking::Take(leasing::lend(&self.shared, core, lending, &key, cost, want))
             }
             None if stamped => Asking::Take(self.shared.store.take(&key, &policy.limits, cost)),
             None => Asking::Store(ask(&self.shared.store, &key, &policy.limits, cost)),

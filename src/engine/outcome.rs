@@ -86,6 +86,10 @@ pub enum Verdict {
     /// Refused, and nothing asked: the subject was made by another limiter, whose policies
     /// it names (make it with this limiter's [`subject`](crate::Limiter::subject)).
     ForeignSubject,
+    /// Refused, and nothing asked: the subject was made under policies since
+    /// [reloaded](crate::Limiter::reload), and the ones in force no longer have its rule or
+    /// tier (a subject whose rule and tier are still there is resolved again, and decided).
+    SubjectGone(super::SubjectError),
 }
 
 /// The outcome of [`Limiter::take`](crate::Limiter::take): whether to go ahead, and why.
@@ -179,7 +183,7 @@ impl Outcome {
             Verdict::Decided { decision, .. } => !self.flags.refuses(decision.allowed),
             Verdict::TooCostly { .. } => !self.flags.refuses(false),
             Verdict::FailedClosed(_) => self.flags.shadow,
-            Verdict::ForeignSubject => false,
+            Verdict::ForeignSubject | Verdict::SubjectGone(_) => false,
         }
     }
 
@@ -222,7 +226,9 @@ impl Outcome {
         }
         Some(match &self.verdict {
             Verdict::Decided { decision, .. } => decision.retry_after,
-            Verdict::TooCostly { .. } | Verdict::ForeignSubject => Duration::MAX,
+            Verdict::TooCostly { .. } | Verdict::ForeignSubject | Verdict::SubjectGone(_) => {
+                Duration::MAX
+            }
             _ => Duration::from_secs(1),
         })
     }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use super::Core;
 use crate::Limit;
-use crate::policy::Entry;
 use crate::store::Stamp;
 
 /// What one allowed decision took from the store: the subject, its policy's limits, how many
@@ -23,34 +23,41 @@ use crate::store::Stamp;
 pub struct Receipt {
     pub(crate) key: Box<str>,
     pub(crate) policy: usize,
-    /// The policy's limits when the units were taken.
-    pub(crate) limits: Arc<[Limit]>,
+    /// The generation of the policies the units were taken under (its limits are the ones
+    /// they are given back to, even after a reload).
+    pub(crate) core: Arc<Core>,
     /// `None`: the store took nothing (failed open), or does not stamp its takes.
     pub(crate) stamp: Option<Stamp>,
     /// Units taken and not given back yet.
     pub(crate) units: u64,
-    /// The limiter whose decision took them (its engine's address).
-    pub(crate) owner: usize,
 }
 
 impl Receipt {
-    /// What the decision of `units` on `key` under `entry` (the policy at `policy`) of the
-    /// limiter whose engine is at `owner` took.
+    /// What the decision of `units` on `key` under the policy at `policy` of `core` took.
     pub(crate) fn new(
         key: Box<str>,
-        (policy, entry): (usize, &Entry),
+        core: &Arc<Core>,
+        policy: usize,
         stamp: Option<Stamp>,
         units: u64,
-        owner: usize,
     ) -> Self {
         Self {
-            owner,
             key,
             policy,
-            limits: Arc::clone(&entry.limits),
+            core: Arc::clone(core),
             stamp,
             units,
         }
+    }
+
+    /// The limits the units were taken from.
+    pub(crate) fn limits(&self) -> &Arc<[Limit]> {
+        &self.core.policies.entry(self.policy).limits
+    }
+
+    /// Those of them that count the cost.
+    pub(crate) fn costed(&self) -> &Arc<[Limit]> {
+        &self.core.policies.entry(self.policy).costed
     }
 
     /// The units the store took and still holds for this decision: what a settlement or

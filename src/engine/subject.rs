@@ -1,8 +1,10 @@
 //! What a [`Limiter`](crate::Limiter) decides for: a client on a target.
 
+use std::borrow::Cow;
+
 use http::Method;
 
-use super::Limiter;
+use super::{Core, Limiter};
 use crate::client::ClientId;
 use crate::key::{Endpoint, normalize_path, subject_key};
 
@@ -36,32 +38,54 @@ impl<'a> Target<'a> {
 }
 
 /// A client on a target, resolved by [`Limiter::subject`](crate::Limiter::subject): its
-/// policy and its bucket key, built once.
+/// policy and its bucket key, built once. After a [reload](crate::Limiter::reload) it is
+/// resolved again, under the policies in force, by each call that uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     key: String,
     policy: Option<usize>,
     bypassed: bool,
-    /// The limiter that made it (its engine's address): its policies are the ones `policy`
-    /// indexes.
+    /// The limiter that made it (its engine's address).
     owner: usize,
+    /// The generation of the policies `policy` indexes.
+    generation: u64,
+    /// What it was made of, to be resolved again after a reload.
+    made_of: Box<MadeOf>,
+}
+
+/// What a subject was made of: the tier, the client and the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MadeOf {
+    tier: Option<Box<str>>,
+    client: Box<[u8]>,
+    target: OwnedTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnedTarget {
+    Route { method: Method, path: Box<str> },
+    Rule(Box<str>),
+}
+
+impl OwnedTarget {
+    fn borrow(&self) -> Target<'_> {
+        match self {
+            Self::Route { method, path } => Target::Route { method, path },
+            Self::Rule(name) => Target::Rule(name),
+        }
+    }
+}
+
+/// Why a subject cannot be used under the generation in force.
+#[derive(Debug)]
+pub(crate) enum Stale {
+    /// Another limiter made it.
+    Foreign,
+    /// Made before a reload, and its rule or tier is gone.
+    Gone(SubjectError),
 }
 
 impl Subject {
-    pub(crate) fn new(key: String, policy: Option<usize>, bypassed: bool, owner: usize) -> Self {
-        Self {
-            key,
-            policy,
-            bypassed,
-            owner,
-        }
-    }
-
-    /// Whether the limiter whose engine is `core` made this subject.
-    pub(crate) fn made_by(&self, core: &super::Core) -> bool {
-        self.owner == core.address()
-    }
-
     /// The key that names the subject's buckets (each limit's bucket is this key, `:` and the
     /// limit's name; see [`Limit::bucket_key`](crate::Limit::bucket_key)).
     pub fn key(&self) -> &str {
@@ -141,10 +165,50 @@ impl<St> Limiter<St> {
         client: ClientId<'_>,
         target: Target<'_>,
     ) -> Result<Subject, SubjectError> {
-        if client.as_bytes().is_empty() {
+        let core = self.shared.core.load();
+        let bypassed = core.is_bypassed(&client);
+        resolve(&core, tier, client.as_bytes(), target, bypassed)
+    }
+
+    /// `subject` under the generation `core`: itself when made under it, or resolved again
+    /// when made before a reload.
+    pub(crate) fn resolve<'s>(
+        &self,
+        core: &Core,
+        subject: &'s Subject,
+    ) -> Result<Cow<'s, Subject>, Stale> {
+        if subject.owner != core.address() {
+            return Err(Stale::Foreign);
+        }
+        if subject.generation == core.generation {
+            return Ok(Cow::Borrowed(subject));
+        }
+        let made_of = &subject.made_of;
+        resolve(
+            core,
+            made_of.tier.as_deref(),
+            &made_of.client,
+            made_of.target.borrow(),
+            subject.bypassed,
+        )
+        .map(Cow::Owned)
+        .map_err(Stale::Gone)
+    }
+}
+
+/// The subject `client` of `tier` on `target` under the generation `core` (`bypassed`: the
+/// client is on the bypass list).
+fn resolve(
+    core: &Core,
+    tier: Option<&str>,
+    client: &[u8],
+    target: Target<'_>,
+    bypassed: bool,
+) -> Result<Subject, SubjectError> {
+    {
+        if client.is_empty() {
             return Err(SubjectError::EmptyClient);
         }
-        let core = &self.shared.core;
         let policies = &core.policies;
         let Some(group) = policies.group(tier) else {
             return Err(match tier {
@@ -177,16 +241,32 @@ impl<St> Limiter<St> {
             },
             (None, None) => unreachable!("a rule target found its rule"),
         };
-        let bypassed = core.is_bypassed(&client);
-        Ok(Subject::new(
-            subject_key(
+        let target = match (target, &path) {
+            (Target::Rule(name), _) => OwnedTarget::Rule(name.into()),
+            (Target::Route { method, .. }, Some((_, path))) => OwnedTarget::Route {
+                method: method.clone(),
+                path: path.as_ref().into(),
+            },
+            (Target::Route { method, path }, None) => OwnedTarget::Route {
+                method: method.clone(),
+                path: (*path).into(),
+            },
+        };
+        Ok(Subject {
+            key: subject_key(
                 policy.map_or(&core.key_prefix, |i| &core.prefixes[i]),
-                client.as_bytes(),
+                client,
                 endpoint,
             ),
             policy,
             bypassed,
-            core.address(),
-        ))
+            owner: core.address(),
+            generation: core.generation,
+            made_of: Box::new(MadeOf {
+                tier: tier.map(Into::into),
+                client: client.into(),
+                target,
+            }),
+        })
     }
 }

@@ -16,8 +16,9 @@ use crate::resilience::FailMode;
 use crate::resilience::breaker::Ticket;
 use crate::{Decision, StoreError};
 
-/// What puts back a stamped take given up on: the limiter's store, and the subject's key.
-pub(crate) type Untake = (Arc<dyn Releaser>, String);
+/// What puts back a stamped take given up on: the limiter's store, the generation it was
+/// taken under, and the subject's key.
+pub(crate) type Untake = (Arc<dyn Releaser>, Arc<Core>, String);
 
 /// What the engine knew when it asked the store.
 pub(crate) struct Asked {
@@ -28,7 +29,8 @@ pub(crate) struct Asked {
     pub(crate) cost: u64,
 }
 
-/// A decision under way, polled with the engine's [`Core`] (which its owner holds). `Unpin`
+/// A decision under way, polled with the engine's [`Core`] it was started under (which its
+/// owner holds). `Unpin`
 /// (the store's future is, and the timer is boxed), so its owner may poll it once where it
 /// is made and move it afterwards.
 pub(crate) enum Deciding<D, A = Decision> {
@@ -64,7 +66,7 @@ where
     D: Future<Output = Result<A, StoreError>> + Unpin,
     A: Answer,
 {
-    pub(crate) fn poll_decide(&mut self, cx: &mut Context<'_>, core: &Core) -> Poll<Outcome> {
+    pub(crate) fn poll_decide(&mut self, cx: &mut Context<'_>, core: &Arc<Core>) -> Poll<Outcome> {
         match self {
             Deciding::Ready { outcome } => {
                 Poll::Ready(outcome.take().expect("polled after completion"))
@@ -98,8 +100,8 @@ where
                         // took put back, since the fail mode decides the request; another is
                         // dropped (its units stay taken, as a finished decision's would).
                         let untake = untake.take().map(|untake| {
-                            let (releaser, key) = *untake;
-                            InFlight::untaking(releaser, key, *policy)
+                            let (releaser, core, key) = *untake;
+                            InFlight::untaking(releaser, core, key, *policy)
                         });
                         call.give_up(untake);
                         Err(StoreError::Timeout(core.timeout))
@@ -123,7 +125,7 @@ impl Core {
 
     /// What the store's answer (or failure) comes to.
     fn answered<A: Answer>(
-        &self,
+        self: &Arc<Self>,
         index: usize,
         flags: Flags,
         mut answer: Result<A, StoreError>,
@@ -178,10 +180,10 @@ impl Core {
                 let receipt = match (flags.receipt && decision.allowed, asked.key.take()) {
                     (true, Some(key)) => Some(Receipt::new(
                         key.into_boxed_str(),
-                        (index, policy),
+                        self,
+                        index,
                         stamp,
                         taken,
-                        self.address(),
                     )),
                     (_, key) => {
                         asked.key = key;
@@ -204,7 +206,7 @@ impl Core {
 
     /// What the fail mode makes of a store failure.
     fn failed(
-        &self,
+        self: &Arc<Self>,
         index: usize,
         flags: Flags,
         error: StoreError,
@@ -245,13 +247,9 @@ impl Core {
         }
         // Failed open, the store took nothing: a settlement charges the whole actual cost.
         let receipt = match (&verdict, flags.receipt, &asked.key) {
-            (Verdict::FailedOpen(_), true, Some(key)) => Some(Receipt::new(
-                key.as_str().into(),
-                (index, self.policies.entry(index)),
-                None,
-                0,
-                self.address(),
-            )),
+            (Verdict::FailedOpen(_), true, Some(key)) => {
+                Some(Receipt::new(key.as_str().into(), self, index, None, 0))
+            }
             _ => None,
         };
         Outcome::new(verdict, flags).with_receipt(receipt)

@@ -233,7 +233,6 @@ impl<St, C> LayerBuilder<St, C> {
             settler: Arc::new(limiter.clone()),
         });
         let settings = Settings {
-            core: Arc::clone(limiter.core()),
             headers_on_allowed: options.headers_on_allowed,
             legacy_headers: options.legacy_headers,
             body: options.body,

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::Settings;
-use crate::engine::{Deciding, Outcome, Verdict};
+use crate::engine::{Core, Deciding, Outcome, Verdict};
 use crate::reserve::After;
 use crate::response::{self, Answer, ResponseBody, is_grpc};
 use crate::{Decision, StoreError};
@@ -24,6 +24,9 @@ pin_project! {
         #[pin]
         state: State<S, ReqBody, D>,
         settings: Arc<Settings>,
+        // The engine's generation the request is decided under: its policies name the
+        // fields, even if a reload replaces them meanwhile.
+        core: Arc<Core>,
         // The request's policy, when it has one.
         policy: usize,
         // What to do when the response is over: settle the reservation (when the layer
@@ -68,6 +71,7 @@ where
     /// one's first poll by the task comes next.)
     pub(crate) fn limited(
         settings: Arc<Settings>,
+        core: Arc<Core>,
         policy: usize,
         mut deciding: Deciding<D>,
         inner: S,
@@ -78,7 +82,7 @@ where
         D: Future<Output = Result<Decision, StoreError>> + Unpin,
     {
         let mut noop = Context::from_waker(Waker::noop());
-        let state = match deciding.poll_decide(&mut noop, &settings.core) {
+        let state = match deciding.poll_decide(&mut noop, &core) {
             Poll::Ready(outcome) => next(&settings, &mut after, outcome, inner, request),
             Poll::Pending => State::Deciding {
                 deciding,
@@ -89,6 +93,7 @@ where
         Self {
             state,
             settings,
+            core,
             policy,
             after,
         }
@@ -96,6 +101,7 @@ where
 
     pub(crate) fn answered(
         settings: Arc<Settings>,
+        core: Arc<Core>,
         policy: usize,
         grpc: bool,
         answer: Answer,
@@ -106,18 +112,20 @@ where
                 grpc,
             },
             settings,
+            core,
             policy,
             after: None,
         }
     }
 
-    pub(crate) fn unlimited(settings: Arc<Settings>, future: S::Future) -> Self {
+    pub(crate) fn unlimited(settings: Arc<Settings>, core: Arc<Core>, future: S::Future) -> Self {
         Self {
             state: State::Calling {
                 future,
                 decision: None,
             },
             settings,
+            core,
             policy: usize::MAX,
             after: None,
         }
@@ -184,6 +192,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let settings: &Settings = this.settings;
+        let core: &Arc<Core> = this.core;
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Deciding {
@@ -191,7 +200,7 @@ where
                     inner,
                     request,
                 } => {
-                    let outcome = ready!(deciding.poll_decide(cx, &settings.core));
+                    let outcome = ready!(deciding.poll_decide(cx, core));
                     let inner = inner.take().expect("the service is called once");
                     let request = request.take().expect("the request is sent once");
                     next(settings, this.after, outcome, inner, request)
@@ -206,7 +215,7 @@ where
                         response = Response::from_parts(head, body);
                     }
                     if let Some(decision) = decision.take() {
-                        let policy = settings.core.policies.entry(*this.policy);
+                        let policy = core.policies.entry(*this.policy);
                         response::insert_fields(
                             response.headers_mut(),
                             policy,
@@ -224,7 +233,7 @@ where
                         after.refused();
                     }
                     let answer = answer.take().expect("polled after completion");
-                    let policies = &settings.core.policies;
+                    let policies = &core.policies;
                     let policy =
                         (*this.policy < policies.len()).then(|| policies.entry(*this.policy));
                     let response = response::reject(&answer, policy, &settings.style(*grpc));

@@ -9,7 +9,6 @@ use tower_layer::Layer;
 
 use crate::client::ClientIp;
 use crate::cost::CostExtractor;
-use crate::engine::Core;
 use crate::key::UnmatchedPaths;
 use crate::policy::{Policies, TierExtractor};
 use crate::reserve::{Settle, Settler};
@@ -43,10 +42,9 @@ pub(crate) struct Shared<St, C> {
     pub(crate) settings: Arc<Settings>,
 }
 
-/// The layer's own settings (the HTTP part), and the engine's core: what a response future
-/// needs.
+/// The layer's own settings (the HTTP part): what a response future needs besides the
+/// engine's generation.
 pub(crate) struct Settings {
-    pub(crate) core: Arc<Core>,
     pub(crate) headers_on_allowed: bool,
     pub(crate) legacy_headers: bool,
     pub(crate) body: RejectionBody,
@@ -79,7 +77,6 @@ impl Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("limiter", &self.core)
             .field("headers_on_allowed", &self.headers_on_allowed)
             .field("legacy_headers", &self.legacy_headers)
             .field("settle", &self.reserve.as_ref().map(|r| &r.settle))
@@ -135,8 +132,8 @@ impl<St, C> TollgateLayer<St, C> {
         self.shared.limiter.store()
     }
 
-    /// The policies the layer applies.
-    pub fn policies(&self) -> &Policies {
+    /// The policies the layer applies now (see [`Limiter::reload`]).
+    pub fn policies(&self) -> Arc<Policies> {
         self.shared.limiter.policies()
     }
 }

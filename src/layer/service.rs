@@ -98,7 +98,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let settings = &self.shared.settings;
         let limiter = &self.shared.limiter;
-        let core = &settings.core;
+        // The generation in force, held by the response future to its end.
+        let core = limiter.core();
         let (mut parts, body) = request.into_parts();
         // Normalized only when a rule or the key needs it.
         let path = LazyCell::new(|| request_path(&parts));
@@ -118,6 +119,7 @@ where
                         let answer = Answer::NoTier(rejection);
                         return ResponseFuture::answered(
                             Arc::clone(settings),
+                            core,
                             usize::MAX,
                             is_grpc(&parts.headers),
                             answer,
@@ -131,12 +133,12 @@ where
         let Some(index) = found else {
             // No rule matches and there is no default: not limited.
             let future = inner.call(Request::from_parts(parts, body));
-            return ResponseFuture::unlimited(Arc::clone(settings), future);
+            return ResponseFuture::unlimited(Arc::clone(settings), core, future);
         };
         let policy = core.policies.entry(index);
         let answer = |answer| {
             let grpc = is_grpc(&parts.headers);
-            ResponseFuture::answered(Arc::clone(settings), index, grpc, answer)
+            ResponseFuture::answered(Arc::clone(settings), Arc::clone(&core), index, grpc, answer)
         };
         let (client, cost) = match (
             self.shared.client.extract(&parts),
@@ -146,7 +148,7 @@ where
             (client, cost) => {
                 // A bypassed client is never refused, not even for a cost we cannot read.
                 let bypassed = client.as_ref().is_ok_and(|id| core.is_bypassed(id));
-                let flags = limiter.flags(index, false);
+                let flags = core.flags(index, false);
                 if flags.shadow || bypassed {
                     // In shadow mode nothing is refused, not even a request we cannot decide.
                     tracing::debug!(
@@ -154,7 +156,11 @@ where
                         "shadow mode or a bypassed client: undecidable request passes"
                     );
                     let future = inner.call(Request::from_parts(parts, body));
-                    return ResponseFuture::unlimited(Arc::clone(settings), future);
+                    return ResponseFuture::unlimited(
+                        Arc::clone(settings),
+                        Arc::clone(&core),
+                        future,
+                    );
                 }
                 return match (client, cost) {
                     (Err(missing), _) => {
@@ -171,7 +177,7 @@ where
         // A request whose reservation is settled gets a receipt.
         let flags = Flags {
             receipt: settings.reserve.is_some(),
-            ..limiter.flags(index, bypassed)
+            ..core.flags(index, bypassed)
         };
         let unmatched;
         let endpoint = match (&policy.rule, route_template(&parts)) {
@@ -191,7 +197,7 @@ where
         // The key is copied out of the thread's buffer only where it is kept.
         let client = client.as_bytes();
         let deciding = with_subject_key(&core.prefixes[index], client, endpoint, |key| {
-            limiter.start(index, Cow::Borrowed(key), cost, flags, Store::decide)
+            limiter.start(&core, index, Cow::Borrowed(key), cost, flags, Store::decide)
         });
         let after = settings.reserve.as_ref().map(|reserve| {
             let reservation = Reservation::new(cost);
@@ -207,6 +213,7 @@ where
         });
         ResponseFuture::limited(
             Arc::clone(settings),
+            core,
             index,
             deciding,
             inner,

@@ -24,6 +24,9 @@ const SHARDS: usize = 16;
 pub(crate) struct Leases {
     shards: Sharded<Shard>,
     sweeping: AtomicBool,
+    /// The generation of the policies these leases serve was replaced: nothing is lent or
+    /// served any more, and what a lease call under way is granted is given back.
+    retired: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +115,7 @@ impl Leases {
         Self {
             shards: Sharded::new(SHARDS),
             sweeping: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -136,6 +140,9 @@ impl Leases {
         now: Instant,
     ) -> Serve {
         let (mut shard, _) = self.shards.lock(key);
+        if self.retired.load(Ordering::SeqCst) {
+            return Serve::Plain;
+        }
         let Some(held) = shard.entry(key, policy, lease_time, now) else {
             return Serve::Plain;
         };
@@ -207,7 +214,13 @@ impl Leases {
         now: Instant,
     ) -> Vec<Unspent> {
         let (mut shard, _) = self.shards.lock(key);
-        let Some(held) = shard.entry(key, policy, lease_time, now) else {
+        // Read under the shard's lock: a retirement that set it after drains this shard after.
+        let retired = self.retired.load(Ordering::SeqCst);
+        let held = match retired {
+            true => None,
+            false => shard.entry(key, policy, lease_time, now),
+        };
+        let Some(held) = held else {
             return grant
                 .filter(|g| g.units > 0)
                 .map(|g| Unspent {
@@ -266,6 +279,17 @@ impl Leases {
                     || held.pending
                     || now.saturating_duration_since(held.since) < 2 * held.lease_time
             });
+        }
+        unspent
+    }
+
+    /// Every lease's units, taken out to be given back, and no lease from now on: the
+    /// policies these leases were lent under were replaced.
+    pub(crate) fn retire(&self) -> Vec<Unspent> {
+        self.retired.store(true, Ordering::SeqCst);
+        let unspent = self.drain();
+        for mut shard in self.shards.each() {
+            shard.held.clear();
         }
         unspent
     }

@@ -82,9 +82,11 @@ pub(crate) struct LocalFallback {
 }
 
 impl LocalFallback {
-    pub(crate) fn new(policies: &Policies, share: f64) -> Self {
+    /// The fallback of `policies` at `share`, counting in `store` (a reload's new
+    /// generation keeps counting in the last one's).
+    pub(crate) fn new(store: MemoryStore, policies: &Policies, share: f64) -> Self {
         Self {
-            store: MemoryStore::new(),
+            store,
             limits: (0..policies.len())
                 .map(|i| {
                     policies
@@ -102,6 +104,11 @@ impl LocalFallback {
     /// the policy's limits could not be decided (never: policies are checked when built).
     pub(crate) fn decide(&self, index: usize, key: &str, cost: u64) -> Option<Decision> {
         self.store.decide_now(key, &self.limits[index], cost).ok()
+    }
+
+    /// Where it counts.
+    pub(crate) fn store(&self) -> &MemoryStore {
+        &self.store
     }
 
     /// Frees the slots a local decision for `key` under the policy at `index` took.

@@ -18,6 +18,7 @@ mod loadtest;
 mod nodes;
 mod observability;
 mod redis_store;
+mod reload;
 mod reserve;
 mod sentinel;
 mod tiers;

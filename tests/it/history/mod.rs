@@ -8,7 +8,11 @@
 //! returned at random; and, on one Redis, the server paused past the limiters' timeout. Every
 //! request the store admitted (decided by it, or from a lease it lent) is recorded with the
 //! clock before the call and after its answer and the units it finally counts (less what it
-//! gave back); every slot held, from its answer until its release was sent. `check` then holds
+//! gave back); every slot held, from its answer until its release was sent. The limiters'
+//! policies are reloaded at random meanwhile (the limit under test unchanged, another rule put
+//! before it or taken away, so its policy's place changes): decisions, slots, receipts and
+//! leases cross the swaps and must be given back to the limit that took them, and each
+//! client's subjects are made once, before the first. `check` then holds
 //! each algorithm to its bound, and the run to a share of what was permitted (a limiter that
 //! refuses everything is not exact either).
 //!
@@ -192,14 +196,20 @@ async fn client<St: Store + Clone>(
     let period_us = period.as_micros() as u64;
     // Settlements and refunds under way: awaited before the client is done.
     let mut settling = Vec::new();
+    // Made once: after a reload each call resolves them again.
+    let subjects: Vec<_> = limiters
+        .iter()
+        .map(|l| {
+            l.subject("client", Target::route(&Method::POST, "/v1"))
+                .unwrap()
+        })
+        .collect();
     while tokio::time::Instant::now() < until {
-        let limiter = &limiters[rng.below(limiters.len() as u64) as usize];
-        let subject = limiter
-            .subject("client", Target::route(&Method::POST, "/v1"))
-            .unwrap();
+        let i = rng.below(limiters.len() as u64) as usize;
+        let (limiter, subject) = (&limiters[i], &subjects[i]);
         let cost = if concurrency { 1 } else { 1 + rng.below(4) };
         let before = clock.early_us();
-        let take = limiter.take(&subject, cost);
+        let take = limiter.take(subject, cost);
         let mut outcome = if rng.below(20) == 0 {
             // Cancelled at a random point: whatever it took, no request ran.
             match tokio::time::timeout(Duration::from_micros(rng.below(400)), take).await {
@@ -294,6 +304,20 @@ async fn client<St: Store + Clone>(
     }
 }
 
+/// The policies of a run: `limit` under the rule the clients' route matches, first, or second
+/// behind another rule when `behind`.
+fn shape(limit: &Limit, behind: bool) -> Policies {
+    let mut policies = Policies::builder();
+    if behind {
+        let other = Limit::fixed_window("other", 1, Duration::from_secs(1)).unwrap();
+        policies = policies.rule(tollgate::Rule::new("other", "/other").limit(other));
+    }
+    policies
+        .rule(tollgate::Rule::new("v1", "/v1").limit(limit.clone()))
+        .build()
+        .unwrap()
+}
+
 enum Plan {
     Keep,
     Settle(u64),
@@ -317,7 +341,7 @@ async fn run<St: Store + Clone>(
                 Limiter::builder()
                     .store(store.clone())
                     .key_prefix(format!("h-{label}-{seed}"))
-                    .policies(Policies::single(limit.clone()))
+                    .policies(shape(&limit, false))
                     .share_buckets(true)
                     .timeout(Duration::from_millis(50))
                     .fail_mode(FailMode::Open)
@@ -343,6 +367,22 @@ async fn run<St: Store + Clone>(
             until,
             Arc::clone(&recorded),
         )));
+    }
+    // Policies reloaded at random: a new generation each time, the limit under test in the
+    // first or second place.
+    {
+        let limiters = Arc::clone(&limiters);
+        let limit = limit.clone();
+        let mut rng = Rng::new(seed ^ 0x5e10ad);
+        tasks.push(tokio::spawn(async move {
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(30 + rng.below(120))).await;
+                let limiter = &limiters[rng.below(limiters.len() as u64) as usize];
+                limiter
+                    .reload(shape(&limit, rng.below(2) == 0))
+                    .expect("the policies reload");
+            }
+        }));
     }
     // Leases returned at random, as a process that shuts down does.
     if limit.lease_time().is_some() {
