@@ -23,11 +23,16 @@
 //! - `MAX_IN_FLIGHT`: the most Redis calls under way at once (default 1024); beyond, the fail
 //!   mode answers at once.
 //! - `RATE_LIMIT_CONFIG`: a TOML policy file (see `examples/rate_limits.toml`); the server
-//!   exits non-zero, naming the rule and field, when it is bad. On shutdown (Ctrl-C, SIGTERM)
-//!   the units it holds on lease (limits with `lease = true`) go back to Redis.
+//!   exits non-zero, naming the rule and field, when it is bad at start. While it runs, the
+//!   policies are reloaded when the file changes (also by a rename over it, a swapped symlink
+//!   or a Kubernetes ConfigMap update) and on `SIGHUP`, each logged in one line:
+//!   `policies reloaded from <file>: N rules`, or the error (the old policies stay). On
+//!   shutdown (Ctrl-C, SIGTERM) the units it holds on lease (limits with `lease = true`) go
+//!   back to Redis.
 //! - `RUST_LOG`: log filter (default `info`).
 //!
-//! Also, not limited: `GET /metrics` (Prometheus text) and `GET /dashboard` (a live page that
+//! Also, not limited: `GET /metrics` (Prometheus text, with `tollgate_policy_reloads_total`
+//! and `tollgate_policies_loaded_timestamp_seconds`) and `GET /dashboard` (a live page that
 //! plots the metrics: `http://127.0.0.1:8080/dashboard`).
 
 #[path = "common/mod.rs"]
@@ -40,7 +45,7 @@ use axum::response::{Html, IntoResponse};
 use axum::{Json, Router, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde_json::json;
-use tollgate::{HeaderCost, Policies};
+use tollgate::{HeaderCost, Policies, PolicyWatcher};
 
 /// The live dashboard: one self-contained page that polls `/metrics`.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -72,20 +77,30 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .builder()
         .cost_extractor(HeaderCost::default())
         .unmatched_per_path();
-    let builder = match std::env::var("RATE_LIMIT_CONFIG") {
-        Ok(path) => {
+    let config = std::env::var("RATE_LIMIT_CONFIG").ok();
+    let builder = match &config {
+        Some(path) => {
             let policies =
-                Policies::from_file(&path).map_err(|e| format!("RATE_LIMIT_CONFIG: {e}"))?;
+                Policies::from_file(path).map_err(|e| format!("RATE_LIMIT_CONFIG: {e}"))?;
             println!("policies: {path}");
             builder.policies(policies)
         }
-        Err(_) => builder
+        None => builder
             .capacity(10)
             .refill(10)
             .period(Duration::from_secs(10)),
     };
     let limit = builder.build()?;
     let limiter = limit.limiter().clone();
+    // Reloaded when the file changes, and on SIGHUP; watched while `_watcher` lives.
+    let _watcher = match &config {
+        Some(path) => {
+            let watcher = std::sync::Arc::new(PolicyWatcher::new(limiter.clone(), path)?);
+            reload_on_hangup(std::sync::Arc::clone(&watcher))?;
+            Some(watcher)
+        }
+        None => None,
+    };
     let app = Router::new()
         .fallback(any_path)
         .layer(limit)
@@ -117,6 +132,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(units) => println!("gave back {units} leased units"),
         Err(error) => tracing::warn!(%error, "could not give back leased units"),
     }
+    Ok(())
+}
+
+/// Reads the policy file again on each `SIGHUP` (the watcher logs what it came to).
+#[cfg(unix)]
+fn reload_on_hangup(watcher: std::sync::Arc<PolicyWatcher>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let watcher = std::sync::Arc::clone(&watcher);
+            // Reading a file blocks: not on the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || watcher.reload()).await;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(_: std::sync::Arc<PolicyWatcher>) -> std::io::Result<()> {
     Ok(())
 }
 

@@ -20,6 +20,8 @@ mod sync;
 mod telemetry;
 #[cfg(test)]
 mod testing;
+#[cfg(feature = "watch")]
+mod watch;
 
 pub use client::{ApiKey, Bypass, ClientExtractor, ClientId, ClientIp, client_fn};
 pub use cost::{BodyCost, BodyCostLayer, CostExtractor, HeaderCost, RequestCost};
@@ -36,3 +38,5 @@ pub use response::{Refusal, Rejection, RejectionKind, ResponseBody};
 pub use store::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
+#[cfg(feature = "watch")]
+pub use watch::PolicyWatcher;

@@ -220,6 +220,13 @@ impl Policies {
         self.groups.iter().any(|g| g.tier.is_some())
     }
 
+    /// How many rules there are, in every tier.
+    pub fn rule_count(&self) -> usize {
+        (0..self.len())
+            .filter(|&i| self.entry(i).rule.is_some())
+            .count()
+    }
+
     /// The tiers, in order; none for untiered policies.
     pub fn tiers(&self) -> impl Iterator<Item = &str> {
         self.groups.iter().filter_map(|g| g.tier.as_deref())

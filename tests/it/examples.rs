@@ -77,6 +77,11 @@ impl Instance {
 }
 
 impl Instance {
+    /// The instance's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the instance has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -22,3 +22,4 @@ mod reload;
 mod reserve;
 mod sentinel;
 mod tiers;
+mod watch;

@@ -379,6 +379,20 @@ async fn the_dashboard_plots_what_the_metrics_say() {
             "{series}"
         );
     }
+    // The policies panel says when the policies in force were loaded, and the reloads.
+    let attribute = |name: &str| -> f64 {
+        let at = format!("{name}=\"");
+        let value = dom.split(at.as_str()).nth(1).and_then(|r| r.split('"').next());
+        value
+            .unwrap_or_else(|| panic!("no {name} in the policies panel"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        attribute("data-loaded"),
+        value(&now, "tollgate_policies_loaded_timestamp_seconds")
+    );
+    assert_eq!(attribute("data-applied"), 0.0);
     // A screenshot of the replayed run, kept as an artifact in the target directory (wherever
     // CARGO_TARGET_DIR put it: the test binary is in <target>/<profile>/deps/).
     let exe = std::env::current_exe().unwrap();
