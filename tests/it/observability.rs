@@ -382,7 +382,10 @@ async fn the_dashboard_plots_what_the_metrics_say() {
     // The policies panel says when the policies in force were loaded, and the reloads.
     let attribute = |name: &str| -> f64 {
         let at = format!("{name}=\"");
-        let value = dom.split(at.as_str()).nth(1).and_then(|r| r.split('"').next());
+        let value = dom
+            .split(at.as_str())
+            .nth(1)
+            .and_then(|r| r.split('"').next());
         value
             .unwrap_or_else(|| panic!("no {name} in the policies panel"))
             .parse()

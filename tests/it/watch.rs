@@ -6,10 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tollgate::{Limiter, Policies, PolicyWatcher, Target};
+use axum::Router;
+use axum::routing::get;
+use http::StatusCode;
+use http::request::Parts;
+use tollgate::{
+    ApiKey, Limiter, Policies, PolicyWatcher, RedisStore, Refusal, Target, TollgateLayer, tier_fn,
+};
 
 use crate::examples::Instance;
-use crate::harness::{HttpClient, RedisServer};
+use crate::harness::{HttpClient, RedisServer, TestServer};
 
 /// How long a change may take to apply (the issue's promise: within a second).
 const WITHIN: Duration = Duration::from_secs(1);
@@ -169,16 +175,18 @@ async fn a_swapped_directory_link_and_a_configmap_update_are_applied() {
     }
 }
 
+/// A tier of a policy file: rule `a` with a fixed window of `capacity` a minute.
+fn tier(name: &str, capacity: u64) -> String {
+    format!(
+        "[[tiers.{name}.rules]]\nname = \"a\"\npath = \"/a\"\n\
+         limits = [{{ name = \"w\", capacity = {capacity}, period = \"1m\", algorithm = \"fixed_window\" }}]\n"
+    )
+}
+
 #[tokio::test]
 async fn tiers_come_and_go_with_the_file() {
     let dir = TempDir::new("watch-tiers");
     let path = dir.join("tiers.toml");
-    let tier = |name: &str, capacity: u64| {
-        format!(
-            "[[tiers.{name}.rules]]\nname = \"a\"\npath = \"/a\"\n\
-             limits = [{{ name = \"w\", capacity = {capacity}, period = \"1m\", algorithm = \"fixed_window\" }}]\n"
-        )
-    };
     std::fs::write(&path, tier("free", 1) + &tier("pro", 2)).unwrap();
     let limiter = limiter_from(&path);
     let watcher = PolicyWatcher::new(limiter.clone(), &path).unwrap();
@@ -239,8 +247,11 @@ fn logged(server: &Instance, needle: &str, count: usize, within: Duration) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_reloads_its_file_while_a_client_sends() {
     let redis = RedisServer::start();
+    // The file is reached through a symlinked directory: current -> v1.
     let dir = TempDir::new("watch-server");
-    let path = dir.join("limits.toml");
+    std::fs::create_dir(dir.join("v1")).unwrap();
+    std::os::unix::fs::symlink("v1", dir.join("current")).unwrap();
+    let path = dir.join("current").join("limits.toml");
     std::fs::write(&path, rules(50)).unwrap();
     let file = path.to_str().unwrap();
     let server = Instance::start(&[("REDIS_URL", &redis.url()), ("RATE_LIMIT_CONFIG", file)]);
@@ -305,4 +316,89 @@ async fn the_server_reloads_its_file_while_a_client_sends() {
     logged(&server, "policies reloaded from", 3, WITHIN);
     assert_eq!(metric(&metrics().await, applied), 3.0);
     assert_eq!(reported(&client, &server, b"k").await, Some(74));
+
+    // The directory link swapped to a new version.
+    std::fs::create_dir(dir.join("v2")).unwrap();
+    std::fs::write(dir.join("v2").join("limits.toml"), rules(80)).unwrap();
+    swap_link("v2", &dir.join("current"));
+    let changed = Instant::now();
+    while reported(&client, &server, b"k").await != Some(80) {
+        assert!(
+            changed.elapsed() < WITHIN,
+            "the swap not applied within {WITHIN:?}"
+        );
+    }
+    assert_eq!(metric(&metrics().await, applied), 4.0);
+}
+
+/// The request's tier: its `X-Tier` header.
+fn tier_header(parts: &Parts) -> Result<&str, Refusal> {
+    parts
+        .headers
+        .get("x-tier")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "X-Tier is required"))
+}
+
+/// A layer with tiers from a watched file, on a real Redis, through a real server: a tier
+/// gained answers with its limit, a tier lost is refused as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_gains_and_loses_tiers_from_its_file() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("watch-layer-tiers");
+    let path = dir.join("tiers.toml");
+    std::fs::write(&path, tier("free", 1) + &tier("pro", 2)).unwrap();
+    let limiter = Limiter::builder()
+        .store(RedisStore::open(&redis.url()).unwrap())
+        .policies(Policies::from_file(&path).unwrap())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let _watcher = PolicyWatcher::new(limiter.clone(), &path).unwrap();
+    let layer = TollgateLayer::builder()
+        .client_extractor(ApiKey::default())
+        .limiter(limiter)
+        .tier_extractor(tier_fn(tier_header))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/a", get(|| async { "ok" }))
+        .layer(layer);
+    let server = TestServer::start(app).await;
+    let client = HttpClient::new();
+    let ask = |tier: &'static str| {
+        let client = client.clone();
+        let addr = server.addr;
+        async move {
+            let headers = [("x-api-key", "k"), ("x-tier", tier)];
+            client.request(addr, "GET", "/a", &headers).await
+        }
+    };
+    let pro = ask("pro").await;
+    assert_eq!(pro.status, 200);
+    assert!(
+        pro.header("ratelimit-policy").unwrap().contains("q=2"),
+        "{pro:?}"
+    );
+    assert_eq!(ask("team").await.status, StatusCode::FORBIDDEN);
+
+    replace(&path, &(tier("free", 1) + &tier("team", 3)));
+    let changed = Instant::now();
+    let team = loop {
+        let reply = ask("team").await;
+        if reply.status == 200 {
+            break reply;
+        }
+        assert!(
+            changed.elapsed() < WITHIN,
+            "the team tier not applied: {reply:?}"
+        );
+    };
+    assert!(
+        team.header("ratelimit-policy").unwrap().contains("q=3"),
+        "{team:?}"
+    );
+    let pro = ask("pro").await;
+    assert_eq!(pro.status, StatusCode::FORBIDDEN, "{pro:?}");
+    assert!(pro.body.contains("unknown tier"), "{}", pro.body);
 }
