@@ -161,7 +161,8 @@ impl Loader {
     fn load(&self, always: bool) -> Option<Result<usize, ConfigError>> {
         let mut last = self.state.lock();
         let text = std::fs::read(&self.path).ok();
-        if !always && text.is_some() && text == last.text {
+        // Unchanged (or still missing): nothing to apply, nothing new to log or count.
+        if !always && text == last.text {
             return None;
         }
         let shown = self.path.display().to_string();
