@@ -6,6 +6,8 @@ mod algorithm;
 mod client;
 mod cost;
 mod engine;
+#[cfg(feature = "rls")]
+pub mod envoy;
 mod error;
 mod key;
 mod layer;
