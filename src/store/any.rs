@@ -102,6 +102,7 @@ trait DynStore: Send + Sync + 'static {
     fn charge(&self, key: &str, limits: &Arc<[Limit]>, units: u64) -> StoreCall<()>;
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent>;
+    fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>>;
     fn name(&self) -> &'static str;
 }
 
@@ -142,6 +143,9 @@ impl<S: Store> DynStore for S {
     }
     fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent> {
         Store::lease(self, key, limits, cost, want)
+    }
+    fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>> {
+        Store::count(self, counters)
     }
     fn name(&self) -> &'static str {
         std::any::type_name::<S>()
@@ -244,6 +248,13 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::reset(store, key, limits),
             Inner::Other(store) => store.reset(key, limits),
+        }
+    }
+
+    fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>> {
+        match &self.inner {
+            Inner::Memory(store) => Store::count(store, counters),
+            Inner::Other(store) => store.count(counters),
         }
     }
 

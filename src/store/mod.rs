@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::{Decision, Limit, StoreError};
 
 mod any;
+mod counter;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -21,6 +22,8 @@ mod stamp;
 
 pub use crate::algorithm::BucketState;
 pub use any::{AnyDecision, AnyStore};
+pub use counter::Counter;
+pub(crate) use counter::CounterShard;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
@@ -167,6 +170,17 @@ pub trait Store: Send + Sync + 'static {
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         let _ = (key, limits);
         Box::pin(std::future::ready(Err(StoreError::Unsupported("reset"))))
+    }
+
+    /// Adds each counter's hits to the integer at its key (created at 0) and has it expire
+    /// its `expire_s` later, and returns each value after, in order: envoyproxy/ratelimit's
+    /// counters (`INCRBY` and `EXPIRE`), which the Envoy service counts with. Each counter on
+    /// its own, as there: not all or nothing.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn count(&self, counters: &[Counter]) -> StoreCall<Vec<u64>> {
+        let _ = counters;
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("count"))))
     }
 }
 

@@ -6,6 +6,8 @@ mod changes;
 mod cluster;
 mod concurrency;
 mod contract;
+#[cfg(feature = "rls")]
+mod counters;
 mod direct;
 mod exact;
 mod examples;

@@ -124,4 +124,24 @@ impl MemoryStore {
         }
         Ok(())
     }
+
+    /// [`Store::count`](crate::store::Store::count), without the future. Counters expire by
+    /// the store's clock; the store holds at most about `max_keys` of them besides its
+    /// buckets.
+    pub(crate) fn count_now(&self, counters: &[crate::store::Counter]) -> Vec<u64> {
+        let now_us = self.inner.clock.now_us();
+        counters
+            .iter()
+            .map(|counter| {
+                let (mut shard, _) = self.inner.counters.lock(&counter.key);
+                shard.add(counter, now_us, self.inner.shard_cap)
+            })
+            .collect()
+    }
+
+    /// How many plain counters are held.
+    #[cfg(test)]
+    pub(crate) fn counters(&self) -> usize {
+        self.inner.counters.each().map(|s| s.len()).sum()
+    }
 }

@@ -56,9 +56,11 @@ pub struct MemoryStore {
 
 struct Inner {
     clock: Clock,
-    /// The most buckets one shard holds.
+    /// The most buckets one shard holds (and the most counters).
     shard_cap: usize,
     shards: Sharded<Shard>,
+    /// Plain counters ([`Store::count`]).
+    counters: Sharded<super::CounterShard>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -108,6 +110,7 @@ impl MemoryStore {
                 clock,
                 shard_cap: max_keys.div_ceil(SHARDS).max(1),
                 shards: Sharded::new(SHARDS),
+                counters: Sharded::new(SHARDS),
             }),
         }
     }
@@ -381,6 +384,10 @@ impl Store for MemoryStore {
 
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         Box::pin(ready(self.reset_now(key, limits)))
+    }
+
+    fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>> {
+        Box::pin(ready(Ok(self.count_now(counters))))
     }
 }
 

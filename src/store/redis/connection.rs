@@ -39,6 +39,18 @@ impl Conn {
             Self::Cluster(conn) => cmd.query_async(conn).await,
         }
     }
+
+    /// Sends `pipe` (whose commands, on a cluster, share a slot).
+    pub(super) async fn query_pipe(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> RedisResult<Vec<redis::Value>> {
+        match self {
+            Self::Single(conn) => pipe.query_async(conn).await,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(conn) => pipe.query_async(conn).await,
+        }
+    }
 }
 
 /// How to open a new connection.

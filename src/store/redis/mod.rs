@@ -12,6 +12,7 @@ use crate::{Decision, Limit, StoreError};
 use super::{Stamp, Store, StoreCall, Taken};
 
 mod connection;
+mod count;
 mod lease;
 mod open;
 mod reply;
@@ -168,6 +169,10 @@ impl Store for RedisStore {
         want: u64,
     ) -> StoreCall<super::Lent> {
         self.lend(key, limits, cost, want)
+    }
+
+    fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>> {
+        self.count_with(counters)
     }
 
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
