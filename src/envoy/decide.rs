@@ -67,6 +67,8 @@ pub struct Status {
     pub limit_remaining: u32,
     /// Whole seconds until the window ends, with a current limit.
     pub duration_until_reset: Option<u64>,
+    /// A quota (`quota_mode`, or `QUOTA_MODE`): over alone, it does not make the request over.
+    pub quota: bool,
 }
 
 /// A descriptor's hits as counted against its limit: for metrics.
@@ -221,6 +223,7 @@ impl Plan {
                 current_limit: None,
                 limit_remaining: 0,
                 duration_until_reset: None,
+                quota: false,
             };
             let Some(matched) = matched else {
                 // Under QUOTA_MODE a descriptor without a limit is a quota that passed.
@@ -240,8 +243,9 @@ impl Plan {
             };
             let added = self.hits[i];
             let now = after.next().unwrap_or(added);
-            let (status, counted) = counted(limit, unit, added, now, settings, now_s);
             let quota = settings.quota_mode || limit.is_quota();
+            let (mut status, counted) = counted(limit, unit, added, now, settings, now_s);
+            status.quota = quota;
             let over_here = status.over_limit;
             if quota {
                 quotas += 1;
@@ -296,6 +300,7 @@ fn counted(
         current_limit: Some((limit.requests_per_unit(), unit, limit.name().to_owned())),
         limit_remaining: if over_limit { 0 } else { (cap - now) as u32 },
         duration_until_reset: Some(unit.until_reset(now_s)),
+        quota: false,
     };
     (status, hits)
 }

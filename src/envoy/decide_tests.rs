@@ -145,6 +145,7 @@ fn replaced_and_unlimited_limits_are_not_counted() {
         current_limit: None,
         limit_remaining: 0,
         duration_until_reset: None,
+        quota: false,
     };
     assert_eq!(statuses[0], none);
     assert!(statuses[1].over_limit && over);

@@ -9,6 +9,8 @@
 
 mod config;
 mod decide;
+mod service;
 
 pub use config::{Config, ConfigError, Matched, RateLimit, Unit};
 pub use decide::{Count, Descriptor, Hits, Plan, RequestError, Settings, Status};
+pub use service::{HeaderNames, RateLimitService, ServiceSettings, StoreFailure};

@@ -22,6 +22,8 @@ mod observability;
 mod redis_store;
 mod reload;
 mod reserve;
+#[cfg(feature = "rls")]
+mod rls;
 mod sentinel;
 mod tiers;
 mod watch;

@@ -1,0 +1,335 @@
+//! [`RateLimitService`]: `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` over a
+//! tollgate store, answering as envoyproxy/ratelimit does.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit as WireLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService as Rls;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as WireDuration;
+
+use super::{Config, Descriptor, Plan, RequestError, Settings, Status};
+use crate::store::{Counter, MemoryStore, Store};
+use crate::{Limiter, StoreError};
+
+/// What a decision gets when the store fails or does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoreFailure {
+    /// The call fails with the store's error (gRPC `UNKNOWN`), as envoyproxy/ratelimit's
+    /// does: Envoy then applies its own `failure_mode_deny`.
+    #[default]
+    Error,
+    /// Every descriptor is OK, unlimited by this instance.
+    Open,
+    /// Every descriptor with a counted limit is over.
+    Closed,
+}
+
+/// The response headers of `LIMIT_RESPONSE_HEADERS_ENABLED`: their names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// `LIMIT_LIMIT_HEADER` (default `RateLimit-Limit`).
+    pub limit: String,
+    /// `LIMIT_REMAINING_HEADER` (default `RateLimit-Remaining`).
+    pub remaining: String,
+    /// `LIMIT_RESET_HEADER` (default `RateLimit-Reset`).
+    pub reset: String,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        Self {
+            limit: "RateLimit-Limit".to_owned(),
+            remaining: "RateLimit-Remaining".to_owned(),
+            reset: "RateLimit-Reset".to_owned(),
+        }
+    }
+}
+
+/// How the service answers, beyond each decision's [`Settings`].
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSettings {
+    /// `SHADOW_MODE`, `QUOTA_MODE`, `NEAR_LIMIT_RATIO`.
+    pub decide: Settings,
+    /// `CACHE_KEY_PREFIX`: before every counter's key.
+    pub key_prefix: String,
+    /// `EXPIRATION_JITTER_MAX_SECONDS`: a counter expires its window plus up to this many
+    /// seconds after its last hit (0: exactly its window).
+    pub expiration_jitter_max_s: u64,
+    /// `TOLLGATE_FAIL_MODE`.
+    pub store_failure: StoreFailure,
+    /// `LIMIT_RESPONSE_HEADERS_ENABLED` and the header names.
+    pub headers: Option<HeaderNames>,
+}
+
+/// envoyproxy/ratelimit's service over a tollgate store: mount it on any tonic server with
+/// [`RateLimitService::into_server`]. Every store call goes through the limiter's timeout,
+/// breaker and bound on calls in flight; a store failure answers as
+/// [`ServiceSettings::store_failure`] says. The configuration can be replaced at any time
+/// ([`RateLimitService::set_config`]); until one is set every call fails with
+/// `no rate limit configuration loaded`. Cloning shares everything.
+pub struct RateLimitService<St = MemoryStore> {
+    inner: Arc<Inner<St>>,
+}
+
+struct Inner<St> {
+    limiter: Limiter<St>,
+    config: ArcSwapOption<Config>,
+    settings: ServiceSettings,
+    /// Spreads counter expiries (`EXPIRATION_JITTER_MAX_SECONDS`).
+    jitter: AtomicU64,
+}
+
+impl<St> Clone for RateLimitService<St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<St> std::fmt::Debug for RateLimitService<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitService")
+            .field("settings", &self.inner.settings)
+            .field("loaded", &self.inner.config.load().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: Store> RateLimitService<St> {
+    /// The service counting in `limiter`'s store, bounded by its timeout and breaker.
+    pub fn new(limiter: Limiter<St>, settings: ServiceSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                limiter,
+                config: ArcSwapOption::empty(),
+                settings,
+                jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            }),
+        }
+    }
+
+    /// Puts `config` in force, atomically: a call is decided wholly under one configuration.
+    pub fn set_config(&self, config: Config) {
+        self.inner.config.store(Some(Arc::new(config)));
+    }
+
+    /// The configuration in force, if one was set.
+    pub fn config(&self) -> Option<Arc<Config>> {
+        self.inner.config.load_full()
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_server(
+        self,
+    ) -> envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<Self>
+    {
+        envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer::new(self)
+    }
+
+    /// Decides `request` at `now_s` (Unix seconds).
+    ///
+    /// # Errors
+    ///
+    /// envoyproxy/ratelimit's errors (an empty domain or descriptor list, no configuration),
+    /// a limit override without a unit, or the store's failure under [`StoreFailure::Error`].
+    pub async fn decide(
+        &self,
+        request: &RateLimitRequest,
+        now_s: u64,
+    ) -> Result<RateLimitResponse, tonic::Status> {
+        let descriptors: Vec<Descriptor<'_>> = request
+            .descriptors
+            .iter()
+            .map(|d| Descriptor {
+                entries: d
+                    .entries
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.value.as_str()))
+                    .collect(),
+                limit: d.limit.as_ref().map(|l| (l.requests_per_unit, l.unit)),
+                hits_addend: d.hits_addend.as_ref().map(|h| h.value),
+            })
+            .collect();
+        if request.domain.is_empty() {
+            return Err(unknown(RequestError::EmptyDomain));
+        }
+        if descriptors.is_empty() {
+            return Err(unknown(RequestError::NoDescriptors));
+        }
+        let Some(config) = self.inner.config.load_full() else {
+            return Err(tonic::Status::unknown("no rate limit configuration loaded"));
+        };
+        let domain = request.domain.as_str();
+        let plan =
+            Plan::new(&config, domain, &descriptors, request.hits_addend).map_err(|error| {
+                match error {
+                    RequestError::OverrideUnit(_) => {
+                        tonic::Status::invalid_argument(error.to_string())
+                    }
+                    other => unknown(other),
+                }
+            })?;
+        let settings = &self.inner.settings;
+        let counts = plan.counts(&settings.key_prefix, domain, &descriptors, now_s);
+        let counters: Vec<Counter> = counts
+            .iter()
+            .map(|c| Counter {
+                key: c.key.clone(),
+                hits: c.hits,
+                expire_s: c.window_s + self.jitter(),
+            })
+            .collect();
+        let after = match counters.is_empty() {
+            true => Vec::new(),
+            false => {
+                let call = self.inner.limiter.store().count(&counters);
+                match self.inner.limiter.core().bounded(call).await {
+                    Ok(after) => after,
+                    Err(error) => return self.failed(&plan, error, now_s),
+                }
+            }
+        };
+        let (statuses, _hits, over) = plan.statuses(&settings.decide, &after, now_s);
+        Ok(self.response(&statuses, over, now_s))
+    }
+
+    /// What [`StoreFailure`] makes of a store failure.
+    fn failed(
+        &self,
+        plan: &Plan,
+        error: StoreError,
+        now_s: u64,
+    ) -> Result<RateLimitResponse, tonic::Status> {
+        let closed = match self.inner.settings.store_failure {
+            StoreFailure::Error => return Err(tonic::Status::unknown(error.to_string())),
+            StoreFailure::Open => false,
+            StoreFailure::Closed => true,
+        };
+        let statuses: Vec<Status> = plan
+            .limits()
+            .iter()
+            .map(|matched| {
+                let counted = matched.as_ref().and_then(|m| {
+                    let limit = m.limit();
+                    let unit = limit.unit().filter(|_| !limit.is_unlimited())?;
+                    Some((limit.requests_per_unit(), unit, limit.name().to_owned()))
+                });
+                Status {
+                    quota: false,
+                    over_limit: closed && counted.is_some(),
+                    limit_remaining: 0,
+                    duration_until_reset: counted.as_ref().map(|c| c.1.until_reset(now_s)),
+                    current_limit: counted,
+                }
+            })
+            .collect();
+        let over = statuses.iter().any(|s| s.over_limit);
+        Ok(self.response(&statuses, over, now_s))
+    }
+
+    /// The wire response of `statuses`.
+    fn response(&self, statuses: &[Status], over: bool, now_s: u64) -> RateLimitResponse {
+        let code = |over: bool| if over { Code::OverLimit } else { Code::Ok } as i32;
+        let wire: Vec<DescriptorStatus> = statuses
+            .iter()
+            .map(|s| DescriptorStatus {
+                code: code(s.over_limit),
+                current_limit: s.current_limit.as_ref().map(|(rpu, unit, name)| WireLimit {
+                    name: name.clone(),
+                    requests_per_unit: *rpu,
+                    unit: *unit as i32,
+                }),
+                limit_remaining: s.limit_remaining,
+                duration_until_reset: s.duration_until_reset.map(|seconds| WireDuration {
+                    seconds: seconds as i64,
+                    nanos: 0,
+                }),
+                quota: None,
+            })
+            .collect();
+        let headers = self
+            .inner
+            .settings
+            .headers
+            .as_ref()
+            .map(|names| headers(names, statuses, now_s))
+            .unwrap_or_default();
+        RateLimitResponse {
+            overall_code: code(over),
+            statuses: wire,
+            response_headers_to_add: headers,
+            ..RateLimitResponse::default()
+        }
+    }
+
+    /// Up to `EXPIRATION_JITTER_MAX_SECONDS - 1` seconds, spread.
+    fn jitter(&self) -> u64 {
+        let max = self.inner.settings.expiration_jitter_max_s;
+        if max == 0 {
+            return 0;
+        }
+        // A Weyl sequence mixed: spread enough for expiries, no generator to keep.
+        let x = self
+            .inner
+            .jitter
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        let x = (x ^ (x >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (x ^ (x >> 27)) % max
+    }
+}
+
+/// The three headers of the status closest to its limit: the first with the fewest left,
+/// unless a descriptor is over (not a quota), whose status wins (the last such one).
+fn headers(names: &HeaderNames, statuses: &[Status], now_s: u64) -> Vec<HeaderValue> {
+    let mut chosen: Option<&Status> = None;
+    for status in statuses.iter().filter(|s| s.current_limit.is_some()) {
+        let fewer = chosen.is_none_or(|c| status.limit_remaining < c.limit_remaining);
+        if (status.over_limit && !status.quota) || fewer {
+            chosen = Some(status);
+        }
+    }
+    let Some(status) = chosen else {
+        return Vec::new();
+    };
+    let Some((rpu, unit, _)) = &status.current_limit else {
+        return Vec::new();
+    };
+    let header = |key: &str, value: u64| HeaderValue {
+        key: key.to_owned(),
+        value: value.to_string(),
+        ..HeaderValue::default()
+    };
+    vec![
+        header(&names.limit, u64::from(*rpu)),
+        header(&names.remaining, u64::from(status.limit_remaining)),
+        header(&names.reset, unit.until_reset(now_s)),
+    ]
+}
+
+fn unknown(error: RequestError) -> tonic::Status {
+    tonic::Status::unknown(error.to_string())
+}
+
+#[tonic::async_trait]
+impl<St: Store> Rls for RateLimitService<St> {
+    async fn should_rate_limit(
+        &self,
+        request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.decide(request.get_ref(), now_s)
+            .await
+            .map(tonic::Response::new)
+    }
+}

@@ -1,0 +1,286 @@
+//! The Envoy rate limit service (`tollgate::envoy::RateLimitService`) through a real tonic
+//! server and Envoy's own client types, on the memory store and on Redis: statuses as
+//! envoyproxy/ratelimit answers them, its errors, the response headers, and store failures.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use tokio::net::TcpListener;
+use tollgate::envoy::{Config, HeaderNames, RateLimitService, ServiceSettings, StoreFailure};
+use tollgate::store::Store;
+use tollgate::{Limiter, RedisStore};
+use tonic::transport::{Channel, Server, server::TcpIncoming};
+
+use crate::harness::RedisServer;
+
+const CONFIG: &str = "
+domain: shop
+descriptors:
+  - key: tenant
+    rate_limit: { unit: minute, requests_per_unit: 3, name: per_tenant }
+  - key: path
+    value: /checkout
+    rate_limit: { unit: hour, requests_per_unit: 100 }
+  - key: internal
+    rate_limit: { unlimited: true }
+";
+
+/// A client of a service on `store`, served on a loopback port.
+async fn serve<St: Store>(
+    store: St,
+    settings: ServiceSettings,
+    config: bool,
+) -> RateLimitServiceClient<Channel> {
+    let limiter = Limiter::builder()
+        .store(store)
+        .capacity(1)
+        .period(Duration::from_secs(1))
+        .timeout(Duration::from_millis(200))
+        .share_buckets(true)
+        .build()
+        .unwrap();
+    let service = RateLimitService::new(limiter, settings);
+    if config {
+        service.set_config(Config::from_files([("shop.yaml", CONFIG)], false).unwrap());
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    RateLimitServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).to_owned(),
+                value: (*v).to_owned(),
+            })
+            .collect(),
+        ..RateLimitDescriptor::default()
+    }
+}
+
+fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+async fn ask(
+    client: &mut RateLimitServiceClient<Channel>,
+    request: RateLimitRequest,
+) -> RateLimitResponse {
+    client
+        .should_rate_limit(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The statuses a client sees, on `store`.
+async fn statuses_as_the_peer_answers<St: Store>(store: St) {
+    let mut client = serve(store, ServiceSettings::default(), true).await;
+    let acme = || descriptor(&[("tenant", "acme")]);
+    // One status per descriptor, in order: a counted limit, no limit, unlimited.
+    let reply = ask(
+        &mut client,
+        request(
+            "shop",
+            vec![
+                acme(),
+                descriptor(&[("colour", "red")]),
+                descriptor(&[("internal", "x")]),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(reply.overall_code, Code::Ok as i32);
+    assert_eq!(reply.statuses.len(), 3);
+    let first = &reply.statuses[0];
+    assert_eq!(first.code, Code::Ok as i32);
+    assert_eq!(first.limit_remaining, 2);
+    let limit = first.current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit, limit.name.as_str()),
+        (3, 2, "per_tenant")
+    );
+    let reset = first.duration_until_reset.unwrap();
+    assert!(
+        (1..=60).contains(&reset.seconds) && reset.nanos == 0,
+        "{reset:?}"
+    );
+    assert_eq!(reply.statuses[1].current_limit, None);
+    assert_eq!(reply.statuses[1].duration_until_reset, None);
+    assert_eq!(reply.statuses[2].limit_remaining, u32::MAX);
+    // The third hit is the last within; the fourth is over, remaining 0.
+    let hits = |n| RateLimitRequest {
+        hits_addend: n,
+        ..request("shop", vec![acme()])
+    };
+    assert_eq!(
+        ask(&mut client, hits(2)).await.statuses[0].limit_remaining,
+        0
+    );
+    let over = ask(&mut client, hits(1)).await;
+    assert_eq!(over.overall_code, Code::OverLimit as i32);
+    assert_eq!(
+        (over.statuses[0].code, over.statuses[0].limit_remaining),
+        (Code::OverLimit as i32, 0)
+    );
+    // A descriptor's own hits_addend 0 checks without counting: still over.
+    let mut check = descriptor(&[("tenant", "acme")]);
+    check.hits_addend = Some(UInt64Value { value: 0 });
+    let checked = ask(&mut client, request("shop", vec![check])).await;
+    assert_eq!(checked.overall_code, Code::OverLimit as i32);
+    // A request's own limit, in a known domain.
+    let mut own = descriptor(&[("anything", "1")]);
+    own.limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: 3,
+    });
+    let first = ask(&mut client, request("shop", vec![own.clone()])).await;
+    assert_eq!(first.statuses[0].limit_remaining, 0);
+    let second = ask(&mut client, request("shop", vec![own])).await;
+    assert_eq!(second.overall_code, Code::OverLimit as i32);
+    // An unknown domain is not an error: no limit.
+    let unknown = ask(&mut client, request("elsewhere", vec![acme()])).await;
+    assert_eq!(unknown.overall_code, Code::Ok as i32);
+    assert_eq!(unknown.statuses[0].current_limit, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_as_the_peer_answers_in_memory() {
+    statuses_as_the_peer_answers(tollgate::MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_as_the_peer_answers_on_redis() {
+    let redis = RedisServer::start();
+    statuses_as_the_peer_answers(RedisStore::open(&redis.url()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_s_errors_and_headers() {
+    let settings = ServiceSettings {
+        headers: Some(HeaderNames::default()),
+        ..ServiceSettings::default()
+    };
+    let mut client = serve(tollgate::MemoryStore::new(), settings.clone(), true).await;
+    let error = |result: Result<tonic::Response<RateLimitResponse>, tonic::Status>| {
+        let status = result.unwrap_err();
+        (status.code(), status.message().to_owned())
+    };
+    let acme = descriptor(&[("tenant", "acme")]);
+    assert_eq!(
+        error(
+            client
+                .should_rate_limit(request("", vec![acme.clone()]))
+                .await
+        ),
+        (
+            tonic::Code::Unknown,
+            "rate limit domain must not be empty".to_owned()
+        )
+    );
+    assert_eq!(
+        error(client.should_rate_limit(request("shop", vec![])).await),
+        (
+            tonic::Code::Unknown,
+            "rate limit descriptor list must not be empty".to_owned()
+        )
+    );
+    let mut no_unit = acme.clone();
+    no_unit.limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: 0,
+    });
+    assert_eq!(
+        error(
+            client
+                .should_rate_limit(request("shop", vec![no_unit]))
+                .await
+        )
+        .0,
+        tonic::Code::InvalidArgument
+    );
+    // The headers of the status with the fewest left.
+    let reply = ask(
+        &mut client,
+        request("shop", vec![descriptor(&[("path", "/checkout")]), acme]),
+    )
+    .await;
+    let headers: Vec<(&str, &str)> = reply
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    assert_eq!(
+        headers[..2],
+        [("RateLimit-Limit", "3"), ("RateLimit-Remaining", "2")]
+    );
+    assert_eq!(headers[2].0, "RateLimit-Reset");
+    // No configuration yet.
+    let mut empty = serve(tollgate::MemoryStore::new(), settings, false).await;
+    let acme = descriptor(&[("tenant", "acme")]);
+    assert_eq!(
+        error(empty.should_rate_limit(request("shop", vec![acme])).await),
+        (
+            tonic::Code::Unknown,
+            "no rate limit configuration loaded".to_owned()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_answers_by_the_store_failure_setting() {
+    let redis = RedisServer::start();
+    let acme = || request("shop", vec![descriptor(&[("tenant", "acme")])]);
+    let mut clients = Vec::new();
+    for failure in [
+        StoreFailure::Error,
+        StoreFailure::Open,
+        StoreFailure::Closed,
+    ] {
+        let settings = ServiceSettings {
+            store_failure: failure,
+            ..ServiceSettings::default()
+        };
+        let store = RedisStore::open(&redis.url()).unwrap();
+        let mut client = serve(store, settings, true).await;
+        assert_eq!(ask(&mut client, acme()).await.overall_code, Code::Ok as i32);
+        clients.push(client);
+    }
+    redis.hang();
+    let [error, open, closed] = &mut clients[..] else {
+        unreachable!()
+    };
+    let failed = error.should_rate_limit(acme()).await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unknown);
+    assert!(
+        failed.message().contains("did not answer within 200ms"),
+        "{}",
+        failed.message()
+    );
+    assert_eq!(ask(open, acme()).await.overall_code, Code::Ok as i32);
+    let refused = ask(closed, acme()).await;
+    assert_eq!(refused.overall_code, Code::OverLimit as i32);
+    assert!(refused.statuses[0].current_limit.is_some());
+    redis.resume();
+}
