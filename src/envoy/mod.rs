@@ -9,8 +9,11 @@
 
 mod config;
 mod decide;
+mod metrics;
+mod runtime;
 mod service;
 
 pub use config::{Config, ConfigError, Matched, RateLimit, Unit};
 pub use decide::{Count, Descriptor, Hits, Plan, RequestError, Settings, Status};
+pub use runtime::{Runtime, RuntimeWatcher};
 pub use service::{HeaderNames, RateLimitService, ServiceSettings, StoreFailure};

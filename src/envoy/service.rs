@@ -198,7 +198,8 @@ impl<St: Store> RateLimitService<St> {
                 }
             }
         };
-        let (statuses, _hits, over) = plan.statuses(&settings.decide, &after, now_s);
+        let (statuses, hits, over) = plan.statuses(&settings.decide, &after, now_s);
+        super::metrics::hits(domain, plan.limits(), &hits);
         Ok(self.response(&statuses, over, now_s))
     }
 

@@ -24,6 +24,8 @@ mod reload;
 mod reserve;
 #[cfg(feature = "rls")]
 mod rls;
+#[cfg(feature = "rls")]
+mod rls_runtime;
 mod sentinel;
 mod tiers;
 mod watch;

@@ -104,6 +104,8 @@ pub struct RateLimit {
     pub(crate) metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Its place in the configuration: `domain.key_value.key`.
     pub(crate) stats_key: String,
+    /// A request's own limit, not the configuration's.
+    pub(crate) from_request: bool,
 }
 
 impl RateLimit {
@@ -120,6 +122,7 @@ impl RateLimit {
             detailed_metric: false,
             metadata: None,
             stats_key,
+            from_request: true,
         }
     }
 
@@ -146,6 +149,12 @@ impl RateLimit {
     /// The names of the limits it replaces in a request.
     pub fn replaces(&self) -> &[String] {
         &self.replaces
+    }
+
+    /// Whether it is a request's own limit (`RateLimitDescriptor.limit`), not the
+    /// configuration's.
+    pub fn is_override(&self) -> bool {
+        self.from_request
     }
 
     /// Shadow mode: counted and reported, never over.
@@ -237,6 +246,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    pub(crate) fn new(file: &str, message: String) -> Self {
+        Self {
+            file: file.to_owned(),
+            message,
+        }
+    }
+
     /// The name of the file at fault.
     pub fn file(&self) -> &str {
         &self.file

@@ -197,6 +197,7 @@ fn limit(written: yaml::RateLimit, flags: &Flags, full: &str) -> Result<RateLimi
         detailed_metric: flags.detailed_metric,
         metadata: None,
         stats_key: full.to_owned(),
+        from_request: false,
     })
 }
 
