@@ -9,11 +9,14 @@
 
 mod config;
 mod decide;
+mod http;
+mod json;
 mod metrics;
 mod runtime;
 mod service;
 
 pub use config::{Config, ConfigError, Matched, RateLimit, Unit};
 pub use decide::{Count, Descriptor, Hits, Plan, RequestError, Settings, Status};
+pub use http::{Health, debug_router, router};
 pub use runtime::{Runtime, RuntimeWatcher};
 pub use service::{HeaderNames, RateLimitService, ServiceSettings, StoreFailure};

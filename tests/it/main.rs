@@ -25,6 +25,8 @@ mod reserve;
 #[cfg(feature = "rls")]
 mod rls;
 #[cfg(feature = "rls")]
+mod rls_binary;
+#[cfg(feature = "rls")]
 mod rls_runtime;
 mod sentinel;
 mod tiers;

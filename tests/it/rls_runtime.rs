@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tollgate::envoy::{RateLimitService, Runtime, ServiceSettings};
 use tollgate::Limiter;
+use tollgate::envoy::{RateLimitService, Runtime, ServiceSettings};
 
 /// A fresh directory, removed on drop.
 struct TempDir(PathBuf);
