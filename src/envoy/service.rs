@@ -117,6 +117,29 @@ impl<St: Store> RateLimitService<St> {
         }
     }
 
+    /// The service counting in `store`, each call bounded by `timeout` (and the limiter's
+    /// breaker and bound on calls in flight).
+    ///
+    /// # Errors
+    ///
+    /// A zero `timeout`.
+    pub fn on_store(
+        store: St,
+        timeout: std::time::Duration,
+        settings: ServiceSettings,
+    ) -> Result<Self, crate::ConfigError> {
+        let limiter = Limiter::builder()
+            .store(store)
+            // The service counts with the store's counters: the limiter only bounds the calls
+            // and logs outages, and its own limit (which a limiter must have) is never used.
+            .capacity(1)
+            .period(std::time::Duration::from_secs(1))
+            .timeout(timeout)
+            .share_buckets(true)
+            .build()?;
+        Ok(Self::new(limiter, settings))
+    }
+
     /// Puts `config` in force, atomically: a call is decided wholly under one configuration.
     pub fn set_config(&self, config: Config) {
         self.inner.config.store(Some(Arc::new(config)));
@@ -179,11 +202,11 @@ impl<St: Store> RateLimitService<St> {
                 }
             })?;
         let settings = &self.inner.settings;
-        let counts = plan.counts(&settings.key_prefix, domain, &descriptors, now_s);
-        let counters: Vec<Counter> = counts
-            .iter()
+        let counters: Vec<Counter> = plan
+            .counts(&settings.key_prefix, domain, &descriptors, now_s)
+            .into_iter()
             .map(|c| Counter {
-                key: c.key.clone(),
+                key: c.key,
                 hits: c.hits,
                 expire_s: c.window_s + self.jitter(),
             })

@@ -13,7 +13,7 @@ use settings::{Env, Redis, Settings};
 use tokio::net::TcpListener;
 use tollgate::envoy::{Health, RateLimitService, debug_router, router};
 use tollgate::store::AnyStore;
-use tollgate::{Limiter, MemoryStore, RedisStore};
+use tollgate::{MemoryStore, RedisStore};
 use tonic::transport::{Server, server::TcpIncoming};
 
 #[tokio::main]
@@ -59,20 +59,11 @@ async fn run(settings: Settings) -> Result<(), String> {
         );
     }
     let store = open_store(&settings.redis)?;
-    let limiter = Limiter::builder()
-        .store(store)
-        // The service counts with the store's counters; the limiter bounds the calls
-        // (timeout, breaker, calls in flight) and logs outages. Its own limit is unused.
-        .capacity(1)
-        .period(std::time::Duration::from_secs(1))
-        .timeout(settings.timeout)
-        .share_buckets(true)
-        .build()
-        .map_err(|e| e.to_string())?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;
-    let service = RateLimitService::new(limiter, settings.service.clone());
+    let service = RateLimitService::on_store(store, settings.timeout, settings.service.clone())
+        .map_err(|e| e.to_string())?;
     match settings.runtime.load() {
         Ok(config) => {
             service.set_config(config);

@@ -202,16 +202,19 @@ fn redis(env: &Env) -> Result<Redis, String> {
     let Some(url) = env.get("REDIS_URL").filter(|u| !u.is_empty()) else {
         return Ok(Redis::None);
     };
-    let auth = env.get("REDIS_AUTH").filter(|a| !a.is_empty());
     // `password` or `user:password`, percent-encoded into the URL.
-    let userinfo = auth.map(|auth| {
-        let (user, password) = auth.split_once(':').unwrap_or(("", auth));
-        let enc = |s: &str| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
-        format!("{}:{}@", enc(user), enc(password))
-    });
-    let tcp = |host: &str| format!("redis://{}{host}", userinfo.as_deref().unwrap_or(""));
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let auth = env
+        .get("REDIS_AUTH")
+        .filter(|a| !a.is_empty())
+        .map(|auth| auth.split_once(':').unwrap_or(("", auth)))
+        .map(|(user, password)| (enc(user), enc(password)));
+    let tcp = |host: &str| match &auth {
+        Some((user, password)) => format!("redis://{user}:{password}@{host}"),
+        None => format!("redis://{host}"),
+    };
     let unix = env
         .string("REDIS_SOCKET_TYPE", "unix")
         .eq_ignore_ascii_case("unix");
@@ -220,23 +223,12 @@ fn redis(env: &Env) -> Result<Redis, String> {
         .to_ascii_uppercase()
         .as_str()
     {
-        "SINGLE" if unix => Ok(Redis::Single(match auth {
+        "SINGLE" if unix => Ok(Redis::Single(match &auth {
             None => format!("redis+unix://{url}"),
-            Some(auth) => {
-                let (user, password) = auth.split_once(':').unwrap_or(("", auth));
-                let enc = |s: &str| {
-                    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-                        .to_string()
-                };
-                match user {
-                    "" => format!("redis+unix://{url}?pass={}", enc(password)),
-                    user => format!(
-                        "redis+unix://{url}?user={}&pass={}",
-                        enc(user),
-                        enc(password)
-                    ),
-                }
+            Some((user, password)) if user.is_empty() => {
+                format!("redis+unix://{url}?pass={password}")
             }
+            Some((user, password)) => format!("redis+unix://{url}?user={user}&pass={password}"),
         })),
         "SINGLE" => Ok(Redis::Single(tcp(url))),
         "CLUSTER" => Ok(Redis::Cluster(
