@@ -336,3 +336,39 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// A fresh directory under the system's temporary one, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-{name}-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn join(&self, path: &str) -> PathBuf {
+        self.0.join(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Points the symlink `link` at `target` atomically, as `ln -s target tmp && mv -T tmp link`
+/// does.
+pub fn swap_link(target: &str, link: &std::path::Path) {
+    let name = link.file_name().unwrap().to_str().unwrap();
+    let temp = link.with_file_name(format!("{name}.new~"));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp).unwrap();
+    std::fs::rename(&temp, link).unwrap();
+}

@@ -13,9 +13,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
 use tokio::net::TcpListener;
+use tollgate::RedisStore;
 use tollgate::envoy::{Config, HeaderNames, RateLimitService, ServiceSettings, StoreFailure};
 use tollgate::store::Store;
-use tollgate::{Limiter, RedisStore};
 use tonic::transport::{Channel, Server, server::TcpIncoming};
 
 use crate::harness::RedisServer;
@@ -38,15 +38,7 @@ async fn serve<St: Store>(
     settings: ServiceSettings,
     config: bool,
 ) -> RateLimitServiceClient<Channel> {
-    let limiter = Limiter::builder()
-        .store(store)
-        .capacity(1)
-        .period(Duration::from_secs(1))
-        .timeout(Duration::from_millis(200))
-        .share_buckets(true)
-        .build()
-        .unwrap();
-    let service = RateLimitService::new(limiter, settings);
+    let service = RateLimitService::on_store(store, Duration::from_millis(200), settings).unwrap();
     if config {
         service.set_config(Config::from_files([("shop.yaml", CONFIG)], false).unwrap());
     }

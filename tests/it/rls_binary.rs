@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use tonic::transport::Channel;
 
-use crate::harness::{HttpClient, RedisServer};
+use crate::harness::{HttpClient, RedisServer, TempDir, swap_link};
 
 /// A running `tollgate-rls`, stopped on drop.
 struct Rls {
@@ -98,18 +98,11 @@ impl Drop for Rls {
 
 /// A runtime root of this test's own: `<dir>/current -> v1`, the files in
 /// `v1/ratelimit/config/`. Removed on drop.
-struct RuntimeDir(PathBuf);
+struct RuntimeDir(TempDir);
 
 impl RuntimeDir {
     fn new(config: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-rls-runtime-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let runtime = Self(dir);
+        let runtime = Self(TempDir::new("rls-runtime"));
         runtime.version("v1", config);
         std::os::unix::fs::symlink("v1", runtime.root()).unwrap();
         runtime
@@ -125,18 +118,9 @@ impl RuntimeDir {
         std::fs::write(dir.join("limits.yaml"), config).unwrap();
     }
 
-    /// Swaps `current` to `name`, as `ln -s name tmp && mv -T tmp current` does.
+    /// Swaps `current` to `name`.
     fn swap(&self, name: &str) {
-        let temp = self.0.join("tmp");
-        let _ = std::fs::remove_file(&temp);
-        std::os::unix::fs::symlink(name, &temp).unwrap();
-        std::fs::rename(&temp, self.root()).unwrap();
-    }
-}
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        swap_link(name, &self.root());
     }
 }
 

@@ -1,34 +1,11 @@
 //! envoyproxy/ratelimit's runtime directory (`tollgate::envoy::Runtime`): which files load and
 //! under which names, and reloads by each `RUNTIME_WATCH_ROOT`, on real directories.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tollgate::Limiter;
+use crate::harness::{TempDir, swap_link};
 use tollgate::envoy::{RateLimitService, Runtime, ServiceSettings};
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn domain(name: &str, rpu: u32) -> String {
     format!(
@@ -39,14 +16,6 @@ fn domain(name: &str, rpu: u32) -> String {
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
-}
-
-/// Points the symlink `link` at `target`, atomically (`ln -sfn`, then `mv -T`).
-fn swap_link(target: &str, link: &Path) {
-    let temp = link.with_file_name("swap.tmp~");
-    let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(target, &temp).unwrap();
-    std::fs::rename(&temp, link).unwrap();
 }
 
 fn names(runtime: &Runtime) -> Vec<String> {
@@ -126,13 +95,8 @@ fn a_configmap_mount_loads_its_copies_unless_dotfiles_are_ignored() {
 }
 
 fn service() -> RateLimitService {
-    let limiter = Limiter::builder()
-        .capacity(1)
-        .period(Duration::from_secs(1))
-        .share_buckets(true)
-        .build()
-        .unwrap();
-    RateLimitService::new(limiter, ServiceSettings::default())
+    let store = tollgate::MemoryStore::new();
+    RateLimitService::on_store(store, Duration::from_secs(1), ServiceSettings::default()).unwrap()
 }
 
 /// Waits (at most 2 s) until `service`'s configuration has `domain`.

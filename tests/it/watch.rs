@@ -3,7 +3,7 @@
 //! Kubernetes ConfigMap's `..data` swapped), and the example `server` reloading its
 //! `RATE_LIMIT_CONFIG` while a client sends, on a real Redis, and on `SIGHUP`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,7 +15,7 @@ use tollgate::{
 };
 
 use crate::examples::Instance;
-use crate::harness::{HttpClient, RedisServer, TestServer};
+use crate::harness::{HttpClient, RedisServer, TempDir, TestServer, swap_link};
 
 /// How long a change may take to apply (the promise: within a second).
 const WITHIN: Duration = Duration::from_secs(1);
@@ -28,33 +28,6 @@ fn rules(capacity: u64) -> String {
     )
 }
 
-/// A fresh directory under the system's temporary one, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn join(&self, path: &str) -> PathBuf {
-        self.0.join(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Writes `text` to a temporary file beside `path` and renames it over `path`, as editors and
 /// deploy tools do.
 fn replace(path: &Path, text: &str) {
@@ -62,15 +35,6 @@ fn replace(path: &Path, text: &str) {
     let temp = path.with_file_name(format!(".{name}.tmp~"));
     std::fs::write(&temp, text).unwrap();
     std::fs::rename(&temp, path).unwrap();
-}
-
-/// Points the symlink `link` at `target`, atomically (`ln -sfn`: a new link renamed over).
-fn swap_link(target: &str, link: &Path) {
-    let name = link.file_name().unwrap().to_str().unwrap();
-    let temp = link.with_file_name(format!("{name}.new~"));
-    let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(target, &temp).unwrap();
-    std::fs::rename(&temp, link).unwrap();
 }
 
 /// The capacity of rule `a`'s limit in force.
