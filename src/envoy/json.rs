@@ -149,5 +149,13 @@ pub(crate) fn response(response: &RateLimitResponse) -> Vec<u8> {
             .collect();
         root.insert("responseHeadersToAdd".into(), Value::Array(headers));
     }
+    if let Some(metadata) = &response.dynamic_metadata {
+        let value = envoy_types::pb::google::protobuf::Value {
+            kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(
+                metadata.clone(),
+            )),
+        };
+        root.insert("dynamicMetadata".into(), super::service::to_json(&value));
+    }
     serde_json::to_vec(&Value::Object(root)).unwrap_or_default()
 }

@@ -30,6 +30,16 @@ descriptors:
     rate_limit: { unit: hour, requests_per_unit: 100 }
   - key: internal
     rate_limit: { unlimited: true }
+  - key: key2
+    rate_limit: { unit: minute, requests_per_unit: 20 }
+  - key: key3
+    rate_limit: { unit: hour, requests_per_unit: 10 }
+  - key: plan
+    metadata: { owner: { team: a, tier: gold }, label: first }
+    rate_limit: { unit: hour, requests_per_unit: 1 }
+  - key: region
+    metadata: { owner: { team: b, site: eu }, label: second, extra: 1 }
+    rate_limit: { unit: hour, requests_per_unit: 100 }
 ";
 
 /// A client of a service on `store`, served on a loopback port.
@@ -275,4 +285,135 @@ async fn a_hung_redis_answers_by_the_store_failure_setting() {
     assert_eq!(refused.overall_code, Code::OverLimit as i32);
     assert!(refused.statuses[0].current_limit.is_some());
     redis.resume();
+}
+
+/// STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT: once key3 (10 an hour) would go over, key2 (20 a
+/// minute), sent with it, is no longer added to; without the setting both count every hit.
+async fn stop_increment_when_over<St: Store>(store: impl Fn() -> St) {
+    let both = || {
+        request(
+            "shop",
+            vec![descriptor(&[("key2", "a")]), descriptor(&[("key3", "b")])],
+        )
+    };
+    for stop in [true, false] {
+        let settings = ServiceSettings {
+            stop_increment_when_over: stop,
+            key_prefix: format!("{stop}_"),
+            ..ServiceSettings::default()
+        };
+        let mut client = serve(store(), settings, true).await;
+        let mut seen = Vec::new();
+        for _ in 0..15 {
+            let reply = ask(&mut client, both()).await;
+            seen.push((
+                reply.statuses[0].limit_remaining,
+                reply.statuses[1].code == Code::OverLimit as i32,
+            ));
+        }
+        let key2: Vec<u32> = seen.iter().map(|s| s.0).collect();
+        let expected: Vec<u32> = match stop {
+            // The 11th request would put key3 over: key2 stays at 10 used.
+            true => (1..=15).map(|n: u32| 20 - n.min(10)).collect(),
+            false => (1..=15).map(|n: u32| 20 - n).collect(),
+        };
+        assert_eq!(key2, expected, "stop = {stop}");
+        let over: Vec<bool> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(over, (1..=15).map(|n| n > 10).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_increment_when_over_in_memory() {
+    let store = tollgate::MemoryStore::new();
+    stop_increment_when_over(|| store.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_increment_when_over_on_redis() {
+    let redis = RedisServer::start();
+    stop_increment_when_over(|| RedisStore::open(&redis.url()).unwrap()).await;
+}
+
+/// RESPONSE_DYNAMIC_METADATA: the request as the peer echoes it, and the metadata of the
+/// limits that passed, merged in descriptor order (the first value wins, maps merge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_metadata_as_the_peer_sets_it() {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let settings = ServiceSettings {
+        dynamic_metadata: true,
+        ..ServiceSettings::default()
+    };
+    let mut client = serve(tollgate::MemoryStore::new(), settings, true).await;
+    let mut own = descriptor(&[("anything", "1"), ("more", "2")]);
+    own.limit = Some(RateLimitOverride {
+        requests_per_unit: 42,
+        unit: 3,
+    });
+    own.hits_addend = Some(UInt64Value { value: 0 });
+    let both = |hits| RateLimitRequest {
+        hits_addend: hits,
+        ..request(
+            "shop",
+            vec![
+                descriptor(&[("region", "eu")]),
+                descriptor(&[("plan", "x")]),
+                own.clone(),
+            ],
+        )
+    };
+    let json = |reply: &RateLimitResponse| {
+        let metadata = reply.dynamic_metadata.clone().expect("dynamic metadata");
+        let value = envoy_types::pb::google::protobuf::Value {
+            kind: Some(Kind::StructValue(metadata)),
+        };
+        value_json(&value)
+    };
+    let first = ask(&mut client, both(0)).await;
+    assert_eq!(
+        json(&first),
+        serde_json::json!({
+            "domain": "shop",
+            "descriptors": [
+                {"entries": ["region=eu"]},
+                {"entries": ["plan=x"]},
+                {"entries": ["anything=1", "more=2"], "limit": "requests_per_unit:42 unit:HOUR", "hitsAddend": 0.0},
+            ],
+            "metadata": {"owner": {"team": "b", "site": "eu", "tier": "gold"}, "label": "second", "extra": 1.0},
+        })
+    );
+    // `plan` is over now (1 an hour): only `region`'s metadata; the request's own cost shows.
+    let second = ask(&mut client, both(1)).await;
+    assert_eq!(second.statuses[1].code, Code::OverLimit as i32);
+    let second = json(&second);
+    assert_eq!(second["hitsAddend"], serde_json::json!(1.0));
+    assert_eq!(
+        second["metadata"],
+        serde_json::json!({"owner": {"team": "b", "site": "eu"}, "label": "second", "extra": 1.0})
+    );
+    // Off, none.
+    let mut plain = serve(
+        tollgate::MemoryStore::new(),
+        ServiceSettings::default(),
+        true,
+    )
+    .await;
+    assert_eq!(ask(&mut plain, both(0)).await.dynamic_metadata, None);
+}
+
+/// A protobuf Value as JSON, numbers as floats: what the wire holds.
+fn value_json(value: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::NumberValue(n)) => (*n).into(),
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::ListValue(l)) => l.values.iter().map(value_json).collect(),
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect(),
+    }
 }

@@ -39,8 +39,6 @@ const UNSUPPORTED: &[&str] = &[
     "TRACING_ENABLED",
     "FORCE_START_WITHOUT_INITIAL_CONFIG",
     "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
-    "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT",
-    "RESPONSE_DYNAMIC_METADATA",
     "TOLLGATE_LEASES",
 ];
 
@@ -170,6 +168,9 @@ impl Settings {
             expiration_jitter_max_s: env.number("EXPIRATION_JITTER_MAX_SECONDS", 300)?,
             store_failure,
             headers,
+            stop_increment_when_over: env
+                .boolean("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
+            dynamic_metadata: env.boolean("RESPONSE_DYNAMIC_METADATA", false)?,
         };
         let timeout_ms: u64 = env.number("TOLLGATE_STORE_TIMEOUT_MS", 1_000)?;
         if timeout_ms == 0 {
@@ -273,6 +274,7 @@ mod tests {
         assert_eq!(s.service.expiration_jitter_max_s, 300);
         assert!((s.service.decide.near_limit_ratio - 0.8).abs() < f32::EPSILON);
         assert!(s.service.headers.is_none() && s.unsupported.is_empty());
+        assert!(!s.service.stop_increment_when_over && !s.service.dynamic_metadata);
         assert_eq!(s.log_level, "WARN");
     }
 
@@ -304,6 +306,8 @@ mod tests {
             ("PORT", "http"),
             ("REDIS_TYPE", "ring"),
             ("TOLLGATE_FAIL_MODE", "sometimes"),
+            ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "yes please"),
+            ("RESPONSE_DYNAMIC_METADATA", "2"),
         ] {
             let vars = [(name, value), ("REDIS_URL", "x")];
             let error = Settings::read(&env(&vars)).unwrap_err();

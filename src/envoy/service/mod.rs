@@ -6,17 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use envoy_types::pb::envoy::config::core::v3::HeaderValue;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus, RateLimit as WireLimit,
-};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService as Rls;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as WireDuration;
 
 use super::{Config, Descriptor, Plan, RequestError, Settings, Status};
 use crate::store::{Counter, MemoryStore, Store};
 use crate::{Limiter, StoreError};
+
+mod response;
+
+pub(crate) use response::to_json;
 
 /// What a decision gets when the store fails or does not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +66,14 @@ pub struct ServiceSettings {
     pub store_failure: StoreFailure,
     /// `LIMIT_RESPONSE_HEADERS_ENABLED` and the header names.
     pub headers: Option<HeaderNames>,
+    /// `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`: when a hit would put one of a request's
+    /// counters over its limit, only such counters are added to; the others are left as
+    /// they are (the request is refused, so it does not use them up). As the peer does it,
+    /// the counters are read first and added to after, two calls that are not one atomic
+    /// step: two requests at once may both pass the read.
+    pub stop_increment_when_over: bool,
+    /// `RESPONSE_DYNAMIC_METADATA`: every response carries the Struct the peer sets.
+    pub dynamic_metadata: bool,
 }
 
 /// envoyproxy/ratelimit's service over a tollgate store: mount it on any tonic server with
@@ -202,8 +209,16 @@ impl<St: Store> RateLimitService<St> {
                 }
             })?;
         let settings = &self.inner.settings;
-        let counters: Vec<Counter> = plan
-            .counts(&settings.key_prefix, domain, &descriptors, now_s)
+        let counts = plan.counts(&settings.key_prefix, domain, &descriptors, now_s);
+        let limits: Vec<u64> = counts
+            .iter()
+            .map(|c| {
+                plan.limits()[c.descriptor]
+                    .as_ref()
+                    .map_or(0, |m| m.limit().requests_per_unit().into())
+            })
+            .collect();
+        let mut counters: Vec<Counter> = counts
             .into_iter()
             .map(|c| Counter {
                 key: c.key,
@@ -211,24 +226,58 @@ impl<St: Store> RateLimitService<St> {
                 expire_s: c.window_s + self.jitter(),
             })
             .collect();
-        let after = match counters.is_empty() {
-            true => Vec::new(),
-            false => {
-                let call = self.inner.limiter.store().count(&counters);
-                match self.inner.limiter.core().bounded(call).await {
-                    Ok(after) => after,
-                    Err(error) => return self.failed(&plan, error, now_s),
-                }
-            }
+        let after = match self.count(&mut counters, &limits).await {
+            Ok(after) => after,
+            Err(error) => return self.failed(request, &plan, error, now_s),
         };
         let (statuses, hits, over) = plan.statuses(&settings.decide, &after, now_s);
         super::metrics::hits(domain, plan.limits(), &hits);
-        Ok(self.response(&statuses, over, now_s))
+        Ok(self.response(request, &plan, &statuses, over, now_s))
+    }
+
+    /// Adds to `counters` (whose limits are `limits`) and returns their values after. With
+    /// [`ServiceSettings::stop_increment_when_over`], reads them first and, when a hit would
+    /// put one over its limit, adds only to those.
+    async fn count(
+        &self,
+        counters: &mut [Counter],
+        limits: &[u64],
+    ) -> Result<Vec<u64>, StoreError> {
+        if counters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let core = self.inner.limiter.core();
+        let store = self.inner.limiter.store();
+        if self.inner.settings.stop_increment_when_over {
+            let reads: Vec<Counter> = counters
+                .iter()
+                .map(|c| Counter {
+                    hits: 0,
+                    ..c.clone()
+                })
+                .collect();
+            let now = core.bounded(store.count(&reads)).await?;
+            let over: Vec<bool> = counters
+                .iter()
+                .zip(&now)
+                .zip(limits)
+                .map(|((c, now), limit)| now.saturating_add(c.hits) > *limit)
+                .collect();
+            if over.contains(&true) {
+                for (counter, over) in counters.iter_mut().zip(over) {
+                    if !over {
+                        counter.hits = 0;
+                    }
+                }
+            }
+        }
+        core.bounded(store.count(counters)).await
     }
 
     /// What [`StoreFailure`] makes of a store failure.
     fn failed(
         &self,
+        request: &RateLimitRequest,
         plan: &Plan,
         error: StoreError,
         now_s: u64,
@@ -257,42 +306,23 @@ impl<St: Store> RateLimitService<St> {
             })
             .collect();
         let over = statuses.iter().any(|s| s.over_limit);
-        Ok(self.response(&statuses, over, now_s))
+        Ok(self.response(request, plan, &statuses, over, now_s))
     }
 
-    /// The wire response of `statuses`.
-    fn response(&self, statuses: &[Status], over: bool, now_s: u64) -> RateLimitResponse {
-        let code = |over: bool| if over { Code::OverLimit } else { Code::Ok } as i32;
-        let wire: Vec<DescriptorStatus> = statuses
-            .iter()
-            .map(|s| DescriptorStatus {
-                code: code(s.over_limit),
-                current_limit: s.current_limit.as_ref().map(|(rpu, unit, name)| WireLimit {
-                    name: name.clone(),
-                    requests_per_unit: *rpu,
-                    unit: *unit as i32,
-                }),
-                limit_remaining: s.limit_remaining,
-                duration_until_reset: s.duration_until_reset.map(|seconds| WireDuration {
-                    seconds: seconds as i64,
-                    nanos: 0,
-                }),
-                quota: None,
-            })
-            .collect();
-        let headers = self
-            .inner
-            .settings
-            .headers
-            .as_ref()
-            .map(|names| headers(names, statuses, now_s))
-            .unwrap_or_default();
-        RateLimitResponse {
-            overall_code: code(over),
-            statuses: wire,
-            response_headers_to_add: headers,
-            ..RateLimitResponse::default()
-        }
+    /// The wire response of `statuses`, with dynamic metadata when it is on.
+    fn response(
+        &self,
+        request: &RateLimitRequest,
+        plan: &Plan,
+        statuses: &[Status],
+        over: bool,
+        now_s: u64,
+    ) -> RateLimitResponse {
+        let settings = &self.inner.settings;
+        let metadata = settings
+            .dynamic_metadata
+            .then(|| response::dynamic_metadata(request, plan.limits(), statuses));
+        response::response(statuses, over, settings.headers.as_ref(), metadata, now_s)
     }
 
     /// Up to `EXPIRATION_JITTER_MAX_SECONDS - 1` seconds, spread.
@@ -309,34 +339,6 @@ impl<St: Store> RateLimitService<St> {
         let x = (x ^ (x >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         (x ^ (x >> 27)) % max
     }
-}
-
-/// The three headers of the status closest to its limit: the first with the fewest left,
-/// unless a descriptor is over (not a quota), whose status wins (the last such one).
-fn headers(names: &HeaderNames, statuses: &[Status], now_s: u64) -> Vec<HeaderValue> {
-    let mut chosen: Option<&Status> = None;
-    for status in statuses.iter().filter(|s| s.current_limit.is_some()) {
-        let fewer = chosen.is_none_or(|c| status.limit_remaining < c.limit_remaining);
-        if (status.over_limit && !status.quota) || fewer {
-            chosen = Some(status);
-        }
-    }
-    let Some(status) = chosen else {
-        return Vec::new();
-    };
-    let Some((rpu, unit, _)) = &status.current_limit else {
-        return Vec::new();
-    };
-    let header = |key: &str, value: u64| HeaderValue {
-        key: key.to_owned(),
-        value: value.to_string(),
-        ..HeaderValue::default()
-    };
-    vec![
-        header(&names.limit, u64::from(*rpu)),
-        header(&names.remaining, u64::from(status.limit_remaining)),
-        header(&names.reset, unit.until_reset(now_s)),
-    ]
 }
 
 fn unknown(error: RequestError) -> tonic::Status {
