@@ -103,6 +103,8 @@ trait DynStore: Send + Sync + 'static {
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()>;
     fn lease(&self, key: &str, limits: &Arc<[Limit]>, cost: u64, want: u64) -> StoreCall<Lent>;
     fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>>;
+    fn count_lending(&self, leases: &[super::CounterLease]) -> StoreCall<Vec<super::CounterLent>>;
+    fn uncount(&self, counters: &[super::Counter]) -> StoreCall<()>;
     fn name(&self) -> &'static str;
 }
 
@@ -146,6 +148,12 @@ impl<S: Store> DynStore for S {
     }
     fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>> {
         Store::count(self, counters)
+    }
+    fn count_lending(&self, leases: &[super::CounterLease]) -> StoreCall<Vec<super::CounterLent>> {
+        Store::count_lending(self, leases)
+    }
+    fn uncount(&self, counters: &[super::Counter]) -> StoreCall<()> {
+        Store::uncount(self, counters)
     }
     fn name(&self) -> &'static str {
         std::any::type_name::<S>()
@@ -255,6 +263,20 @@ impl Store for AnyStore {
         match &self.inner {
             Inner::Memory(store) => Store::count(store, counters),
             Inner::Other(store) => store.count(counters),
+        }
+    }
+
+    fn count_lending(&self, leases: &[super::CounterLease]) -> StoreCall<Vec<super::CounterLent>> {
+        match &self.inner {
+            Inner::Memory(store) => Store::count_lending(store, leases),
+            Inner::Other(store) => store.count_lending(leases),
+        }
+    }
+
+    fn uncount(&self, counters: &[super::Counter]) -> StoreCall<()> {
+        match &self.inner {
+            Inner::Memory(store) => Store::uncount(store, counters),
+            Inner::Other(store) => store.uncount(counters),
         }
     }
 

@@ -12,6 +12,28 @@ pub struct Counter {
     pub expire_s: u64,
 }
 
+/// A counter to add to with a lease ([`Store::count_lending`](super::Store::count_lending)):
+/// its hits are always added, as [`Counter`]'s are; when they fit within `limit`, up to
+/// `extra` more units that fit are added too and lent to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterLease {
+    /// The counter and the hits of the request.
+    pub counter: Counter,
+    /// The most the counter may reach by lending.
+    pub limit: u64,
+    /// The most units to lend beyond the hits.
+    pub extra: u64,
+}
+
+/// What [`Store::count_lending`](super::Store::count_lending) did to one counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterLent {
+    /// The counter after: the hits and the units lent added.
+    pub value: u64,
+    /// The units lent (0 when the hits did not fit).
+    pub lent: u64,
+}
+
 /// The memory store's counters: each shard's by key, with when they expire.
 #[derive(Debug, Default)]
 pub(crate) struct CounterShard {
@@ -51,6 +73,41 @@ impl CounterShard {
         self.counts
             .insert(counter.key.as_str().into(), (counter.hits, expires));
         counter.hits
+    }
+
+    /// [`add`](Self::add) with a lease: `lease`'s hits, and what fits of its extra units.
+    pub(crate) fn lend(&mut self, lease: &CounterLease, now_us: u64, cap: usize) -> CounterLent {
+        let current = self.get(&lease.counter.key, now_us);
+        let hits = lease.counter.hits;
+        let lent = match current.saturating_add(hits) <= lease.limit {
+            true => lease.extra.min(lease.limit - current - hits),
+            false => 0,
+        };
+        let counter = Counter {
+            hits: hits.saturating_add(lent),
+            ..lease.counter.clone()
+        };
+        CounterLent {
+            value: self.add(&counter, now_us, cap),
+            lent,
+        }
+    }
+
+    /// Takes `counter`'s hits off it while it lives: units a lease gives back.
+    pub(crate) fn take_off(&mut self, counter: &Counter, now_us: u64) {
+        if let Some((value, until)) = self.counts.get_mut(counter.key.as_str())
+            && *until > now_us
+        {
+            *value = value.saturating_sub(counter.hits);
+        }
+    }
+
+    /// The value of `key` at `now_us`: 0 when there is none.
+    fn get(&self, key: &str, now_us: u64) -> u64 {
+        self.counts
+            .get(key)
+            .filter(|(_, until)| *until > now_us)
+            .map_or(0, |(value, _)| *value)
     }
 
     /// How many counters are held.

@@ -22,8 +22,8 @@ mod stamp;
 
 pub use crate::algorithm::BucketState;
 pub use any::{AnyDecision, AnyStore};
-pub use counter::Counter;
 pub(crate) use counter::CounterShard;
+pub use counter::{Counter, CounterLease, CounterLent};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
@@ -181,6 +181,27 @@ pub trait Store: Send + Sync + 'static {
     fn count(&self, counters: &[Counter]) -> StoreCall<Vec<u64>> {
         let _ = counters;
         Box::pin(std::future::ready(Err(StoreError::Unsupported("count"))))
+    }
+
+    /// [`Store::count`] with leases, each counter on its own and atomically: adds each
+    /// counter's hits, and when they fit within its limit, also up to its `extra` units that
+    /// fit, which the caller may spend without asking ([`CounterLent::lent`]). A counter is
+    /// never lent past its limit, so what the callers spend of it never passes it either.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn count_lending(&self, leases: &[CounterLease]) -> StoreCall<Vec<CounterLent>> {
+        let _ = leases;
+        Box::pin(std::future::ready(Err(StoreError::Unsupported(
+            "count_lending",
+        ))))
+    }
+
+    /// Takes each counter's hits off it, while it exists: lent units given back.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    fn uncount(&self, counters: &[Counter]) -> StoreCall<()> {
+        let _ = counters;
+        Box::pin(std::future::ready(Err(StoreError::Unsupported("uncount"))))
     }
 }
 

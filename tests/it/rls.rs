@@ -37,6 +37,8 @@ descriptors:
   - key: plan
     metadata: { owner: { team: a, tier: gold }, label: first }
     rate_limit: { unit: hour, requests_per_unit: 1 }
+  - key: bulk
+    rate_limit: { unit: hour, requests_per_unit: 5000 }
   - key: region
     metadata: { owner: { team: b, site: eu }, label: second, extra: 1 }
     rate_limit: { unit: hour, requests_per_unit: 100 }
@@ -415,5 +417,80 @@ fn value_json(value: &envoy_types::pb::google::protobuf::Value) -> serde_json::V
             .iter()
             .map(|(k, v)| (k.clone(), value_json(v)))
             .collect(),
+    }
+}
+
+/// TOLLGATE_LEASES: two services on one Redis serve a hot descriptor mostly from leases, and
+/// together never admit more than its limit; a shutdown gives back what they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_spare_redis_and_keep_the_limit_across_instances() {
+    let redis = RedisServer::start();
+    let settings = ServiceSettings {
+        leases: true,
+        ..ServiceSettings::default()
+    };
+    let services: Vec<RateLimitService<RedisStore>> = (0..2)
+        .map(|_| {
+            let store = RedisStore::open(&redis.url()).unwrap();
+            let service =
+                RateLimitService::on_store(store, Duration::from_millis(500), settings.clone())
+                    .unwrap();
+            service.set_config(Config::from_files([("shop.yaml", CONFIG)], false).unwrap());
+            service
+        })
+        .collect();
+    let evalsha = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+        info.lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .filter_map(|l| l.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let mut conn = redis.conn();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Decided within one window (the one of `now_s`), whatever the wall clock does: a hot
+    // descriptor well within its limit (bulk, 5000 an hour), then one that goes over (key2, 20
+    // a minute).
+    let decisions = 2_000;
+    for (value, limit, window) in [("bulk", 5_000, 3_600), ("key2", 20, 60)] {
+        let before = evalsha(&mut conn);
+        let ask = || request("shop", vec![descriptor(&[(value, "hot")])]);
+        let mut admitted = 0;
+        for i in 0..decisions {
+            let reply = services[i % 2].decide(&ask(), now_s).await.unwrap();
+            if reply.overall_code == Code::Ok as i32 {
+                admitted += 1;
+            }
+        }
+        let calls = evalsha(&mut conn) - before;
+        assert!(
+            calls * 10 < decisions as u64,
+            "{value}: {calls} Redis calls for {decisions} decisions"
+        );
+        for service in &services {
+            service.give_back_leases().await;
+            // Leasing again.
+            service.set_config(Config::from_files([("shop.yaml", CONFIG)], false).unwrap());
+        }
+        let key = format!("shop_{value}_hot_{}", now_s / window * window);
+        let counted: u64 = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+        if value == "bulk" {
+            // Every request within the limit, and the counter holds exactly their hits: what
+            // the leases did not spend went back.
+            assert_eq!((admitted, counted), (decisions as u64, decisions as u64));
+        } else {
+            // Never more than the limit across both; the over hits that reached Redis count.
+            assert!(
+                (10..=limit).contains(&admitted),
+                "{admitted} admitted of {limit}"
+            );
+            assert!(
+                counted >= admitted,
+                "{counted} counted, {admitted} admitted"
+            );
+        }
     }
 }

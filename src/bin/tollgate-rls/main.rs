@@ -123,6 +123,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         let _ = stop.send(true);
     });
     let (grpc, http, debug) = tokio::join!(grpc, http, debug);
+    // What leases hold goes back to the windows that lent it, for the other instances.
+    service.give_back_leases().await;
     grpc.map_err(|e| format!("gRPC server: {e}"))?;
     http.map_err(|e| format!("HTTP server: {e}"))?;
     debug.map_err(|e| format!("debug server: {e}"))?;

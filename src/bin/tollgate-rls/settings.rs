@@ -39,7 +39,6 @@ const UNSUPPORTED: &[&str] = &[
     "TRACING_ENABLED",
     "FORCE_START_WITHOUT_INITIAL_CONFIG",
     "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
-    "TOLLGATE_LEASES",
 ];
 
 /// Where Redis is, as `REDIS_TYPE` and `REDIS_URL` say.
@@ -171,7 +170,15 @@ impl Settings {
             stop_increment_when_over: env
                 .boolean("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?,
             dynamic_metadata: env.boolean("RESPONSE_DYNAMIC_METADATA", false)?,
+            leases: env.boolean("TOLLGATE_LEASES", false)?,
         };
+        if service.leases && service.stop_increment_when_over {
+            return Err(
+                "TOLLGATE_LEASES: not with STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, which \
+                decides each request on all its counters at once"
+                    .to_owned(),
+            );
+        }
         let timeout_ms: u64 = env.number("TOLLGATE_STORE_TIMEOUT_MS", 1_000)?;
         if timeout_ms == 0 {
             return Err("TOLLGATE_STORE_TIMEOUT_MS: must be more than 0".to_owned());
@@ -308,6 +315,7 @@ mod tests {
             ("TOLLGATE_FAIL_MODE", "sometimes"),
             ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "yes please"),
             ("RESPONSE_DYNAMIC_METADATA", "2"),
+            ("TOLLGATE_LEASES", "on"),
         ] {
             let vars = [(name, value), ("REDIS_URL", "x")];
             let error = Settings::read(&env(&vars)).unwrap_err();
@@ -319,5 +327,14 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.unsupported, ["USE_STATSD"]);
+        let both = [
+            ("TOLLGATE_LEASES", "true"),
+            ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true"),
+        ];
+        let error = Settings::read(&env(&both)).unwrap_err();
+        assert!(
+            error.starts_with("TOLLGATE_LEASES: not with STOP_CACHE"),
+            "{error}"
+        );
     }
 }

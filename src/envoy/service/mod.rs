@@ -13,7 +13,10 @@ use super::{Config, Descriptor, Plan, RequestError, Settings, Status};
 use crate::store::{Counter, MemoryStore, Store};
 use crate::{Limiter, StoreError};
 
+mod leasing;
 mod response;
+
+use leasing::{Leasing, Tasks, Wanted};
 
 pub(crate) use response::to_json;
 
@@ -74,6 +77,11 @@ pub struct ServiceSettings {
     pub stop_increment_when_over: bool,
     /// `RESPONSE_DYNAMIC_METADATA`: every response carries the Struct the peer sets.
     pub dynamic_metadata: bool,
+    /// `TOLLGATE_LEASES`: hot descriptors are served from units taken ahead from their
+    /// counters, exactly: no window admits more than its limit across instances. Not with
+    /// [`stop_increment_when_over`](Self::stop_increment_when_over), which decides each
+    /// request on what its counters hold together.
+    pub leases: bool,
 }
 
 /// envoyproxy/ratelimit's service over a tollgate store: mount it on any tonic server with
@@ -88,10 +96,20 @@ pub struct RateLimitService<St = MemoryStore> {
 
 struct Inner<St> {
     limiter: Limiter<St>,
-    config: ArcSwapOption<Config>,
+    config: ArcSwapOption<Generation>,
+    /// The task that gives back ended leases runs.
+    sweeping: std::sync::atomic::AtomicBool,
+    /// Lease calls and give-backs under way.
+    tasks: Arc<Tasks>,
     settings: ServiceSettings,
     /// Spreads counter expiries (`EXPIRATION_JITTER_MAX_SECONDS`).
     jitter: AtomicU64,
+}
+
+/// One configuration and what its leases hold.
+struct Generation {
+    config: Arc<Config>,
+    leasing: Option<Arc<Leasing>>,
 }
 
 impl<St> Clone for RateLimitService<St> {
@@ -118,6 +136,8 @@ impl<St: Store> RateLimitService<St> {
             inner: Arc::new(Inner {
                 limiter,
                 config: ArcSwapOption::empty(),
+                sweeping: std::sync::atomic::AtomicBool::new(false),
+                tasks: Arc::default(),
                 settings,
                 jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             }),
@@ -148,13 +168,40 @@ impl<St: Store> RateLimitService<St> {
     }
 
     /// Puts `config` in force, atomically: a call is decided wholly under one configuration.
+    /// What the old configuration's leases hold is given back.
     pub fn set_config(&self, config: Config) {
-        self.inner.config.store(Some(Arc::new(config)));
+        let settings = &self.inner.settings;
+        let generation = Generation {
+            config: Arc::new(config),
+            leasing: (settings.leases && !settings.stop_increment_when_over)
+                .then(|| Arc::new(Leasing::new(Arc::clone(&self.inner.tasks)))),
+        };
+        let old = self.inner.config.swap(Some(Arc::new(generation)));
+        if let Some(leasing) = old.as_ref().and_then(|g| g.leasing.as_ref()) {
+            leasing.retire(&self.inner.limiter);
+        }
     }
 
     /// The configuration in force, if one was set.
     pub fn config(&self) -> Option<Arc<Config>> {
-        self.inner.config.load_full()
+        self.inner
+            .config
+            .load_full()
+            .map(|generation| Arc::clone(&generation.config))
+    }
+
+    /// For a shutdown: lends no more, gives back what every lease holds, and waits until the
+    /// store took it and every lease call under way ended. Until the next
+    /// [`set_config`](Self::set_config) every request is counted in the store.
+    pub async fn give_back_leases(&self) {
+        if let Some(leasing) = self
+            .inner
+            .config
+            .load_full()
+            .and_then(|g| g.leasing.clone())
+        {
+            leasing.give_back_all(&self.inner.limiter).await;
+        }
     }
 
     /// The tonic service to add to a server.
@@ -195,19 +242,20 @@ impl<St: Store> RateLimitService<St> {
         if descriptors.is_empty() {
             return Err(unknown(RequestError::NoDescriptors));
         }
-        let Some(config) = self.inner.config.load_full() else {
+        let Some(generation) = self.inner.config.load_full() else {
             return Err(tonic::Status::unknown("no rate limit configuration loaded"));
         };
         let domain = request.domain.as_str();
-        let plan =
-            Plan::new(&config, domain, &descriptors, request.hits_addend).map_err(|error| {
-                match error {
-                    RequestError::OverrideUnit(_) => {
-                        tonic::Status::invalid_argument(error.to_string())
-                    }
-                    other => unknown(other),
-                }
-            })?;
+        let plan = Plan::new(
+            &generation.config,
+            domain,
+            &descriptors,
+            request.hits_addend,
+        )
+        .map_err(|error| match error {
+            RequestError::OverrideUnit(_) => tonic::Status::invalid_argument(error.to_string()),
+            other => unknown(other),
+        })?;
         let settings = &self.inner.settings;
         let counts = plan.counts(&settings.key_prefix, domain, &descriptors, now_s);
         let limits: Vec<u64> = counts
@@ -218,6 +266,7 @@ impl<St: Store> RateLimitService<St> {
                     .map_or(0, |m| m.limit().requests_per_unit().into())
             })
             .collect();
+        let windows: Vec<u64> = counts.iter().map(|c| c.window_s).collect();
         let mut counters: Vec<Counter> = counts
             .into_iter()
             .map(|c| Counter {
@@ -226,7 +275,24 @@ impl<St: Store> RateLimitService<St> {
                 expire_s: c.window_s + self.jitter(),
             })
             .collect();
-        let after = match self.count(&mut counters, &limits).await {
+        let counted = match &generation.leasing {
+            Some(leasing) if !counters.is_empty() => {
+                self.sweep_leases();
+                let wanted = counters
+                    .into_iter()
+                    .zip(limits)
+                    .zip(windows)
+                    .map(|((counter, limit), window_s)| Wanted {
+                        counter,
+                        limit,
+                        window_end_s: (now_s / window_s + 1) * window_s,
+                    })
+                    .collect();
+                leasing.count(&self.inner.limiter, wanted).await
+            }
+            _ => self.count(&mut counters, &limits).await,
+        };
+        let after = match counted {
             Ok(after) => after,
             Err(error) => return self.failed(request, &plan, error, now_s),
         };
@@ -272,6 +338,25 @@ impl<St: Store> RateLimitService<St> {
             }
         }
         core.bounded(store.count(counters)).await
+    }
+
+    /// Starts the task that gives back ended leases, once: it runs while the service lives.
+    fn sweep_leases(&self) {
+        if self.inner.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(leasing::LEASE_TIME / 4);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                if let Some(leasing) = inner.config.load_full().and_then(|g| g.leasing.clone()) {
+                    leasing.sweep(&inner.limiter);
+                }
+            }
+        });
     }
 
     /// What [`StoreFailure`] makes of a store failure.

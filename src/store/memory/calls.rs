@@ -139,6 +139,30 @@ impl MemoryStore {
             .collect()
     }
 
+    /// [`Store::count_lending`](crate::store::Store::count_lending), without the future.
+    pub(crate) fn lend_now(
+        &self,
+        leases: &[crate::store::CounterLease],
+    ) -> Vec<crate::store::CounterLent> {
+        let now_us = self.inner.clock.now_us();
+        leases
+            .iter()
+            .map(|lease| {
+                let (mut shard, _) = self.inner.counters.lock(&lease.counter.key);
+                shard.lend(lease, now_us, self.inner.shard_cap)
+            })
+            .collect()
+    }
+
+    /// [`Store::uncount`](crate::store::Store::uncount), without the future.
+    pub(crate) fn uncount_now(&self, counters: &[crate::store::Counter]) {
+        let now_us = self.inner.clock.now_us();
+        for counter in counters {
+            let (mut shard, _) = self.inner.counters.lock(&counter.key);
+            shard.take_off(counter, now_us);
+        }
+    }
+
     /// How many plain counters are held.
     #[cfg(test)]
     pub(crate) fn counters(&self) -> usize {

@@ -389,6 +389,15 @@ impl Store for MemoryStore {
     fn count(&self, counters: &[super::Counter]) -> StoreCall<Vec<u64>> {
         Box::pin(ready(Ok(self.count_now(counters))))
     }
+
+    fn count_lending(&self, leases: &[super::CounterLease]) -> StoreCall<Vec<super::CounterLent>> {
+        Box::pin(ready(Ok(self.lend_now(leases))))
+    }
+
+    fn uncount(&self, counters: &[super::Counter]) -> StoreCall<()> {
+        self.uncount_now(counters);
+        Box::pin(ready(Ok(())))
+    }
 }
 
 #[cfg(test)]

@@ -175,6 +175,14 @@ impl Store for RedisStore {
         self.count_with(counters)
     }
 
+    fn count_lending(&self, leases: &[super::CounterLease]) -> StoreCall<Vec<super::CounterLent>> {
+        self.lend_counts(leases)
+    }
+
+    fn uncount(&self, counters: &[super::Counter]) -> StoreCall<()> {
+        self.uncount_with(counters)
+    }
+
     fn reset(&self, key: &str, limits: &Arc<[Limit]>) -> StoreCall<()> {
         if let Err(error) = check_limits(limits) {
             return Box::pin(std::future::ready(Err(error)));

@@ -99,14 +99,18 @@ pub(super) enum Other {
     SlidingWindowMany = 14,
     /// One fixed-window limit alone: `lua/fixed_window_one.lua`.
     FixedWindowOne = 15,
+    /// An Envoy service counter added to with a lease: `lua/counter_lend.lua`.
+    CounterLend = 16,
+    /// A lease of an Envoy service counter given back: `lua/counter_return.lua`.
+    CounterReturn = 17,
 }
 
 /// The scripts, each with its SHA1 computed once per process: one per algorithm, in the
 /// order of [`Algorithm::ALL`], the mixed one, then the [`Other`] ones.
-static SCRIPTS: LazyLock<[redis::Script; 16]> = LazyLock::new(|| all().map(redis::Script::new));
+static SCRIPTS: LazyLock<[redis::Script; 18]> = LazyLock::new(|| all().map(redis::Script::new));
 
 /// The text of each script, in the order of [`SCRIPTS`].
-pub(super) fn all() -> [&'static str; 16] {
+pub(super) fn all() -> [&'static str; 18] {
     [
         script_source(Algorithm::ALL[0]),
         script_source(Algorithm::ALL[1]),
@@ -124,6 +128,8 @@ pub(super) fn all() -> [&'static str; 16] {
         include_str!("../../../lua/fixed_window_many.lua"),
         include_str!("../../../lua/sliding_window_many.lua"),
         include_str!("../../../lua/fixed_window_one.lua"),
+        include_str!("../../../lua/counter_lend.lua"),
+        include_str!("../../../lua/counter_return.lua"),
     ]
 }
 

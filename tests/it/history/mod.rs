@@ -20,6 +20,8 @@
 
 mod check;
 mod counted;
+#[cfg(feature = "rls")]
+mod envoy;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,346 @@
+//! `TOLLGATE_LEASES`: a hot descriptor's hits served from units this instance took ahead
+//! from its Redis counter, so that most decisions make no store call, while no window ever
+//! admits more than its limit across instances.
+//!
+//! A lease is units added to the counter within its limit (`lua/counter_lend.lua`, atomic on
+//! the key) and then spent here: whatever instances spend of a window's counter, leased or
+//! not, was counted in it within the limit first. The counter's key names its window, so
+//! units lent in one window can never be spent in the next. Units a lease did not spend are
+//! taken off the counter again (`lua/counter_return.lua`) when it ends before its window
+//! does, and at a reload. A counter the store said was over is known over here until its
+//! window ends, and its hits are answered without a call (as the peer's local cache does);
+//! they are not added to Redis.
+//!
+//! Which keys are leased, how much, and for how long is the engine's lease table
+//! (`crate::lease`): a key is leased once it is asked for at least a few units a lease time
+//! (one second), a lease is what it was asked for over the last lease time, and the next is
+//! taken when half is spent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::lease::{Grant, Leases, Serve, Unspent};
+use crate::store::{Counter, CounterLease, Store};
+use crate::sync::Sharded;
+use crate::{Decision, Limiter, StoreError};
+
+/// How long a lease may be spent, and the time over which a key's rate is counted.
+pub(super) const LEASE_TIME: Duration = Duration::from_secs(1);
+
+/// The most counters known over at once (beyond, the over ones are asked again).
+const MAX_OVER: usize = 10_000;
+const SHARDS: usize = 16;
+
+/// One configuration's leases, and the counters it knows are over.
+pub(super) struct Leasing {
+    leases: Leases,
+    over: Sharded<HashMap<Box<str>, Instant, foldhash::fast::RandomState>>,
+    tasks: Arc<Tasks>,
+}
+
+/// The lease calls and give-backs under way in the background, of every configuration's
+/// leases: a shutdown waits for them.
+#[derive(Default)]
+pub(super) struct Tasks {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Tasks {
+    fn spawn(self: &Arc<Self>, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        use std::sync::atomic::Ordering;
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let tasks = Arc::clone(self);
+        tokio::spawn(async move {
+            task.await;
+            if tasks.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                tasks.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Until no task runs.
+    async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One counted descriptor of a request.
+pub(super) struct Wanted {
+    pub(super) counter: Counter,
+    pub(super) limit: u64,
+    /// When its window ends, in Unix seconds.
+    pub(super) window_end_s: u64,
+}
+
+/// What became of one counted descriptor.
+enum Step {
+    /// Decided here: the counter's value as this instance knows it, after the hits.
+    Here(u64),
+    /// Asked of the store, lending up to `extra` more (`lease`: the lease table waits for it).
+    Store { extra: u64, lease: bool },
+}
+
+impl Leasing {
+    pub(super) fn new(tasks: Arc<Tasks>) -> Self {
+        Self {
+            leases: Leases::new(),
+            over: Sharded::new(SHARDS),
+            tasks,
+        }
+    }
+
+    /// Each counter's value after its hits, as this instance knows it: from its lease or its
+    /// being over when it can, else from one store call for all the others (which takes a
+    /// lease for the hot ones).
+    pub(super) async fn count<St: Store>(
+        self: &Arc<Self>,
+        limiter: &Limiter<St>,
+        wanted: Vec<Wanted>,
+    ) -> Result<Vec<u64>, StoreError> {
+        let now = Instant::now();
+        let mut steps = Vec::with_capacity(wanted.len());
+        for want in &wanted {
+            steps.push(self.step(limiter, want, now));
+        }
+        let asked: Vec<CounterLease> = wanted
+            .iter()
+            .zip(&steps)
+            .filter_map(|(want, step)| match step {
+                Step::Store { extra, .. } => Some(CounterLease {
+                    counter: want.counter.clone(),
+                    limit: want.limit,
+                    extra: *extra,
+                }),
+                Step::Here(_) => None,
+            })
+            .collect();
+        let lent = match asked.is_empty() {
+            true => Ok(Vec::new()),
+            false => {
+                let call = limiter.store().count_lending(&asked);
+                limiter.core().bounded(call).await
+            }
+        };
+        let lent = match lent {
+            Ok(lent) => lent,
+            Err(error) => {
+                for (want, step) in wanted.iter().zip(&steps) {
+                    if let Step::Store { lease: true, .. } = step {
+                        let ended =
+                            self.leases
+                                .granted(&want.counter.key, 0, LEASE_TIME, None, now);
+                        give_back(&self.tasks, limiter, ended);
+                    }
+                }
+                return Err(error);
+            }
+        };
+        let mut lent = lent.into_iter();
+        let mut after = Vec::with_capacity(wanted.len());
+        for (want, step) in wanted.iter().zip(steps) {
+            let Step::Store { lease, .. } = step else {
+                let Step::Here(value) = step else {
+                    unreachable!()
+                };
+                after.push(value);
+                continue;
+            };
+            let got = lent.next().unwrap_or_default();
+            let value = got.value.saturating_sub(got.lent);
+            if value > want.limit {
+                self.is_over(&want.counter.key, want.window_end_s);
+            }
+            if lease {
+                self.granted(limiter, want, got.value, got.lent, now);
+            }
+            after.push(value);
+        }
+        Ok(after)
+    }
+
+    /// What to do with one counted descriptor.
+    fn step<St: Store>(
+        self: &Arc<Self>,
+        limiter: &Limiter<St>,
+        want: &Wanted,
+        now: Instant,
+    ) -> Step {
+        let key = want.counter.key.as_str();
+        if self.known_over(key, now) {
+            return Step::Here(want.limit.saturating_add(want.counter.hits.max(1)));
+        }
+        match self
+            .leases
+            .serve(0, key, want.counter.hits, LEASE_TIME, now)
+        {
+            Serve::Lease {
+                decision, refill, ..
+            } => {
+                if let Some(extra) = refill {
+                    self.refill(limiter, want, extra, now);
+                }
+                Step::Here(want.limit.saturating_sub(decision.remaining))
+            }
+            Serve::Lend { want } => Step::Store {
+                extra: want,
+                lease: true,
+            },
+            Serve::Plain => Step::Store {
+                extra: 0,
+                lease: false,
+            },
+        }
+    }
+
+    /// Takes the next lease of `want`'s counter, of up to `extra` units, in the background.
+    fn refill<St: Store>(
+        self: &Arc<Self>,
+        limiter: &Limiter<St>,
+        want: &Wanted,
+        extra: u64,
+        now: Instant,
+    ) {
+        let this = Arc::clone(self);
+        let limiter = limiter.clone();
+        let want = Wanted {
+            counter: Counter {
+                hits: 0,
+                ..want.counter.clone()
+            },
+            limit: want.limit,
+            window_end_s: want.window_end_s,
+        };
+        self.tasks.spawn(async move {
+            let asked = [CounterLease {
+                counter: want.counter.clone(),
+                limit: want.limit,
+                extra,
+            }];
+            let call = limiter.store().count_lending(&asked);
+            match limiter.core().bounded(call).await {
+                Ok(lent) => {
+                    let got = lent.first().copied().unwrap_or_default();
+                    this.granted(&limiter, &want, got.value, got.lent, now);
+                }
+                Err(_) => {
+                    let ended = this
+                        .leases
+                        .granted(&want.counter.key, 0, LEASE_TIME, None, now);
+                    give_back(&this.tasks, &limiter, ended);
+                }
+            }
+        });
+    }
+
+    /// Installs a lease of `lent` units of `want`'s counter, now at `value`, asked at `sent`.
+    fn granted<St: Store>(
+        &self,
+        limiter: &Limiter<St>,
+        want: &Wanted,
+        value: u64,
+        lent: u64,
+        sent: Instant,
+    ) {
+        let until_end = Duration::from_secs(want.window_end_s).saturating_sub(wall());
+        let grant = Grant {
+            units: lent,
+            // Where its units go back to: the window's end, past which they are not given back.
+            at_us: want.window_end_s.saturating_mul(1_000_000),
+            expires: sent + LEASE_TIME.min(until_end),
+            base: Decision::new(
+                true,
+                want.limit,
+                want.limit.saturating_sub(value),
+                Duration::ZERO,
+                Duration::ZERO,
+            ),
+        };
+        let now = Instant::now();
+        let ended = self
+            .leases
+            .granted(&want.counter.key, 0, LEASE_TIME, Some(grant), now);
+        give_back(&self.tasks, limiter, ended);
+    }
+
+    /// The leases that ended by `now`, given back; run every so often.
+    pub(super) fn sweep<St: Store>(&self, limiter: &Limiter<St>) {
+        give_back(&self.tasks, limiter, self.leases.expired(Instant::now()));
+    }
+
+    /// Every lease given back, and no more lent: the configuration was replaced.
+    pub(super) fn retire<St: Store>(&self, limiter: &Limiter<St>) {
+        give_back(&self.tasks, limiter, self.leases.retire());
+    }
+
+    /// For a shutdown: no more leases, every one given back, and every lease call and
+    /// give-back under way (of this configuration or an earlier one) ended.
+    pub(super) async fn give_back_all<St: Store>(&self, limiter: &Limiter<St>) {
+        // A lease call that ends after is given back as it ends.
+        give_back(&self.tasks, limiter, self.leases.retire());
+        self.tasks.idle().await;
+    }
+
+    fn known_over(&self, key: &str, now: Instant) -> bool {
+        let (shard, _) = self.over.lock(key);
+        shard.get(key).is_some_and(|until| now < *until)
+    }
+
+    /// Knows `key` over until its window ends.
+    fn is_over(&self, key: &str, window_end_s: u64) {
+        let until_end = Duration::from_secs(window_end_s).saturating_sub(wall());
+        let now = Instant::now();
+        let (mut shard, _) = self.over.lock(key);
+        if shard.len() >= MAX_OVER / SHARDS {
+            shard.retain(|_, until| *until > now);
+        }
+        if shard.len() < MAX_OVER / SHARDS {
+            shard.insert(key.into(), now + until_end);
+        }
+    }
+}
+
+/// Gives back what `ended` leases left, in the background: each counter's units taken off it,
+/// unless its window is over.
+fn give_back<St: Store>(tasks: &Arc<Tasks>, limiter: &Limiter<St>, ended: Vec<Unspent>) {
+    let counters = unspent_counters(ended);
+    if counters.is_empty() {
+        return;
+    }
+    let limiter = limiter.clone();
+    tasks.spawn(async move {
+        let call = limiter.store().uncount(&counters);
+        // Lost only when the store stays down: the units are then not spent in this window.
+        let _ = limiter.core().patient(call).await;
+    });
+}
+
+/// The counters to take `ended` leases' units off: those whose window is not over.
+fn unspent_counters(ended: Vec<Unspent>) -> Vec<Counter> {
+    let now_us = u64::try_from(wall().as_micros()).unwrap_or(u64::MAX);
+    ended
+        .into_iter()
+        .filter(|unspent| unspent.units > 0 && unspent.at_us > now_us)
+        .map(|unspent| Counter {
+            key: unspent.key.into(),
+            hits: unspent.units,
+            expire_s: 0,
+        })
+        .collect()
+}
+
+/// The time since the Unix epoch.
+fn wall() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
