@@ -28,6 +28,8 @@ mod rls;
 mod rls_binary;
 #[cfg(feature = "rls")]
 mod rls_runtime;
+#[cfg(feature = "rls")]
+mod rls_scenarios;
 mod sentinel;
 mod tiers;
 mod watch;

@@ -18,16 +18,16 @@ use tonic::transport::Channel;
 use crate::harness::{HttpClient, RedisServer, TempDir, swap_link};
 
 /// A running `tollgate-rls`, stopped on drop.
-struct Rls {
+pub(crate) struct Rls {
     child: Child,
     grpc: SocketAddr,
-    http: SocketAddr,
+    pub(crate) http: SocketAddr,
     debug: SocketAddr,
     log: PathBuf,
 }
 
 impl Rls {
-    fn start(env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(env: &[(&str, &str)]) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "tollgate-rls-{}-{}.log",
@@ -77,11 +77,11 @@ impl Rls {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn client(&self) -> RateLimitServiceClient<Channel> {
+    pub(crate) async fn client(&self) -> RateLimitServiceClient<Channel> {
         RateLimitServiceClient::connect(format!("http://{}", self.grpc))
             .await
             .unwrap()
@@ -98,21 +98,21 @@ impl Drop for Rls {
 
 /// A runtime root of this test's own: `<dir>/current -> v1`, the files in
 /// `v1/ratelimit/config/`. Removed on drop.
-struct RuntimeDir(TempDir);
+pub(crate) struct RuntimeDir(TempDir);
 
 impl RuntimeDir {
-    fn new(config: &str) -> Self {
+    pub(crate) fn new(config: &str) -> Self {
         let runtime = Self(TempDir::new("rls-runtime"));
         runtime.version("v1", config);
         std::os::unix::fs::symlink("v1", runtime.root()).unwrap();
         runtime
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.0.join("current")
     }
 
-    fn version(&self, name: &str, config: &str) {
+    pub(crate) fn version(&self, name: &str, config: &str) {
         let dir = self.0.join(name).join("ratelimit/config");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("limits.yaml"), config).unwrap();
@@ -124,7 +124,7 @@ impl RuntimeDir {
     }
 }
 
-const CONFIG: &str = "
+pub(crate) const CONFIG: &str = "
 domain: edge
 descriptors:
   - key: remote_address
@@ -145,7 +145,10 @@ fn request(value: &str) -> RateLimitRequest {
     }
 }
 
-async fn ask(client: &mut RateLimitServiceClient<Channel>, value: &str) -> RateLimitResponse {
+pub(crate) async fn ask(
+    client: &mut RateLimitServiceClient<Channel>,
+    value: &str,
+) -> RateLimitResponse {
     client
         .should_rate_limit(request(value))
         .await
@@ -153,7 +156,7 @@ async fn ask(client: &mut RateLimitServiceClient<Channel>, value: &str) -> RateL
         .into_inner()
 }
 
-fn env<'a>(runtime: &'a Path, redis: &'a Path) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn env<'a>(runtime: &'a Path, redis: &'a Path) -> Vec<(&'a str, &'a str)> {
     vec![
         ("RUNTIME_ROOT", runtime.to_str().unwrap()),
         ("RUNTIME_SUBDIRECTORY", "ratelimit"),
@@ -321,7 +324,7 @@ async fn a_first_load_that_fails_leaves_the_service_up_without_a_configuration()
 }
 
 /// `POST http://addr/json` with `body`: the status and the body.
-async fn post(addr: SocketAddr, body: &'static str) -> (u16, String) {
+pub(crate) async fn post(addr: SocketAddr, body: &'static str) -> (u16, String) {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
