@@ -7,9 +7,10 @@
 //! not, was counted in it within the limit first. The counter's key names its window, so
 //! units lent in one window can never be spent in the next. Units a lease did not spend are
 //! taken off the counter again (`lua/counter_return.lua`) when it ends before its window
-//! does, and at a reload. A counter the store said was over is known over here until its
-//! window ends, and its hits are answered without a call (as the peer's local cache does);
-//! they are not added to Redis.
+//! does, at a reload and at a shutdown. A counter the store said was over is known over here
+//! for a lease time (or until its window ends, if sooner), and its hits are answered without
+//! a call (as the peer's local cache does, which keeps them to the window's end); they are not
+//! added to Redis. A descriptor that is not leased is counted as the peer counts it.
 //!
 //! Which keys are leased, how much, and for how long is the engine's lease table
 //! (`crate::lease`): a key is leased once it is asked for at least a few units a lease time
@@ -86,8 +87,10 @@ pub(super) struct Wanted {
 enum Step {
     /// Decided here: the counter's value as this instance knows it, after the hits.
     Here(u64),
-    /// Asked of the store, lending up to `extra` more (`lease`: the lease table waits for it).
-    Store { extra: u64, lease: bool },
+    /// Asked of the store, lending up to this many more units (the lease table waits for it).
+    Lend(u64),
+    /// Counted in the store as without leases.
+    Plain,
 }
 
 impl Leasing {
@@ -112,56 +115,78 @@ impl Leasing {
         for want in &wanted {
             steps.push(self.step(limiter, want, now));
         }
-        let asked: Vec<CounterLease> = wanted
-            .iter()
-            .zip(&steps)
-            .filter_map(|(want, step)| match step {
-                Step::Store { extra, .. } => Some(CounterLease {
+        // The hot ones lend (a script); the others are counted as the peer counts them.
+        let mut lends = Vec::new();
+        let mut plain = Vec::new();
+        for (want, step) in wanted.iter().zip(&steps) {
+            match step {
+                Step::Lend(extra) => lends.push(CounterLease {
                     counter: want.counter.clone(),
                     limit: want.limit,
                     extra: *extra,
                 }),
-                Step::Here(_) => None,
-            })
-            .collect();
-        let lent = match asked.is_empty() {
-            true => Ok(Vec::new()),
-            false => {
-                let call = limiter.store().count_lending(&asked);
-                limiter.core().bounded(call).await
+                Step::Plain => plain.push(want.counter.clone()),
+                Step::Here(_) => {}
+            }
+        }
+        let core = limiter.core();
+        let lending = async {
+            match lends.is_empty() {
+                true => Ok(Vec::new()),
+                false => core.bounded(limiter.store().count_lending(&lends)).await,
             }
         };
-        let lent = match lent {
-            Ok(lent) => lent,
-            Err(error) => {
+        let counting = async {
+            match plain.is_empty() {
+                true => Ok(Vec::new()),
+                false => core.bounded(limiter.store().count(&plain)).await,
+            }
+        };
+        let (lent, counted) = tokio::join!(lending, counting);
+        let (lent, counted) = match (lent, counted) {
+            (Ok(lent), Ok(counted)) => (lent, counted),
+            (lent, counted) => {
+                // What a lease call lent is held all the same (or given back); a failed one
+                // lets the key ask again.
+                let mut got = lent.as_ref().ok().map(|l| l.iter());
                 for (want, step) in wanted.iter().zip(&steps) {
-                    if let Step::Store { lease: true, .. } = step {
-                        let ended =
-                            self.leases
-                                .granted(&want.counter.key, 0, LEASE_TIME, None, now);
-                        give_back(&self.tasks, limiter, ended);
+                    if !matches!(step, Step::Lend(_)) {
+                        continue;
+                    }
+                    match got.as_mut().and_then(Iterator::next) {
+                        Some(got) => self.granted(limiter, want, got.value, got.lent, now),
+                        None => {
+                            let key = &want.counter.key;
+                            let ended = self.leases.granted(key, 0, LEASE_TIME, None, now);
+                            give_back(&self.tasks, limiter, ended);
+                        }
                     }
                 }
+                let error = match (lent, counted) {
+                    (Err(error), _) | (_, Err(error)) => error,
+                    (Ok(_), Ok(_)) => unreachable!("one of them failed"),
+                };
                 return Err(error);
             }
         };
-        let mut lent = lent.into_iter();
+        let (mut lent, mut counted) = (lent.into_iter(), counted.into_iter());
         let mut after = Vec::with_capacity(wanted.len());
         for (want, step) in wanted.iter().zip(steps) {
-            let Step::Store { lease, .. } = step else {
-                let Step::Here(value) = step else {
-                    unreachable!()
-                };
-                after.push(value);
-                continue;
+            let value = match step {
+                Step::Here(value) => {
+                    after.push(value);
+                    continue;
+                }
+                Step::Plain => counted.next().unwrap_or_default(),
+                Step::Lend(_) => {
+                    let got = lent.next().unwrap_or_default();
+                    self.granted(limiter, want, got.value, got.lent, now);
+                    got.value.saturating_sub(got.lent)
+                }
             };
-            let got = lent.next().unwrap_or_default();
-            let value = got.value.saturating_sub(got.lent);
+            // Known over from what the store said (an answer from here does not renew it).
             if value > want.limit {
                 self.is_over(&want.counter.key, want.window_end_s);
-            }
-            if lease {
-                self.granted(limiter, want, got.value, got.lent, now);
             }
             after.push(value);
         }
@@ -191,14 +216,8 @@ impl Leasing {
                 }
                 Step::Here(want.limit.saturating_sub(decision.remaining))
             }
-            Serve::Lend { want } => Step::Store {
-                extra: want,
-                lease: true,
-            },
-            Serve::Plain => Step::Store {
-                extra: 0,
-                lease: false,
-            },
+            Serve::Lend { want } => Step::Lend(want),
+            Serve::Plain => Step::Plain,
         }
     }
 
@@ -295,9 +314,12 @@ impl Leasing {
         shard.get(key).is_some_and(|until| now < *until)
     }
 
-    /// Knows `key` over until its window ends.
+    /// Knows `key` over for a lease time, or until its window ends if sooner: a lease given
+    /// back meanwhile (by any instance) may make room again, which the next ask sees.
     fn is_over(&self, key: &str, window_end_s: u64) {
-        let until_end = Duration::from_secs(window_end_s).saturating_sub(wall());
+        let until_end = Duration::from_secs(window_end_s)
+            .saturating_sub(wall())
+            .min(LEASE_TIME);
         let now = Instant::now();
         let (mut shard, _) = self.over.lock(key);
         if shard.len() >= MAX_OVER / SHARDS {
