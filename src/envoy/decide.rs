@@ -53,7 +53,14 @@ pub enum RequestError {
     /// A descriptor's own limit has no unit (`UNKNOWN`, or a value past `WEEK`).
     #[error("descriptor {0}: its limit override has no unit")]
     OverrideUnit(usize),
+    /// A descriptor's `hits_addend` is above [`MAX_HITS`].
+    #[error("descriptor {0}: hits_addend is above 2^53")]
+    TooManyHits(usize),
 }
+
+/// The most hits one descriptor may add: 2^53, the largest integer Redis's Lua counts exactly
+/// (a counter is a signed 64-bit integer; more than this in one request is never a real cost).
+pub const MAX_HITS: u64 = 1 << 53;
 
 /// A descriptor's status (`RateLimitResponse.DescriptorStatus`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +122,8 @@ impl Plan {
     /// # Errors
     ///
     /// An empty domain or no descriptor, as the peer answers; a limit override without a
-    /// unit (which the peer cannot handle: it panics).
+    /// unit (which the peer cannot handle: it panics); a `hits_addend` above [`MAX_HITS`]
+    /// (which Redis refuses to add).
     pub fn new(
         config: &Config,
         domain: &str,
@@ -127,6 +135,12 @@ impl Plan {
         }
         if descriptors.is_empty() {
             return Err(RequestError::NoDescriptors);
+        }
+        if let Some(i) = descriptors
+            .iter()
+            .position(|d| d.hits_addend.is_some_and(|h| h > MAX_HITS))
+        {
+            return Err(RequestError::TooManyHits(i));
         }
         let known = config.has_domain(domain);
         let mut limits = Vec::with_capacity(descriptors.len());

@@ -6,7 +6,7 @@ use super::{Hits, Matched};
 /// `tollgate_rls_config_loads_total{outcome}`: `success` or `error`.
 #[cfg(feature = "metrics")]
 pub(crate) const CONFIG_LOADS_TOTAL: &str = "tollgate_rls_config_loads_total";
-/// `tollgate_rls_hits_total{domain, limit, outcome}`: `total`, `within_limit`, `near_limit`,
+/// `tollgate_rls_hits_total{domain, limit, outcome}`: `total_hits`, `within_limit`, `near_limit`,
 /// `over_limit`, `shadow_mode`. `limit` is the limit's place in the configuration
 /// (`domain.key_value.key`), or `request` for a request's own limit: never a request's values,
 /// so a client cannot multiply the series.
@@ -35,7 +35,7 @@ pub(crate) fn hits(domain: &str, limits: &[Option<Matched>], hits: &[Hits]) {
             false => limit.stats_key().to_owned(),
         };
         for (outcome, n) in [
-            ("total", hits.total),
+            ("total_hits", hits.total),
             ("within_limit", hits.within_limit),
             ("near_limit", hits.near_limit),
             ("over_limit", hits.over_limit),

@@ -23,7 +23,7 @@ mod runtime;
 mod service;
 
 pub use config::{Config, ConfigError, Matched, RateLimit, Unit};
-pub use decide::{Count, Descriptor, Hits, Plan, RequestError, Settings, Status};
+pub use decide::{Count, Descriptor, Hits, MAX_HITS, Plan, RequestError, Settings, Status};
 pub use http::{Health, debug_router, router};
 pub use runtime::{Runtime, RuntimeWatcher};
 pub use service::{HeaderNames, RateLimitService, ServiceSettings, StoreFailure};

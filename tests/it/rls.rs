@@ -224,6 +224,17 @@ async fn the_peer_s_errors_and_headers() {
         .0,
         tonic::Code::InvalidArgument
     );
+    // A cost Redis cannot add: refused, and said why.
+    let mut huge = acme.clone();
+    huge.hits_addend = Some(UInt64Value { value: u64::MAX });
+    let refused = error(client.should_rate_limit(request("shop", vec![huge])).await);
+    assert_eq!(
+        refused,
+        (
+            tonic::Code::InvalidArgument,
+            "descriptor 0: hits_addend is above 2^53".to_owned()
+        )
+    );
     // The headers of the status with the fewest left.
     let reply = ask(
         &mut client,

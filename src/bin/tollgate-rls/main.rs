@@ -13,7 +13,7 @@ use settings::{Env, Redis, Settings};
 use tokio::net::TcpListener;
 use tollgate::envoy::{Health, RateLimitService, debug_router, router};
 use tollgate::store::AnyStore;
-use tollgate::{MemoryStore, RedisStore};
+use tollgate::{MemoryStore, RedisStore, StoreError};
 use tonic::transport::{Server, server::TcpIncoming};
 
 #[tokio::main]
@@ -152,8 +152,26 @@ fn open_store(redis: &Redis) -> Result<AnyStore, String> {
         }
         Redis::Single(url) => RedisStore::open(url),
         Redis::Cluster(nodes) => RedisStore::open_cluster(nodes.iter().map(String::as_str)),
-        Redis::Sentinel(sentinels, master) => {
+        Redis::Sentinel(sentinels, master, None) => {
             RedisStore::open_sentinel(sentinels.iter().map(String::as_str), master)
+        }
+        // REDIS_AUTH is the primary's (the peer's REDIS_SENTINEL_AUTH, the sentinels', is not
+        // supported).
+        Redis::Sentinel(sentinels, master, Some((user, password))) => {
+            use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+            let mut primary = redis::RedisConnectionInfo::default().set_password(password);
+            if !user.is_empty() {
+                primary = primary.set_username(user);
+            }
+            let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(primary);
+            SentinelClient::build(
+                sentinels.iter().map(String::as_str).collect(),
+                master.clone(),
+                Some(node),
+                SentinelServerType::Master,
+            )
+            .map(|client| RedisStore::from_sentinel(client, RedisStore::default_config()))
+            .map_err(StoreError::from)
         }
     };
     store

@@ -41,8 +41,8 @@ const UNSUPPORTED: &[&str] = &[
     "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
 ];
 
-/// Where Redis is, as `REDIS_TYPE` and `REDIS_URL` say.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Redis is, as `REDIS_TYPE` and `REDIS_URL` say (with `REDIS_AUTH` in the URLs).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Redis {
     /// `REDIS_URL` unset: counters in this process.
     None,
@@ -50,8 +50,23 @@ pub enum Redis {
     Single(String),
     /// Cluster nodes: their URLs.
     Cluster(Vec<String>),
-    /// A primary behind sentinels: the sentinels' URLs and the master's name.
-    Sentinel(Vec<String>, String),
+    /// A primary behind sentinels: the sentinels' URLs, the master's name, and `REDIS_AUTH`
+    /// for the primary (user, possibly empty, and password), as the peer uses it.
+    Sentinel(Vec<String>, String, Option<(String, String)>),
+}
+
+/// Names where Redis is, never its password.
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Single(_) => f.write_str("Single(..)"),
+            Self::Cluster(nodes) => write!(f, "Cluster({} nodes)", nodes.len()),
+            Self::Sentinel(sentinels, master, _) => {
+                write!(f, "Sentinel({} sentinels, {master:?})", sentinels.len())
+            }
+        }
+    }
 }
 
 /// Every setting the service reads.
@@ -251,7 +266,12 @@ fn redis(env: &Env) -> Result<Redis, String> {
                     "REDIS_URL: with REDIS_TYPE=SENTINEL it is `master,host:port,...`".to_owned(),
                 );
             }
-            Ok(Redis::Sentinel(sentinels, master))
+            let auth = env
+                .get("REDIS_AUTH")
+                .filter(|a| !a.is_empty())
+                .map(|auth| auth.split_once(':').unwrap_or(("", auth)))
+                .map(|(user, password)| (user.to_owned(), password.to_owned()));
+            Ok(Redis::Sentinel(sentinels, master, auth))
         }
         other => Err(format!(
             "REDIS_TYPE: `{other}` is not SINGLE, CLUSTER or SENTINEL"
@@ -306,7 +326,33 @@ mod tests {
         );
         assert_eq!(
             single(&[("REDIS_TYPE", "SENTINEL"), ("REDIS_URL", "m,s1:26379")]),
-            Redis::Sentinel(vec!["redis://s1:26379".into()], "m".into())
+            Redis::Sentinel(vec!["redis://s1:26379".into()], "m".into(), None)
+        );
+        let auth = [
+            ("REDIS_TYPE", "SENTINEL"),
+            ("REDIS_URL", "m,s1:26379"),
+            ("REDIS_AUTH", "u:p@ss"),
+        ];
+        let sentinel = single(&auth);
+        assert_eq!(
+            sentinel,
+            Redis::Sentinel(
+                vec!["redis://s1:26379".into()],
+                "m".into(),
+                Some(("u".into(), "p@ss".into()))
+            )
+        );
+        assert!(!format!("{sentinel:?}").contains("p@ss"));
+        assert!(
+            !format!(
+                "{:?}",
+                single(&[
+                    ("REDIS_URL", "h:1"),
+                    ("REDIS_SOCKET_TYPE", "tcp"),
+                    ("REDIS_AUTH", "secret")
+                ])
+            )
+            .contains("secret")
         );
         for (name, value) in [
             ("RUNTIME_WATCH_ROOT", "maybe"),

@@ -192,7 +192,9 @@ impl<St: Store> RateLimitService<St> {
             request.hits_addend,
         )
         .map_err(|error| match error {
-            RequestError::OverrideUnit(_) => tonic::Status::invalid_argument(error.to_string()),
+            RequestError::OverrideUnit(_) | RequestError::TooManyHits(_) => {
+                tonic::Status::invalid_argument(error.to_string())
+            }
             other => unknown(other),
         })?;
         let settings = &self.inner.settings;
