@@ -31,7 +31,7 @@ impl MemoryStore {
                 let hash = hash(limit);
                 let state = shard
                     .buckets
-                    .find(spread(hash), matches(key, limit, hash))
+                    .find(spread(hash.hash), matches(limit, hash))
                     .map_or(&new, |b| &b.state);
                 limit.peek(state, now, cost).with_index(i)
             })
@@ -58,7 +58,7 @@ impl MemoryStore {
             let hash = hash(limit);
             let found = shard
                 .buckets
-                .find_entry(spread(hash), matches(key, limit, hash));
+                .find_entry(spread(hash.hash), matches(limit, hash));
             if let Ok(mut bucket) = found {
                 let units = if limit.counts_requests() { 0 } else { units };
                 let state = &mut bucket.get_mut().state;
@@ -92,13 +92,13 @@ impl MemoryStore {
             let hash = hash(limit);
             if let Some(bucket) = shard
                 .buckets
-                .find_mut(spread(hash), matches(key, limit, hash))
+                .find_mut(spread(hash.hash), matches(limit, hash))
             {
                 limit.charge(&mut bucket.state, now, units);
             } else {
                 let mut state = BucketState::default();
                 limit.charge(&mut state, now, units);
-                shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
+                shard.insert(hash, limit, state, now, self.inner.shard_cap);
             }
         }
         Ok(())
@@ -117,7 +117,7 @@ impl MemoryStore {
             let hash = hash(limit);
             if let Ok(bucket) = shard
                 .buckets
-                .find_entry(spread(hash), matches(key, limit, hash))
+                .find_entry(spread(hash.hash), matches(limit, hash))
             {
                 bucket.remove();
             }

@@ -20,7 +20,7 @@ mod bucket;
 mod calls;
 mod clock;
 
-use bucket::{Bucket, matches, spread};
+use bucket::{Bucket, Id, matches, spread};
 use clock::Clock;
 
 /// Shards of the key space, each behind its own lock, so concurrent decisions on different
@@ -42,6 +42,11 @@ pub(crate) const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// [`SlidingWindow`](crate::Algorithm::SlidingWindow) limits start where Redis's do. Limits are
 /// per process: two instances each admit the full limit.
 ///
+/// A bucket is one 64-byte slot of its shard's table, found by a 128-bit fingerprint of its key
+/// and limit name (seeded at random per store); the key itself is not kept. Two keys would
+/// share a bucket only if their fingerprints collided (about once in 2^128 pairs), and a shared
+/// bucket can only refuse early, never admit more than its limit.
+///
 /// Memory stays bounded: an idle bucket (refilled, its windows over, its entries gone) is the
 /// same as no bucket, so each shard drops its idle buckets once it has grown enough since it
 /// last did; and the store never holds more than [`max_keys`](MemoryStore::with_max_keys)
@@ -59,6 +64,8 @@ struct Inner {
     /// The most buckets one shard holds (and the most counters).
     shard_cap: usize,
     shards: Sharded<Shard>,
+    /// The second hash of a key's fingerprint (the first is its shard's), seeded apart.
+    fingerprints: foldhash::quality::RandomState,
     /// Plain counters ([`Store::count`]).
     counters: Sharded<super::CounterShard>,
 }
@@ -110,6 +117,7 @@ impl MemoryStore {
                 clock,
                 shard_cap: max_keys.div_ceil(SHARDS).max(1),
                 shards: Sharded::new(SHARDS),
+                fingerprints: foldhash::quality::RandomState::default(),
                 counters: Sharded::new(SHARDS),
             }),
         }
@@ -147,7 +155,7 @@ impl MemoryStore {
         let hash = hash(limit);
         if let Some(bucket) = shard
             .buckets
-            .find_mut(spread(hash), matches(key, limit, hash))
+            .find_mut(spread(hash.hash), matches(limit, hash))
         {
             bucket.touched = true;
             return Ok(limit.decide(&mut bucket.state, now, cost));
@@ -155,7 +163,7 @@ impl MemoryStore {
         let mut state = BucketState::default();
         let decision = limit.decide(&mut state, now, cost);
         if decision.allowed {
-            shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
+            shard.insert(hash, limit, state, now, self.inner.shard_cap);
         }
         Ok(decision)
     }
@@ -205,14 +213,14 @@ impl MemoryStore {
         took: fn(&R) -> bool,
     ) -> Result<R, StoreError> {
         let (mut shard, hash, now) = self.shard(key);
-        let mut hashes = [0u32; MAX_LIMITS];
+        let mut hashes = [Id::default(); MAX_LIMITS];
         let mut states: [BucketState; MAX_LIMITS] = Default::default();
         let states = &mut states[..limits.len()];
         for ((limit, hash_slot), state) in limits.iter().zip(&mut hashes).zip(states.iter_mut()) {
             *hash_slot = hash(limit);
             let found = shard
                 .buckets
-                .find_mut(spread(*hash_slot), matches(key, limit, *hash_slot));
+                .find_mut(spread(hash_slot.hash), matches(limit, *hash_slot));
             if let Some(bucket) = found {
                 *state = std::mem::take(&mut bucket.state);
             }
@@ -222,7 +230,7 @@ impl MemoryStore {
         for ((limit, &hash), state) in limits.iter().zip(&hashes).zip(states.iter_mut()) {
             match shard
                 .buckets
-                .find_mut(spread(hash), matches(key, limit, hash))
+                .find_mut(spread(hash.hash), matches(limit, hash))
             {
                 Some(bucket) => {
                     bucket.touched = true;
@@ -230,7 +238,7 @@ impl MemoryStore {
                 }
                 None if took => {
                     let state = std::mem::take(state);
-                    shard.insert(hash, key, limit, state, now, self.inner.shard_cap);
+                    shard.insert(hash, limit, state, now, self.inner.shard_cap);
                 }
                 None => {}
             }
@@ -246,17 +254,16 @@ impl MemoryStore {
     /// count back to the earlier window, and the next call at the later time starts that
     /// window afresh, forgetting what it counted). The clock is read before the lock: read
     /// under it, it cost a single key's decision 10 ns (`benches/memory.rs`).
-    fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> u32 + use<>, u64) {
+    fn shard(&self, key: &str) -> (MutexGuard<'_, Shard>, impl Fn(&Limit) -> Id + use<>, u64) {
         let now = self.inner.clock.now_us();
+        let second = std::hash::BuildHasher::hash_one(&self.inner.fingerprints, key);
         // All the buckets of one key live in one shard.
-        let (mut shard, key_hash) = self.inner.shards.lock(key);
+        let (mut shard, first) = self.inner.shards.lock(key);
         let now = now.max(shard.latest);
         shard.latest = now;
-        // One bucket per limit: the key's hash mixed with a fixed hash of the limit's name.
-        let hash = move |limit: &Limit| {
-            ((key_hash ^ limit.name_hash()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
-        };
-        (shard, hash, now)
+        // One bucket per limit: the key's hashes mixed with a fixed hash of the limit's name.
+        let id = move |limit: &Limit| Id::new(first, second, limit);
+        (shard, id, now)
     }
 }
 
@@ -264,32 +271,20 @@ impl MemoryStore {
 type DecideFn<R> = fn(&[Limit], &mut [BucketState], u64, u64) -> Result<R, StoreError>;
 
 impl Shard {
-    fn insert(
-        &mut self,
-        hash: u32,
-        key: &str,
-        limit: &Limit,
-        state: BucketState,
-        now: u64,
-        cap: usize,
-    ) {
+    fn insert(&mut self, id: Id, limit: &Limit, state: BucketState, now: u64, cap: usize) {
         self.make_room(now, cap);
-        let name = limit.name();
-        let mut text = String::with_capacity(key.len() + name.len());
-        text.push_str(key);
-        text.push_str(name);
         let shape = limit.shape();
         let bucket = Bucket {
-            text: text.into_boxed_str(),
-            name_len: u8::try_from(name.len()).expect("limit names are at most 64 bytes"),
+            fingerprint: id.fingerprint,
+            name_len: u8::try_from(limit.name().len()).expect("limit names are at most 64 bytes"),
             algorithm: shape.algorithm,
             touched: true,
-            hash,
+            hash: id.hash,
             unit_us: shape.unit_us,
             state,
         };
         self.buckets
-            .insert_unique(spread(hash), bucket, Bucket::table_hash);
+            .insert_unique(spread(id.hash), bucket, Bucket::table_hash);
         let len = self.buckets.len();
         if len >= self.swept_len + self.swept_len.max(MIN_SWEEP_GROWTH) {
             self.sweep(now, false);
@@ -408,6 +403,41 @@ mod tests {
 
     fn limit() -> [Limit; 1] {
         [Limit::new("default", 10, 10, Duration::from_secs(10)).unwrap()]
+    }
+
+    /// Buckets are told apart by key and limit name, however their texts run together, and
+    /// by algorithm.
+    #[test]
+    fn every_key_and_limit_has_its_own_bucket() {
+        let store = MemoryStore::new();
+        let one = |name: &str| [Limit::fixed_window(name, 1, Duration::from_secs(60)).unwrap()];
+        assert!(store.decide_now("ab", &one("c"), 1).unwrap().allowed);
+        assert!(!store.decide_now("ab", &one("c"), 1).unwrap().allowed);
+        // "a" + "bc" is the same text as "ab" + "c": another bucket all the same.
+        assert!(store.decide_now("a", &one("bc"), 1).unwrap().allowed);
+        assert!(store.decide_now("ab", &one("d"), 1).unwrap().allowed);
+        assert!(store.decide_now("abc", &one("c"), 1).unwrap().allowed);
+        let sliding = [Limit::sliding_window("c", 1, Duration::from_secs(60)).unwrap()];
+        assert!(store.decide_now("ab", &sliding, 1).unwrap().allowed);
+        // Many keys, each its own.
+        for i in 0..10_000 {
+            assert!(
+                store
+                    .decide_now(&format!("k{i}"), &one("c"), 1)
+                    .unwrap()
+                    .allowed,
+                "k{i}"
+            );
+        }
+        for i in 0..10_000 {
+            assert!(
+                !store
+                    .decide_now(&format!("k{i}"), &one("c"), 1)
+                    .unwrap()
+                    .allowed,
+                "k{i}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
