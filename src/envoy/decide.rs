@@ -110,6 +110,8 @@ pub struct Count {
     pub key: String,
     /// The hits to add (0: read only).
     pub hits: u64,
+    /// The limit it counts against: requests per unit.
+    pub limit: u64,
     /// The window's length, in seconds (the key's expiry, before jitter).
     pub window_s: u64,
 }
@@ -209,6 +211,7 @@ impl Plan {
                 descriptor: i,
                 key: matched.counter_key(prefix, domain, &descriptors[i].entries, start),
                 hits: self.hits[i],
+                limit: matched.limit().requests_per_unit().into(),
                 window_s: unit.seconds(),
             });
         }

@@ -7,9 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
@@ -19,6 +17,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use tonic::transport::Channel;
 
 use crate::harness::{HttpClient, RedisServer};
+use crate::rls::{descriptor, request};
 use crate::rls_binary::{CONFIG, Rls, RuntimeDir, ask, env, post};
 
 const DOMAIN: &str = "scenarios";
@@ -160,27 +159,6 @@ impl Service {
     fn redis<T: redis::FromRedisValue>(&self, command: &str, key: &str) -> T {
         let reply = redis::cmd(command).arg(key).query(&mut self.redis.conn());
         reply.unwrap()
-    }
-}
-
-fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: pairs
-            .iter()
-            .map(|(key, value)| Entry {
-                key: (*key).into(),
-                value: (*value).into(),
-            })
-            .collect(),
-        ..RateLimitDescriptor::default()
-    }
-}
-
-fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors,
-        hits_addend: 0,
     }
 }
 

@@ -129,20 +129,26 @@ impl Leasing {
                 Step::Here(_) => {}
             }
         }
-        let core = limiter.core();
-        let lending = async {
-            match lends.is_empty() {
-                true => Ok(Vec::new()),
-                false => core.bounded(limiter.store().count_lending(&lends)).await,
+        // Most requests on a leased descriptor end here: no call, no store to load.
+        let (lent, counted) = match lends.is_empty() && plain.is_empty() {
+            true => (Ok(Vec::new()), Ok(Vec::new())),
+            false => {
+                let core = limiter.core();
+                let lending = async {
+                    match lends.is_empty() {
+                        true => Ok(Vec::new()),
+                        false => core.bounded(limiter.store().count_lending(&lends)).await,
+                    }
+                };
+                let counting = async {
+                    match plain.is_empty() {
+                        true => Ok(Vec::new()),
+                        false => core.bounded(limiter.store().count(&plain)).await,
+                    }
+                };
+                tokio::join!(lending, counting)
             }
         };
-        let counting = async {
-            match plain.is_empty() {
-                true => Ok(Vec::new()),
-                false => core.bounded(limiter.store().count(&plain)).await,
-            }
-        };
-        let (lent, counted) = tokio::join!(lending, counting);
         let (lent, counted) = match (lent, counted) {
             (Ok(lent), Ok(counted)) => (lent, counted),
             (lent, counted) => {

@@ -9,7 +9,7 @@ use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService as Rls;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 
-use super::{Config, Descriptor, Plan, RequestError, Status};
+use super::{Config, Count, Descriptor, Plan, RequestError, Status};
 use crate::store::{Counter, MemoryStore, Store};
 use crate::{Limiter, StoreError};
 
@@ -199,39 +199,20 @@ impl<St: Store> RateLimitService<St> {
         })?;
         let settings = &self.inner.settings;
         let counts = plan.counts(&settings.key_prefix, domain, &descriptors, now_s);
-        let limits: Vec<u64> = counts
-            .iter()
-            .map(|c| {
-                plan.limits()[c.descriptor]
-                    .as_ref()
-                    .map_or(0, |m| m.limit().requests_per_unit().into())
-            })
-            .collect();
-        let windows: Vec<u64> = counts.iter().map(|c| c.window_s).collect();
-        let mut counters: Vec<Counter> = counts
-            .into_iter()
-            .map(|c| Counter {
-                key: c.key,
-                hits: c.hits,
-                expire_s: c.window_s + self.jitter(),
-            })
-            .collect();
         let counted = match &generation.leasing {
-            Some(leasing) if !counters.is_empty() => {
+            Some(leasing) if !counts.is_empty() => {
                 self.sweep_leases();
-                let wanted = counters
+                let wanted = counts
                     .into_iter()
-                    .zip(limits)
-                    .zip(windows)
-                    .map(|((counter, limit), window_s)| Wanted {
-                        counter,
-                        limit,
-                        window_end_s: (now_s / window_s + 1) * window_s,
+                    .map(|c| Wanted {
+                        limit: c.limit,
+                        window_end_s: (now_s / c.window_s + 1) * c.window_s,
+                        counter: self.counter(c),
                     })
                     .collect();
                 leasing.count(&self.inner.limiter, wanted).await
             }
-            _ => self.count(&mut counters, &limits).await,
+            _ => self.count(counts).await,
         };
         let after = match counted {
             Ok(after) => after,
@@ -242,17 +223,25 @@ impl<St: Store> RateLimitService<St> {
         Ok(self.response(request, &plan, &statuses, over, now_s))
     }
 
-    /// Adds to `counters` (whose limits are `limits`) and returns their values after. With
+    /// The store's counter of `count`: its key and hits, expiring after its window and the
+    /// jitter.
+    fn counter(&self, count: Count) -> Counter {
+        Counter {
+            key: count.key,
+            hits: count.hits,
+            expire_s: count.window_s + self.jitter(),
+        }
+    }
+
+    /// Adds each count's hits to its counter and returns their values after. With
     /// [`ServiceSettings::stop_increment_when_over`], reads them first and, when a hit would
     /// put one over its limit, adds only to those.
-    async fn count(
-        &self,
-        counters: &mut [Counter],
-        limits: &[u64],
-    ) -> Result<Vec<u64>, StoreError> {
-        if counters.is_empty() {
+    async fn count(&self, counts: Vec<Count>) -> Result<Vec<u64>, StoreError> {
+        if counts.is_empty() {
             return Ok(Vec::new());
         }
+        let limits: Vec<u64> = counts.iter().map(|c| c.limit).collect();
+        let mut counters: Vec<Counter> = counts.into_iter().map(|c| self.counter(c)).collect();
         let core = self.inner.limiter.core();
         let store = self.inner.limiter.store();
         if self.inner.settings.stop_increment_when_over {
@@ -267,7 +256,7 @@ impl<St: Store> RateLimitService<St> {
             let over: Vec<bool> = counters
                 .iter()
                 .zip(&now)
-                .zip(limits)
+                .zip(&limits)
                 .map(|((c, now), limit)| now.saturating_add(c.hits) > *limit)
                 .collect();
             if over.contains(&true) {
@@ -278,7 +267,7 @@ impl<St: Store> RateLimitService<St> {
                 }
             }
         }
-        core.bounded(store.count(counters)).await
+        core.bounded(store.count(&counters)).await
     }
 
     /// Starts the task that gives back ended leases, once: it runs while the service lives.

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::google::protobuf::UInt64Value;
@@ -90,12 +89,8 @@ async fn client<St: Store>(
                 let own = (rng.below(4) == 0).then(|| rng.below(4));
                 costs.push(own.unwrap_or(u64::from(request_hits.max(1))));
                 RateLimitDescriptor {
-                    entries: vec![Entry {
-                        key: LIMITS[i].0.to_owned(),
-                        value: "x".to_owned(),
-                    }],
                     hits_addend: own.map(|value| UInt64Value { value }),
-                    ..RateLimitDescriptor::default()
+                    ..crate::rls::descriptor(&[(LIMITS[i].0, "x")])
                 }
             })
             .collect();
