@@ -71,14 +71,26 @@ pub(crate) fn route_template(parts: &Parts) -> Option<&str> {
 /// The method as a bucket key names it: `HEAD` as `GET` (a server answers it with its `GET`
 /// handler, so it spends the same budget), every other standard method as itself, and any
 /// other method as `OTHER`: a client that invents methods adds no bucket and no key.
-pub(crate) fn key_method(method: &http::Method) -> &str {
-    match method.as_str() {
-        "HEAD" => "GET",
-        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "CONNECT" | "TRACE" => {
-            method.as_str()
-        }
-        _ => "OTHER",
+pub(crate) fn key_method(method: &http::Method) -> &'static str {
+    use http::Method;
+    // Compared as methods, not as text: a standard method is one byte to compare.
+    static NAMED: [(Method, &str); 8] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    if *method == Method::HEAD {
+        return "GET";
     }
+    NAMED
+        .iter()
+        .find(|(named, _)| named == method)
+        .map_or("OTHER", |(_, name)| name)
 }
 
 /// The endpoint component of the requests that match no route and share one bucket per
@@ -308,9 +320,9 @@ fn write_subject_key(key: &mut String, prefix: &str, client: &[u8], endpoint: En
     key.push(':');
     match endpoint {
         Endpoint::Route { method, path } => {
-            push_component(key, method.as_bytes(), MAX_METHOD_LEN);
+            push_text(key, method, MAX_METHOD_LEN);
             key.push(':');
-            push_component(key, path.as_bytes(), MAX_PATH_LEN);
+            push_text(key, path, MAX_PATH_LEN);
         }
         Endpoint::Rule(rule) => {
             // No method contains '@' (it is not a token character), so this never meets a
@@ -321,6 +333,27 @@ fn write_subject_key(key: &mut String, prefix: &str, client: &[u8], endpoint: En
     }
     key.push('}');
     debug_assert!(key.len() + 1 + MAX_NAME_LEN + MAX_SUFFIX_LEN <= MAX_KEY_LEN);
+}
+
+/// Bytes `ESCAPED` leaves as they are: printable ASCII but the layout's characters.
+const UNESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = b'!';
+    while byte <= b'~' {
+        table[byte as usize] = !matches!(byte, b'%' | b':' | b'{' | b'}' | b'#');
+        byte += 1;
+    }
+    table
+};
+
+/// [`push_component`] of text: a method, a path. Most have nothing to escape (`GET`, `/`,
+/// `/api/items`) and are copied whole, without the encoder's chunks.
+fn push_text(key: &mut String, text: &str, max: usize) {
+    if text.len() <= max && text.bytes().all(|b| UNESCAPED[usize::from(b)]) {
+        key.push_str(text);
+    } else {
+        push_component(key, text.as_bytes(), max);
+    }
 }
 
 /// Appends `raw` percent-encoded, or `#` and its SHA-256 when the encoding exceeds `max` bytes.
@@ -349,6 +382,18 @@ mod tests {
     fn key(client: &[u8], method: &str, path: &str) -> String {
         let key = subject_key("tollgate", client, Endpoint::Route { method, path });
         format!("{key}:default")
+    }
+
+    #[test]
+    fn unescaped_bytes_are_the_ones_the_encoder_leaves() {
+        for byte in 0..=u8::MAX {
+            let encoded = percent_encode(&[byte], ESCAPED).to_string();
+            assert_eq!(
+                UNESCAPED[usize::from(byte)],
+                encoded.as_bytes() == [byte],
+                "{byte:#04x}"
+            );
+        }
     }
 
     #[test]

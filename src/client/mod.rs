@@ -75,10 +75,17 @@ impl<'a> ClientId<'a> {
                 buf[len] = b'.';
                 len += 1;
             }
-            let mut digits = itoa::Buffer::new();
-            let digits = digits.format(octet).as_bytes();
-            buf[len..len + digits.len()].copy_from_slice(digits);
-            len += digits.len();
+            // Digit by digit: a copy of a length known only here is a call to `memcpy`.
+            if octet >= 100 {
+                buf[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                buf[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            buf[len] = b'0' + octet % 10;
+            len += 1;
         }
         ClientId {
             bytes: Bytes::Inline(buf, len as u8),

@@ -2,7 +2,9 @@
 //! read `docs/direct.md`).
 
 use std::borrow::Cow;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -245,6 +247,7 @@ impl<St: Store> Limiter<St> {
     /// Starts a decision of `cost` on `key` under the policy at `index`: too costly, denied
     /// by the deny cache, not asked (breaker), or asked with `ask` (the store's `decide`, or
     /// `decide_each`).
+    #[inline]
     pub(crate) fn start<D, A>(
         &self,
         core: &Arc<Core>,
@@ -362,7 +365,23 @@ impl<St: Store> Limiter<St> {
                 Asking::Take(leasing::lend(&self.shared, core, lending, &key, cost, want))
             }
             None if stamped => Asking::Take(self.shared.store.take(&key, &policy.limits, cost)),
-            None => Asking::Store(ask(&self.shared.store, &key, &policy.limits, cost)),
+            None => {
+                let mut call = ask(&self.shared.store, &key, &policy.limits, cost);
+                // An in-process store (no breaker counts its calls) answers when first polled:
+                // decided here, without a call to time or leave behind. A call that does not
+                // answer at once is polled again with the caller's waker, as any future is.
+                if ticket.is_none()
+                    && let Poll::Ready(answer) =
+                        Pin::new(&mut call).poll(&mut Context::from_waker(Waker::noop()))
+                {
+                    let outcome =
+                        core.answered(index, flags, answer, &mut asked(key), None, in_flight);
+                    return Deciding::Ready {
+                        outcome: Some(outcome),
+                    };
+                }
+                Asking::Store(call)
+            }
         };
         Deciding::Asking {
             call: Call::deciding(decision, ticket, in_flight, core.worker.clone()),

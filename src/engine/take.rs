@@ -66,6 +66,7 @@ where
     D: Future<Output = Result<A, StoreError>> + Unpin,
     A: Answer,
 {
+    #[inline]
     pub(crate) fn poll_decide(&mut self, cx: &mut Context<'_>, core: &Arc<Core>) -> Poll<Outcome> {
         match self {
             Deciding::Ready { outcome } => {
@@ -124,7 +125,8 @@ impl Core {
     }
 
     /// What the store's answer (or failure) comes to.
-    fn answered<A: Answer>(
+    #[inline]
+    pub(super) fn answered<A: Answer>(
         self: &Arc<Self>,
         index: usize,
         flags: Flags,
@@ -256,6 +258,7 @@ impl Core {
     }
 
     /// Counts and logs a decision.
+    #[inline]
     pub(crate) fn decided(
         &self,
         index: usize,

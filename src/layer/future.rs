@@ -69,6 +69,7 @@ where
     /// request is forwarded (or answered) now, not through the future's states. (Polling
     /// without the task's waker is sound: a future registers the waker of every poll, and this
     /// one's first poll by the task comes next.)
+    #[inline]
     pub(crate) fn limited(
         settings: Arc<Settings>,
         core: Arc<Core>,
@@ -133,6 +134,7 @@ where
 }
 
 /// The state after the limiter's `outcome`: the inner service called, or the layer's answer.
+#[inline]
 fn next<S, ReqBody, D>(
     settings: &Settings,
     after: &mut Option<Box<After>>,
@@ -168,6 +170,7 @@ where
 
 /// What the layer does with an outcome: forward, with the decision to report in the
 /// response's fields when there is one to report, or answer.
+#[inline]
 fn respond(settings: &Settings, outcome: Outcome) -> Result<Option<Decision>, Answer> {
     let allowed = outcome.is_allowed();
     match outcome.into_verdict() {
