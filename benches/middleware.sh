@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Middleware overhead: requests per second of one axum route without a limiter, with this
 # crate's layer (in-memory store; with and without its RateLimit fields) and with
-# tower_governor's (without and with its x-ratelimit fields), under wrk (HTTP/1.1) or h2load
+# tower_governor's (without and with its x-ratelimit fields, and with them keyed per client IP
+# and endpoint as this crate's layer keys), under wrk (HTTP/1.1) or h2load
 # (HTTP/2, cleartext) on loopback, in turn, ROUNDS times; prints every round and the medians.
 #
 #   bash benches/middleware.sh [rounds] [seconds]            # wrk -t1 -c64
@@ -26,7 +27,7 @@ target=$(cargo metadata --format-version 1 --no-deps |
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 declare -A results
 for round in $(seq "$rounds"); do
-  for mode in none tollgate tollgate-bare governor governor-headers; do
+  for mode in none tollgate tollgate-bare governor governor-headers governor-endpoint; do
     MODE=$mode LISTEN_ADDR=127.0.0.1:$port "$target/release/examples/bench_server" >/dev/null &
     pid=$!
     until (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done
@@ -34,7 +35,7 @@ for round in $(seq "$rounds"); do
     fields=$(curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | cut -d: -f1 | grep -i ratelimit | sort | paste -sd' ' || true)
     case $mode in
       tollgate) expected="ratelimit ratelimit-policy" ;;
-      governor-headers) expected="x-ratelimit-limit x-ratelimit-remaining" ;;
+      governor-headers | governor-endpoint) expected="x-ratelimit-limit x-ratelimit-remaining" ;;
       *) expected="" ;;
     esac
     if [[ $fields != "$expected" ]]; then
@@ -52,7 +53,7 @@ for round in $(seq "$rounds"); do
     results[$mode]+="$rps "
   done
 done
-for mode in none tollgate tollgate-bare governor governor-headers; do
+for mode in none tollgate tollgate-bare governor governor-headers governor-endpoint; do
   median=$(echo "${results[$mode]}" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   echo "median $mode $median"
 done

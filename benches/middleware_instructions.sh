@@ -10,12 +10,13 @@
 #   CLIENT=h2load bash benches/middleware_instructions.sh [seconds] [modes...]  # HTTP/2
 #
 # Needs valgrind and wrk or h2load (apt-get install valgrind wrk nghttp2-client). Modes as in
-# middleware.sh; default: none tollgate tollgate-bare governor governor-headers.
+# middleware.sh; default: none tollgate tollgate-bare governor governor-headers governor-endpoint.
+# OUT=<dir> keeps each mode's callgrind output in <dir>/<mode>.out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-4}
 shift || true
-modes=${*:-none tollgate tollgate-bare governor governor-headers}
+modes=${*:-none tollgate tollgate-bare governor governor-headers governor-endpoint}
 client=${CLIENT:-wrk}
 case $client in
   wrk | h2load) ;;
@@ -29,8 +30,14 @@ CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --example ben
 target=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+# OUT=<dir> keeps the callgrind outputs there (<mode>.out), for callgrind_annotate.
+if [[ -n ${OUT:-} ]]; then
+  dir=$OUT
+  mkdir -p "$dir"
+else
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' EXIT
+fi
 for mode in $modes; do
   MODE=$mode LISTEN_ADDR=127.0.0.1:$port valgrind --tool=callgrind \
     --callgrind-out-file="$dir/$mode.out" "$target/release/examples/bench_server" \
