@@ -268,6 +268,7 @@ impl Outcome {
         self.verdict
     }
 }
+
 #[cfg(test)]
 mod tests {
     /// An outcome is moved a few times on its way to the caller: past 128 bytes each move is
