@@ -367,9 +367,10 @@ impl<St: Store> Limiter<St> {
             None if stamped => Asking::Take(self.shared.store.take(&key, &policy.limits, cost)),
             None => {
                 let mut call = ask(&self.shared.store, &key, &policy.limits, cost);
-                // An in-process store (no breaker counts its calls) answers when first polled:
-                // decided here, without a call to time or leave behind. A call that does not
-                // answer at once is polled again with the caller's waker, as any future is.
+                // An in-process store (`is_remote` false, so no breaker counts its calls)
+                // answers when first polled: decided here, without a call to time or leave
+                // behind. One that does not answer at once is polled again with the caller's
+                // waker, as any future is. A remote store's call is never polled here.
                 if ticket.is_none()
                     && let Poll::Ready(answer) =
                         Pin::new(&mut call).poll(&mut Context::from_waker(Waker::noop()))
