@@ -8,7 +8,7 @@
 //! [sent, answered] interval, and `duration_until_reset` (60 - now % 60) names the second.
 //!
 //!   rls_load --grpc ADDR [--grpc ADDR…] --redis URL --clients N --seconds S
-//!            --descriptor hot|cold [--limit N]
+//!            --descriptor hot|cold
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -73,24 +73,18 @@ pub(crate) fn route_template(parts: &Parts) -> Option<&str> {
 /// other method as `OTHER`: a client that invents methods adds no bucket and no key.
 pub(crate) fn key_method(method: &http::Method) -> &'static str {
     use http::Method;
-    // Compared as methods, not as text: a standard method is one byte to compare.
-    static NAMED: [(Method, &str); 8] = [
-        (Method::GET, "GET"),
-        (Method::POST, "POST"),
-        (Method::PUT, "PUT"),
-        (Method::DELETE, "DELETE"),
-        (Method::PATCH, "PATCH"),
-        (Method::OPTIONS, "OPTIONS"),
-        (Method::CONNECT, "CONNECT"),
-        (Method::TRACE, "TRACE"),
-    ];
-    if *method == Method::HEAD {
-        return "GET";
+    // Matched as methods, not as text: a standard method is one byte to compare.
+    match *method {
+        Method::GET | Method::HEAD => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
     }
-    NAMED
-        .iter()
-        .find(|(named, _)| named == method)
-        .map_or("OTHER", |(_, name)| name)
 }
 
 /// The endpoint component of the requests that match no route and share one bucket per

@@ -194,7 +194,9 @@ impl Outcome {
     /// The same outcome, with every limit's decision as the store reported them.
     #[inline]
     pub(crate) fn with_each(mut self, each: Vec<Decision>) -> Self {
-        if !each.is_empty() {
+        // One limit's decision is the binding one, which `decisions` reads from the verdict:
+        // only a policy of several limits makes the rare parts for it.
+        if each.len() > 1 {
             self.rare().each = each;
         }
         self

@@ -90,7 +90,7 @@ async fn decide<St: Store>(service: &RateLimitService<St>, body: &[u8]) -> Respo
         )
             .into_response()
     };
-    let Some(request) = json::request(body).filter(|_| !body.is_empty()) else {
+    let Some(request) = json::request(body) else {
         return bad();
     };
     let now_s = SystemTime::now()

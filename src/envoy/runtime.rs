@@ -129,14 +129,22 @@ impl Runtime {
         let mut total = 0;
         let mut texts = Vec::with_capacity(files.len());
         for (name, path) in files {
-            let text = std::fs::read_to_string(&path).map_err(|e| unreadable(&name, &e))?;
-            total += text.len() as u64;
+            // Read no further than one byte past what is left: a huge file is never held whole.
+            let mut bytes = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|file| {
+                    use std::io::Read as _;
+                    file.take(MAX_BYTES - total + 1).read_to_end(&mut bytes)
+                })
+                .map_err(|e| unreadable(&name, &e))?;
+            total += bytes.len() as u64;
             if total > MAX_BYTES {
                 return Err(unreadable(
                     &name,
                     &"the configuration files hold more than 64 MiB",
                 ));
             }
+            let text = String::from_utf8(bytes).map_err(|e| unreadable(&name, &e))?;
             texts.push((name, text));
         }
         Ok(texts)

@@ -313,14 +313,20 @@ async fn a_first_load_that_fails_leaves_the_service_up_without_a_configuration()
     let health = HttpClient::new().get(rls.http, "/healthcheck", None).await;
     assert_eq!(health.status, 200);
     // A bad setting is an error at start, naming the variable.
-    let output = Command::new(env!("CARGO_BIN_EXE_tollgate-rls"))
-        .env_clear()
-        .env("RUNTIME_WATCH_ROOT", "sometimes")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("RUNTIME_WATCH_ROOT"), "{stderr}");
+    for (name, value) in [
+        ("RUNTIME_WATCH_ROOT", "sometimes"),
+        ("LOG_LEVEL", "loud"),
+        ("REDIS_URL", "not a url at all"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tollgate-rls"))
+            .env_clear()
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(name), "{stderr}");
+    }
 }
 
 /// `POST http://addr/json` with `body`: the status and the body.

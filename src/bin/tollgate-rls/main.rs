@@ -26,7 +26,15 @@ async fn main() -> ExitCode {
         }
     };
     init_logs(&settings);
-    match run(settings).await {
+    // A REDIS_URL that names no server is a bad setting too (exit 2), not a failure to run.
+    let store = match open_store(&settings.redis) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("tollgate-rls: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(settings, store).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -37,8 +45,7 @@ async fn main() -> ExitCode {
 }
 
 fn init_logs(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_new(settings.log_level.to_ascii_lowercase())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::new(&settings.log_level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -51,14 +58,13 @@ fn init_logs(settings: &Settings) {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(settings: Settings, store: AnyStore) -> Result<(), String> {
     if !settings.unsupported.is_empty() {
         tracing::warn!(
             "these settings are not supported and are ignored: {}",
             settings.unsupported.join(", ")
         );
     }
-    let store = open_store(&settings.redis)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;

@@ -211,12 +211,25 @@ impl Settings {
             redis: redis(env)?,
             service,
             timeout: Duration::from_millis(timeout_ms),
-            log_level: env.string("LOG_LEVEL", "WARN"),
+            log_level: log_level(&env.string("LOG_LEVEL", "WARN"))?,
             log_json: env
                 .string("LOG_FORMAT", "text")
                 .eq_ignore_ascii_case("json"),
             unsupported,
         })
+    }
+}
+
+/// `LOG_LEVEL`, one of the peer's (logrus) levels, as the `tracing` level it logs at:
+/// `panic` and `fatal`, which `tracing` does not have, log errors.
+fn log_level(level: &str) -> Result<String, String> {
+    match level.to_ascii_lowercase().as_str() {
+        "panic" | "fatal" | "error" => Ok("error".to_owned()),
+        "warn" | "warning" => Ok("warn".to_owned()),
+        level @ ("info" | "debug" | "trace") => Ok(level.to_owned()),
+        _ => Err(format!(
+            "LOG_LEVEL: {level:?} is not a level (trace, debug, info, warn, error, fatal, panic)"
+        )),
     }
 }
 
@@ -302,7 +315,7 @@ mod tests {
         assert!((s.service.decide.near_limit_ratio - 0.8).abs() < f32::EPSILON);
         assert!(s.service.headers.is_none() && s.unsupported.is_empty());
         assert!(!s.service.stop_increment_when_over && !s.service.dynamic_metadata);
-        assert_eq!(s.log_level, "WARN");
+        assert_eq!(s.log_level, "warn");
     }
 
     #[test]

@@ -111,10 +111,32 @@ impl Leasing {
         wanted: Vec<Wanted>,
     ) -> Result<Vec<u64>, StoreError> {
         let now = Instant::now();
-        let mut steps = Vec::with_capacity(wanted.len());
-        for want in &wanted {
-            steps.push(self.step(limiter, want, now));
+        let steps: Vec<Step> = wanted.iter().map(|w| self.step(limiter, w, now)).collect();
+        if !steps.iter().any(|step| matches!(step, Step::Lend(_))) {
+            return self.ask(limiter, wanted, steps, now).await;
         }
+        // A lease call holds its key until it is granted (no other is asked meanwhile), and
+        // what it lends is in the store once sent: it is seen through in the background even
+        // when the request is given up on (Envoy's timeout drops it), so the key leases again
+        // and the units lent are held or given back, never lost.
+        let (this, limiter) = (Arc::clone(self), limiter.clone());
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.tasks.spawn(async move {
+            let _ = answer.send(this.ask(&limiter, wanted, steps, now).await);
+        });
+        answered
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Other("a lease call was dropped".into())))
+    }
+
+    /// The store's part of [`count`](Self::count): `steps` are `wanted`'s.
+    async fn ask<St: Store>(
+        self: &Arc<Self>,
+        limiter: &Limiter<St>,
+        wanted: Vec<Wanted>,
+        steps: Vec<Step>,
+        now: Instant,
+    ) -> Result<Vec<u64>, StoreError> {
         // The hot ones lend (a script); the others are counted as the peer counts them.
         let mut lends = Vec::new();
         let mut plain = Vec::new();
@@ -161,10 +183,10 @@ impl Leasing {
                     }
                     match got.as_mut().and_then(Iterator::next) {
                         Some(got) => self.granted(limiter, want, got.value, got.lent, now),
+                        // Nothing lent: the key may ask again (nothing to give back).
                         None => {
                             let key = &want.counter.key;
-                            let ended = self.leases.granted(key, 0, LEASE_TIME, None, now);
-                            give_back(&self.tasks, limiter, ended);
+                            self.leases.granted(key, 0, LEASE_TIME, None, now);
                         }
                     }
                 }
@@ -257,11 +279,10 @@ impl Leasing {
                     let got = lent.first().copied().unwrap_or_default();
                     this.granted(&limiter, &want, got.value, got.lent, now);
                 }
+                // Nothing lent: the key may ask again (nothing to give back).
                 Err(_) => {
-                    let ended = this
-                        .leases
+                    this.leases
                         .granted(&want.counter.key, 0, LEASE_TIME, None, now);
-                    give_back(&this.tasks, &limiter, ended);
                 }
             }
         });

@@ -240,30 +240,32 @@ impl<St: Store> RateLimitService<St> {
         if counts.is_empty() {
             return Ok(Vec::new());
         }
-        let limits: Vec<u64> = counts.iter().map(|c| c.limit).collect();
-        let mut counters: Vec<Counter> = counts.into_iter().map(|c| self.counter(c)).collect();
         let core = self.inner.limiter.core();
         let store = self.inner.limiter.store();
-        if self.inner.settings.stop_increment_when_over {
-            let reads: Vec<Counter> = counters
-                .iter()
-                .map(|c| Counter {
-                    hits: 0,
-                    ..c.clone()
-                })
-                .collect();
-            let now = core.bounded(store.count(&reads)).await?;
-            let over: Vec<bool> = counters
-                .iter()
-                .zip(&now)
-                .zip(&limits)
-                .map(|((c, now), limit)| now.saturating_add(c.hits) > *limit)
-                .collect();
-            if over.contains(&true) {
-                for (counter, over) in counters.iter_mut().zip(over) {
-                    if !over {
-                        counter.hits = 0;
-                    }
+        if !self.inner.settings.stop_increment_when_over {
+            let counters: Vec<Counter> = counts.into_iter().map(|c| self.counter(c)).collect();
+            return core.bounded(store.count(&counters)).await;
+        }
+        let reads: Vec<Counter> = counts
+            .iter()
+            .map(|c| Counter {
+                key: c.key.clone(),
+                hits: 0,
+                expire_s: c.window_s,
+            })
+            .collect();
+        let now = core.bounded(store.count(&reads)).await?;
+        let over: Vec<bool> = counts
+            .iter()
+            .zip(&now)
+            .map(|(c, now)| now.saturating_add(c.hits) > c.limit)
+            .collect();
+        let any_over = over.contains(&true);
+        let mut counters: Vec<Counter> = counts.into_iter().map(|c| self.counter(c)).collect();
+        if any_over {
+            for (counter, over) in counters.iter_mut().zip(over) {
+                if !over {
+                    counter.hits = 0;
                 }
             }
         }
@@ -272,7 +274,10 @@ impl<St: Store> RateLimitService<St> {
 
     /// Starts the task that gives back ended leases, once: it runs while the service lives.
     fn sweep_leases(&self) {
-        if self.inner.sweeping.swap(true, Ordering::Relaxed) {
+        // Read first: once it runs, no request writes the flag's cache line again.
+        if self.inner.sweeping.load(Ordering::Relaxed)
+            || self.inner.sweeping.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let weak = Arc::downgrade(&self.inner);

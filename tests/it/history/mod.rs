@@ -53,6 +53,29 @@ const FAR_LESS: f64 = 0.3;
 /// Clients per scenario.
 const CLIENTS: u64 = 6;
 
+/// Hangs `redis` now and then for `run` (the history's length): it answers for a time drawn
+/// from `answering` (ms), then hangs for 60 to 120 ms, past the limiters' timeout. The draws
+/// come from the run's seed mixed with `salt`.
+fn pause_at_random(
+    redis: &Arc<RedisServer>,
+    salt: u64,
+    run: Duration,
+    answering: std::ops::Range<u64>,
+) -> tokio::task::JoinHandle<()> {
+    let redis = Arc::clone(redis);
+    let mut rng = Rng::new(seed() ^ salt);
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + run;
+        while tokio::time::Instant::now() + Duration::from_millis(300) < until {
+            let answering = answering.start + rng.below(answering.end - answering.start);
+            tokio::time::sleep(Duration::from_millis(answering)).await;
+            redis.hang();
+            tokio::time::sleep(Duration::from_millis(60 + rng.below(60))).await;
+            redis.resume();
+        }
+    })
+}
+
 fn seed() -> u64 {
     std::env::var("TOLLGATE_SEED")
         .ok()
@@ -544,19 +567,7 @@ async fn histories_on_one_redis_keep_every_bound_through_pauses() {
     store.load_script().await.unwrap();
     // The server hangs past the limiters' timeout now and then: decisions fail open, calls
     // left behind finish late, put-backs are lost or late.
-    let pauses = {
-        let redis = Arc::clone(&redis);
-        let mut rng = Rng::new(seed() ^ 0x9a05e);
-        tokio::spawn(async move {
-            let until = tokio::time::Instant::now() + RUN;
-            while tokio::time::Instant::now() + Duration::from_millis(300) < until {
-                tokio::time::sleep(Duration::from_millis(150 + rng.below(250))).await;
-                redis.hang();
-                tokio::time::sleep(Duration::from_millis(60 + rng.below(60))).await;
-                redis.resume();
-            }
-        })
-    };
+    let pauses = pause_at_random(&redis, 0x9a05e, RUN, 150..400);
     // A third of the time paused: far less is less again. A decision that times out is
     // left to finish and puts back its slot and units, so slots are in the run too.
     run_all(Clock::Unix, store, "redis", true, true, 3, FAR_LESS / 2.0).await;
