@@ -130,6 +130,29 @@ pub(crate) fn lend<St: Store>(
     })
 }
 
+/// The store call of a request on a key whose lease is live or being taken, not served from
+/// it: a stamped take, told to the leases, so that the units the lease reports count it.
+pub(crate) fn tracked<St: Store>(
+    shared: &Shared<St>,
+    core: &Arc<Core>,
+    key: &str,
+    policy: usize,
+    cost: u64,
+) -> StoreCall<Taken> {
+    let call = shared
+        .store
+        .take(key, &core.policies.entry(policy).limits, cost);
+    let core = Arc::clone(core);
+    let key: Box<str> = key.into();
+    Box::pin(async move {
+        let taken = call.await?;
+        if let (Some(stamp), Some(leases)) = (&taken.stamp, &core.leases) {
+            leases.took(&key, stamp.at_us(), cost);
+        }
+        Ok(taken)
+    })
+}
+
 /// Takes the next lease of up to `want` units on `key` in the background (one unit for no
 /// request, and up to `want - 1` more), bounded as every store call is. A call the breaker
 /// does not let through is not counted as a store error: no request waited for it.

@@ -275,6 +275,7 @@ impl<St: Store> Limiter<St> {
         }
         // A leased policy's hot key: from this instance's lease, or asked with one.
         let mut lend = None;
+        let mut track = false;
         if let (Some(leases), Some(lease_time)) = (&core.leases, policy.lease) {
             leasing::sweep(&self.shared, core, leases);
             match leases.serve(index, &key, cost, lease_time, tokio::time::Instant::now()) {
@@ -303,7 +304,7 @@ impl<St: Store> Limiter<St> {
                 Serve::Lend { want } => {
                     lend = Some((want, leasing::Lending::new(&self.shared, core, &key, index)));
                 }
-                Serve::Plain => {}
+                Serve::Plain { track: live } => track = live,
             }
         }
         if let Some(cache) = &core.deny_cache
@@ -355,7 +356,7 @@ impl<St: Store> Limiter<St> {
         }
         // A take whose units or slots may be put back is stamped; given up on (the timeout),
         // what it took is put back.
-        let stamped = lend.is_some() || flags.receipt || policy.concurrent;
+        let stamped = lend.is_some() || track || flags.receipt || policy.concurrent;
         let untake = (stamped && core.worker.is_some()).then(|| {
             let releaser: Arc<dyn Releaser> = Arc::clone(&self.shared) as _;
             Box::new((releaser, Arc::clone(core), key.clone().into_owned()))
@@ -364,6 +365,7 @@ impl<St: Store> Limiter<St> {
             Some((want, lending)) => {
                 Asking::Take(leasing::lend(&self.shared, core, lending, &key, cost, want))
             }
+            None if track => Asking::Take(leasing::tracked(&self.shared, core, &key, index, cost)),
             None if stamped => Asking::Take(self.shared.store.take(&key, &policy.limits, cost)),
             None => {
                 let mut call = ask(&self.shared.store, &key, &policy.limits, cost);

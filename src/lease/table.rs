@@ -14,6 +14,11 @@ use crate::sync::Sharded;
 /// request is decided on its own, as without leasing.
 pub(crate) const MIN_LEASE: u64 = 4;
 
+/// The most store calls remembered per key while its lease call is under way: past that,
+/// the latest ones are remembered as one, at the latest time (on the safe side: a lease's
+/// decisions may then report fewer units than it has, never more).
+const MAX_RACING: usize = 16;
+
 /// The most keys a limiter follows for leasing.
 pub(crate) const MAX_LEASED_KEYS: usize = 10_000;
 
@@ -41,8 +46,15 @@ struct Held {
     /// The units left to spend, by the grant that lent them: the older one first, spent
     /// first. Each keeps its own stamp, so what it gives back is credited where it was lent.
     parcels: [Parcel; 2],
-    /// The binding limit as the store last said, not counting the lease.
+    /// The binding limit as the store last said, not counting the lease, less what this
+    /// instance's own store calls took since.
     base: Decision,
+    /// When the store said `base`, by its clock, in microseconds.
+    base_at_us: u64,
+    /// What this instance's store calls on the key took while a lease call was under way:
+    /// when, by the store's clock, and how many units. The lease call's base counts those
+    /// the store made before it, and not the others.
+    racing: Vec<(u64, u64)>,
     /// The size of the last lease: half of it spent, the next is taken.
     granted: u64,
     /// A lease call is under way.
@@ -87,8 +99,10 @@ pub(crate) enum Serve {
     },
     /// Ask the store, taking a lease of up to `want` units with the request.
     Lend { want: u64 },
-    /// Ask the store as without leasing.
-    Plain,
+    /// Ask the store as without leasing. `track`: the key's lease is live or a lease call is
+    /// under way, so what the call takes is to be [told](Leases::took) with its stamp, to
+    /// keep the units the lease reports exact.
+    Plain { track: bool },
 }
 
 /// A lease a store call lent.
@@ -141,10 +155,10 @@ impl Leases {
     ) -> Serve {
         let (mut shard, _) = self.shards.lock(key);
         if self.retired.load(Ordering::SeqCst) {
-            return Serve::Plain;
+            return Serve::Plain { track: false };
         }
         let Some(held) = shard.entry(key, policy, lease_time, now) else {
-            return Serve::Plain;
+            return Serve::Plain { track: false };
         };
         let counted = now.saturating_duration_since(held.since);
         if counted >= lease_time {
@@ -195,7 +209,8 @@ impl Leases {
             };
         }
         if held.pending || held.dry || want < MIN_LEASE {
-            return Serve::Plain;
+            let track = held.pending || held.units(now) > 0;
+            return Serve::Plain { track };
         }
         held.pending = true;
         Serve::Lend { want }
@@ -233,6 +248,7 @@ impl Leases {
                 .collect();
         };
         held.pending = false;
+        let racing = std::mem::take(&mut held.racing);
         let Some(grant) = grant else {
             return Vec::new();
         };
@@ -257,9 +273,32 @@ impl Leases {
         }
         held.parcels = [older, newer];
         held.base = grant.base;
+        held.base_at_us = grant.at_us;
+        // What this instance took after the store lent is not in the grant's base.
+        for (at_us, units) in racing {
+            held.took(at_us, units);
+        }
         held.granted = grant.units;
         held.dry = false;
         back
+    }
+
+    /// A store call of this instance took `units` on `key` at `at_us` by the store's clock
+    /// (one [`Serve::Plain`] said to track): the lease's base counts them from now on, and a
+    /// lease call under way counts them if it was made before them.
+    pub(crate) fn took(&self, key: &str, at_us: u64, units: u64) {
+        let (mut shard, _) = self.shards.lock(key);
+        let Some(held) = shard.held.get_mut(key) else {
+            return;
+        };
+        held.took(at_us, units);
+        if held.pending {
+            let full = held.racing.len() >= MAX_RACING;
+            match held.racing.last_mut() {
+                Some(last) if full => *last = (last.0.max(at_us), last.1.saturating_add(units)),
+                _ => held.racing.push((at_us, units)),
+            }
+        }
     }
 
     /// The units of parcels over by `now`, taken out to be given back; keys idle for two
@@ -355,6 +394,8 @@ impl Held {
                 at_us: 0,
             }; 2],
             base: Decision::new(true, 0, 0, Duration::ZERO, Duration::ZERO),
+            base_at_us: 0,
+            racing: Vec::new(),
             granted: 0,
             pending: false,
             dry: false,
@@ -371,6 +412,14 @@ impl Held {
             .filter(|p| p.live(now))
             .map(|p| p.units)
             .sum()
+    }
+
+    /// The base counts `units` taken at `at_us`, unless the store said it after. (At the same
+    /// microsecond the order is unknown: counted, on the safe side.)
+    fn took(&mut self, at_us: u64, units: u64) {
+        if at_us >= self.base_at_us {
+            self.base.remaining = self.base.remaining.saturating_sub(units);
+        }
     }
 
     fn unspent(&self, key: &str, parcel: Parcel) -> Unspent {
@@ -406,7 +455,7 @@ mod tests {
         let later = now + lease;
         assert!(matches!(
             leases.serve(0, "k", 1, lease, now),
-            Serve::Plain | Serve::Lend { .. }
+            Serve::Plain { .. } | Serve::Lend { .. }
         ));
         assert!(
             leases
@@ -439,6 +488,68 @@ mod tests {
         back.sort();
         assert_eq!(back, [(3, 1_000), (8, 2_000)]);
         assert_eq!(leases.held("k", now), 0);
+    }
+
+    /// A request the store decides while a lease call is under way (the lease was spent
+    /// before the call came back): what it took counts in the lease's decisions when the store
+    /// took it after it lent, and not twice when before. Before, a lease's decisions reported
+    /// one unit more than the bucket had after such a race.
+    #[test]
+    fn a_store_call_racing_a_lease_call_counts_once() {
+        let lease = Duration::from_secs(10);
+        let now = Instant::now();
+        let later = now + lease;
+        for (took_at, remaining) in [(300, 50 - 1 + 5), (150, 50 + 5)] {
+            let leases = Leases::new();
+            for _ in 0..3 {
+                let _ = leases.serve(0, "k", 1, lease, now);
+            }
+            assert!(matches!(
+                leases.serve(0, "k", 1, lease, now),
+                Serve::Lend { .. }
+            ));
+            assert!(
+                leases
+                    .granted("k", 0, lease, grant(4, 100, later), now)
+                    .is_empty()
+            );
+            // Half spent: the next lease is asked for; the rest is spent meanwhile.
+            let mut refilled = false;
+            for _ in 0..4 {
+                match leases.serve(0, "k", 1, lease, now) {
+                    Serve::Lease { refill, .. } => refilled |= refill.is_some(),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(refilled);
+            assert!(matches!(
+                leases.serve(0, "k", 1, lease, now),
+                Serve::Plain { track: true }
+            ));
+            leases.took("k", took_at, 1);
+            assert!(
+                leases
+                    .granted("k", 0, lease, grant(6, 200, later), now)
+                    .is_empty()
+            );
+            match leases.serve(0, "k", 1, lease, now) {
+                Serve::Lease { decision, .. } => {
+                    assert_eq!(decision.remaining, remaining, "took at {took_at}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// A key neither leased nor being leased is not tracked: its store calls cost nothing more.
+    #[test]
+    fn a_cold_key_is_not_tracked() {
+        let leases = Leases::new();
+        let lease = Duration::from_secs(10);
+        assert!(matches!(
+            leases.serve(0, "k", 1, lease, Instant::now()),
+            Serve::Plain { track: false }
+        ));
     }
 
     /// A third grant pushes the oldest parcel out: what it has left goes back with its time.

@@ -245,7 +245,7 @@ impl Leasing {
                 Step::Here(want.limit.saturating_sub(decision.remaining))
             }
             Serve::Lend { want } => Step::Lend(want),
-            Serve::Plain => Step::Plain,
+            Serve::Plain { .. } => Step::Plain,
         }
     }
 
