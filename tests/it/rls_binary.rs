@@ -50,22 +50,35 @@ impl Rls {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        // Read on a thread (which drains stdout to its end), so that a binary that neither
+        // listens nor exits fails the test within a deadline instead of hanging it.
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut addrs = Vec::new();
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("Listening for ") {
-                let addr = rest.split('\'').nth(1).unwrap().parse().unwrap();
-                addrs.push(addr);
-                if addrs.len() == 3 {
-                    break;
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("Listening for ") {
+                    let addr = rest.split('\'').nth(1).unwrap().parse().unwrap();
+                    let _ = tx.send(addr);
                 }
             }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut addrs = Vec::new();
+        while addrs.len() < 3 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => break,
+            }
+        }
+        if addrs.len() < 3 {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         assert_eq!(
             addrs.len(),
             3,
-            "tollgate-rls exited: {}",
+            "tollgate-rls exited or did not listen within 30 s: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         Self {
