@@ -2,6 +2,7 @@
 //!
 //! What users read about it is `docs/leases.md`.
 
+mod held;
 mod table;
 
 pub(crate) use table::{Grant, Leases, Serve, Unspent};

@@ -1,12 +1,12 @@
 //! [`Leases`]: the units this instance holds ahead of its requests, per key, and the rate
 //! that sizes the next lease.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::held::Shard;
 use crate::Decision;
 use crate::sync::Sharded;
 
@@ -14,15 +14,10 @@ use crate::sync::Sharded;
 /// request is decided on its own, as without leasing.
 pub(crate) const MIN_LEASE: u64 = 4;
 
-/// The most store calls remembered per key while its lease call is under way: past that,
-/// the latest ones are remembered as one, at the latest time (on the safe side: a lease's
-/// decisions may then report fewer units than it has, never more).
-const MAX_RACING: usize = 16;
-
 /// The most keys a limiter follows for leasing.
 pub(crate) const MAX_LEASED_KEYS: usize = 10_000;
 
-const SHARDS: usize = 16;
+pub(super) const SHARDS: usize = 16;
 
 /// The leases of one limiter, by key.
 #[derive(Debug)]
@@ -32,58 +27,6 @@ pub(crate) struct Leases {
     /// The generation of the policies these leases serve was replaced: nothing is lent or
     /// served any more, and what a lease call under way is granted is given back.
     retired: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct Shard {
-    held: HashMap<Box<str>, Held, foldhash::fast::RandomState>,
-}
-
-#[derive(Debug)]
-struct Held {
-    policy: usize,
-    lease_time: Duration,
-    /// The units left to spend, by the grant that lent them: the older one first, spent
-    /// first. Each keeps its own stamp, so what it gives back is credited where it was lent.
-    parcels: [Parcel; 2],
-    /// The binding limit as the store last said, not counting the lease, less what this
-    /// instance's own store calls took since.
-    base: Decision,
-    /// When the store said `base`, by its clock, in microseconds.
-    base_at_us: u64,
-    /// What this instance's store calls on the key took while a lease call was under way:
-    /// when, by the store's clock, and how many units. The lease call's base counts those
-    /// the store made before it, and not the others.
-    racing: Vec<(u64, u64)>,
-    /// The size of the last lease: half of it spent, the next is taken.
-    granted: u64,
-    /// A lease call is under way.
-    pending: bool,
-    /// The last lease call lent nothing (a nearly empty bucket): no other until the next
-    /// count.
-    dry: bool,
-    /// Since when `asked` counts.
-    since: Instant,
-    /// Units asked since `since`.
-    asked: u64,
-    /// Units asked over the lease time before.
-    last: u64,
-}
-
-/// The units one lease call lent and no request spent yet.
-#[derive(Debug, Clone, Copy)]
-struct Parcel {
-    units: u64,
-    /// When they may no longer be spent.
-    expires: Instant,
-    /// The store's clock when they were lent, in microseconds.
-    at_us: u64,
-}
-
-impl Parcel {
-    fn live(&self, now: Instant) -> bool {
-        self.units > 0 && now < self.expires
-    }
 }
 
 /// What to do with a request on a leased policy.
@@ -247,40 +190,7 @@ impl Leases {
                 .into_iter()
                 .collect();
         };
-        held.pending = false;
-        let racing = std::mem::take(&mut held.racing);
-        let Some(grant) = grant else {
-            return Vec::new();
-        };
-        if grant.units == 0 {
-            held.dry = true;
-            return Vec::new();
-        }
-        let mut back = Vec::new();
-        // The older parcel makes room; the newer one becomes the older, unless it is over.
-        let newer = Parcel {
-            units: grant.units,
-            expires: grant.expires,
-            at_us: grant.at_us,
-        };
-        let [pushed, mut older] = held.parcels;
-        if pushed.units > 0 {
-            back.push(held.unspent(key, pushed));
-        }
-        if older.units > 0 && now >= older.expires {
-            back.push(held.unspent(key, older));
-            older.units = 0;
-        }
-        held.parcels = [older, newer];
-        held.base = grant.base;
-        held.base_at_us = grant.at_us;
-        // What this instance took after the store lent is not in the grant's base.
-        for (at_us, units) in racing {
-            held.took(at_us, units);
-        }
-        held.granted = grant.units;
-        held.dry = false;
-        back
+        held.install(key, grant, now)
     }
 
     /// A store call of this instance took `units` on `key` at `at_us` by the store's clock
@@ -292,13 +202,6 @@ impl Leases {
             return;
         };
         held.took(at_us, units);
-        if held.pending {
-            let full = held.racing.len() >= MAX_RACING;
-            match held.racing.last_mut() {
-                Some(last) if full => *last = (last.0.max(at_us), last.1.saturating_add(units)),
-                _ => held.racing.push((at_us, units)),
-            }
-        }
     }
 
     /// The units of parcels over by `now`, taken out to be given back; keys idle for two
@@ -307,13 +210,7 @@ impl Leases {
         let mut unspent = Vec::new();
         for mut shard in self.shards.each() {
             shard.held.retain(|key, held| {
-                for i in 0..held.parcels.len() {
-                    let parcel = held.parcels[i];
-                    if parcel.units > 0 && now >= parcel.expires {
-                        unspent.push(held.unspent(key, parcel));
-                        held.parcels[i].units = 0;
-                    }
-                }
+                held.take_out(key, |p| now >= p.expires, &mut unspent);
                 held.parcels.iter().any(|p| p.units > 0)
                     || held.pending
                     || now.saturating_duration_since(held.since) < 2 * held.lease_time
@@ -338,13 +235,7 @@ impl Leases {
         let mut unspent = Vec::new();
         for mut shard in self.shards.each() {
             for (key, held) in shard.held.iter_mut() {
-                for i in 0..held.parcels.len() {
-                    let parcel = held.parcels[i];
-                    if parcel.units > 0 {
-                        unspent.push(held.unspent(key, parcel));
-                        held.parcels[i].units = 0;
-                    }
-                }
+                held.take_out(key, |_| true, &mut unspent);
             }
         }
         unspent
@@ -360,75 +251,6 @@ impl Leases {
     pub(crate) fn forget(&self, key: &str) {
         let (mut shard, _) = self.shards.lock(key);
         shard.held.remove(key);
-    }
-}
-
-impl Shard {
-    /// `key`'s entry, made if the shard has room.
-    fn entry(
-        &mut self,
-        key: &str,
-        policy: usize,
-        lease_time: Duration,
-        now: Instant,
-    ) -> Option<&mut Held> {
-        if !self.held.contains_key(key) {
-            if self.held.len() >= MAX_LEASED_KEYS / SHARDS {
-                return None;
-            }
-            self.held
-                .insert(key.into(), Held::new(policy, lease_time, now));
-        }
-        self.held.get_mut(key)
-    }
-}
-
-impl Held {
-    fn new(policy: usize, lease_time: Duration, now: Instant) -> Self {
-        Self {
-            policy,
-            lease_time,
-            parcels: [Parcel {
-                units: 0,
-                expires: now,
-                at_us: 0,
-            }; 2],
-            base: Decision::new(true, 0, 0, Duration::ZERO, Duration::ZERO),
-            base_at_us: 0,
-            racing: Vec::new(),
-            granted: 0,
-            pending: false,
-            dry: false,
-            since: now,
-            asked: 0,
-            last: 0,
-        }
-    }
-
-    /// The units of the parcels still running at `now`.
-    fn units(&self, now: Instant) -> u64 {
-        self.parcels
-            .iter()
-            .filter(|p| p.live(now))
-            .map(|p| p.units)
-            .sum()
-    }
-
-    /// The base counts `units` taken at `at_us`, unless the store said it after. (At the same
-    /// microsecond the order is unknown: counted, on the safe side.)
-    fn took(&mut self, at_us: u64, units: u64) {
-        if at_us >= self.base_at_us {
-            self.base.remaining = self.base.remaining.saturating_sub(units);
-        }
-    }
-
-    fn unspent(&self, key: &str, parcel: Parcel) -> Unspent {
-        Unspent {
-            key: key.into(),
-            policy: self.policy,
-            units: parcel.units,
-            at_us: parcel.at_us,
-        }
     }
 }
 
