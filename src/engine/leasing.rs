@@ -130,24 +130,15 @@ pub(crate) fn lend<St: Store>(
     })
 }
 
-/// The store call of a request on a key whose lease is live or being taken, not served from
-/// it: a stamped take, told to the leases, so that the units the lease reports count it.
-pub(crate) fn tracked<St: Store>(
-    shared: &Shared<St>,
-    core: &Arc<Core>,
-    key: &str,
-    policy: usize,
-    cost: u64,
-) -> StoreCall<Taken> {
-    let call = shared
-        .store
-        .take(key, &core.policies.entry(policy).limits, cost);
+/// `take`, the store call of a request on a followed key not served from its lease, told to
+/// the leases with its stamp when it took, so that the units the key's lease reports count it.
+pub(crate) fn tracked(core: &Arc<Core>, key: &str, take: StoreCall<Taken>) -> StoreCall<Taken> {
     let core = Arc::clone(core);
     let key: Box<str> = key.into();
     Box::pin(async move {
-        let taken = call.await?;
+        let taken = take.await?;
         if let (Some(stamp), Some(leases)) = (&taken.stamp, &core.leases) {
-            leases.took(&key, stamp.at_us(), cost);
+            leases.took(&key, stamp.at_us(), stamp.cost());
         }
         Ok(taken)
     })

@@ -365,8 +365,13 @@ impl<St: Store> Limiter<St> {
             Some((want, lending)) => {
                 Asking::Take(leasing::lend(&self.shared, core, lending, &key, cost, want))
             }
-            None if track => Asking::Take(leasing::tracked(&self.shared, core, &key, index, cost)),
-            None if stamped => Asking::Take(self.shared.store.take(&key, &policy.limits, cost)),
+            None if stamped => {
+                let take = self.shared.store.take(&key, &policy.limits, cost);
+                Asking::Take(match track {
+                    true => leasing::tracked(core, &key, take),
+                    false => take,
+                })
+            }
             None => {
                 let mut call = ask(&self.shared.store, &key, &policy.limits, cost);
                 // An in-process store (`is_remote` false, so no breaker counts its calls)

@@ -121,19 +121,15 @@ impl Held {
     /// counts them unless the store said it after (at the same microsecond the order is
     /// unknown: counted, on the safe side), and a lease call under way remembers them.
     pub(super) fn took(&mut self, at_us: u64, units: u64) {
-        self.count(at_us, units);
+        if at_us >= self.base_at_us {
+            self.base.remaining = self.base.remaining.saturating_sub(units);
+        }
         if self.pending {
             let full = self.racing.len() >= MAX_RACING;
             match self.racing.last_mut() {
                 Some(last) if full => *last = (last.0.max(at_us), last.1.saturating_add(units)),
                 _ => self.racing.push((at_us, units)),
             }
-        }
-    }
-
-    fn count(&mut self, at_us: u64, units: u64) {
-        if at_us >= self.base_at_us {
-            self.base.remaining = self.base.remaining.saturating_sub(units);
         }
     }
 
@@ -146,14 +142,11 @@ impl Held {
         now: Instant,
     ) -> Vec<Unspent> {
         self.pending = false;
-        let racing = std::mem::take(&mut self.racing);
-        let Some(grant) = grant else {
+        let Some(grant) = grant.filter(|g| g.units > 0) else {
+            self.dry |= grant.is_some();
+            self.racing.clear();
             return Vec::new();
         };
-        if grant.units == 0 {
-            self.dry = true;
-            return Vec::new();
-        }
         let mut back = Vec::new();
         // The older parcel makes room; the newer one becomes the older, unless it is over.
         let newer = Parcel {
@@ -173,9 +166,12 @@ impl Held {
         self.base = grant.base;
         self.base_at_us = grant.at_us;
         // What this instance took after the store lent is not in the grant's base.
-        for (at_us, units) in racing {
-            self.count(at_us, units);
+        for &(at_us, units) in &self.racing {
+            if at_us >= self.base_at_us {
+                self.base.remaining = self.base.remaining.saturating_sub(units);
+            }
         }
+        self.racing.clear();
         self.granted = grant.units;
         self.dry = false;
         back
@@ -198,11 +194,6 @@ impl Held {
     }
 
     fn unspent(&self, key: &str, parcel: Parcel) -> Unspent {
-        Unspent {
-            key: key.into(),
-            policy: self.policy,
-            units: parcel.units,
-            at_us: parcel.at_us,
-        }
+        Unspent::new(key, self.policy, parcel.units, parcel.at_us)
     }
 }

@@ -42,9 +42,9 @@ pub(crate) enum Serve {
     },
     /// Ask the store, taking a lease of up to `want` units with the request.
     Lend { want: u64 },
-    /// Ask the store as without leasing. `track`: the key's lease is live or a lease call is
-    /// under way, so what the call takes is to be [told](Leases::took) with its stamp, to
-    /// keep the units the lease reports exact.
+    /// Ask the store as without leasing. `track`: the key is followed, so what the call takes
+    /// is to be [told](Leases::took) with its stamp: the units its lease reports (one under
+    /// way, or the next) count it, whenever the store makes it.
     Plain { track: bool },
 }
 
@@ -65,6 +65,17 @@ pub(crate) struct Unspent {
     pub(crate) policy: usize,
     pub(crate) units: u64,
     pub(crate) at_us: u64,
+}
+
+impl Unspent {
+    pub(super) fn new(key: &str, policy: usize, units: u64, at_us: u64) -> Self {
+        Self {
+            key: key.into(),
+            policy,
+            units,
+            at_us,
+        }
+    }
 }
 
 impl Leases {
@@ -152,8 +163,7 @@ impl Leases {
             };
         }
         if held.pending || held.dry || want < MIN_LEASE {
-            let track = held.pending || held.units(now) > 0;
-            return Serve::Plain { track };
+            return Serve::Plain { track: true };
         }
         held.pending = true;
         Serve::Lend { want }
@@ -181,12 +191,7 @@ impl Leases {
         let Some(held) = held else {
             return grant
                 .filter(|g| g.units > 0)
-                .map(|g| Unspent {
-                    key: key.into(),
-                    policy,
-                    units: g.units,
-                    at_us: g.at_us,
-                })
+                .map(|g| Unspent::new(key, policy, g.units, g.at_us))
                 .into_iter()
                 .collect();
         };
@@ -363,13 +368,20 @@ mod tests {
         }
     }
 
-    /// A key neither leased nor being leased is not tracked: its store calls cost nothing more.
+    /// A followed key's store calls are tracked, even a cold one's (a call made before a
+    /// lease call may reach the store after it); once the table is retired, none is.
     #[test]
-    fn a_cold_key_is_not_tracked() {
+    fn followed_keys_are_tracked_until_the_table_retires() {
         let leases = Leases::new();
         let lease = Duration::from_secs(10);
+        let now = Instant::now();
         assert!(matches!(
-            leases.serve(0, "k", 1, lease, Instant::now()),
+            leases.serve(0, "k", 1, lease, now),
+            Serve::Plain { track: true }
+        ));
+        assert!(leases.retire().is_empty());
+        assert!(matches!(
+            leases.serve(0, "k", 1, lease, now),
             Serve::Plain { track: false }
         ));
     }
