@@ -104,14 +104,23 @@ impl Leasing {
 
     /// Each counter's value after its hits, as this instance knows it: from its lease or its
     /// being over when it can, else from one store call for all the others (which takes a
-    /// lease for the hot ones).
+    /// lease for the hot ones). A counter the store is asked for expires `jitter()` seconds
+    /// after its window (an answer from here asks for none: no shared write per request).
     pub(super) async fn count<St: Store>(
         self: &Arc<Self>,
         limiter: &Limiter<St>,
-        wanted: Vec<Wanted>,
+        mut wanted: Vec<Wanted>,
+        jitter: impl Fn() -> u64,
     ) -> Result<Vec<u64>, StoreError> {
         let now = Instant::now();
-        let steps: Vec<Step> = wanted.iter().map(|w| self.step(limiter, w, now)).collect();
+        let steps: Vec<Step> = (wanted.iter())
+            .map(|w| self.step(limiter, w, &jitter, now))
+            .collect();
+        for (want, step) in wanted.iter_mut().zip(&steps) {
+            if !matches!(step, Step::Here(_)) {
+                want.counter.expire_s += jitter();
+            }
+        }
         if !steps.iter().any(|step| matches!(step, Step::Lend(_))) {
             return self.ask(limiter, wanted, steps, now).await;
         }
@@ -131,7 +140,7 @@ impl Leasing {
 
     /// The store's part of [`count`](Self::count): `steps` are `wanted`'s.
     async fn ask<St: Store>(
-        self: &Arc<Self>,
+        &self,
         limiter: &Limiter<St>,
         wanted: Vec<Wanted>,
         steps: Vec<Step>,
@@ -226,6 +235,7 @@ impl Leasing {
         self: &Arc<Self>,
         limiter: &Limiter<St>,
         want: &Wanted,
+        jitter: &impl Fn() -> u64,
         now: Instant,
     ) -> Step {
         let key = want.counter.key.as_str();
@@ -240,7 +250,7 @@ impl Leasing {
                 decision, refill, ..
             } => {
                 if let Some(extra) = refill {
-                    self.refill(limiter, want, extra, now);
+                    self.refill(limiter, want, extra, jitter(), now);
                 }
                 Step::Here(want.limit.saturating_sub(decision.remaining))
             }
@@ -249,12 +259,14 @@ impl Leasing {
         }
     }
 
-    /// Takes the next lease of `want`'s counter, of up to `extra` units, in the background.
+    /// Takes the next lease of `want`'s counter, of up to `extra` units, in the background
+    /// (its expiry `jitter` seconds later).
     fn refill<St: Store>(
         self: &Arc<Self>,
         limiter: &Limiter<St>,
         want: &Wanted,
         extra: u64,
+        jitter: u64,
         now: Instant,
     ) {
         let this = Arc::clone(self);
@@ -262,7 +274,8 @@ impl Leasing {
         let want = Wanted {
             counter: Counter {
                 hits: 0,
-                ..want.counter.clone()
+                key: want.counter.key.clone(),
+                expire_s: want.counter.expire_s + jitter,
             },
             limit: want.limit,
             window_end_s: want.window_end_s,

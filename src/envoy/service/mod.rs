@@ -202,15 +202,21 @@ impl<St: Store> RateLimitService<St> {
         let counted = match &generation.leasing {
             Some(leasing) if !counts.is_empty() => {
                 self.sweep_leases();
+                // Without the jitter: it is added to those the store is asked for.
                 let wanted = counts
                     .into_iter()
                     .map(|c| Wanted {
                         limit: c.limit,
                         window_end_s: (now_s / c.window_s + 1) * c.window_s,
-                        counter: self.counter(c),
+                        counter: Counter {
+                            key: c.key,
+                            hits: c.hits,
+                            expire_s: c.window_s,
+                        },
                     })
                     .collect();
-                leasing.count(&self.inner.limiter, wanted).await
+                let jitter = || self.jitter();
+                leasing.count(&self.inner.limiter, wanted, jitter).await
             }
             _ => self.count(counts).await,
         };
@@ -246,23 +252,21 @@ impl<St: Store> RateLimitService<St> {
             let counters: Vec<Counter> = counts.into_iter().map(|c| self.counter(c)).collect();
             return core.bounded(store.count(&counters)).await;
         }
-        let reads: Vec<Counter> = counts
+        let limits: Vec<u64> = counts.iter().map(|c| c.limit).collect();
+        let mut counters: Vec<Counter> = counts.into_iter().map(|c| self.counter(c)).collect();
+        // A read renews the expiry as the count would, jitter included.
+        let reads: Vec<Counter> = counters
             .iter()
             .map(|c| Counter {
-                key: c.key.clone(),
                 hits: 0,
-                expire_s: c.window_s,
+                ..c.clone()
             })
             .collect();
         let now = core.bounded(store.count(&reads)).await?;
-        let over: Vec<bool> = counts
-            .iter()
-            .zip(&now)
-            .map(|(c, now)| now.saturating_add(c.hits) > c.limit)
+        let over: Vec<bool> = (counters.iter().zip(&now).zip(&limits))
+            .map(|((c, now), limit)| now.saturating_add(c.hits) > *limit)
             .collect();
-        let any_over = over.contains(&true);
-        let mut counters: Vec<Counter> = counts.into_iter().map(|c| self.counter(c)).collect();
-        if any_over {
+        if over.contains(&true) {
             for (counter, over) in counters.iter_mut().zip(over) {
                 if !over {
                     counter.hits = 0;
