@@ -101,3 +101,27 @@ async fn two_instances_share_the_peer_s_counters_exactly() {
     assert_eq!(ask(&one, "rl:", "globex", 1, now).await, (false, 9));
     assert_eq!(ask(&one, "rl:", "acme", 1, hour + 3600).await, (false, 9));
 }
+
+/// Units given back never take a counter below zero, on either store: a counter that lost its
+/// value (a restart) must not lend from below zero afterwards.
+async fn a_give_back_stops_at_zero<St: Store>(store: St) {
+    let counter = |hits| counter("rls_floor", hits);
+    assert_eq!(store.count(&[counter(3)]).await.unwrap(), [3]);
+    store.uncount(&[counter(10)]).await.unwrap();
+    assert_eq!(store.count(&[counter(0)]).await.unwrap(), [0]);
+    store.uncount(&[counter(0)]).await.unwrap();
+    assert_eq!(store.count(&[counter(2)]).await.unwrap(), [2]);
+    store.uncount(&[counter(1)]).await.unwrap();
+    assert_eq!(store.count(&[counter(0)]).await.unwrap(), [1]);
+}
+
+#[tokio::test]
+async fn a_give_back_stops_at_zero_in_memory() {
+    a_give_back_stops_at_zero(tollgate::MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn a_give_back_stops_at_zero_on_redis() {
+    let redis = RedisServer::start();
+    a_give_back_stops_at_zero(RedisStore::open(&redis.url()).unwrap()).await;
+}
