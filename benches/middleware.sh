@@ -25,12 +25,14 @@ cargo build --release --example bench_server -q
 target=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+modes="none tollgate tollgate-bare governor governor-headers governor-endpoint"
 declare -A results
 for round in $(seq "$rounds"); do
-  for mode in none tollgate tollgate-bare governor governor-headers governor-endpoint; do
+  for mode in $modes; do
     MODE=$mode LISTEN_ADDR=127.0.0.1:$port "$target/release/examples/bench_server" >/dev/null &
     pid=$!
-    until (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done
+    for _ in $(seq 200); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null || { echo "$mode did not listen within 10 s" >&2; kill "$pid"; exit 1; }
     # Each mode sends the fields it claims to (the peer's `use_headers` once silently did not).
     fields=$(curl -s -D - -o /dev/null "http://127.0.0.1:$port/" | tr -d '\r' | cut -d: -f1 | grep -i ratelimit | sort | paste -sd' ' || true)
     case $mode in
@@ -53,7 +55,7 @@ for round in $(seq "$rounds"); do
     results[$mode]+="$rps "
   done
 done
-for mode in none tollgate tollgate-bare governor governor-headers governor-endpoint; do
+for mode in $modes; do
   median=$(echo "${results[$mode]}" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   echo "median $mode $median"
 done

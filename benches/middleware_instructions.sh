@@ -30,7 +30,6 @@ CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --example ben
 target=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# OUT=<dir> keeps the callgrind outputs there (<mode>.out), for callgrind_annotate.
 if [[ -n ${OUT:-} ]]; then
   dir=$OUT
   mkdir -p "$dir"

@@ -58,7 +58,10 @@ stop() {
   local pid
   pid=$(cat "$dir/$1.pid")
   kill -TERM "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  # It gives back its leases and exits; after 30 s it is killed.
+  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  echo "$1 did not exit within 30 s of SIGTERM: killed" >&2
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 echo "tollgate-rls: ${seconds}s per case, $clients clients, two instances on Redis 127.0.0.1:$port"

@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
         }
     };
     init_logs(&settings);
-    // A REDIS_URL that names no server is a bad setting too (exit 2), not a failure to run.
+    // A REDIS_URL that cannot be opened (it does not parse) is a bad setting too (exit 2),
+    // not a failure to run; a server that does not answer is one the store retries.
     let store = match open_store(&settings.redis) {
         Ok(store) => store,
         Err(error) => {
