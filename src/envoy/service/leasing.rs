@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
+use super::tasks::Tasks;
 use crate::lease::{Grant, Leases, Serve, Unspent};
 use crate::store::{Counter, CounterLease, Store};
 use crate::sync::Sharded;
@@ -40,39 +41,6 @@ pub(super) struct Leasing {
     leases: Leases,
     over: Sharded<HashMap<Box<str>, Instant, foldhash::fast::RandomState>>,
     tasks: Arc<Tasks>,
-}
-
-/// The lease calls and give-backs under way in the background, of every configuration's
-/// leases: a shutdown waits for them.
-#[derive(Default)]
-pub(super) struct Tasks {
-    running: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-impl Tasks {
-    fn spawn(self: &Arc<Self>, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        use std::sync::atomic::Ordering;
-        self.running.fetch_add(1, Ordering::SeqCst);
-        let tasks = Arc::clone(self);
-        tokio::spawn(async move {
-            task.await;
-            if tasks.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-                tasks.idle.notify_waiters();
-            }
-        });
-    }
-
-    /// Until no task runs.
-    async fn idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
 }
 
 /// One counted descriptor of a request.

@@ -16,10 +16,12 @@ use crate::{Limiter, StoreError};
 mod leasing;
 mod response;
 mod settings;
+mod tasks;
 
 pub use settings::{HeaderNames, ServiceSettings, StoreFailure};
 
-use leasing::{Leasing, Tasks, Wanted};
+use leasing::{Leasing, Wanted};
+use tasks::Tasks;
 
 pub(crate) use response::to_json;
 
